@@ -1,0 +1,80 @@
+# zonefs developer entry points. Works as root on a fresh Debian 12 / Ubuntu machine that has
+# python3, pip and gcc; without root once the Debian packages below are installed.
+#
+#   make setup   Debian packages (only the missing ones) + .venv with zonefs and its test extra
+#   make test    ruff + pytest (extra pytest arguments: make test PYTEST_ARGS='-k keys -x')
+#   make demo    mount an embedded local zone at ./zone
+#   make lint    ruff only
+#   make bench   benchmark against rclone mount and s3fs-fuse (arguments: BENCH_ARGS='--runs 1')
+#   make clean   remove .venv and caches (refuses while ./zone is mounted)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+
+# fuse3: fusermount3 and /dev/fuse support; libfuse3-dev, pkg-config, python3-dev: to build
+# pyfuse3; python3-venv: ensurepip for `python3 -m venv`.
+APT_PKGS := fuse3 libfuse3-dev pkg-config python3-venv python3-dev
+BENCH_APT_PKGS := rclone s3fs
+
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+LINT_PATHS := zonefs tests bench
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup sysdeps bench-sysdeps test lint demo bench clean
+
+help:
+	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
+
+setup: $(STAMP)
+
+sysdeps:
+	@bash scripts/apt-ensure $(APT_PKGS)
+
+bench-sysdeps:
+	@bash scripts/apt-ensure $(BENCH_APT_PKGS)
+
+# pip is the last thing `venv` creates: a venv without it (ensurepip was missing) is redone.
+$(VENV)/bin/pip: | sysdeps
+	@rm -rf $(VENV)
+	@echo "creating $(VENV) with $$($(PYTHON) --version)"
+	@$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when pyproject.toml changed since the last successful install. (The filter
+# drops pip's notes about local index folders that lack a package, which say nothing wrong.)
+$(STAMP): pyproject.toml | sysdeps $(VENV)/bin/pip
+	@echo "installing zonefs[test] into $(VENV)"
+	@set -o pipefail; $(PY) -m pip install -q -e '.[test]' 2>&1 \
+		| { grep -v "^WARNING: Location 'file:.*' is ignored" || true; }
+	@touch $@
+
+lint: setup
+	$(PY) -m ruff check $(LINT_PATHS)
+
+# pytest exits 5 when it collected nothing (e.g. a -k that matches no test): not a failure here.
+test: setup
+	$(PY) -m ruff check $(LINT_PATHS)
+	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; \
+	exit $$rc
+
+demo: setup
+	$(VENV)/bin/zonefs demo
+
+bench: setup bench-sysdeps
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	@if awk -v m="$(CURDIR)/zone" '$$2 == m { found = 1 } END { exit !found }' /proc/self/mounts; \
+	then \
+		echo "error: $(CURDIR)/zone is mounted; unmount it first: $(VENV)/bin/zonefs umount zone" >&2; \
+		exit 1; \
+	fi
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

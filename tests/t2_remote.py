@@ -1,0 +1,438 @@
+"""The Remote contract, held by both backends: moto's S3 server and the embedded local zone.
+
+Each contract test runs once per backend through the `remote` fixture; S3-only and local-only
+behaviour (prefix zones, error mapping of a real endpoint, version history on disk) follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from zonefs.config import ZoneConfig
+from zonefs.errors import (
+    AccessDenied,
+    BucketMissing,
+    NotFound,
+    PreconditionFailed,
+    RemoteError,
+)
+from zonefs.remote import ListPage, LocalRemote, Remote, open_remote
+from zonefs.remote import local as local_module
+from zonefs.remote.s3 import S3Remote, translate_error
+
+MiB = 1 << 20
+
+
+@pytest.fixture(params=["s3", "local"])
+def remote(request: pytest.FixtureRequest) -> Remote:
+    zone = request.getfixturevalue("s3_zone" if request.param == "s3" else "local_zone")
+    return open_remote(zone)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class CancelAfter(threading.Event):
+    """An Event that sets itself on its `n`-th check: a cancel that lands mid-upload."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self._left = n
+        self._mutex = threading.Lock()
+
+    def is_set(self) -> bool:
+        with self._mutex:
+            self._left -= 1
+            if self._left <= 0:
+                self.set()
+        return super().is_set()
+
+
+async def list_all(
+    remote: Remote, prefix: str, delimiter: str | None, max_keys: int
+) -> list[ListPage]:
+    pages, token = [], None
+    while True:
+        page = await remote.list(prefix, delimiter, token, max_keys)
+        pages.append(page)
+        token = page.next_token
+        if token is None:
+            return pages
+        assert len(pages) < 50, "paging does not end"
+
+
+# -- the contract, on both backends -----------------------------------------------------------
+
+
+async def test_put_head_get_range(remote: Remote) -> None:
+    body = b"hello world"
+    put = await remote.put_bytes("a/b.txt", body, {"Mode": "33188", "zonefs-sha256": "ab"},
+                                 "text/plain")
+    assert (put.key, put.size, put.etag) == ("a/b.txt", 11, md5(body))
+    assert put.version_id  # both stores are versioned
+    head = await remote.head("a/b.txt")
+    assert (head.size, head.etag, head.version_id) == (11, md5(body), put.version_id)
+    assert head.metadata == {"mode": "33188", "zonefs-sha256": "ab"}  # names come back lowercase
+    assert head.content_type == "text/plain"
+    assert abs(head.mtime - time.time()) < 120
+
+    assert await remote.get_range("a/b.txt", 0, 5) == b"hello"
+    assert await remote.get_range("a/b.txt", 6, 100) == b"world"  # fewer at the end
+    assert await remote.get_range("a/b.txt", 11, 5) == b""  # starts at the end
+    assert await remote.get_range("a/b.txt", 1000, 5) == b""  # starts past the end
+    await remote.put_bytes("empty", b"", {})
+    assert await remote.get_range("empty", 0, 10) == b""
+    with pytest.raises(NotFound):
+        await remote.head("a/nope")
+    with pytest.raises(NotFound):
+        await remote.get_range("a/nope", 0, 1)
+
+
+async def test_upload_download_small(remote: Remote, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.write_bytes(data)
+    dest.write_bytes(b"old content that must be replaced" * 10_000)
+    up = await remote.upload("f.bin", str(src), {"mtime": "1.000000000"}, "application/x-test")
+    assert (up.size, up.etag) == (len(data), md5(data))
+    got = await remote.download("f.bin", str(dest))
+    assert dest.read_bytes() == data
+    assert (got.size, got.etag, got.version_id) == (len(data), up.etag, up.version_id)
+    assert got.metadata == {"mtime": "1.000000000"}
+    assert got.content_type == "application/x-test"
+
+
+async def test_upload_multipart(remote: Remote, tmp_path: Path) -> None:
+    data = os.urandom(40 * MiB)
+    src, dest = tmp_path / "big", tmp_path / "big.out"
+    src.write_bytes(data)
+    up = await remote.upload("big", str(src), {"k": "v"})
+    assert up.size == len(data) and up.version_id
+    if isinstance(remote, S3Remote):
+        assert up.etag.endswith("-3")  # three 16 MiB parts: it really went multipart
+    got = await remote.download("big", str(dest))
+    assert got.size == len(data) and got.etag == up.etag and got.metadata == {"k": "v"}
+    assert hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert await remote.get_range("big", 20 * MiB, 10) == data[20 * MiB: 20 * MiB + 10]
+
+
+def leftovers(remote: Remote, request: pytest.FixtureRequest) -> list[str]:
+    """Unfinished multipart uploads (S3) or uncommitted bodies (local) left by an upload."""
+    if isinstance(remote, S3Remote):
+        client = request.getfixturevalue("s3_client")
+        uploads = client.list_multipart_uploads(Bucket=remote.bucket).get("Uploads", [])
+        return [u["Key"] for u in uploads]
+    assert isinstance(remote, LocalRemote)
+    return os.listdir(os.path.join(remote.root, "data", "tmp"))
+
+
+@pytest.mark.parametrize("size", [100_000, 40 * MiB], ids=["small", "multipart"])
+@pytest.mark.parametrize("when", ["before", "during"])
+async def test_cancelled_upload_leaves_nothing(
+    remote: Remote, tmp_path: Path, request: pytest.FixtureRequest, size: int, when: str
+) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(size))
+    cancel = threading.Event() if when == "before" else CancelAfter(20 if size > MiB else 2)
+    if when == "before":
+        cancel.set()
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match="cancelled"):
+        await remote.upload("c.bin", str(src), {}, cancel=cancel)
+    assert time.monotonic() - started < 5
+    with pytest.raises(NotFound):
+        await remote.head("c.bin")
+    assert leftovers(remote, request) == []
+    # The store is still fine for the next upload of the same key.
+    info = await remote.upload("c.bin", str(src), {})
+    assert info.size == size
+
+
+async def test_listing_with_delimiter_and_paging(
+    remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_module, "_BATCH", 2)  # make the local store page its SQL too
+    for key in ["a.txt", "b/1", "b/2", "b/3/x", "c/", "c/x/y", "d.txt", "e", "f/"]:
+        await remote.put_bytes(key, key.encode(), {})
+    await remote.delete("e")
+
+    pages = await list_all(remote, "", "/", max_keys=2)
+    assert all(len(p.objects) + len(p.prefixes) <= 2 for p in pages)
+    assert len(pages) == 3  # a.txt b/ | c/ d.txt | f/
+    assert [o.key for p in pages for o in p.objects] == ["a.txt", "d.txt"]
+    assert [x for p in pages for x in p.prefixes] == ["b/", "c/", "f/"]
+    obj = pages[0].objects[0]
+    assert (obj.size, obj.etag, obj.metadata) == (5, md5(b"a.txt"), None)
+
+    (page,) = await list_all(remote, "b/", "/", max_keys=1000)
+    assert [o.key for o in page.objects] == ["b/1", "b/2"] and page.prefixes == ["b/3/"]
+    (page,) = await list_all(remote, "c/", "/", max_keys=1000)
+    assert [o.key for o in page.objects] == ["c/"] and page.prefixes == ["c/x/"]
+
+    flat = await list_all(remote, "", None, max_keys=3)
+    assert [o.key for p in flat for o in p.objects] == [
+        "a.txt", "b/1", "b/2", "b/3/x", "c/", "c/x/y", "d.txt", "f/"]
+    assert all(not p.prefixes for p in flat)
+    (page,) = await list_all(remote, "zzz", "/", max_keys=10)
+    assert page.objects == [] and page.prefixes == []
+
+
+async def test_copy_keeps_or_replaces_metadata(remote: Remote) -> None:
+    original = await remote.put_bytes("src", b"payload", {"mode": "33188"}, "text/plain")
+    kept = await remote.copy("src", "dst1")
+    assert (kept.key, kept.size, kept.etag) == ("dst1", 7, md5(b"payload"))
+    head = await remote.head("dst1")
+    assert head.metadata == {"mode": "33188"} and head.content_type == "text/plain"
+    assert kept.version_id == head.version_id
+
+    replaced = await remote.copy("src", "dst2", {"mode": "33261", "uid": "7"}, "text/x-new")
+    assert replaced.size == 7
+    head = await remote.head("dst2")
+    assert head.metadata == {"mode": "33261", "uid": "7"} and head.content_type == "text/x-new"
+    assert await remote.get_range("dst2", 0, 100) == b"payload"
+    # In place, as chmod does on a versioned store: a new version with the new metadata.
+    again = await remote.copy("src", "src", {"mode": "33152"}, "text/plain")
+    head = await remote.head("src")
+    assert head.metadata == {"mode": "33152"} and head.version_id == again.version_id
+    assert again.version_id != original.version_id
+    old = await remote.head("src", original.version_id)
+    assert old.metadata == {"mode": "33188"}
+    with pytest.raises(NotFound):
+        await remote.copy("missing", "dst3")
+
+
+async def test_delete_then_head_is_not_found(remote: Remote) -> None:
+    await remote.put_bytes("gone", b"x", {})
+    await remote.delete("gone")
+    with pytest.raises(NotFound):
+        await remote.head("gone")
+    with pytest.raises(NotFound):
+        await remote.get_range("gone", 0, 1)
+    (page,) = await list_all(remote, "", "/", 100)
+    assert page.objects == []
+    await remote.delete("gone")  # again, and a key that never existed: both fine
+    await remote.delete("never-was")
+
+
+async def test_versions_and_if_match(remote: Remote, tmp_path: Path) -> None:
+    v1 = await remote.put_bytes("v", b"one", {"n": "1"})
+    v2 = await remote.put_bytes("v", b"two!", {"n": "2"})
+    assert v1.version_id != v2.version_id
+    assert await remote.get_range("v", 0, 10, version_id=v1.version_id) == b"one"
+    old = await remote.head("v", version_id=v1.version_id)
+    assert (old.size, old.metadata) == (3, {"n": "1"})
+    assert await remote.get_range("v", 0, 10, if_match=v2.etag) == b"two!"
+    with pytest.raises(PreconditionFailed):
+        await remote.get_range("v", 0, 10, if_match=v1.etag)
+    with pytest.raises(PreconditionFailed):
+        await remote.download("v", str(tmp_path / "out"), if_match=v1.etag)
+    got = await remote.download("v", str(tmp_path / "out"), version_id=v1.version_id)
+    assert (tmp_path / "out").read_bytes() == b"one" and got.version_id == v1.version_id
+
+
+async def test_check_passes(remote: Remote) -> None:
+    await remote.check()
+    assert remote.requests.counts["check"] == 1
+    assert remote.description and remote.object_uri("a b").endswith("/a b")
+
+
+# -- S3 only ---------------------------------------------------------------------------------
+
+
+async def test_prefix_zone(s3_endpoint: str, bucket: str, s3_client: Any) -> None:
+    s3_client.put_object(Bucket=bucket, Key="outside.txt", Body=b"no")
+    s3_client.put_object(Bucket=bucket, Key="pre/fixed", Body=b"no")  # shares the text only
+    s3_client.put_object(Bucket=bucket, Key="pre/fix/", Body=b"")  # the zone root's marker
+    s3_client.put_object(Bucket=bucket, Key="pre/fix/in.txt", Body=b"yes")
+    remote = open_remote(ZoneConfig.parse(f"s3://{bucket}/pre/fix", endpoint_url=s3_endpoint))
+    (page,) = await list_all(remote, "", "/", 100)
+    assert [o.key for o in page.objects] == ["in.txt"] and page.prefixes == []
+    await remote.put_bytes("sub/new.txt", b"new", {"mode": "33188"})
+    body = s3_client.get_object(Bucket=bucket, Key="pre/fix/sub/new.txt")
+    assert body["Body"].read() == b"new" and body["Metadata"] == {"mode": "33188"}
+    (page,) = await list_all(remote, "", "/", 100)
+    assert page.prefixes == ["sub/"]
+    assert remote.object_uri("sub/new.txt") == f"s3://{bucket}/pre/fix/sub/new.txt"
+    await remote.copy("in.txt", "in2.txt")
+    assert s3_client.get_object(Bucket=bucket, Key="pre/fix/in2.txt")["Body"].read() == b"yes"
+    await remote.delete("in.txt")
+    with pytest.raises(NotFound):
+        await remote.head("in.txt")
+    with pytest.raises(NotFound):
+        await remote.head("../outside.txt")
+
+
+async def test_multipart_copy(s3_zone: ZoneConfig, s3_client: Any, tmp_path: Path) -> None:
+    remote = open_remote(s3_zone)
+    assert isinstance(remote, S3Remote)
+    remote.COPY_MULTIPART_THRESHOLD = remote.COPY_PART_SIZE = 5 * MiB  # the smallest part
+    data = os.urandom(12 * MiB)
+    (tmp_path / "src").write_bytes(data)
+    await remote.upload("src", str(tmp_path / "src"), {"mode": "33188"}, "text/plain")
+    info = await remote.copy("src", "dst")
+    assert info.size == len(data) and info.etag.endswith("-3")
+    got = s3_client.get_object(Bucket=s3_zone.bucket, Key="dst")
+    assert got["Body"].read() == data
+    assert got["Metadata"] == {"mode": "33188"} and got["ContentType"] == "text/plain"
+    assert s3_client.list_multipart_uploads(Bucket=s3_zone.bucket).get("Uploads", []) == []
+
+
+async def test_missing_bucket(s3_endpoint: str) -> None:
+    zone = ZoneConfig.parse("s3://zonefs-no-such-bucket-here", endpoint_url=s3_endpoint)
+    with pytest.raises(BucketMissing, match="'zonefs-no-such-bucket-here' does not exist at"):
+        await open_remote(zone).check()
+
+
+async def test_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Credentials present, so botocore never looks further (no metadata-service lookups).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    endpoint = f"http://127.0.0.1:{closed_port()}"  # nothing listens there
+    remote = open_remote(ZoneConfig.parse("s3://some-bucket", endpoint_url=endpoint))
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match=f"cannot reach {endpoint}: ") as info:
+        await remote.check()
+    assert time.monotonic() - started < 10
+    assert "\n" not in str(info.value) and info.value.transient
+
+
+async def test_wrong_credentials(
+    s3_endpoint: str, start_moto: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = os.environ.get("ZONEFS_TEST_S3_ENDPOINT")
+    if endpoint is None:
+        # moto accepts any credentials unless told to authenticate: start one that does.
+        endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="0").url
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAZONEFSWRONGKEY00")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "zonefs-wrong-secret-value")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    remote = open_remote(ZoneConfig.parse("s3://any-bucket", endpoint_url=endpoint))
+    with pytest.raises(AccessDenied, match="access denied to bucket 'any-bucket'") as info:
+        await remote.check()
+    assert "zonefs-wrong-secret-value" not in str(info.value)
+    assert "AKIAZONEFSWRONGKEY00" not in str(info.value)
+    with pytest.raises(AccessDenied):
+        await remote.list("")
+
+
+async def test_no_credentials(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a metadata service
+    remote = open_remote(ZoneConfig.parse("s3://any-bucket", endpoint_url=s3_endpoint))
+    with pytest.raises(AccessDenied, match="no usable AWS credentials"):
+        await remote.check()
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected", "transient"),
+    [
+        ("NoSuchKey", 404, NotFound, False),
+        ("404", 404, NotFound, False),
+        ("NoSuchBucket", 404, BucketMissing, False),
+        ("SignatureDoesNotMatch", 403, AccessDenied, False),
+        ("PreconditionFailed", 412, PreconditionFailed, False),
+        ("SlowDown", 503, RemoteError, True),
+        ("InternalError", 500, RemoteError, True),
+        ("WeirdNewCode", 400, RemoteError, False),
+    ],
+)
+def test_error_table(code: str, status: int, expected: type, transient: bool) -> None:
+    exc = ClientError(
+        {"Error": {"Code": code, "Message": "multi\nline"},
+         "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}}},
+        "GetObject",
+    )
+    err = translate_error(exc, "s3://b/k", "b", "http://127.0.0.1:1")
+    assert type(err) is expected and "\n" not in str(err)
+    assert getattr(err, "transient", False) == transient
+    if expected is RemoteError and not transient:
+        assert code in str(err) and "s3://b/k" in str(err)
+
+
+# -- local zone only --------------------------------------------------------------------------
+
+
+async def test_local_versions_kept(
+    local_zone: ZoneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_module, "_BATCH", 2)  # list_versions pages its SQL too
+    remote = LocalRemote(local_zone)
+    one = await remote.put_bytes("doc", b"1", {})
+    two = await remote.put_bytes("doc", b"22", {})
+    await remote.put_bytes("doc2", b"other key", {})
+    await remote.delete("doc")
+    versions = list(remote.list_versions("doc"))
+    assert [v.key for v in versions] == ["doc", "doc", "doc", "doc2"]
+    marker, newer, older = versions[:3]
+    assert marker.is_delete_marker and marker.is_latest and marker.size == 0
+    assert (newer.version_id, newer.size, newer.is_latest) == (two.version_id, 2, False)
+    assert (older.version_id, older.is_delete_marker) == (one.version_id, False)
+    assert versions[3].is_latest and not versions[3].is_delete_marker
+    assert await remote.get_range("doc", 0, 10, version_id=one.version_id) == b"1"
+    with pytest.raises(NotFound):
+        await remote.head("doc", version_id=marker.version_id)
+
+
+async def test_local_reopen_and_permissions(local_zone: ZoneConfig, tmp_path: Path) -> None:
+    remote = LocalRemote(local_zone)
+    info = await remote.put_bytes("kept/file", b"survives", {"mode": "33188"})
+    remote.close()
+    again = open_remote(local_zone)
+    await again.check()
+    head = await again.head("kept/file")
+    assert (head.etag, head.version_id, head.metadata) == (info.etag, info.version_id,
+                                                           {"mode": "33188"})
+    assert await again.get_range("kept/file", 0, 100) == b"survives"
+    assert again.object_uri("kept/file") == f"file://{local_zone.local_dir}/kept/file"
+    for path, _dirs, files in os.walk(local_zone.local_dir):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o700, path
+        for name in files:
+            mode = stat.S_IMODE(os.stat(os.path.join(path, name)).st_mode)
+            assert mode == 0o600, os.path.join(path, name)
+
+
+async def test_local_missing_zone(tmp_path: Path) -> None:
+    zone = ZoneConfig.parse(f"file://{tmp_path}/nothing")
+    with pytest.raises(BucketMissing, match="no zone at"):
+        open_remote(zone)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(BucketMissing, match="zonefs demo"):
+        LocalRemote(zone)
+    remote = open_remote(zone, create=True)
+    await remote.check()
+    os.rename(tmp_path / "nothing", tmp_path / "moved")
+    with pytest.raises(BucketMissing):
+        await remote.check()
+
+
+def test_importing_remote_does_not_import_boto3() -> None:
+    code = "import sys, zonefs.remote; sys.exit('boto3' in sys.modules)"
+    root = Path(__file__).resolve().parent.parent
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

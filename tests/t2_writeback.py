@@ -1,0 +1,438 @@
+"""WriteBack with a fake upload coroutine (the injected seam) on trio's autojump MockClock."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from zonefs.errors import RemoteError
+from zonefs.writeback import DRAIN_RETRY_CAP, WriteBack
+
+
+@dataclass
+class Call:
+    path: str
+    start: float
+    cancel: threading.Event
+    end: float | None = None
+    outcome: str = "running"  # then "ok", "failed" or "cancelled"
+
+
+class FakeUpload:
+    """Records every call; each takes `duration` seconds and fails `failures[path]` times."""
+
+    def __init__(
+        self,
+        duration: float = 0.0,
+        failures: dict[str, int] | None = None,
+        cleanup: float = 0.0,
+    ) -> None:
+        self.duration = duration
+        self.failures = dict(failures or {})
+        self.cleanup = cleanup  # shielded seconds spent tidying up after a cancellation
+        self.calls: list[Call] = []
+        self.active: Counter[str] = Counter()
+        self.max_active = 0
+        self.max_active_per_path = 0
+
+    async def __call__(self, path: str, cancel: threading.Event) -> None:
+        call = Call(path, trio.current_time(), cancel)
+        self.calls.append(call)
+        self.active[path] += 1
+        self.max_active = max(self.max_active, sum(self.active.values()))
+        self.max_active_per_path = max(self.max_active_per_path, self.active[path])
+        try:
+            await trio.sleep(self.duration)
+            if self.failures.get(path, 0) > 0:
+                self.failures[path] -= 1
+                call.outcome = "failed"
+                raise RemoteError(f"injected failure for {path}", transient=True)
+            call.outcome = "ok"
+        except trio.Cancelled:
+            call.outcome = "cancelled"
+            if self.cleanup:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(self.cleanup)
+            raise
+        finally:
+            call.end = trio.current_time()
+            self.active[path] -= 1
+
+    def of(self, path: str) -> list[Call]:
+        return [c for c in self.calls if c.path == path]
+
+
+@asynccontextmanager
+async def running(wb: WriteBack) -> AsyncIterator[WriteBack]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wb.run)
+        yield wb
+        wb.close()
+
+
+def now() -> float:
+    return trio.current_time()
+
+
+async def test_delay_is_respected(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload()
+    async with running(WriteBack(up, delay=5)) as wb:
+        t0 = now()
+        wb.schedule("a")
+        assert wb.pending_paths() == {"a"}
+        assert wb.stats.queued == 1
+        await trio.sleep(4.9)
+        assert up.calls == []
+        await trio.sleep(1)
+        assert [(c.path, c.start - t0, c.outcome) for c in up.calls] == [("a", 5.0, "ok")]
+        assert wb.pending_paths() == set()
+        assert not wb.is_pending("a")
+        s = wb.stats
+        assert (s.queued, s.in_flight, s.uploaded, s.retries, s.last_error) == (0, 0, 1, 0, None)
+
+
+async def test_explicit_delay_and_schedule_before_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpload()
+    wb = WriteBack(up, delay=100)
+    t0 = now()
+    wb.schedule("early", delay=2)  # e.g. dirty paths re-queued from the journal at startup
+    async with running(wb):
+        await trio.sleep(10)
+    assert [(c.path, c.start - t0) for c in up.calls] == [("early", 2.0)]
+
+
+async def test_rapid_rewrites_coalesce(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload()
+    async with running(WriteBack(up, delay=5)) as wb:
+        t0 = now()
+        for _ in range(3):
+            wb.schedule("a")
+            await trio.sleep(1)
+        await trio.sleep(30)
+    # Due 5 s after the last of the three schedules (t0 + 2).
+    assert [(c.path, c.start - t0) for c in up.calls] == [("a", 7.0)]
+
+
+async def test_rewrite_during_upload_cancels_and_reuploads(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpload(duration=10)
+    async with running(WriteBack(up, delay=1)) as wb:
+        t0 = now()
+        wb.schedule("a")
+        await trio.sleep(2)
+        [first] = up.calls
+        assert first.outcome == "running"
+        assert wb.stats.in_flight == 1
+        wb.schedule("a")
+        assert first.cancel.is_set()  # threads see it at once
+        await trio.sleep(0.5)
+        assert first.outcome == "cancelled"  # the coroutine got Cancelled
+        assert wb.pending_paths() == {"a"}
+        await trio.sleep(20)
+    first, second = up.calls
+    assert second.start - t0 == pytest.approx(3.0)  # the new delay, counted from the rewrite
+    assert second.outcome == "ok"
+    assert not second.cancel.is_set()
+    assert up.max_active_per_path == 1
+    assert wb.stats.uploaded == 1
+    assert wb.stats.retries == 0  # a cancellation is not a failure
+    assert wb.pending_paths() == set()
+
+
+async def test_same_path_never_uploads_twice_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The cancelled attempt takes 5 s to stop; the rewrite is due at once but must wait.
+    up = FakeUpload(duration=10, cleanup=5)
+    async with running(WriteBack(up, delay=0)) as wb:
+        wb.schedule("a")
+        await trio.sleep(1)
+        wb.schedule("a", delay=0)
+        await trio.sleep(30)
+    first, second = up.calls
+    assert first.outcome == "cancelled"
+    assert first.end is not None
+    assert second.start >= first.end
+    assert second.outcome == "ok"
+    assert up.max_active_per_path == 1
+
+
+async def test_error_after_cancel_event_counts_as_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Like an upload in a worker thread: it notices the event and fails with its own error.
+    calls: list[float] = []
+
+    async def threadlike_upload(path: str, cancel: threading.Event) -> None:
+        calls.append(now())
+        with trio.CancelScope(shield=True):
+            for _ in range(50):
+                if cancel.is_set():
+                    raise RemoteError("upload cancelled")
+                await trio.sleep(0.1)
+
+    async with running(WriteBack(threadlike_upload, delay=1)) as wb:
+        wb.schedule("a")
+        await trio.sleep(2)
+        wb.schedule("a")
+        await trio.sleep(20)
+        assert len(calls) == 2
+        assert wb.stats.retries == 0
+        assert wb.stats.last_error is None
+        assert wb.stats.uploaded == 1
+
+
+async def test_cancel_waits_for_in_flight_upload(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(duration=10, cleanup=3)
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("a")
+        await trio.sleep(2)
+        t = now()
+        await wb.cancel("a")
+        assert now() - t == pytest.approx(3.0)  # returned only after the upload stopped
+        [call] = up.calls
+        assert call.outcome == "cancelled"
+        assert call.end is not None
+        assert call.cancel.is_set()
+        assert wb.pending_paths() == set()
+        await trio.sleep(60)
+    assert len(up.calls) == 1  # never re-queued
+    assert wb.stats.uploaded == 0
+
+
+async def test_cancel_of_queued_or_unknown_path(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload()
+    async with running(WriteBack(up, delay=5)) as wb:
+        wb.schedule("a")
+        wb.schedule("b")
+        t = now()
+        await wb.cancel("a")
+        await wb.cancel("nothing")
+        assert now() == t
+        assert wb.pending_paths() == {"b"}
+        await trio.sleep(10)
+    assert [c.path for c in up.calls] == ["b"]
+
+
+async def test_flush_skips_the_delay(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(duration=0.5)
+    async with running(WriteBack(up, delay=100)) as wb:
+        wb.schedule("a")
+        wb.schedule("b")
+        t = now()
+        await wb.flush("a")
+        assert now() - t == pytest.approx(0.5)
+        assert [(c.path, c.outcome) for c in up.calls] == [("a", "ok")]
+        assert wb.pending_paths() == {"b"}  # flush touches only its own path
+        t = now()
+        await wb.flush("unknown")
+        assert now() == t
+
+
+async def test_flush_waits_for_in_flight_attempt(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(duration=5)
+    async with running(WriteBack(up, delay=1)) as wb:
+        t0 = now()
+        wb.schedule("a")
+        await trio.sleep(2)
+        await wb.flush("a")
+        assert now() - t0 == pytest.approx(6.0)
+        assert len(up.calls) == 1
+        assert wb.pending_paths() == set()
+
+
+async def test_flush_raises_on_failure_and_keeps_path_queued(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = FakeUpload(failures={"a": 1})
+    async with running(WriteBack(up, delay=100)) as wb:
+        wb.schedule("a")
+        with pytest.raises(RemoteError, match="injected failure"):
+            await wb.flush("a")
+        assert wb.pending_paths() == {"a"}
+        assert wb.stats.retries == 1
+        assert wb.stats.last_error is not None
+        assert wb.stats.last_error.startswith("a: RemoteError")
+        # The next fsync tries again at once and succeeds.
+        t = now()
+        await wb.flush("a")
+        assert now() - t < 1
+        assert [c.outcome for c in up.calls] == ["failed", "ok"]
+        assert wb.pending_paths() == set()
+
+
+async def test_flush_of_in_flight_attempt_that_fails(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpload(duration=3, failures={"a": 1})
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("a")
+        await trio.sleep(2)
+        with pytest.raises(RemoteError):
+            await wb.flush("a")
+        assert wb.is_pending("a")
+        await trio.sleep(30)
+        assert not wb.is_pending("a")
+
+
+async def test_retries_with_backoff_then_success(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="zonefs.writeback")
+    up = FakeUpload(failures={"a": 3})
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("a")
+        await trio.sleep(60)
+        assert [c.outcome for c in up.calls] == ["failed", "failed", "failed", "ok"]
+        gaps = [b.start - a.start for a, b in zip(up.calls, up.calls[1:], strict=False)]
+        for n, gap in enumerate(gaps, start=1):
+            base = 2.0 ** (n - 1)
+            assert 0.5 * base - 1e-6 <= gap <= base + 1e-6, (n, gap)
+        s = wb.stats
+        assert (s.uploaded, s.retries, s.queued, s.in_flight) == (1, 3, 0, 0)
+        assert wb.pending_paths() == set()
+    levels = [r.levelno for r in caplog.records if "failed (attempt" in r.getMessage()]
+    assert levels == [logging.DEBUG, logging.INFO, logging.WARNING]
+
+
+async def test_backoff_is_capped(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(failures={"a": 8})
+    async with running(WriteBack(up, delay=0, max_retry_delay=5)) as wb:
+        wb.schedule("a")
+        await trio.sleep(100)
+        assert wb.stats.uploaded == 1
+    gaps = [b.start - a.start for a, b in zip(up.calls, up.calls[1:], strict=False)]
+    assert len(gaps) == 8
+    assert max(gaps) <= 5 + 1e-6
+    assert max(gaps) >= 2.5  # it did grow to the cap's range
+
+
+async def test_drain_with_progress(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(duration=1)
+    progress: list[tuple[int, int]] = []
+    async with running(WriteBack(up, delay=100, max_uploads=2)) as wb:
+        for i in range(5):
+            wb.schedule(f"f{i}")
+        t = now()
+        done = await wb.drain(lambda d, n: progress.append((d, n)))
+        assert done == 5
+        assert now() - t == pytest.approx(3.0)  # 5 uploads of 1 s, 2 at a time, no delay
+        assert wb.pending_paths() == set()
+        assert sorted(c.path for c in up.calls) == [f"f{i}" for i in range(5)]
+    assert progress[0] == (0, 5)
+    assert progress[-1] == (5, 5)
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert all(total == 5 for _, total in progress)
+
+
+async def test_drain_of_empty_queue(autojump_clock: trio.testing.MockClock) -> None:
+    progress: list[tuple[int, int]] = []
+    async with running(WriteBack(FakeUpload(), delay=5)) as wb:
+        assert await wb.drain(lambda d, n: progress.append((d, n))) == 0
+    assert progress == []
+
+
+async def test_drain_retries_failures_sooner(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(failures={"a": 8})
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("a")
+        while len(up.calls) < 5:
+            await trio.sleep(0.01)
+        await trio.sleep(0.01)  # the fifth failure is in: the next wait is 8-16 s
+        assert [c.outcome for c in up.calls] == ["failed"] * 5
+        t = now()
+        assert await wb.drain() == 1
+        assert now() - t <= 3 * DRAIN_RETRY_CAP + 0.1
+        assert [c.outcome for c in up.calls] == ["failed"] * 8 + ["ok"]
+        gaps = [b.start - a.start for a, b in zip(up.calls[5:], up.calls[6:], strict=False)]
+        assert all(gap <= DRAIN_RETRY_CAP + 1e-6 for gap in gaps), gaps
+
+
+async def test_drain_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(failures={"a": 10**6})
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("a")
+        wb.schedule("b")
+        t = now()
+        with pytest.raises(trio.TooSlowError):
+            await wb.drain(timeout=10)
+        assert now() - t == pytest.approx(10.0)
+        assert wb.pending_paths() == {"a"}  # still queued for retry, not dropped
+        assert wb.stats.retries >= 5
+        # Outside the drain the backoff is no longer capped.
+        n = len(up.calls)
+        await trio.sleep(3 * DRAIN_RETRY_CAP)
+        assert len(up.calls) <= n + 1
+
+
+async def test_max_uploads_is_respected(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(duration=1)
+    async with running(WriteBack(up, delay=0, max_uploads=3)) as wb:
+        for i in range(10):
+            wb.schedule(f"f{i}")
+        await trio.sleep(0.5)
+        assert wb.stats.in_flight == 3
+        assert wb.stats.queued == 7
+        await trio.sleep(10)
+        assert wb.stats.uploaded == 10
+    assert up.max_active == 3
+    assert sorted(c.path for c in up.calls) == sorted(f"f{i}" for i in range(10))
+
+
+async def test_distinct_paths_upload_concurrently(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(duration=5)
+    async with running(WriteBack(up, delay=1)) as wb:
+        t0 = now()
+        wb.schedule("a")
+        wb.schedule("b")
+        await trio.sleep(3)
+        assert wb.stats.in_flight == 2
+        await trio.sleep(10)
+    assert sorted((c.path, c.start - t0, c.end - t0) for c in up.calls if c.end is not None) == [
+        ("a", 1.0, 6.0),
+        ("b", 1.0, 6.0),
+    ]
+    assert up.max_active == 2
+
+
+async def test_close_keeps_interrupted_upload_queued(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpload(duration=10)
+    wb = WriteBack(up, delay=1)
+    async with running(wb):
+        wb.schedule("a")
+        await trio.sleep(2)
+    # run() returned with the upload interrupted: the path must still be pending...
+    assert [c.outcome for c in up.calls] == ["cancelled"]
+    assert wb.pending_paths() == {"a"}
+    # ...and goes out at once when the queue runs again.
+    t = now()
+    async with running(wb):
+        await wb.flush("a")
+    assert now() - t == pytest.approx(10.0)
+    assert [c.outcome for c in up.calls] == ["cancelled", "ok"]
+
+
+async def test_run_twice_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    wb = WriteBack(FakeUpload(), delay=1)
+    async with running(wb):
+        with pytest.raises(RuntimeError):
+            await wb.run()
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        WriteBack(FakeUpload(), delay=-1)
+    with pytest.raises(ValueError):
+        WriteBack(FakeUpload(), delay=1, max_uploads=0)

@@ -1,0 +1,340 @@
+"""The `zonefs` command: argparse subcommands that build a config and run or talk to a mount.
+
+Every user error ends as one line on stderr and a non-zero exit (2 for bad input, 1 for a
+failure), never a traceback. Credentials never appear in argv: they come from the standard AWS
+chain (environment, shared files, profiles), which the background daemon inherits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import __version__, control
+from .config import MountOptions, ZoneConfig, parse_mount_options
+from .errors import ConfigError, ZonefsError
+
+log = logging.getLogger("zonefs")
+
+MOUNT_TIMEOUT = 30.0
+
+
+def _setup_logging(level: str, log_file: str | None = None) -> None:
+    handler: logging.Handler
+    if log_file:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # botocore logs request details, headers included, at DEBUG: keep it quiet always.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# -- mount ----------------------------------------------------------------------------------------
+
+
+def _zone_and_options(args: argparse.Namespace) -> tuple[ZoneConfig, MountOptions]:
+    zone = ZoneConfig.parse(args.zone, endpoint_url=args.endpoint_url, region=args.region,
+                            profile=args.profile)
+    return zone, parse_mount_options(args.options or [])
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    zone, opts = _zone_and_options(args)
+    if args.foreground:
+        return _run_foreground(args, zone, opts)
+    return _run_background(args, zone, opts)
+
+
+def _run_foreground(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptions) -> int:
+    import trio
+
+    from .daemon import Daemon, preflight
+
+    ready_fd: int | None = args.ready_fd
+    _setup_logging(args.log_level, args.log_file)
+
+    def on_ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"READY\n")
+            os.close(ready_fd)
+
+    try:
+        preflight(args.mountpoint, opts)
+        trio.run(Daemon(zone, opts, args.mountpoint).serve, on_ready)
+    except ZonefsError as exc:
+        log.error("%s", exc)
+        code = 2 if isinstance(exc, ConfigError) else 1
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"ERROR {code} {exc}\n".encode())
+        elif not args.log_file:
+            pass  # already on stderr through logging
+        return code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _run_background(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptions) -> int:
+    cache_dir = opts.cache_dir_for(zone)
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    log_file = args.log_file or os.path.join(cache_dir, "zonefs.log")
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "zonefs", "--log-level", args.log_level, "mount", args.zone,
+            os.path.abspath(args.mountpoint), "--foreground", "--ready-fd", str(write_fd),
+            "--log-file", log_file]
+    for name in ("endpoint_url", "region", "profile"):
+        value = getattr(args, name)
+        if value:
+            argv += [f"--{name.replace('_', '-')}", value]
+    for spec in args.options or []:
+        argv += ["-o", spec]
+    with open(os.devnull, "rb") as devnull:
+        out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        child = subprocess.Popen(argv, stdin=devnull, stdout=out, stderr=out,
+                                 pass_fds=(write_fd,), start_new_session=True)
+        os.close(out)
+    os.close(write_fd)
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    message = b""
+    while b"\n" not in message:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            child.kill()
+            print(f"zonefs: the mount did not come up within {MOUNT_TIMEOUT:.0f} s; see {log_file}",
+                  file=sys.stderr)
+            return 1
+        ready, _, _ = select.select([read_fd], [], [], remaining)
+        if ready:
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                break
+            message += chunk
+    os.close(read_fd)
+    line = message.decode(errors="replace").strip()
+    if line == "READY":
+        print(f"zonefs: mounted {zone.label} at {os.path.abspath(args.mountpoint)}")
+        return 0
+    if line.startswith("ERROR "):
+        _, code, text = line.split(" ", 2)
+        print(f"zonefs: {text}", file=sys.stderr)
+        child.wait(timeout=10)
+        return int(code)
+    child.wait(timeout=10)
+    print(f"zonefs: the mount daemon exited early; see {log_file}", file=sys.stderr)
+    return 1
+
+
+# -- talking to a mount -----------------------------------------------------------------------
+
+
+class _Progress:
+    """Upload progress: a redrawn line on a terminal, plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        text = f"uploading: {p['done']}/{p['total']} files"
+        if self.tty:
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - self.last > 1 or p["done"] == p["total"]:
+            print(text, file=sys.stderr)
+            self.last = time.monotonic()
+
+    def end(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    progress = _Progress()
+    answer = control.request(args.mountpoint, "sync", on_progress=progress)
+    progress.end()
+    print(f"zonefs: {answer['files']} file(s), {_human(answer['bytes'])} uploaded "
+          f"in {answer['seconds']} s; everything is in the bucket")
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.abspath(args.mountpoint)
+    progress = _Progress()
+    try:
+        answer = control.request(mountpoint, "unmount", on_progress=progress)
+    except control.ControlError:
+        if not os.path.ismount(mountpoint):
+            print(f"zonefs: {mountpoint} is not mounted", file=sys.stderr)
+            return 1
+        # The daemon is gone (killed): what it journaled is uploaded at the next mount.
+        subprocess.run(["fusermount3", "-u", mountpoint], check=False)
+        if os.path.ismount(mountpoint):
+            print(f"zonefs: could not unmount {mountpoint}", file=sys.stderr)
+            return 1
+        print(f"zonefs: unmounted {mountpoint} (its daemon was not running; pending uploads "
+              "resume at the next mount)")
+        return 0
+    progress.end()
+    print(f"zonefs: uploaded {answer['files']} file(s), {_human(answer['bytes'])}; "
+          f"unmounted {mountpoint}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = control.request(args.mountpoint, "status")["status"]
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    wb = status["writeback"]
+    cache = status["cache"]
+    rows = [
+        ("zone", status["zone"]),
+        ("mount point", status["mountpoint"]),
+        ("dirty files", f"{status['dirty_files']} ({_human(status['dirty_bytes'])})"),
+        ("uploads", f"{wb.get('in_flight', 0)} in flight, {wb.get('queued', 0)} queued, "
+                    f"{wb.get('uploaded', 0)} done, {wb.get('retries', 0)} retries"),
+        ("last error", wb.get("last_error") or "-"),
+        ("cache", f"{cache['blobs']} blobs, {_human(cache['cached_bytes'])} in "
+                  f"{status['cache_dir']}"),
+        ("requests", ", ".join(f"{k} {v}" for k, v in sorted(status["requests"].items()))),
+    ]
+    for name, value in rows:
+        print(f"{name:12} {value}")
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+DEMO_FILES = {
+    "README.txt": "This is an embedded zonefs zone: a versioned object store in a directory.\n"
+                  "Every file you write here becomes an object; try cp, mv, rm, mkdir.\n",
+    "examples/hello.txt": "hello from zonefs\n",
+    "examples/data.csv": "name,value\nalpha,1\nbeta,2\n",
+}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import trio
+
+    from .keys import DIR_CONTENT_TYPE
+    from .remote import open_remote
+
+    zone_dir = os.path.abspath(args.dir)
+    mountpoint = os.path.abspath(args.mountpoint)
+    zone = ZoneConfig.parse(f"file://{zone_dir}")
+    if not os.path.exists(zone_dir):
+        remote = open_remote(zone, create=True)
+
+        async def seed() -> None:
+            await remote.put_bytes("examples/", b"", {}, DIR_CONTENT_TYPE)
+            for key, text in DEMO_FILES.items():
+                await remote.put_bytes(key, text.encode(), {}, "text/plain")
+
+        trio.run(seed)
+    os.makedirs(mountpoint, exist_ok=True)
+    if os.path.ismount(mountpoint):
+        print(f"zonefs: {mountpoint} is already mounted")
+    else:
+        ns = argparse.Namespace(zone=zone.url, mountpoint=mountpoint, endpoint_url=None,
+                                region=None, profile=None, options=args.options,
+                                foreground=False, log_level=args.log_level, log_file=None,
+                                ready_fd=None)
+        code = cmd_mount(ns)
+        if code:
+            return code
+    rel = os.path.relpath(mountpoint)
+    exe = os.path.relpath(sys.argv[0]) if os.sep in sys.argv[0] else "zonefs"
+    print(f"""
+The demo zone {zone_dir} is mounted at ./{rel}. Things to try:
+  ls -l {rel} {rel}/examples
+  echo 'my first object' > {rel}/notes.txt && cat {rel}/notes.txt
+  cp -r /etc/apt {rel}/ && ls -lR {rel}/apt | head
+  mv {rel}/notes.txt {rel}/examples/ && rm -r {rel}/apt
+  {exe} status {rel}        # what is cached, pending, requested
+  {exe} sync {rel}          # wait until every change is stored in the zone
+Unmount (uploads everything pending first):
+  {exe} umount {rel}""")
+    return 0
+
+
+# -- argument parsing -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zonefs", description="Mount an S3 zone as a directory.")
+    parser.add_argument("--version", action="version", version=f"zonefs {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--debug", action="store_const", const="DEBUG", dest="log_level",
+                        help="log every request (never credentials)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("mount", help="mount a zone")
+    p.add_argument("zone", help="s3://BUCKET[/PREFIX] or file:///DIR")
+    p.add_argument("mountpoint")
+    p.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
+    p.add_argument("--region")
+    p.add_argument("--profile", help="AWS profile for credentials")
+    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
+                   help="ro, allow_other, uid=, gid=, umask=, cache_dir=, cache_size=, "
+                        "writeback_delay=, metadata_ttl=")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay attached")
+    p.add_argument("--log-file", help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_mount)
+
+    for name, func, text in (("umount", cmd_umount, "upload everything pending, then unmount"),
+                             ("sync", cmd_sync, "upload everything pending and wait")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("mountpoint")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("status", help="show a mount's state")
+    p.add_argument("mountpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo", help="create and mount an embedded demo zone")
+    p.add_argument("--dir", default="demo-zone", help="zone directory (default ./demo-zone)")
+    p.add_argument("--mountpoint", default="zone", help="mount point (default ./zone)")
+    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "mount" or not getattr(args, "foreground", False):
+        _setup_logging("WARNING" if args.log_level == "INFO" else args.log_level)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"zonefs: {exc}", file=sys.stderr)
+        return 2
+    except (ZonefsError, control.ControlError) as exc:
+        print(f"zonefs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,205 @@
+"""Zone and mount configuration: frozen dataclasses, parsed and validated with clear messages.
+
+A *zone* says where the objects are (an S3 bucket and prefix at an endpoint, or a local
+directory); *mount options* say how this machine presents them. Parsing raises `ConfigError`
+with a one-line message; nothing here touches the network or the filesystem beyond reading
+environment defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field, replace
+from urllib.parse import unquote, urlsplit
+
+from .errors import ConfigError
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneConfig:
+    """Where a zone's objects live. `prefix` is '' or ends with '/'."""
+
+    url: str
+    scheme: str  # "s3" or "file"
+    bucket: str = ""
+    prefix: str = ""
+    local_dir: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    addressing_style: str | None = None  # "path", "virtual" or None for botocore's choice
+    ca_bundle: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+    ) -> ZoneConfig:
+        """Parse `s3://BUCKET[/PREFIX]` or `file:///DIR`.
+
+        >>> ZoneConfig.parse("s3://bkt/some/dir").prefix
+        'some/dir/'
+        >>> ZoneConfig.parse("file:///tmp/z").local_dir
+        '/tmp/z'
+        """
+        parts = urlsplit(url)
+        if parts.scheme == "s3":
+            bucket = parts.netloc
+            if not _BUCKET_RE.match(bucket):
+                raise ConfigError(f"not a valid bucket name in {url!r}")
+            prefix = unquote(parts.path).strip("/")
+            if "//" in prefix:
+                raise ConfigError(f"the prefix in {url!r} has an empty path segment")
+            if endpoint_url is not None and not re.match(r"^https?://[^/]+", endpoint_url):
+                raise ConfigError(
+                    f"--endpoint-url must start with http:// or https://: {endpoint_url!r}"
+                )
+            return cls(
+                url=url,
+                scheme="s3",
+                bucket=bucket,
+                prefix=prefix + "/" if prefix else "",
+                endpoint_url=endpoint_url,
+                region=region,
+                profile=profile,
+                addressing_style="path" if endpoint_url else None,
+            )
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise ConfigError(f"file zones are local: use file:///DIR, not {url!r}")
+            path = unquote(parts.path)
+            if not path.startswith("/"):
+                raise ConfigError(f"file zones need an absolute path: {url!r}")
+            return cls(url=url, scheme="file", local_dir=os.path.normpath(path))
+        raise ConfigError(f"a zone is s3://BUCKET[/PREFIX] or file:///DIR, not {url!r}")
+
+    @property
+    def zone_id(self) -> str:
+        """A short stable name for this zone, used to name its cache directory."""
+        ident = f"{self.url}|{self.endpoint_url or ''}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """How logs and `status` name the zone (no credentials: there are none in a zone URL)."""
+        if self.scheme == "file":
+            return f"file://{self.local_dir}"
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket}/{self.prefix}{where}"
+
+
+def default_cache_root() -> str:
+    """/var/cache/zonefs for root, else $XDG_CACHE_HOME/zonefs (default ~/.cache/zonefs)."""
+    if os.geteuid() == 0:
+        return "/var/cache/zonefs"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "zonefs")
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    """How a zone is presented. Times are seconds, sizes bytes."""
+
+    read_only: bool = False
+    allow_other: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    cache_dir: str = ""  # "" means default_cache_root()/<zone_id>
+    cache_size: int = 10 << 30
+    writeback_delay: float = 2.0
+    metadata_ttl: float = 5.0
+    max_requests: int = 16
+    fsname: str = "zonefs"
+
+    @property
+    def file_mode(self) -> int:
+        """Permission bits for objects without zonefs metadata."""
+        return 0o666 & ~self.umask
+
+    @property
+    def dir_mode(self) -> int:
+        return 0o777 & ~self.umask
+
+    def cache_dir_for(self, zone: ZoneConfig) -> str:
+        return self.cache_dir or os.path.join(default_cache_root(), zone.zone_id)
+
+
+def parse_size(text: str) -> int:
+    """'10G' → bytes.
+
+    >>> parse_size("512M")
+    536870912
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise ConfigError(f"not a size: {text!r} (use e.g. 512M or 10G)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def _parse_seconds(name: str, text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", text)
+    if not m:
+        raise ConfigError(f"{name}= takes seconds (e.g. 2, 0.5, 500ms), not {text!r}")
+    value = float(m.group(1))
+    return value / 1000 if m.group(2) == "ms" else value * 60 if m.group(2) == "m" else value
+
+
+def _parse_id(name: str, text: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{name}= takes a numeric id, not {text!r}")
+    return int(text)
+
+
+# Mount-style options that mount(8) and fstab pass along and zonefs accepts without effect.
+_IGNORED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "dev",
+            "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime"}
+
+
+def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> MountOptions:
+    """Apply `-o a,b=c` strings to `base`.
+
+    >>> parse_mount_options(["ro,uid=1000,cache_size=1G"]).cache_size
+    1073741824
+    """
+    opts = base or MountOptions()
+    changes: dict[str, object] = {}
+    for spec in specs:
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            name, _, value = item.partition("=")
+            if name == "ro":
+                changes["read_only"] = True
+            elif name == "rw":
+                changes["read_only"] = False
+            elif name == "allow_other":
+                changes["allow_other"] = True
+            elif name in ("uid", "gid"):
+                changes[name] = _parse_id(name, value)
+            elif name == "umask":
+                if not re.fullmatch(r"[0-7]{1,4}", value):
+                    raise ConfigError(f"umask= takes an octal mask such as 022, not {value!r}")
+                changes["umask"] = int(value, 8)
+            elif name == "cache_dir":
+                if not value:
+                    raise ConfigError("cache_dir= needs a directory")
+                changes["cache_dir"] = os.path.abspath(value)
+            elif name == "cache_size":
+                changes["cache_size"] = parse_size(value)
+            elif name in ("writeback_delay", "metadata_ttl"):
+                changes[name] = _parse_seconds(name, value)
+            elif name == "max_requests":
+                changes["max_requests"] = max(1, _parse_id(name, value))
+            elif name in _IGNORED:
+                continue
+            else:
+                raise ConfigError(f"unknown mount option {name!r}")
+    return replace(opts, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,278 @@
+"""Wiring of a running mount: one trio nursery that holds the FUSE loop, the write-back queue,
+background fetches and the control server, plus signals, readiness and the final drain.
+
+Order of life:
+1. `preflight` checks what can be checked without the network (mount point, /dev/fuse).
+2. `serve` opens the remote and checks it within a deadline, opens the cache dir (0700), the
+   journal and the blob store, re-queues files the journal still holds as dirty, mounts, and
+   only then reports ready (to the parent `zonefs mount` and to systemd's NOTIFY_SOCKET).
+3. On `zonefs umount`, SIGTERM or SIGINT, every pending upload is drained before the unmount.
+   An unmount from outside (`fusermount3 -u`) drains after the fact; anything not uploaded stays
+   in the journal for the next mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from . import control
+from .blobs import BlobStore
+from .config import MountOptions, ZoneConfig
+from .errors import MountError, ZonefsError
+from .fuse_ops import ZonefsOperations
+from .journal import Journal
+from .remote import open_remote
+from .vfs import Vfs
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT = 8.0
+
+
+def preflight(mountpoint: str, opts: MountOptions) -> None:
+    """Fail early, with one clear line, on what would make the mount fail or hang."""
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module or install fuse3")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("/dev/fuse is not accessible to this user")
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        raise MountError("fusermount3 is missing: install the fuse3 package")
+    if not os.path.isdir(mountpoint):
+        if os.path.exists(mountpoint):
+            raise MountError(f"mount point {mountpoint} is not a directory")
+        raise MountError(f"mount point {mountpoint} does not exist")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point")
+    try:
+        if any(True for _ in os.scandir(mountpoint)):
+            raise MountError(f"mount point {mountpoint} is not empty")
+    except PermissionError as exc:
+        raise MountError(f"mount point {mountpoint} is not readable") from exc
+    if os.path.exists(control.socket_path(mountpoint)):
+        try:
+            control.request(mountpoint, "ping", timeout=2)
+        except control.ControlError:
+            pass
+        else:
+            raise MountError(f"a zonefs daemon already serves {mountpoint}")
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """Whether `mountpoint` is in the mount table, without touching it (a stat of a mount
+    whose daemon is not answering would hang)."""
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 1 and _unescape(fields[1]) == target:
+                return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    # /proc/mounts escapes space, tab, newline and backslash as octal.
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def _fuse_options(opts: MountOptions, zone: ZoneConfig) -> set[str]:
+    options = set(pyfuse3.default_options)
+    options.add(f"fsname={opts.fsname}")
+    options.add("subtype=zonefs")
+    if opts.allow_other:
+        options.add("allow_other")
+    if opts.read_only:
+        options.add("ro")
+    return options
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state, when started by it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.debug("sd_notify failed: %s", exc)
+
+
+class Daemon:
+    """One mounted zone. `serve()` runs until unmounted."""
+
+    def __init__(self, zone: ZoneConfig, opts: MountOptions, mountpoint: str) -> None:
+        self.zone, self.opts = zone, opts
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.cache_dir = opts.cache_dir_for(zone)
+        # Resolved before mounting: once mounted, a stat of the mount point waits for our loop.
+        self.control_path = control.socket_path(self.mountpoint)
+        self._stop = trio.Event()
+        self._closed = trio.Event()
+        self._unmounted_by_us = False
+        self.vfs: Vfs | None = None
+
+    async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
+        remote = open_remote(self.zone, max_requests=self.opts.max_requests)
+        try:
+            with trio.fail_after(CHECK_TIMEOUT):
+                await remote.check()
+        except trio.TooSlowError:
+            raise MountError(
+                f"{self.zone.label} did not answer within {CHECK_TIMEOUT:.0f} s"
+            ) from None
+        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.cache_dir, 0o700)
+        journal = Journal(os.path.join(self.cache_dir, "journal.sqlite"))
+        blobs = BlobStore(self.cache_dir, capacity=self.opts.cache_size)
+        try:
+            async with trio.open_nursery() as nursery:
+                def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
+                    nursery.start_soon(fn)
+
+                vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, spawn=spawn)
+                ops = ZonefsOperations(vfs, self.opts)
+                await nursery.start(vfs.writeback.run)
+                pending = vfs.requeue_dirty()
+                if pending:
+                    log.info("%d file(s) from an earlier mount are queued for upload", pending)
+                options = _fuse_options(self.opts, self.zone)
+                if debug_fuse:
+                    options.add("debug")
+                try:
+                    pyfuse3.init(ops, self.mountpoint, options)
+                except RuntimeError as exc:
+                    raise MountError(f"cannot mount at {self.mountpoint}: {exc}") from exc
+                try:
+                    await nursery.start(self._control_server)
+                    nursery.start_soon(self._signals)
+                    log.info("mounted %s at %s", self.zone.label, self.mountpoint)
+                    on_ready()
+                    _sd_notify("READY=1\nSTATUS=mounted")
+                    await pyfuse3.main()
+                    _sd_notify("STOPPING=1")
+                    await self._drain("unmount")
+                finally:
+                    pyfuse3.close(unmount=is_mounted(self.mountpoint))
+                    self._closed.set()
+                log.info("unmounted %s", self.mountpoint)
+                with trio.move_on_after(2):
+                    await trio.sleep(0.05)  # let a waiting `zonefs umount` read its answer
+                nursery.cancel_scope.cancel()
+        finally:
+            journal.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.control_path)
+
+    async def _drain(self, why: str,
+                     progress: Callable[[int, int], None] | None = None) -> int:
+        assert self.vfs is not None
+        pending = len(self.vfs.writeback.pending_paths())
+        if pending:
+            log.info("%s: uploading %d pending file(s)", why, pending)
+        done = await self.vfs.writeback.drain(progress)
+        if pending:
+            log.info("%s: all uploads done", why)
+        return done
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("%s: draining uploads, then unmounting", signal.Signals(signum).name)
+                _sd_notify("STOPPING=1")
+                await self._drain(signal.Signals(signum).name)
+                self._unmounted_by_us = True
+                pyfuse3.terminate()
+                return
+
+    # -- control channel ------------------------------------------------------------------------
+
+    async def _control_server(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        path = self.control_path
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            await sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        await trio.serve_listeners(self._handle_client, [listener])
+
+    async def _handle_client(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                buf = b""
+                while b"\n" not in buf:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                cmd = json.loads(buf.split(b"\n", 1)[0]).get("cmd")
+                await self._answer(stream, cmd)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except ZonefsError as exc:
+                await _send(stream, {"ok": False, "error": str(exc)})
+            except Exception as exc:  # a bad request must not take the mount down
+                log.exception("control request failed")
+                await _send(stream, {"ok": False, "error": f"internal error: {exc}"})
+
+    async def _answer(self, stream: trio.SocketStream, cmd: str | None) -> None:
+        assert self.vfs is not None
+        if cmd == "ping":
+            await _send(stream, {"ok": True})
+        elif cmd == "status":
+            status = self.vfs.status()
+            status.update(mountpoint=self.mountpoint, cache_dir=self.cache_dir, pid=os.getpid())
+            await _send(stream, {"ok": True, "status": status})
+        elif cmd in ("sync", "unmount"):
+            before = self.vfs.uploaded_bytes
+            started = time.monotonic()
+            send_channel, receive_channel = trio.open_memory_channel[tuple[int, int]](64)
+
+            def progress(done: int, total: int) -> None:
+                with contextlib.suppress(trio.WouldBlock):
+                    send_channel.send_nowait((done, total))
+
+            async def forward() -> None:
+                async for done, total in receive_channel:
+                    await _send(stream, {"progress": {"done": done, "total": total}})
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(forward)
+                files = await self._drain(cmd, progress)
+                await send_channel.aclose()
+            answer = {"ok": True, "files": files, "bytes": self.vfs.uploaded_bytes - before,
+                      "seconds": round(time.monotonic() - started, 3)}
+            if cmd == "unmount":
+                self._unmounted_by_us = True
+                pyfuse3.terminate()
+                await self._closed.wait()
+            await _send(stream, answer)
+        else:
+            await _send(stream, {"ok": False, "error": f"unknown command {cmd!r}"})
+
+
+async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
+    await stream.send_all(json.dumps(message).encode() + b"\n")

@@ -1,0 +1,96 @@
+"""The zonefs exception tree and its errno table.
+
+Every component raises these; nothing below `fuse_ops` raises `FUSEError` or `OSError` for a
+filesystem-level condition. `fuse_ops` turns a `ZonefsError` into `FUSEError(exc.errno)` in one
+place, and the remote backends turn store errors into these in one place each.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class ZonefsError(Exception):
+    """Base of every zonefs error; `errno` is what a FUSE caller sees."""
+
+    errno: int = errno.EIO
+
+
+class NotFound(ZonefsError):
+    errno = errno.ENOENT
+
+
+class Exists(ZonefsError):
+    errno = errno.EEXIST
+
+
+class NotEmpty(ZonefsError):
+    errno = errno.ENOTEMPTY
+
+
+class IsADirectory(ZonefsError):
+    errno = errno.EISDIR
+
+
+class NotADirectory(ZonefsError):
+    errno = errno.ENOTDIR
+
+
+class ReadOnly(ZonefsError):
+    errno = errno.EROFS
+
+
+class AccessDenied(ZonefsError):
+    errno = errno.EACCES
+
+
+class NotPermitted(ZonefsError):
+    errno = errno.EPERM
+
+
+class NameTooLong(ZonefsError):
+    errno = errno.ENAMETOOLONG
+
+
+class InvalidArgument(ZonefsError):
+    errno = errno.EINVAL
+
+
+class NotSupported(ZonefsError):
+    errno = errno.ENOTSUP
+
+
+class NoSpace(ZonefsError):
+    errno = errno.ENOSPC
+
+
+class RemoteError(ZonefsError):
+    """The store failed a request. `transient` errors (timeouts, 5xx, throttling) may be retried."""
+
+    errno = errno.EIO
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class BucketMissing(RemoteError):
+    errno = errno.ENOENT
+
+
+class PreconditionFailed(RemoteError):
+    """A conditional write lost: the object changed since the version the write started from."""
+
+    errno = errno.EIO
+
+
+class ConfigError(ZonefsError):
+    """Bad user input (options, URLs, zone definitions): reported as one line, exit code 2."""
+
+    errno = errno.EINVAL
+
+
+class MountError(ZonefsError):
+    """The mount cannot start (mount point, /dev/fuse, store unreachable): one line, exit code 1."""
+
+    errno = errno.EIO

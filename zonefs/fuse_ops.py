@@ -1,0 +1,267 @@
+"""The FUSE adapter: `pyfuse3.Operations` on top of the path-based `Vfs`.
+
+It owns inode numbers (through `InodeTable`), file handles and directory snapshots, and builds
+`EntryAttributes`; it holds no cache or S3 logic. Errors are translated here, in `_errors`, and
+only here: a `ZonefsError` becomes `FUSEError(exc.errno)`, an `OSError` keeps its errno, and
+anything else is logged with its traceback and becomes EIO. Nothing but `FUSEError` leaves a
+handler; `forget` never raises.
+
+Lookup counts follow pyfuse3's contract: lookup, create, mkdir, symlink and mknod add one, and so
+does every `readdir_reply` that returns True. Unlinked inodes live until the kernel forgets them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as st
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pyfuse3
+
+from .config import MountOptions
+from .errors import ZonefsError
+from .inodes import InodeTable
+from .keys import join
+from .vfs import Handle, Stat, Vfs
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _errors(op: str, *args: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    except pyfuse3.FUSEError:
+        raise
+    except ZonefsError as exc:
+        log.debug("%s%r: %s (%s)", op, args, errno.errorcode.get(exc.errno, exc.errno), exc)
+        raise pyfuse3.FUSEError(exc.errno) from None
+    except OSError as exc:
+        log.debug("%s%r: %s", op, args, exc)
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+    except Exception:
+        log.exception("%s%r failed unexpectedly", op, args)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+class ZonefsOperations(pyfuse3.Operations):
+    """Inode-based FUSE handlers that resolve paths and call `Vfs`."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, vfs: Vfs, opts: MountOptions) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self.opts = opts
+        self.inodes = InodeTable()
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, list[tuple[str, Stat]]] = {}
+        self._dir_paths: dict[int, str] = {}
+        self._next_fh = 1
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _path(self, inode: int) -> str:
+        return self.inodes.path_of(inode)
+
+    def _child(self, parent_inode: int, name: bytes) -> str:
+        return join(self._path(parent_inode), os.fsdecode(name))
+
+    def _attr(self, inode: int, s: Stat) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.generation = 0
+        a.entry_timeout = self.opts.metadata_ttl
+        a.attr_timeout = self.opts.metadata_ttl
+        a.st_mode = s.meta.mode
+        a.st_nlink = 2 if st.S_ISDIR(s.meta.mode) else 1
+        a.st_uid = s.meta.uid
+        a.st_gid = s.meta.gid
+        a.st_rdev = 0
+        a.st_size = s.size
+        a.st_blksize = 1 << 20
+        a.st_blocks = (s.size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = s.meta.mtime_ns
+        return a
+
+    def _entry(self, path: str, s: Stat) -> pyfuse3.EntryAttributes:
+        return self._attr(self.inodes.lookup(path), s)
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    # -- lookups and attributes ---------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        async with _errors("lookup", parent_inode, name):
+            parent = self._path(parent_inode)
+            if name == b".":
+                path = parent
+            elif name == b"..":
+                path = parent.rpartition("/")[0]
+            else:
+                path = join(parent, os.fsdecode(name))
+            return self._entry(path, await self.vfs.stat(path))
+
+    async def getattr(self, inode: int, ctx: Any = None) -> Any:
+        async with _errors("getattr", inode):
+            return self._attr(inode, await self.vfs.stat(self._path(inode)))
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None,
+                      ctx: Any) -> Any:
+        async with _errors("setattr", inode):
+            path = self._path(inode)
+            mtime_ns = None
+            if fields.update_mtime:
+                mtime_ns = attr.st_mtime_ns
+            s = await self.vfs.setattr(
+                path,
+                mode=attr.st_mode if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                size=attr.st_size if fields.update_size else None,
+                mtime_ns=mtime_ns,
+                handle=self._handles.get(fh) if fh is not None else None,
+            )
+            return self._attr(inode, s)
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        async with _errors("readlink", inode):
+            return os.fsencode(await self.vfs.readlink(self._path(inode)))
+
+    async def statfs(self, ctx: Any) -> Any:
+        out = pyfuse3.StatvfsData()
+        for name, value in self.vfs.statfs().items():
+            setattr(out, name, value)
+        return out
+
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:  # type: ignore[override]
+        for inode, nlookup in inode_list:
+            self.inodes.forget(inode, nlookup)
+
+    # -- namespace ----------------------------------------------------------------------------
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        async with _errors("mkdir", parent_inode, name):
+            path = self._child(parent_inode, name)
+            return self._entry(path, await self.vfs.mkdir(path, mode, ctx.uid, ctx.gid))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        async with _errors("rmdir", parent_inode, name):
+            path = self._child(parent_inode, name)
+            await self.vfs.rmdir(path)
+            self.inodes.remove(path)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        async with _errors("unlink", parent_inode, name):
+            path = self._child(parent_inode, name)
+            await self.vfs.unlink(path)
+            self.inodes.remove(path)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        async with _errors("symlink", parent_inode, name):
+            path = self._child(parent_inode, name)
+            s = await self.vfs.symlink(path, os.fsdecode(target), ctx.uid, ctx.gid)
+            return self._entry(path, s)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        async with _errors("rename", name_old, name_new):
+            old = self._child(parent_inode_old, name_old)
+            new = self._child(parent_inode_new, name_new)
+            await self.vfs.rename(old, new, flags)
+            self.inodes.rename(old, new)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)  # objects cannot share a key
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: Any) -> Any:
+        if not st.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)  # devices, fifos and sockets have no object
+        async with _errors("mknod", parent_inode, name):
+            path = self._child(parent_inode, name)
+            handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid)
+            await self.vfs.flush(handle)
+            await self.vfs.release(handle)
+            return self._entry(path, s)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> Any:
+        async with _errors("create", parent_inode, name):
+            path = self._child(parent_inode, name)
+            handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid)
+            handle.append = bool(flags & os.O_APPEND)
+            fh = self._new_fh()
+            self._handles[fh] = handle
+            return pyfuse3.FileInfo(fh=fh), self._entry(path, s)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        async with _errors("open", inode):
+            handle = await self.vfs.open(self._path(inode), flags)
+            fh = self._new_fh()
+            self._handles[fh] = handle
+            return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        async with _errors("read", fh, off, size):
+            return await self.vfs.read(self._handles[fh], off, size)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        async with _errors("write", fh, off, len(buf)):
+            return await self.vfs.write(self._handles[fh], off, buf)
+
+    async def flush(self, fh: int) -> None:
+        async with _errors("flush", fh):
+            await self.vfs.flush(self._handles[fh])
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        async with _errors("fsync", fh):
+            await self.vfs.fsync(self._handles[fh])
+
+    async def release(self, fh: int) -> None:
+        async with _errors("release", fh):
+            handle = self._handles.pop(fh)
+            await self.vfs.release(handle)
+
+    # -- directories --------------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        async with _errors("opendir", inode):
+            path = self._path(inode)
+            entries = await self.vfs.listdir(path)
+            fh = self._new_fh()
+            # A snapshot per handle keeps readdir offsets stable while entries come and go.
+            self._dirs[fh] = entries
+            self._dir_paths[fh] = path
+            return fh
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        async with _errors("readdir", fh, start_id):
+            entries = self._dirs[fh]
+            parent = self._dir_paths[fh]
+            for index in range(start_id, len(entries)):
+                name, s = entries[index]
+                path = join(parent, name)
+                inode = self.inodes.lookup(path)
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(inode, s),
+                                             index + 1):
+                    self.inodes.forget(inode, 1)
+                    break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+        self._dir_paths.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # directory changes reach the bucket before their call returns

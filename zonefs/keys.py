@@ -1,0 +1,180 @@
+"""Pure mapping between mount paths and zone keys, name rules, and the metadata header codec.
+
+Paths inside zonefs are relative and '/'-separated, with '' for the mount root: `a/b.txt`.
+A file at path P is the zone key P; a directory at P has the marker key `P/` (DESIGN.md §3).
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import InvalidArgument, NameTooLong
+
+NAME_MAX = 255
+#: The reserved virtual directory at the mount root; never stored in the bucket.
+RESERVED = ".zonefs"
+DIR_CONTENT_TYPE = "application/x-directory"
+
+
+def join(parent: str, name: str) -> str:
+    """
+    >>> join("", "a"), join("a", "b")
+    ('a', 'a/b')
+    """
+    return f"{parent}/{name}" if parent else name
+
+
+def split(path: str) -> tuple[str, str]:
+    """
+    >>> split("a/b/c"), split("a")
+    (('a/b', 'c'), ('', 'a'))
+    """
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+def parents(path: str) -> list[str]:
+    """Every ancestor directory of `path`, nearest first, ending with the root ''.
+
+    >>> parents("a/b/c")
+    ['a/b', 'a', '']
+    """
+    out = []
+    while path:
+        path = split(path)[0]
+        out.append(path)
+    return out
+
+
+def dir_key(path: str) -> str:
+    """The marker key of directory `path`; '' for the root.
+
+    >>> dir_key("a/b"), dir_key("")
+    ('a/b/', '')
+    """
+    return f"{path}/" if path else ""
+
+
+def is_within(path: str, top: str) -> bool:
+    """True when `path` is `top` or below it.
+
+    >>> is_within("a/b", "a"), is_within("ab", "a"), is_within("x", "")
+    (True, False, True)
+    """
+    return not top or path == top or path.startswith(top + "/")
+
+
+def rebase(path: str, old: str, new: str) -> str:
+    """Move `path` from below `old` to below `new`.
+
+    >>> rebase("a/b/c", "a/b", "x")
+    'x/c'
+    """
+    return new + path[len(old):] if path != old else new
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether a key segment can be shown as a directory entry.
+
+    >>> [is_valid_name(n) for n in ("a", "", ".", "..", "x" * 256, "a\\x00b")]
+    [True, False, False, False, False, False]
+    """
+    if name in ("", ".", "..") or "\0" in name or "/" in name:
+        return False
+    try:
+        return len(name.encode("utf-8")) <= NAME_MAX
+    except UnicodeEncodeError:  # lone surrogates from undecodable keys
+        return False
+
+
+def check_name(name: str) -> None:
+    """Raise the errno a user should see for a name they asked to create."""
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise NameTooLong(name[:40] + "...")
+    if not is_valid_name(name):
+        raise InvalidArgument(f"invalid name {name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PosixMeta:
+    """The POSIX attributes zonefs keeps in object metadata. `mode` includes the type bits."""
+
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
+def encode_meta(meta: PosixMeta, **extra: str) -> dict[str, str]:
+    """Object metadata (names without `x-amz-meta-`) in the s3fs-compatible form.
+
+    >>> encode_meta(PosixMeta(0o100644, 0, 0, 1_500_000_000_000_000_001))
+    {'mode': '33188', 'uid': '0', 'gid': '0', 'mtime': '1500000000.000000001'}
+    """
+    sec, nsec = divmod(meta.mtime_ns, 1_000_000_000)
+    out = {
+        "mode": str(meta.mode),
+        "uid": str(meta.uid),
+        "gid": str(meta.gid),
+        "mtime": f"{sec}.{nsec:09d}",
+    }
+    out.update(extra)
+    return out
+
+
+def _parse_mtime_ns(text: str) -> int | None:
+    sec, dot, frac = text.strip().partition(".")
+    if not sec.lstrip("-").isdigit() or (dot and not frac.isdigit()):
+        return None
+    # rclone writes a float with fewer or more digits; keep nanoseconds exactly where given.
+    return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9] if dot else 0)
+
+
+def _parse_mode(text: str) -> int | None:
+    text = text.strip()
+    if not text.isdigit():
+        return None
+    # s3fs writes decimal; some tools write leading-0 octal.
+    return int(text, 8) if text.startswith("0") and len(text) > 1 else int(text)
+
+
+def decode_meta(
+    metadata: Mapping[str, str] | None,
+    *,
+    is_dir: bool,
+    default_mode: int,
+    default_uid: int,
+    default_gid: int,
+    fallback_mtime: float,
+) -> PosixMeta:
+    """POSIX attributes from object metadata, with mount defaults where it says nothing.
+
+    >>> decode_meta({"mode": "0100600", "mtime": "12.5"}, is_dir=False, default_mode=0o644,
+    ...             default_uid=1, default_gid=2, fallback_mtime=0.0)
+    PosixMeta(mode=33152, uid=1, gid=2, mtime_ns=12500000000)
+    """
+    md = metadata or {}
+    want_type = stat.S_IFDIR if is_dir else stat.S_IFREG
+    mode = _parse_mode(md.get("mode", "")) if "mode" in md else None
+    if mode is None:
+        mode = want_type | (default_mode & 0o7777)
+    elif stat.S_IFMT(mode) == 0:
+        mode |= want_type
+    elif is_dir and not stat.S_ISDIR(mode):
+        mode = stat.S_IFDIR | (mode & 0o7777)
+    elif not is_dir and stat.S_ISDIR(mode):
+        mode = stat.S_IFREG | (mode & 0o7777)
+    uid = md.get("uid", "")
+    gid = md.get("gid", "")
+    mtime_ns = _parse_mtime_ns(md["mtime"]) if "mtime" in md else None
+    if mtime_ns is None:
+        mtime_ns = int(fallback_mtime * 1_000_000_000)
+    return PosixMeta(
+        mode=mode,
+        uid=int(uid) if uid.isdigit() else default_uid,
+        gid=int(gid) if gid.isdigit() else default_gid,
+        mtime_ns=mtime_ns,
+    )

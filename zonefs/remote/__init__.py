@@ -1,0 +1,29 @@
+"""The stores a zone can live in, behind one `Remote` interface, and `open_remote` to pick one.
+
+Importing this package does not import boto3: `S3Remote` is imported only when an `s3://`
+zone is opened, so local zones (the demo) start fast and work without it.
+"""
+
+from __future__ import annotations
+
+from ..config import ZoneConfig
+from ..errors import ConfigError
+from .base import ListPage, ObjectInfo, Remote
+from .local import LocalRemote, VersionInfo
+
+__all__ = ["ListPage", "LocalRemote", "ObjectInfo", "Remote", "VersionInfo", "open_remote"]
+
+
+def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = False) -> Remote:
+    """The `Remote` for `zone`; at most `max_requests` requests run at once.
+
+    `create` makes a missing local zone; it has no effect on S3 zones (buckets are made with
+    the store's own tools).
+    """
+    if zone.scheme == "file":
+        return LocalRemote(zone, max_requests=max_requests, create=create)
+    if zone.scheme == "s3":
+        from .s3 import S3Remote
+
+        return S3Remote(zone, max_requests=max_requests)
+    raise ConfigError(f"unknown zone scheme {zone.scheme!r} in {zone.url!r}")

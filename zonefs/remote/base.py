@@ -1,0 +1,195 @@
+"""The one interface every store implements: `Remote`.
+
+A `Remote` is bound to one zone (a bucket plus a key prefix, or a local directory) and speaks in
+*zone keys*: keys relative to the zone prefix (`a/b.txt`, `dir/`). It never sees paths, inodes or
+cache files' meaning. Implementations write the blocking `_method`s; the public async methods run
+them in worker threads under one `CapacityLimiter`, so the trio loop never blocks on I/O.
+
+Invariants:
+- Errors leave a `Remote` only as `zonefs.errors` exceptions (`NotFound`, `AccessDenied`,
+  `BucketMissing`, `PreconditionFailed`, `RemoteError`); each backend translates its own errors in
+  one table, and never puts a credential in a message.
+- `ObjectInfo.etag` is the bare ETag, without quotes. `ObjectInfo.metadata` holds the user
+  metadata with lowercase names and without the `x-amz-meta-` prefix; it is None when the call
+  that produced the info does not return metadata (listings).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What the store says about one object (one version of it)."""
+
+    key: str
+    size: int
+    etag: str
+    mtime: float  # LastModified, seconds since the epoch
+    version_id: str | None = None
+    metadata: Mapping[str, str] | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of a delimited listing: objects and common prefixes (each ending in '/')."""
+
+    objects: list[ObjectInfo] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+    next_token: str | None = None
+
+
+@dataclass(slots=True)
+class RequestCounter:
+    """Requests made, by kind; read by `zonefs status` and by tests that count GETs."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+
+class Remote(ABC):
+    """Async access to one zone's objects. See the module docstring for the contract."""
+
+    #: One line naming the zone for logs and `status`, e.g. "s3://bucket/prefix/ at http://h:9000".
+    description: str = ""
+
+    def __init__(self, *, max_requests: int = 16) -> None:
+        self.limiter = trio.CapacityLimiter(max_requests)
+        self.requests = RequestCounter()
+
+    # -- blocking implementations, run in worker threads -----------------------------------
+
+    @abstractmethod
+    def _check(self) -> None:
+        """Fail fast unless the zone is reachable, exists and the credentials work."""
+
+    @abstractmethod
+    def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        """Info and metadata of `key`; NotFound when it does not exist."""
+
+    @abstractmethod
+    def _list(
+        self, prefix: str, delimiter: str | None, token: str | None, max_keys: int
+    ) -> ListPage:
+        """One page of keys starting with `prefix` (zone keys in, zone keys out)."""
+
+    @abstractmethod
+    def _get_range(
+        self, key: str, start: int, length: int, version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> bytes:
+        """Bytes [start, start+length) of `key`, fewer at the end of the object.
+
+        With `if_match`, a changed object raises PreconditionFailed instead of mixing versions.
+        """
+
+    @abstractmethod
+    def _download(
+        self, key: str, dest: str, version_id: str | None = None, if_match: str | None = None
+    ) -> ObjectInfo:
+        """Stream the whole object into the file `dest` (created or truncated)."""
+
+    @abstractmethod
+    def _upload(
+        self,
+        key: str,
+        src: str,
+        metadata: Mapping[str, str],
+        content_type: str | None,
+        cancel: threading.Event | None = None,
+    ) -> ObjectInfo:
+        """Upload the file `src` as `key` (multipart with parallel parts when large).
+
+        Setting `cancel` makes the upload fail with RemoteError soon, leaving no object and no
+        unfinished multipart upload behind.
+        """
+
+    @abstractmethod
+    def _put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None
+    ) -> ObjectInfo:
+        """Store a small object (directory markers, symlinks) in one PUT."""
+
+    @abstractmethod
+    def _copy(
+        self,
+        src_key: str,
+        dst_key: str,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> ObjectInfo:
+        """Server-side copy. `metadata` None keeps the source's metadata, else replaces it."""
+
+    @abstractmethod
+    def _delete(self, key: str) -> None:
+        """Delete `key` (a delete marker on a versioned store). Deleting a missing key is fine."""
+
+    # -- async facade ------------------------------------------------------------------------
+
+    async def _run(self, kind: str, fn: Any, *args: Any) -> Any:
+        self.requests.add(kind)
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def check(self) -> None:
+        await self._run("check", self._check)
+
+    async def head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        return await self._run("head", self._head, key, version_id)
+
+    async def list(
+        self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage:
+        return await self._run("list", self._list, prefix, delimiter, token, max_keys)
+
+    async def get_range(
+        self, key: str, start: int, length: int, version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> bytes:
+        return await self._run("get", self._get_range, key, start, length, version_id, if_match)
+
+    async def download(
+        self, key: str, dest: str, version_id: str | None = None, if_match: str | None = None
+    ) -> ObjectInfo:
+        return await self._run("get", self._download, key, dest, version_id, if_match)
+
+    async def upload(
+        self,
+        key: str,
+        src: str,
+        metadata: Mapping[str, str],
+        content_type: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ObjectInfo:
+        return await self._run("put", self._upload, key, src, metadata, content_type, cancel)
+
+    async def put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None = None
+    ) -> ObjectInfo:
+        return await self._run("put", self._put_bytes, key, data, metadata, content_type)
+
+    async def copy(
+        self,
+        src_key: str,
+        dst_key: str,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> ObjectInfo:
+        return await self._run("copy", self._copy, src_key, dst_key, metadata, content_type)
+
+    async def delete(self, key: str) -> None:
+        await self._run("delete", self._delete, key)
+
+    def object_uri(self, key: str) -> str:
+        """Where `key` lives, as a URI a user can paste into another S3 tool (no credentials)."""
+        return key

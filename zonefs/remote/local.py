@@ -1,0 +1,472 @@
+"""`LocalRemote`: the embedded local zone `file:///DIR`, a versioned object store on local disk.
+
+It behaves like an S3 bucket with versioning Enabled, behind the same `Remote` interface, so
+anyone can try zonefs (and the demo runs) without a cloud account.
+
+Layout:
+- `DIR/zone.sqlite` (WAL, synchronous=FULL): one row per version in `versions`, with `seq`
+  giving the order of writes, `is_latest` marking each key's current version, delete markers as
+  rows without a body.
+- `DIR/data/ab/<blob>`: the bodies, named by a random 32-hex blob name (`ab` = its first two
+  characters). Blobs are immutable; copies share their source's blob.
+
+Invariants:
+- Crash safety: a body is written to `DIR/data/tmp/`, fsync'ed and renamed into place before
+  the transaction that adds its row commits, so a committed row always has its body. A crash
+  in between leaves at most an unreferenced blob (harmless) or a temp file (removed at open).
+- Exactly one row per key has `is_latest = 1`; it is switched in the same transaction that
+  inserts the new version.
+- Version ids are unique and sort in write order (nanosecond time, forced monotonic, plus
+  random bits); callers still treat them as opaque strings.
+- Files are created 0600 and directories 0700. The SQLite connection is shared by the worker
+  threads and guarded by one lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from ..config import ZoneConfig
+from ..errors import BucketMissing, NoSpace, NotFound, PreconditionFailed, RemoteError
+from .base import ListPage, ObjectInfo, Remote
+
+_FORMAT = "1"
+_CHUNK = 1 << 20
+_DEFAULT_TYPE = "binary/octet-stream"  # what S3 reports for objects stored without a type
+_BATCH = 1000
+_STALE_TEMP_AGE = 24 * 3600.0  # seconds; a temp body older than this belongs to a dead writer
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    version_id TEXT NOT NULL UNIQUE,
+    is_latest INTEGER NOT NULL,
+    is_delete_marker INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    mtime REAL NOT NULL,
+    metadata TEXT,
+    content_type TEXT,
+    blob TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS versions_latest ON versions(key) WHERE is_latest = 1;
+CREATE INDEX IF NOT EXISTS versions_key ON versions(key, seq DESC);
+"""
+_COLUMNS = "key, version_id, size, etag, mtime, metadata, content_type, blob, is_delete_marker"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo(ObjectInfo):
+    """One entry of `list_versions`: an `ObjectInfo` plus S3's IsLatest and delete-marker flags.
+
+    A delete marker has size 0, an empty etag and no metadata.
+    """
+
+    is_latest: bool = False
+    is_delete_marker: bool = False
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(fn: _F) -> _F:
+    """The local zone's error table: file and database errors leave as zonefs errors."""
+
+    @functools.wraps(fn)
+    def wrapper(self: LocalRemote, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except OSError as exc:
+            cls = NoSpace if exc.errno == errno.ENOSPC else RemoteError
+            raise cls(f"{self.description}: {exc.strerror or exc}") from exc
+        except sqlite3.Error as exc:
+            raise RemoteError(f"{self.description}: zone database error: {exc}") from exc
+
+    return cast(_F, wrapper)
+
+
+def _after_prefix(common: str) -> str:
+    """The smallest string above every key that starts with `common` (code-point order, which
+    SQLite's binary collation of UTF-8 follows)."""
+    return common[:-1] + chr(ord(common[-1]) + 1)
+
+
+class LocalRemote(Remote):
+    """A versioned object store in a local directory."""
+
+    def __init__(self, zone: ZoneConfig, *, max_requests: int = 16, create: bool = False) -> None:
+        super().__init__(max_requests=max_requests)
+        self.zone = zone
+        self.root = zone.local_dir
+        self.description = zone.label
+        self._db_path = os.path.join(self.root, "zone.sqlite")
+        self._data = os.path.join(self.root, "data")
+        self._tmp = os.path.join(self._data, "tmp")
+        self._lock = threading.Lock()
+        self._last_ns = 0
+        if create:
+            self._create()
+        elif not os.path.isfile(self._db_path):
+            raise self._missing()
+        try:
+            self._db = sqlite3.connect(
+                f"file:{urllib.parse.quote(self._db_path)}?mode=rw", uri=True,
+                check_same_thread=False,
+                isolation_level=None,  # explicit BEGIN IMMEDIATE … COMMIT below
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            if create:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta(name, value) VALUES('format', ?)", (_FORMAT,)
+                )
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._missing(f" ({exc})") from exc
+        if row is None or not os.path.isdir(self._data):
+            self._db.close()
+            raise self._missing()
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """Remove bodies of writes that never committed. Only old ones: another process may
+        have this zone open and be writing right now."""
+        os.makedirs(self._tmp, mode=0o700, exist_ok=True)
+        cutoff = time.time() - _STALE_TEMP_AGE
+        for entry in os.scandir(self._tmp):
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+
+    def _create(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(self.root), exist_ok=True)  # the user's: default mode
+            for path in (self.root, self._data, self._tmp):
+                os.makedirs(path, mode=0o700, exist_ok=True)  # mode applies to the leaf only
+            if not os.path.exists(self._db_path):
+                # Created 0600 here: SQLite gives its -wal and -shm files the same mode.
+                os.close(os.open(self._db_path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise RemoteError(f"cannot create a zone at {self.root}: {exc.strerror}") from exc
+
+    def _missing(self, detail: str = "") -> BucketMissing:
+        return BucketMissing(
+            f"no zone at {self.root}{detail} (create it with `zonefs demo`, "
+            "or open it with create=True)"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def object_uri(self, key: str) -> str:
+        return f"file://{self.root}/{key}"
+
+    # -- storage helpers ----------------------------------------------------------------------
+
+    def _blob_path(self, blob: str) -> str:
+        return os.path.join(self._data, blob[:2], blob)
+
+    def _new_version_id(self) -> str:
+        """Unique, and increasing in write order (called under the lock)."""
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)
+        return f"{self._last_ns:016x}{secrets.token_hex(4)}"
+
+    def _store_body(self, chunks: Iterator[bytes]) -> tuple[str, int, str]:
+        """Write a body durably under a new blob name; returns (blob, size, md5 hex)."""
+        blob = secrets.token_hex(16)
+        tmp = os.path.join(self._tmp, blob)
+        md5, size = hashlib.md5(usedforsecurity=False), 0
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    md5.update(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            final_dir = os.path.dirname(self._blob_path(blob))
+            os.makedirs(final_dir, mode=0o700, exist_ok=True)
+            os.rename(tmp, self._blob_path(blob))
+            dir_fd = os.open(final_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename must be durable before the row commits
+            finally:
+                os.close(dir_fd)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return blob, size, md5.hexdigest()
+
+    def _add_version(
+        self, key: str, *, size: int, etag: str, metadata: Mapping[str, str] | None,
+        content_type: str | None, blob: str | None,
+    ) -> ObjectInfo:
+        meta = None if blob is None else {k.lower(): v for k, v in (metadata or {}).items()}
+        ctype = None if blob is None else (content_type or _DEFAULT_TYPE)
+        with self._lock:
+            self._ensure_present()
+            vid, mtime = self._new_version_id(), time.time()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE versions SET is_latest = 0 WHERE key = ? AND is_latest = 1", (key,)
+                )
+                self._db.execute(
+                    "INSERT INTO versions(key, version_id, is_latest, is_delete_marker, size,"
+                    " etag, mtime, metadata, content_type, blob)"
+                    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, vid, int(blob is None), size, etag, mtime,
+                     None if meta is None else json.dumps(meta, sort_keys=True), ctype, blob),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return ObjectInfo(key, size, etag, mtime, vid, meta, ctype)
+
+    def _ensure_present(self) -> None:
+        if not os.path.isdir(self._data):
+            raise self._missing()
+
+    def _row(self, key: str, version_id: str | None) -> tuple[Any, ...]:
+        with self._lock:
+            if version_id:
+                row = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM versions WHERE key = ? AND version_id = ?",
+                    (key, version_id),
+                ).fetchone()
+            else:
+                row = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM versions WHERE key = ? AND is_latest = 1", (key,)
+                ).fetchone()
+        if row is None or row[-1]:  # missing, or a delete marker
+            raise NotFound(f"{self.object_uri(key)}: no such object")
+        return row
+
+    @staticmethod
+    def _to_info(row: tuple[Any, ...], with_metadata: bool = True) -> ObjectInfo:
+        key, vid, size, etag, mtime, meta, ctype, _blob, _marker = row
+        metadata = (json.loads(meta) if meta else {}) if with_metadata else None
+        return ObjectInfo(key, size, etag, mtime, vid, metadata,
+                          ctype if with_metadata else None)
+
+    def _open_body(self, key: str, row: tuple[Any, ...], if_match: str | None) -> Any:
+        if if_match and row[3] != if_match.strip('"'):
+            raise PreconditionFailed(f"{self.object_uri(key)} changed on the store")
+        try:
+            return open(self._blob_path(row[7]), "rb")
+        except FileNotFoundError:
+            raise RemoteError(f"{self.object_uri(key)}: the body of version {row[1]} is missing "
+                              f"from {self._data}") from None
+
+    # -- Remote -------------------------------------------------------------------------------
+
+    @_guarded
+    def _check(self) -> None:
+        with self._lock:
+            self._ensure_present()
+            try:
+                self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+            except sqlite3.Error as exc:
+                raise self._missing(f" ({exc})") from exc
+        if not os.path.isfile(self._db_path):
+            raise self._missing()
+
+    @_guarded
+    def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        return self._to_info(self._row(key, version_id))
+
+    @_guarded
+    def _list(
+        self, prefix: str, delimiter: str | None, token: str | None, max_keys: int
+    ) -> ListPage:
+        page = ListPage()
+        if max_keys <= 0:
+            return page
+        last = ""
+        for entry in self._entries(prefix, delimiter, token):
+            if len(page.objects) + len(page.prefixes) == max_keys:
+                # One more entry exists: the page is truncated, and resumes after `last`.
+                return ListPage(page.objects, page.prefixes, next_token=last)
+            if isinstance(entry, str):
+                page.prefixes.append(entry)
+                last = entry
+            else:
+                page.objects.append(entry)
+                last = entry.key
+        return page
+
+    def _entries(
+        self, prefix: str, delimiter: str | None, token: str | None
+    ) -> Iterator[ObjectInfo | str]:
+        """Live keys under `prefix` in key order, rolled up into common prefixes, after `token`.
+
+        Memory stays bounded: rows come in batches by key range, and a common prefix is
+        skipped over with one new range query instead of scanning the keys under it.
+        """
+        low, after = prefix, token or ""
+        if token and delimiter and delimiter in token[len(prefix):]:
+            after = ""
+            low = max(low, _after_prefix(token))  # the token was a common prefix: skip it
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM versions WHERE is_latest = 1"
+                    " AND is_delete_marker = 0 AND key >= ? AND key > ? ORDER BY key LIMIT ?",
+                    (low, after, _BATCH),
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                key = row[0]
+                if not key.startswith(prefix):
+                    return
+                rest = key[len(prefix):]
+                cut = rest.find(delimiter) if delimiter else -1
+                if cut >= 0:
+                    common = prefix + rest[: cut + len(delimiter or "")]
+                    yield common
+                    low, after = _after_prefix(common), ""
+                    break
+                yield self._to_info(row, with_metadata=False)
+                after = key
+            else:
+                if len(rows) < _BATCH:
+                    return
+
+    @_guarded
+    def _get_range(
+        self, key: str, start: int, length: int, version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> bytes:
+        row = self._row(key, version_id)
+        if length <= 0 or start >= row[2]:
+            if if_match and row[3] != if_match.strip('"'):
+                raise PreconditionFailed(f"{self.object_uri(key)} changed on the store")
+            return b""
+        with self._open_body(key, row, if_match) as f:
+            f.seek(start)
+            return f.read(length)
+
+    @_guarded
+    def _download(
+        self, key: str, dest: str, version_id: str | None = None, if_match: str | None = None
+    ) -> ObjectInfo:
+        row = self._row(key, version_id)
+        with self._open_body(key, row, if_match) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, _CHUNK)
+        return self._to_info(row)
+
+    @_guarded
+    def _upload(
+        self,
+        key: str,
+        src: str,
+        metadata: Mapping[str, str],
+        content_type: str | None,
+        cancel: threading.Event | None = None,
+    ) -> ObjectInfo:
+        def chunks() -> Iterator[bytes]:
+            with open(src, "rb") as f:
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise RemoteError(f"upload of {self.object_uri(key)} cancelled")
+                    chunk = f.read(_CHUNK)
+                    if not chunk:
+                        return
+                    yield chunk
+
+        self._ensure_present()
+        blob, size, etag = self._store_body(chunks())
+        if cancel is not None and cancel.is_set():
+            os.unlink(self._blob_path(blob))
+            raise RemoteError(f"upload of {self.object_uri(key)} cancelled")
+        return self._add_version(key, size=size, etag=etag, metadata=metadata,
+                                 content_type=content_type, blob=blob)
+
+    @_guarded
+    def _put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None
+    ) -> ObjectInfo:
+        self._ensure_present()
+        blob, size, etag = self._store_body(iter([data]))
+        return self._add_version(key, size=size, etag=etag, metadata=metadata,
+                                 content_type=content_type, blob=blob)
+
+    @_guarded
+    def _copy(
+        self,
+        src_key: str,
+        dst_key: str,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> ObjectInfo:
+        row = self._row(src_key, None)
+        src = self._to_info(row)
+        # Blobs are immutable and never removed while a version uses them, so the copy shares it.
+        return self._add_version(
+            dst_key, size=src.size, etag=src.etag,
+            metadata=src.metadata if metadata is None else metadata,
+            content_type=content_type or src.content_type, blob=row[7],
+        )
+
+    @_guarded
+    def _delete(self, key: str) -> None:
+        # Like S3 with versioning Enabled: always a new delete marker, even for a missing key.
+        self._add_version(key, size=0, etag="", metadata=None, content_type=None, blob=None)
+
+    # -- versions (not part of the Remote interface) ------------------------------------------
+
+    def list_versions(self, key_prefix: str = "") -> Iterator[VersionInfo]:
+        """Every version and delete marker of keys starting with `key_prefix`.
+
+        Ordered like S3's ListObjectVersions: by key, then newest first. Delete markers have
+        `is_delete_marker` set. Rows are read in batches, so memory stays bounded.
+        """
+        key, seq = key_prefix, None
+        while True:
+            with self._lock:
+                if seq is None:
+                    rows = self._db.execute(
+                        f"SELECT {_COLUMNS}, is_latest, seq FROM versions WHERE key >= ?"
+                        " ORDER BY key, seq DESC LIMIT ?", (key, _BATCH),
+                    ).fetchall()
+                else:
+                    rows = self._db.execute(
+                        f"SELECT {_COLUMNS}, is_latest, seq FROM versions"
+                        " WHERE (key = ? AND seq < ?) OR key > ? ORDER BY key, seq DESC LIMIT ?",
+                        (key, seq, key, _BATCH),
+                    ).fetchall()
+            for row in rows:
+                if not row[0].startswith(key_prefix):
+                    return
+                info = self._to_info(row[:9])
+                yield VersionInfo(
+                    info.key, info.size, info.etag, info.mtime, info.version_id,
+                    None if row[8] else info.metadata, info.content_type,
+                    is_latest=bool(row[9]), is_delete_marker=bool(row[8]),
+                )
+                key, seq = row[0], row[10]
+            if len(rows) < _BATCH:
+                return

@@ -1,0 +1,577 @@
+"""`S3Remote`: a zone in an S3-compatible bucket, through one shared boto3 client.
+
+This is the only module of zonefs that imports boto3 or botocore. It owns the client
+configuration (timeouts, retries, checksum behaviour for non-AWS stores), the mapping between
+zone keys and bucket keys, large uploads and copies (multipart, parallel parts), and the one
+table that turns botocore errors into `zonefs.errors`.
+
+Invariants:
+- Zone keys go out with `zone.prefix` prepended and come back with it stripped; the zone's own
+  root marker (the key equal to the prefix) is never reported as an object.
+- Every botocore error is translated by `translate_error`; nothing else escapes, and no message
+  carries a credential (messages are built here from error codes, never from the request).
+- A multipart upload or copy that fails or is cancelled is aborted, so no unfinished upload is
+  left in the bucket.
+- The client is created once and shared by every worker thread (botocore clients are
+  thread-safe; the session is only used while constructing).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import IO, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    ConnectTimeoutError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from ..config import ZoneConfig
+from ..errors import (
+    AccessDenied,
+    BucketMissing,
+    ConfigError,
+    NoSpace,
+    NotFound,
+    PreconditionFailed,
+    RemoteError,
+    ZonefsError,
+)
+from .base import ListPage, ObjectInfo, Remote
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+GiB = 1 << 30
+_MAX_PARTS = 10_000
+
+# Error code (or HTTP status as a string) → (zonefs error class, transient). HEAD answers have
+# no body, so their only "code" is the status; both forms are listed.
+_ERRORS: dict[str, tuple[type[ZonefsError], bool]] = {
+    **dict.fromkeys(("NoSuchKey", "NotFound", "NoSuchVersion", "404"), (NotFound, False)),
+    "NoSuchBucket": (BucketMissing, False),
+    **dict.fromkeys(
+        ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+         "InvalidToken", "AllAccessDisabled", "403"),
+        (AccessDenied, False),
+    ),
+    **dict.fromkeys(
+        ("PreconditionFailed", "ConditionalRequestConflict", "ConcurrentModification", "412"),
+        (PreconditionFailed, False),
+    ),
+    **dict.fromkeys(
+        ("SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable", "Throttling",
+         "ThrottlingException", "500", "502", "503", "504"),
+        (RemoteError, True),
+    ),
+}
+# Exceptions that mean "the connection failed or timed out": worth retrying later.
+_TRANSPORT = (ConnectionError, HTTPClientError, IncompleteReadError)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for a transport error: 'Connection refused', 'connect timed out'."""
+    if isinstance(exc, ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(exc, ReadTimeoutError):
+        return "no answer in time (read timeout)"
+    inner = getattr(exc, "kwargs", {}).get("error") or exc
+    text = str(inner)
+    m = re.search(r"\[Errno -?\d+\] ([^'\"\)\]]+)", text)
+    if m:
+        return m.group(1).strip()
+    if isinstance(exc, SSLError):
+        return "TLS error: " + _one_line(text, 120)
+    return type(inner).__name__
+
+
+def translate_error(exc: BaseException, target: str, bucket: str, endpoint: str) -> ZonefsError:
+    """The one botocore → zonefs error table. `target` names what was asked for (a URI)."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "")
+        meta = exc.response.get("ResponseMetadata", {})
+        status = str(meta.get("HTTPStatusCode") or "")
+        headers = meta.get("HTTPHeaders", {})
+        if headers.get("x-amz-delete-marker") == "true":
+            # A delete marker (HEAD/GET by its version id answers 405 on AWS): nothing to read.
+            return NotFound(f"{target}: deleted (delete marker)")
+        cls, transient = _ERRORS.get(code) or _ERRORS.get(status) or (RemoteError, False)
+        label = code or status
+        if cls is NotFound:
+            return NotFound(f"{target}: no such object")
+        if cls is BucketMissing:
+            return BucketMissing(f"bucket {bucket!r} does not exist at {endpoint}")
+        if cls is AccessDenied:
+            return AccessDenied(f"access denied to {target}: check the credentials ({label})")
+        if cls is PreconditionFailed:
+            return PreconditionFailed(f"{target} changed on the store ({label})")
+        if transient:
+            return RemoteError(f"{target}: the store is busy or failing ({label})", transient=True)
+        message = _one_line(str(err.get("Message") or ""))
+        return RemoteError(f"{target}: {label} {message}".rstrip())
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return AccessDenied(
+            "no usable AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
+            " or name a profile from ~/.aws/credentials"
+        )
+    if isinstance(exc, _TRANSPORT):
+        return RemoteError(f"cannot reach {endpoint}: {_reason(exc)}", transient=True)
+    if isinstance(exc, OSError):
+        # Local file trouble while streaming to or from the cache: not the store's fault.
+        cls_local = NoSpace if exc.errno == errno.ENOSPC else RemoteError
+        return cls_local(f"{target}: local file error: {exc.strerror or exc}")
+    return RemoteError(f"{target}: {type(exc).__name__}: {_one_line(str(exc))}")
+
+
+class _Cancelled(BaseException):
+    """Raised inside a request body's read() to stop an upload.
+
+    A BaseException on purpose: botocore wraps any Exception raised while sending into a
+    retryable HTTPClientError (so a cancel would be retried with backoff), while a
+    BaseException passes straight through, and urllib3 discards the half-used connection.
+    """
+
+
+class _FileWindow:
+    """Bytes [start, start+length) of an open file as a seekable body that honours `stopped`."""
+
+    def __init__(self, f: IO[bytes], start: int, length: int, stopped: Callable[[], bool]):
+        self._f, self._start, self._len, self._stopped = f, start, length, stopped
+        self._pos = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        if self._stopped():
+            raise _Cancelled
+        left = self._len - self._pos
+        n = left if n is None or n < 0 else min(n, left)
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, self._len)[whence]
+        self._pos = min(max(0, base + offset), self._len)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _etag(value: str | None) -> str:
+    return (value or "").strip('"')
+
+
+def _version(resp: Mapping[str, Any]) -> str | None:
+    """The version id, None on a store without versioning.
+
+    "null" is S3's id of an object written while versioning was off; some stores answer it
+    even when they have no versioning API at all, where `?versionId=null` would fail.
+    """
+    vid = resp.get("VersionId")
+    return None if vid in (None, "", "null") else str(vid)
+
+
+def _mtime(resp: Mapping[str, Any]) -> float:
+    """LastModified when the answer has one, else the server's Date header, else now."""
+    if resp.get("LastModified") is not None:
+        return resp["LastModified"].timestamp()
+    date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if date:
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            pass
+    return time.time()
+
+
+def _part_size(size: int, minimum: int) -> int:
+    """`minimum`, or bigger (whole MiB) when that is needed to stay within 10,000 parts."""
+    need = -(-size // _MAX_PARTS)
+    return max(minimum, -(-need // MiB) * MiB)
+
+
+class S3Remote(Remote):
+    """A zone `s3://bucket/prefix/` at an S3-compatible endpoint."""
+
+    #: Files up to this size go in one PUT; larger ones as a multipart upload.
+    MULTIPART_THRESHOLD = 16 * MiB
+    PART_SIZE = 16 * MiB
+    PART_THREADS = 6
+    #: CopyObject is limited to 5 GiB; larger sources are copied with UploadPartCopy.
+    COPY_MULTIPART_THRESHOLD = 5 * GiB
+    COPY_PART_SIZE = 512 * MiB
+
+    def __init__(self, zone: ZoneConfig, *, max_requests: int = 16) -> None:
+        super().__init__(max_requests=max_requests)
+        self.zone = zone
+        self.bucket = zone.bucket
+        self.prefix = zone.prefix
+        self.description = zone.label
+        try:
+            self._session = boto3.session.Session(profile_name=zone.profile)
+        except ProfileNotFound:
+            raise ConfigError(f"AWS profile {zone.profile!r} not found") from None
+        self._client = self._make_client(
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"mode": "standard", "max_attempts": 3},
+            # Every worker thread and every parallel part may hold a connection at once.
+            max_pool_connections=max_requests * 2 + self.PART_THREADS,
+        )
+        self._endpoint: str = zone.endpoint_url or self._client.meta.endpoint_url
+        self._check_client: Any = None
+        self._check_lock = threading.Lock()
+
+    def _make_client(self, **options: Any) -> Any:
+        region = self.zone.region or ("us-east-1" if self.zone.endpoint_url else None)
+        if "request_checksum_calculation" in Config.OPTION_DEFAULTS:
+            # boto3 >= 1.36 otherwise sends CRC32 (aws-chunked over https) on every PUT, which
+            # many S3-compatible stores reject or store verbatim (zone-buckets.md §4.3). Older
+            # versions never send it and do not know the options.
+            options.update(request_checksum_calculation="when_required",
+                           response_checksum_validation="when_required")
+        if self.zone.addressing_style:
+            options["s3"] = {"addressing_style": self.zone.addressing_style}
+        config = Config(region_name=region, **options)
+        return self._session.client(
+            "s3", endpoint_url=self.zone.endpoint_url, config=config,
+            verify=self.zone.ca_bundle or None,
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def object_uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    def _zone_key(self, full_key: str) -> str:
+        return full_key[len(self.prefix):]
+
+    @contextmanager
+    def _translated(self, key: str, action: str = "") -> Iterator[None]:
+        try:
+            yield
+        except _Cancelled:
+            what = f"{action or 'request'} of {self.object_uri(key)}"
+            raise RemoteError(f"{what} cancelled") from None
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise translate_error(exc, self.object_uri(key), self.bucket, self._endpoint) from exc
+
+    def _info(
+        self, key: str, resp: Mapping[str, Any], size: int | None = None,
+        metadata: Mapping[str, str] | None = None, content_type: str | None = None,
+    ) -> ObjectInfo:
+        meta = resp.get("Metadata") if metadata is None else metadata
+        return ObjectInfo(
+            key=key,
+            size=resp.get("ContentLength", 0) if size is None else size,
+            etag=_etag(resp.get("ETag")),
+            mtime=_mtime(resp),
+            version_id=_version(resp),
+            metadata=None if meta is None else {k.lower(): v for k, v in meta.items()},
+            content_type=resp.get("ContentType") if content_type is None else content_type,
+        )
+
+    @staticmethod
+    def _put_args(metadata: Mapping[str, str], content_type: str | None) -> dict[str, Any]:
+        args: dict[str, Any] = {"Metadata": {k.lower(): v for k, v in metadata.items()}}
+        if content_type:
+            args["ContentType"] = content_type
+        return args
+
+    # -- Remote -------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        with self._check_lock:
+            if self._check_client is None:
+                # A separate impatient client: an unreachable endpoint must fail within seconds,
+                # not after the data client's retries and 60 s read timeout.
+                self._check_client = self._make_client(
+                    connect_timeout=3, read_timeout=5,
+                    retries={"mode": "standard", "max_attempts": 1},
+                )
+        try:
+            self._check_client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            err = translate_error(exc, f"bucket {self.bucket!r}", self.bucket, self._endpoint)
+            if isinstance(err, NotFound):
+                err = BucketMissing(f"bucket {self.bucket!r} does not exist at {self._endpoint}")
+            raise err from exc
+
+    def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        with self._translated(key):
+            args = {"VersionId": version_id} if version_id else {}
+            resp = self._client.head_object(Bucket=self.bucket, Key=self._full(key), **args)
+        return self._info(key, resp)
+
+    def _list(
+        self, prefix: str, delimiter: str | None, token: str | None, max_keys: int
+    ) -> ListPage:
+        args: dict[str, Any] = {"Prefix": self._full(prefix), "MaxKeys": max_keys}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        if token:
+            args["ContinuationToken"] = token
+        with self._translated(prefix):
+            resp = self._client.list_objects_v2(Bucket=self.bucket, **args)
+        objects = [
+            ObjectInfo(
+                key=self._zone_key(o["Key"]), size=o.get("Size", 0), etag=_etag(o.get("ETag")),
+                mtime=o["LastModified"].timestamp(),
+            )
+            for o in resp.get("Contents", [])
+            if o["Key"] != self.prefix  # the zone root's own marker is not an entry
+        ]
+        prefixes = [self._zone_key(p["Prefix"]) for p in resp.get("CommonPrefixes", [])]
+        next_token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return ListPage(objects=objects, prefixes=prefixes, next_token=next_token)
+
+    def _get_args(self, version_id: str | None, if_match: str | None) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if version_id:
+            args["VersionId"] = version_id
+        if if_match:
+            args["IfMatch"] = f'"{_etag(if_match)}"'
+        return args
+
+    def _get_range(
+        self, key: str, start: int, length: int, version_id: str | None = None,
+        if_match: str | None = None,
+    ) -> bytes:
+        if length <= 0:
+            return b""
+        args = self._get_args(version_id, if_match)
+        with self._translated(key):
+            try:
+                resp = self._client.get_object(
+                    Bucket=self.bucket, Key=self._full(key),
+                    Range=f"bytes={start}-{start + length - 1}", **args,
+                )
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange" or status == 416:
+                    return b""  # the range starts at or past the end of the object
+                raise
+            body = resp["Body"]  # StreamingBody's own `with` yields the raw stream: close it here
+            try:
+                data = body.read()
+            finally:
+                body.close()
+        if resp.get("ContentRange") is None and resp["ResponseMetadata"]["HTTPStatusCode"] == 200:
+            data = data[start:start + length]  # a store that ignored the Range header
+        return data
+
+    def _download(
+        self, key: str, dest: str, version_id: str | None = None, if_match: str | None = None
+    ) -> ObjectInfo:
+        args = self._get_args(version_id, if_match)
+        with self._translated(key):
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._full(key), **args)
+            body = resp["Body"]
+            try:
+                with open(dest, "wb") as f:
+                    for chunk in body.iter_chunks(MiB):  # streamed: never whole in memory
+                        f.write(chunk)
+            finally:
+                body.close()
+        return self._info(key, resp)
+
+    def _upload(
+        self,
+        key: str,
+        src: str,
+        metadata: Mapping[str, str],
+        content_type: str | None,
+        cancel: threading.Event | None = None,
+    ) -> ObjectInfo:
+        put_args = self._put_args(metadata, content_type)
+
+        def stopped() -> bool:
+            return cancel is not None and cancel.is_set()
+
+        with self._translated(key, "upload"), open(src, "rb") as f:
+            size = f.seek(0, 2)
+            if stopped():
+                raise _Cancelled
+            if size > self.MULTIPART_THRESHOLD:
+                resp = self._multipart_upload(key, f.name, size, put_args, stopped)
+            else:
+                resp = self._client.put_object(
+                    Bucket=self.bucket, Key=self._full(key),
+                    Body=_FileWindow(f, 0, size, stopped), ContentLength=size, **put_args,
+                )
+        return self._info(key, resp, size, put_args["Metadata"], content_type)
+
+    def _multipart_upload(
+        self, key: str, src: str, size: int, put_args: dict[str, Any],
+        cancelled: Callable[[], bool],
+    ) -> dict[str, Any]:
+        part = _part_size(size, self.PART_SIZE)
+        ranges = [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
+
+        def send(
+            failed: Callable[[], bool], upload_id: str, number: int, offset: int, length: int
+        ) -> dict[str, Any]:
+            if failed():
+                raise _Cancelled
+            # One file object per part: parts are read concurrently at different offsets.
+            with open(src, "rb") as f:
+                resp = self._client.upload_part(
+                    Bucket=self.bucket, Key=self._full(key), UploadId=upload_id,
+                    PartNumber=number, Body=_FileWindow(f, offset, length, failed),
+                    ContentLength=length,
+                )
+            return {"ETag": resp["ETag"], "PartNumber": number}
+
+        return self._run_multipart(key, put_args, ranges, send, cancelled)
+
+    def _run_multipart(
+        self,
+        key: str,
+        create_args: dict[str, Any],
+        ranges: list[tuple[int, int, int]],
+        send: Callable[..., dict[str, Any]],
+        cancelled: Callable[[], bool],
+    ) -> dict[str, Any]:
+        """Create, send every (number, offset, length) part in parallel, complete; or abort."""
+        full = self._full(key)
+        upload_id = self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, **create_args
+        )["UploadId"]
+        failure = threading.Event()
+
+        def failed() -> bool:
+            return failure.is_set() or cancelled()
+
+        try:
+            workers = max(1, min(self.PART_THREADS, len(ranges)))
+            with ThreadPoolExecutor(workers, thread_name_prefix="zonefs-part") as pool:
+                futures = [pool.submit(send, failed, upload_id, *r) for r in ranges]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                if any(f.exception() for f in done):
+                    failure.set()  # the other parts stop at their next read
+                    wait(futures)
+                    raise _first_error(futures)
+            if cancelled():
+                raise _Cancelled
+            parts = [f.result() for f in futures]
+            return self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id
+                )
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("could not abort the multipart upload of %s: %s",
+                            self.object_uri(key), translate_error(
+                                exc, self.object_uri(key), self.bucket, self._endpoint))
+            raise
+
+    def _put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None
+    ) -> ObjectInfo:
+        put_args = self._put_args(metadata, content_type)
+        with self._translated(key):
+            resp = self._client.put_object(
+                Bucket=self.bucket, Key=self._full(key), Body=data, **put_args
+            )
+        return self._info(key, resp, len(data), put_args["Metadata"], content_type)
+
+    def _copy(
+        self,
+        src_key: str,
+        dst_key: str,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> ObjectInfo:
+        src = self._head(src_key)  # size decides single or multipart; metadata for the result
+        new_meta = dict(src.metadata or {}) if metadata is None else {
+            k.lower(): v for k, v in metadata.items()}
+        new_type = content_type or src.content_type
+        with self._translated(dst_key, "copy"):
+            if src.size > self.COPY_MULTIPART_THRESHOLD:
+                resp = self._multipart_copy(src, dst_key, new_meta, new_type)
+            else:
+                args: dict[str, Any] = {"MetadataDirective": "COPY"}
+                if metadata is not None:
+                    args = {"MetadataDirective": "REPLACE", **self._put_args(new_meta, new_type)}
+                resp = self._client.copy_object(
+                    Bucket=self.bucket, Key=self._full(dst_key),
+                    CopySource={"Bucket": self.bucket, "Key": self._full(src_key)}, **args,
+                )
+                resp = {**resp.get("CopyObjectResult", {}), **resp}
+        return self._info(dst_key, resp, src.size, new_meta, new_type)
+
+    def _multipart_copy(
+        self, src: ObjectInfo, dst_key: str, metadata: dict[str, str], content_type: str | None
+    ) -> dict[str, Any]:
+        part = min(_part_size(src.size, self.COPY_PART_SIZE), 5 * GiB)
+        ranges = [
+            (n + 1, off, min(part, src.size - off))
+            for n, off in enumerate(range(0, src.size, part))
+        ]
+        # Pin the source version so that every part comes from the same bytes.
+        source = {"Bucket": self.bucket, "Key": self._full(src.key)}
+        if src.version_id:
+            source["VersionId"] = src.version_id
+
+        def send(
+            failed: Callable[[], bool], upload_id: str, number: int, offset: int, length: int
+        ) -> dict[str, Any]:
+            if failed():
+                raise _Cancelled
+            resp = self._client.upload_part_copy(
+                Bucket=self.bucket, Key=self._full(dst_key), UploadId=upload_id,
+                PartNumber=number, CopySource=source,
+                CopySourceRange=f"bytes={offset}-{offset + length - 1}",
+            )
+            return {"ETag": resp["CopyPartResult"]["ETag"], "PartNumber": number}
+
+        return self._run_multipart(
+            dst_key, self._put_args(metadata, content_type), ranges, send, lambda: False
+        )
+
+    def _delete(self, key: str) -> None:
+        try:
+            with self._translated(key):
+                self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+        except NotFound:
+            pass  # deleting a missing key is not an error
+
+
+def _first_error(futures: list[Future[Any]]) -> BaseException:
+    """The error that made a multipart transfer fail, preferring a real one to a cancel."""
+    errors = [e for f in futures if (e := f.exception()) is not None]
+    real = [e for e in errors if not isinstance(e, _Cancelled)]
+    return (real or errors)[0]

@@ -1,0 +1,853 @@
+"""The filesystem core: every POSIX semantic, by path, with no knowledge of FUSE or inodes.
+
+`Vfs` answers stat, listing, create/open/read/write, truncate, rename, unlink, mkdir, rmdir,
+symlink and sync for paths relative to the mount root ('' is the root). It combines the remote
+listing (cached in `DirCache`) with the local state of files not yet uploaded (the journal's
+dirty rows, mirrored in `self.dirty`).
+
+Invariants:
+- A dirty row is written to the journal before its path is handed to the write-back queue, and
+  leaves the journal only in the transaction that records the uploaded object.
+- Files not yet uploaded appear in listings and stats whatever the remote listing says.
+- While a file has writers, no upload of it is in flight: opening for write cancels one, and
+  the upload is scheduled again when the last writer closes (or by fsync).
+- An upload marks a file clean only if nothing changed it while the upload ran (generation).
+- Namespace changes (mkdir, rmdir, unlink, rename, symlink) reach the bucket before they return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat as st
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from . import keys
+from .blobs import BlobStore, Digest, hash_file
+from .config import MountOptions
+from .dircache import UNKNOWN, DirCache, Entry
+from .errors import (
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NoSpace,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    ReadOnly,
+    RemoteError,
+)
+from .fetch import RangeFetcher, Spawn
+from .journal import DirtyRow, Journal, ObjectRow
+from .keys import RESERVED, PosixMeta
+from .remote.base import ObjectInfo, Remote
+from .writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+#: Objects up to this size are downloaded whole on first open; larger ones fill by ranges.
+WHOLE_OBJECT_LIMIT = 8 << 20
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+SHA256_KEY = "zonefs-sha256"
+SHA1_KEY = "zonefs-sha1"
+
+
+@dataclass(slots=True)
+class Stat:
+    """What `stat` shows for a path."""
+
+    meta: PosixMeta
+    size: int
+    etag: str | None = None
+    state: str = "clean"  # clean, dirty or uploading
+
+    @property
+    def is_dir(self) -> bool:
+        return st.S_ISDIR(self.meta.mode)
+
+
+@dataclass(slots=True)
+class DirtyFile:
+    """In-memory state of a dirty file: the journal row plus what only lives while mounted."""
+
+    row: DirtyRow
+    writers: int = 0
+    uploaded_generation: int = -1
+    uploaded: tuple[ObjectInfo, Digest | None] | None = None
+
+
+@dataclass(slots=True)
+class Handle:
+    """An open file. Reads come from `fd` (a local file) or from `fetcher` (ranges)."""
+
+    path: str
+    writable: bool
+    append: bool = False
+    fd: int = -1
+    dirty: DirtyFile | None = None
+    fetcher: RangeFetcher | None = None
+    pinned: str | None = None
+    wrote: bool = False
+    etag: str | None = None
+    keep_cache: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Vfs:
+    """Path-based filesystem over one zone. See the module docstring for the invariants."""
+
+    def __init__(
+        self,
+        remote: Remote,
+        journal: Journal,
+        blobs: BlobStore,
+        opts: MountOptions,
+        *,
+        spawn: Spawn,
+    ) -> None:
+        self.remote, self.journal, self.blobs, self.opts = remote, journal, blobs, opts
+        self._spawn = spawn
+        self.cache = DirCache(opts.metadata_ttl)
+        self.writeback = WriteBack(self._upload, delay=opts.writeback_delay)
+        self.dirty: dict[str, DirtyFile] = {}
+        self._meta_waits: dict[str, trio.Event] = {}
+        self._fetchers: dict[tuple[str, str], RangeFetcher] = {}
+        self._opened_etag: dict[str, str] = {}
+        self._reported: set[str] = set()
+        self.mount_time_ns = time.time_ns()
+        self.uploaded_bytes = 0
+        for row in journal.dirty_rows():
+            self.dirty[row.path] = DirtyFile(row)
+
+    def requeue_dirty(self) -> int:
+        """Hand every journaled dirty file to the write-back queue (at mount)."""
+        for path in self.dirty:
+            self.writeback.schedule(path)
+        return len(self.dirty)
+
+    # -- attributes -------------------------------------------------------------------------------
+
+    def _root_meta(self) -> PosixMeta:
+        return PosixMeta(st.S_IFDIR | self.opts.dir_mode, self.opts.uid, self.opts.gid,
+                         self.mount_time_ns)
+
+    def _check_writable(self, path: str) -> None:
+        if self.opts.read_only:
+            raise ReadOnly(path)
+        if keys.is_within(path, RESERVED):
+            raise ReadOnly(f"{RESERVED} is read-only")
+
+    async def stat(self, path: str) -> Stat:
+        if path == "":
+            return Stat(self._root_meta(), 0)
+        if path == RESERVED:
+            return Stat(PosixMeta(st.S_IFDIR | 0o555, self.opts.uid, self.opts.gid,
+                                  self.mount_time_ns), 0)
+        if keys.is_within(path, RESERVED):
+            raise NotFound(path)
+        df = self.dirty.get(path)
+        if df is not None:
+            return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(path))
+        entry = await self._entry(path)
+        await self._ensure_meta(path, entry)
+        assert entry.meta is not None
+        return Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)
+
+    def _state(self, path: str) -> str:
+        return "uploading" if path in self.writeback.in_flight_paths() else "dirty"
+
+    async def _entry(self, path: str) -> Entry:
+        """The remote entry at `path` (cached), or NotFound."""
+        entry = self.cache.entry(path)
+        if entry is UNKNOWN:
+            entry = await self._lookup_remote(path)
+            self.cache.put_entry(path, entry)
+        if entry is None:
+            if self._has_dirty_below(path):
+                return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
+            raise NotFound(path)
+        assert isinstance(entry, Entry)
+        return entry
+
+    async def _lookup_remote(self, path: str) -> Entry | None:
+        try:
+            info = await self.remote.head(path)
+        except NotFound:
+            pass
+        else:
+            return self._entry_from_head(path, info)
+        page = await self.remote.list(keys.dir_key(path), "/", None, 1)
+        if page.objects or page.prefixes:
+            return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
+        return None
+
+    def _entry_from_head(self, key: str, info: ObjectInfo) -> Entry:
+        is_dir = key.endswith("/")
+        meta = keys.decode_meta(
+            info.metadata, is_dir=is_dir, default_mode=self.opts.dir_mode if is_dir
+            else self.opts.file_mode, default_uid=self.opts.uid, default_gid=self.opts.gid,
+            fallback_mtime=info.mtime,
+        )
+        if not is_dir:
+            md = info.metadata or {}
+            self.journal.put_object(ObjectRow(key, info.etag, info.size, meta,
+                                              md.get(SHA256_KEY), md.get(SHA1_KEY)))
+        return Entry(is_dir, info.size, info.etag, info.mtime, meta, info.version_id)
+
+    async def _ensure_meta(self, path: str, entry: Entry) -> None:
+        """Fill `entry.meta` from memory, the journal or a HEAD (one at a time per path)."""
+        if entry.meta is not None:
+            return
+        if not entry.is_dir and entry.etag:
+            memo = self.journal.get_object(path, entry.etag)
+            if memo is not None:
+                entry.meta = memo.meta
+                return
+        waiting = self._meta_waits.get(path)
+        if waiting is not None:
+            await waiting.wait()
+            if entry.meta is not None:
+                return
+        event = self._meta_waits[path] = trio.Event()
+        try:
+            key = keys.dir_key(path) if entry.is_dir else path
+            try:
+                info = await self.remote.head(key)
+            except NotFound:
+                info = None
+            if info is None:
+                entry.meta = self._default_meta(entry)
+            else:
+                fresh = self._entry_from_head(key, info)
+                entry.meta = fresh.meta
+                if not entry.is_dir:
+                    entry.size, entry.etag, entry.version_id = info.size, info.etag, info.version_id
+        finally:
+            del self._meta_waits[path]
+            event.set()
+
+    def _default_meta(self, entry: Entry) -> PosixMeta:
+        mode = (st.S_IFDIR | self.opts.dir_mode) if entry.is_dir else (
+            st.S_IFREG | self.opts.file_mode)
+        return PosixMeta(mode, self.opts.uid, self.opts.gid, int(entry.mtime * 1e9))
+
+    # -- listing --------------------------------------------------------------------------------
+
+    async def listdir(self, path: str) -> list[tuple[str, Stat]]:
+        """Sorted (name, Stat) of a directory, pending local files included."""
+        if path == RESERVED:
+            return []
+        if (await self.stat(path)).is_dir is False:
+            raise NotADirectory(path)
+        names = dict(await self._remote_listing(path))
+        for dpath in self.dirty:
+            parent, name = keys.split(dpath)
+            if parent == path:
+                names.setdefault(name, Entry(is_dir=False))
+            elif keys.is_within(dpath, path) and dpath != path:
+                sub = dpath[len(path) + 1 if path else 0:].split("/", 1)[0]
+                names.setdefault(sub, Entry(is_dir=True, mtime=self.mount_time_ns / 1e9))
+        if path == "":
+            names.pop(RESERVED, None)
+        out = []
+        for name in sorted(names):
+            child = keys.join(path, name)
+            df = self.dirty.get(child)
+            if df is not None:
+                out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")))
+                continue
+            entry = names[name]
+            await self._ensure_meta(child, entry)
+            assert entry.meta is not None
+            out.append((name, Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)))
+        return out
+
+    async def _remote_listing(self, path: str) -> dict[str, Entry]:
+        cached = self.cache.listing(path)
+        if cached is not None:
+            return cached
+        prefix = keys.dir_key(path)
+        names: dict[str, Entry] = {}
+        token: str | None = None
+        while True:
+            page = await self.remote.list(prefix, "/", token)
+            for obj in page.objects:
+                name = obj.key[len(prefix):]
+                if name == "":
+                    continue  # the directory's own marker
+                if not self._visible(path, name):
+                    continue
+                memo = self.journal.get_object(obj.key, obj.etag)
+                names[name] = Entry(False, obj.size, obj.etag, obj.mtime,
+                                    memo.meta if memo else None)
+            for pre in page.prefixes:
+                name = pre[len(prefix):-1]
+                if not self._visible(path, name):
+                    continue
+                if name in names:
+                    self._report(keys.join(path, name), "is both a file and a directory; "
+                                 "showing the directory")
+                names[name] = Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
+            token = page.next_token
+            if not token:
+                break
+        self.cache.put_listing(path, names)
+        self._prefetch_meta(path, names)
+        return names
+
+    def _visible(self, parent: str, name: str) -> bool:
+        if parent == "" and name == RESERVED:
+            self._report(RESERVED, "is reserved for zonefs and hidden")
+            return False
+        if not keys.is_valid_name(name):
+            self._report(keys.join(parent, name), "is not a valid file name; hidden")
+            return False
+        return True
+
+    def _report(self, path: str, what: str) -> None:
+        if path not in self._reported:
+            self._reported.add(path)
+            log.warning("key %r %s", path, what)
+
+    def _prefetch_meta(self, path: str, names: dict[str, Entry]) -> None:
+        """Read the headers of every entry not yet known, concurrently, in the background.
+
+        `ls -l` asks for each entry's attributes right after the listing; fetching them all at
+        once, bounded by the remote's request limit, beats one HEAD after another.
+        """
+        for name, entry in names.items():
+            if entry.meta is None:
+                child = keys.join(path, name)
+                self._spawn(lambda c=child, e=entry: self._quiet_meta(c, e))
+
+    async def _quiet_meta(self, path: str, entry: Entry) -> None:
+        try:
+            await self._ensure_meta(path, entry)
+        except Exception as exc:  # the reader that needs it will see the error itself
+            log.debug("prefetch of %r failed: %s", path, exc)
+
+    def _has_dirty_below(self, path: str) -> bool:
+        return any(keys.is_within(p, path) and p != path for p in self.dirty)
+
+    # -- namespace changes ------------------------------------------------------------------------
+
+    async def _parent_dir(self, path: str) -> None:
+        parent = keys.split(path)[0]
+        if not (await self.stat(parent)).is_dir:
+            raise NotADirectory(parent)
+
+    async def _exists(self, path: str) -> Stat | None:
+        try:
+            return await self.stat(path)
+        except NotFound:
+            return None
+
+    async def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Stat:
+        self._check_writable(path)
+        keys.check_name(keys.split(path)[1])
+        await self._parent_dir(path)
+        if await self._exists(path) is not None:
+            raise Exists(path)
+        meta = PosixMeta(st.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
+        await self._put_marker(path, meta)
+        return Stat(meta, 0)
+
+    async def _put_marker(self, path: str, meta: PosixMeta) -> None:
+        info = await self.remote.put_bytes(keys.dir_key(path), b"", keys.encode_meta(meta),
+                                           keys.DIR_CONTENT_TYPE)
+        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), meta))
+
+    async def rmdir(self, path: str) -> None:
+        self._check_writable(path)
+        if path == "":
+            raise NotPermitted("cannot remove the mount root")
+        if not (await self.stat(path)).is_dir:
+            raise NotADirectory(path)
+        self.cache.invalidate_tree(path)
+        if await self.listdir(path):
+            raise NotEmpty(path)
+        await self.remote.delete(keys.dir_key(path))
+        self.cache.put_entry(path, None)
+
+    async def symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
+        self._check_writable(path)
+        keys.check_name(keys.split(path)[1])
+        await self._parent_dir(path)
+        if await self._exists(path) is not None:
+            raise Exists(path)
+        meta = PosixMeta(st.S_IFLNK | 0o777, uid, gid, time.time_ns())
+        body = os.fsencode(target)
+        info = await self.remote.put_bytes(path, body, keys.encode_meta(meta), None)
+        self.cache.put_entry(path, Entry(False, len(body), info.etag, time.time(), meta,
+                                         info.version_id))
+        return Stat(meta, len(body), info.etag)
+
+    async def readlink(self, path: str) -> str:
+        s = await self.stat(path)
+        if not st.S_ISLNK(s.meta.mode):
+            raise InvalidArgument(f"{path} is not a symlink")
+        df = self.dirty.get(path)
+        if df is not None and df.row.data is not None:
+            with open(self.blobs.abspath(df.row.data), "rb") as f:
+                return os.fsdecode(f.read())
+        return os.fsdecode(await self.remote.get_range(path, 0, max(s.size, 1)))
+
+    async def unlink(self, path: str) -> None:
+        self._check_writable(path)
+        s = await self.stat(path)
+        if s.is_dir:
+            raise IsADirectory(path)
+        await self.writeback.cancel(path)
+        df = self.dirty.pop(path, None)
+        remote_known = df is None or df.row.base_etag is not None
+        if df is not None:
+            self.journal.drop_dirty(path)
+            self._discard_data(df)
+            if not remote_known:
+                remote_known = await self._remote_exists(path)
+        if remote_known:
+            await self.remote.delete(path)
+        self.journal.drop_object(path)
+        self.cache.put_entry(path, None)
+
+    async def _remote_exists(self, path: str) -> bool:
+        entry = self.cache.entry(path)
+        if entry is UNKNOWN:
+            entry = await self._lookup_remote(path)
+        return isinstance(entry, Entry) and not entry.is_dir
+
+    def _discard_data(self, df: DirtyFile) -> None:
+        if df.row.data is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.blobs.abspath(df.row.data))
+
+    async def rename(self, old: str, new: str, flags: int = 0) -> None:
+        self._check_writable(old)
+        self._check_writable(new)
+        if flags & RENAME_EXCHANGE:
+            raise InvalidArgument("RENAME_EXCHANGE is not supported")
+        if flags & ~RENAME_NOREPLACE:
+            raise InvalidArgument(f"rename flags {flags:#x}")
+        if old == new:
+            return
+        if keys.is_within(new, old):
+            raise InvalidArgument("cannot move a directory into itself")
+        keys.check_name(keys.split(new)[1])
+        src = await self.stat(old)
+        await self._parent_dir(new)
+        dst = await self._exists(new)
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise Exists(new)
+            if src.is_dir and not dst.is_dir:
+                raise NotADirectory(new)
+            if dst.is_dir and not src.is_dir:
+                raise IsADirectory(new)
+            if dst.is_dir:
+                if await self.listdir(new):
+                    raise NotEmpty(new)
+                await self.remote.delete(keys.dir_key(new))
+        if src.is_dir:
+            await self._rename_dir(old, new, src.meta)
+        else:
+            await self._rename_file(old, new, src, dst is not None)
+        self.cache.invalidate_tree(old)
+        self.cache.invalidate_tree(new)
+
+    async def _rename_file(self, old: str, new: str, src: Stat, replacing: bool) -> None:
+        await self.writeback.cancel(old)
+        await self.writeback.cancel(new)
+        replaced = self.dirty.pop(new, None)
+        if replaced is not None:
+            self.journal.drop_dirty(new)
+            self._discard_data(replaced)
+        df = self.dirty.pop(old, None)
+        if df is not None and df.row.data is not None:
+            # The new bytes go up under the new name; the old key, if any, goes away now.
+            self.journal.move_dirty(old, new)
+            df.row.path = new
+            df.row.base_etag = None
+            self.dirty[new] = df
+            self.writeback.schedule(new)
+            if await self._remote_exists(old):
+                await self.remote.delete(old)
+        else:
+            meta = df.row.meta if df is not None else src.meta
+            md = keys.encode_meta(meta, **self._hash_headers(old, src.etag))
+            info = await self.remote.copy(old, new, md if df is not None else None)
+            await self.remote.delete(old)
+            if df is not None:
+                self.journal.drop_dirty(old)
+            memo = self.journal.get_object(old)
+            self.journal.put_object(ObjectRow(new, info.etag, src.size, meta,
+                                              memo.sha256 if memo else None,
+                                              memo.sha1 if memo else None))
+        self.journal.drop_object(old)
+
+    def _hash_headers(self, key: str, etag: str | None) -> dict[str, str]:
+        memo = self.journal.get_object(key, etag)
+        out = {}
+        if memo is not None and memo.sha256:
+            out[SHA256_KEY] = memo.sha256
+        if memo is not None and memo.sha1:
+            out[SHA1_KEY] = memo.sha1
+        return out
+
+    async def _rename_dir(self, old: str, new: str, meta: PosixMeta) -> None:
+        """Copy then delete every object below `old`, one by one (not atomic to others)."""
+        for path in [p for p in self.dirty if keys.is_within(p, old)]:
+            await self.writeback.cancel(path)
+            df = self.dirty.pop(path)
+            target = keys.rebase(path, old, new)
+            self.journal.move_dirty(path, target)
+            df.row.path = target
+            self.dirty[target] = df
+        prefix = keys.dir_key(old)
+        token: str | None = None
+        moved: list[str] = []
+        while True:
+            page = await self.remote.list(prefix, None, token)
+            for obj in page.objects:
+                dest = keys.dir_key(new) + obj.key[len(prefix):]
+                if keys.rebase(obj.key.rstrip("/"), old, new) in self.dirty:
+                    moved.append(obj.key)  # newer local bytes will be uploaded there
+                    continue
+                await self.remote.copy(obj.key, dest)
+                moved.append(obj.key)
+            token = page.next_token
+            if not token:
+                break
+        if keys.dir_key(old) not in moved:
+            # The source existed only as a prefix: keep the moved directory even if it is empty.
+            await self._put_marker(new, meta)
+        for key in moved:
+            await self.remote.delete(key)
+            self.journal.drop_object(key)
+        for path in [p for p in self.dirty if keys.is_within(p, new)]:
+            self.dirty[path].row.base_etag = None
+            self.writeback.schedule(path)
+
+    # -- attributes changes ---------------------------------------------------------------------
+
+    async def setattr(
+        self,
+        path: str,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+        handle: Handle | None = None,
+    ) -> Stat:
+        self._check_writable(path)
+        s = await self.stat(path)
+        if size is not None and s.is_dir:
+            raise IsADirectory(path)
+        meta = PosixMeta(
+            (s.meta.mode & ~0o7777) | (mode & 0o7777) if mode is not None else s.meta.mode,
+            s.meta.uid if uid is None else uid,
+            s.meta.gid if gid is None else gid,
+            s.meta.mtime_ns if mtime_ns is None else mtime_ns,
+        )
+        if s.is_dir or st.S_ISLNK(s.meta.mode):
+            await self._rewrite_small(path, s, meta)
+            return await self.stat(path)
+        if size is not None:
+            df = handle.dirty if handle is not None and handle.dirty else None
+            if df is None:
+                df = await self._make_dirty(path, truncate=size == 0)
+            os.truncate(self.blobs.abspath(df.row.data or ""), size)
+            df.row.size = size
+            if mtime_ns is None:
+                meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+        else:
+            df = self.dirty.get(path) or self._meta_dirty(path, s)
+        df.row.meta = meta
+        df.row.generation += 1
+        self.journal.put_dirty(df.row)
+        if df.writers == 0:
+            self.writeback.schedule(path)
+        return await self.stat(path)
+
+    async def _rewrite_small(self, path: str, s: Stat, meta: PosixMeta) -> None:
+        """Directories and symlinks change metadata by a new PUT of their small object."""
+        if s.is_dir:
+            if path == "":
+                raise NotPermitted("the mount root's attributes come from the mount options")
+            await self._put_marker(path, meta)
+        else:
+            target = os.fsencode(await self.readlink(path))
+            info = await self.remote.put_bytes(path, target, keys.encode_meta(meta), None)
+            self.cache.put_entry(path, Entry(False, len(target), info.etag, time.time(), meta))
+
+    def _meta_dirty(self, path: str, s: Stat) -> DirtyFile:
+        row = DirtyRow(path, None, s.size, s.meta, s.etag, 0)
+        df = self.dirty[path] = DirtyFile(row)
+        return df
+
+    # -- files ------------------------------------------------------------------------------------
+
+    async def _make_dirty(self, path: str, *, truncate: bool) -> DirtyFile:
+        """Give `path` local mutable data (copied or downloaded unless truncating)."""
+        await self.writeback.cancel(path)
+        df = self.dirty.get(path)
+        if df is not None and df.row.data is not None:
+            if truncate:
+                os.truncate(self.blobs.abspath(df.row.data), 0)
+                df.row.size = 0
+            return df
+        s = await self.stat(path)
+        staging = self.blobs.new_staging()
+        if not truncate and s.size:
+            await self._copy_current(path, s, staging)
+        row = DirtyRow(path, self.blobs.relpath(staging), 0 if truncate else s.size, s.meta,
+                       s.etag, (df.row.generation + 1) if df else 1)
+        self.journal.put_dirty(row)
+        if df is None:
+            df = self.dirty[path] = DirtyFile(row)
+        else:
+            df.row = row
+        return df
+
+    async def _copy_current(self, path: str, s: Stat, dest: str) -> None:
+        memo = self.journal.get_object(path, s.etag)
+        if memo is not None and self.blobs.has(memo.sha256):
+            await trio.to_thread.run_sync(shutil.copyfile, self.blobs.blob_path(memo.sha256 or ""),
+                                          dest)
+            return
+        await self.remote.download(path, dest, None, s.etag)
+
+    async def create(self, path: str, mode: int, uid: int, gid: int) -> tuple[Handle, Stat]:
+        self._check_writable(path)
+        keys.check_name(keys.split(path)[1])
+        await self._parent_dir(path)
+        existing = await self._exists(path)
+        if existing is not None and existing.is_dir:
+            raise IsADirectory(path)
+        await self.writeback.cancel(path)
+        old = self.dirty.pop(path, None)
+        if old is not None:
+            self._discard_data(old)
+        staging = self.blobs.new_staging()
+        meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
+        row = DirtyRow(path, self.blobs.relpath(staging), 0, meta,
+                       existing.etag if existing else None, 1)
+        self.journal.put_dirty(row)
+        df = self.dirty[path] = DirtyFile(row, writers=1)
+        fd = os.open(staging, os.O_RDWR)
+        return Handle(path, True, fd=fd, dirty=df), Stat(meta, 0, None, "dirty")
+
+    async def open(self, path: str, flags: int) -> Handle:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            self._check_writable(path)
+        s = await self.stat(path)
+        if s.is_dir:
+            raise IsADirectory(path)
+        if st.S_ISLNK(s.meta.mode):
+            raise NotSupported("symlinks are followed by the kernel")
+        if writable or flags & os.O_TRUNC:
+            df = await self._make_dirty(path, truncate=bool(flags & os.O_TRUNC))
+            df.writers += 1
+            fd = os.open(self.blobs.abspath(df.row.data or ""), os.O_RDWR)
+            return Handle(path, True, append=bool(flags & os.O_APPEND), fd=fd, dirty=df)
+        df = self.dirty.get(path)
+        if df is not None and df.row.data is not None:
+            return Handle(path, False, fd=os.open(self.blobs.abspath(df.row.data), os.O_RDONLY))
+        return await self._open_remote(path, s)
+
+    async def _open_remote(self, path: str, s: Stat) -> Handle:
+        etag = s.etag or ""
+        handle = Handle(path, False, etag=etag)
+        handle.keep_cache = self._opened_etag.get(path) == etag
+        self._opened_etag[path] = etag
+        memo = self.journal.get_object(path, etag)
+        if memo is not None and self.blobs.has(memo.sha256):
+            self.blobs.hits += 1
+            return self._open_blob(handle, memo.sha256 or "")
+        self.blobs.misses += 1
+        if s.size <= WHOLE_OBJECT_LIMIT:
+            tmp = self.blobs.new_tmp()
+            try:
+                info = await self.remote.download(path, tmp, None, etag or None)
+                digest = await trio.to_thread.run_sync(hash_file, tmp)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+            self._remember_blob(path, info.etag, digest, tmp)
+            return self._open_blob(handle, digest.sha256)
+        fetcher = self._fetchers.get((path, etag))
+        if fetcher is None or fetcher.closed:
+            entry = self.cache.entry(path)
+            version = entry.version_id if isinstance(entry, Entry) else None
+            fetcher = RangeFetcher(
+                self.remote, self.blobs, self._spawn, key=path, etag=etag, version_id=version,
+                size=s.size,
+                on_complete=lambda digest, p, k=path, e=etag: self._remember_blob(k, e, digest, p),
+            )
+            self._fetchers[(path, etag)] = fetcher
+        fetcher.users += 1
+        handle.fetcher = fetcher
+        return handle
+
+    def _remember_blob(self, key: str, etag: str, digest: Digest, path: str) -> None:
+        """Bytes of `key` at `etag` were downloaded to `path` and hashed: make them a blob."""
+        memo = self.journal.get_object(key, etag)
+        asserted = memo.sha256 if memo else None
+        if asserted and asserted != digest.sha256:
+            log.warning("content of %r does not match its zonefs-sha256 header; not cached", key)
+            os.unlink(path)
+            raise RemoteError(f"{key}: downloaded bytes do not match their checksum")
+        self.blobs.ingest(path, digest)
+        if memo is not None:
+            self.journal.put_object(ObjectRow(key, etag, digest.size, memo.meta, digest.sha256,
+                                              digest.sha1))
+
+    def _open_blob(self, handle: Handle, sha256: str) -> Handle:
+        handle.fd = os.open(self.blobs.blob_path(sha256), os.O_RDONLY)
+        handle.pinned = sha256
+        self.blobs.pin(sha256)
+        return handle
+
+    async def read(self, handle: Handle, offset: int, size: int) -> bytes:
+        if handle.fetcher is not None:
+            return await handle.fetcher.read(offset, size)
+        return os.pread(handle.fd, size, offset)
+
+    async def write(self, handle: Handle, offset: int, data: bytes) -> int:
+        df = handle.dirty
+        if df is None or not handle.writable:
+            raise InvalidArgument("file not open for writing")
+        if handle.append:
+            offset = df.row.size
+        try:
+            n = os.pwrite(handle.fd, data, offset)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NoSpace("the cache disk is full") from exc
+            raise
+        handle.wrote = True
+        row = df.row
+        row.size = max(row.size, offset + n)
+        row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
+        row.generation += 1
+        return n
+
+    async def flush(self, handle: Handle) -> None:
+        """close(): make the handle's bytes safe in the journal (fsync'ed), not yet uploaded."""
+        df = handle.dirty
+        if df is None or not handle.wrote:
+            return
+        await trio.to_thread.run_sync(os.fsync, handle.fd)
+        if self.dirty.get(df.row.path) is df:
+            self.journal.put_dirty(df.row)
+        handle.wrote = False
+
+    async def fsync(self, handle: Handle) -> None:
+        """fsync(): return once the file is durable in the bucket."""
+        await self.flush(handle)
+        path = handle.dirty.row.path if handle.dirty else handle.path
+        if path in self.dirty:
+            self.writeback.schedule(path, delay=0)
+            await self.writeback.flush(path)
+
+    async def release(self, handle: Handle) -> None:
+        if handle.fd >= 0:
+            os.close(handle.fd)
+        if handle.pinned:
+            self.blobs.unpin(handle.pinned)
+        if handle.fetcher is not None:
+            handle.fetcher.users -= 1
+            if handle.fetcher.users <= 0:
+                handle.fetcher.close()
+                self._fetchers.pop((handle.fetcher.key, handle.fetcher.etag), None)
+        df = handle.dirty
+        if df is None or not handle.writable:
+            return
+        df.writers -= 1
+        path = df.row.path
+        if df.writers > 0 or self.dirty.get(path) is not df:
+            return
+        if df.uploaded_generation == df.row.generation and df.uploaded is not None:
+            self._finish_clean(path, df, *df.uploaded)
+        else:
+            self.writeback.schedule(path)
+
+    # -- upload -----------------------------------------------------------------------------------
+
+    async def _upload(self, path: str, cancel: threading.Event) -> None:
+        """Write-back callable: upload the dirty file at `path` as it is now."""
+        df = self.dirty.get(path)
+        if df is None or df.writers and df.uploaded_generation == df.row.generation:
+            return
+        row = df.row
+        generation = row.generation
+        digest: Digest | None = None
+        if row.data is None:
+            md = keys.encode_meta(row.meta, **self._hash_headers(path, row.base_etag))
+            info = await self.remote.copy(path, path, md)
+        else:
+            src = self.blobs.abspath(row.data)
+            digest = await trio.to_thread.run_sync(hash_file, src)
+            md = keys.encode_meta(row.meta, **{SHA256_KEY: digest.sha256, SHA1_KEY: digest.sha1})
+            info = await self.remote.upload(path, src, md, None, cancel)
+            self.uploaded_bytes += digest.size
+        if self.dirty.get(path) is not df:
+            return
+        row.base_etag = info.etag
+        if row.generation != generation:
+            self.journal.put_dirty(row)
+            return
+        if df.writers:
+            df.uploaded_generation, df.uploaded = generation, (info, digest)
+            self.journal.put_dirty(row)
+            return
+        self._finish_clean(path, df, info, digest)
+
+    def _finish_clean(self, path: str, df: DirtyFile, info: ObjectInfo,
+                      digest: Digest | None) -> None:
+        row = df.row
+        memo = self.journal.get_object(path)
+        sha256 = digest.sha256 if digest else (memo.sha256 if memo else None)
+        sha1 = digest.sha1 if digest else (memo.sha1 if memo else None)
+        obj = ObjectRow(path, info.etag, row.size, row.meta, sha256, sha1)
+        if digest is not None and row.data is not None:
+            self.blobs.ingest(self.blobs.abspath(row.data), digest)
+        self.journal.finish_upload(path, obj)
+        del self.dirty[path]
+        self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
+                                         info.version_id))
+        self._opened_etag.pop(path, None)
+
+    # -- whole filesystem ---------------------------------------------------------------------
+
+    def statfs(self) -> dict[str, int]:
+        block = 4096
+        total = 1 << 50
+        return {"f_bsize": block, "f_frsize": block, "f_blocks": total // block,
+                "f_bfree": total // block, "f_bavail": total // block, "f_files": 1 << 32,
+                "f_ffree": 1 << 32, "f_favail": 1 << 32, "f_namemax": keys.NAME_MAX}
+
+    def status(self) -> dict[str, Any]:
+        dirty_bytes = sum(df.row.size for df in self.dirty.values() if df.row.data)
+        return {
+            "zone": self.remote.description,
+            "dirty_files": len(self.dirty),
+            "dirty_bytes": dirty_bytes,
+            "uploaded_bytes": self.uploaded_bytes,
+            "writeback": self.writeback.stats_dict(),
+            "cache": self.blobs.stats(),
+            "requests": dict(self.remote.requests.counts),
+        }

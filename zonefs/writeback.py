@@ -1,0 +1,388 @@
+"""The write-back queue: when each dirty path is uploaded, and how failed uploads are retried.
+
+Owns: a per-path delay queue (a heap ordered by due time), coalescing of rewrites, cancelling an
+upload whose file changed under it, at most `max_uploads` uploads at once, retries with capped
+exponential backoff, and the waits behind fsync (`flush`), `zonefs sync` and unmount (`drain`).
+
+It must not know what a path stands for: files, blobs, the journal and the remote live elsewhere.
+It gets an injected `upload(path, cancel)` coroutine (rclone's PutFn) that does the work and
+raises on failure; `cancel` is a `threading.Event` for upload code running in a worker thread.
+The queue lives in memory only: the caller writes the journal row *before* `schedule()`, and
+after a crash the daemon schedules every dirty path from the journal again.
+
+Invariant: a path handed to `schedule()` is uploaded after its delay, or stays queued and is
+retried until an upload succeeds or `cancel(path)` is called. Nothing is dropped silently: not on
+failure, not when a rewrite cancels an upload, not when `run()` is cancelled (an interrupted
+upload goes back into the queue, due at once).
+
+Further invariants:
+- The same path is never uploaded twice at once. Rescheduling a path during its upload cancels
+  that attempt (sets its event and cancels its trio cancel scope) and the path starts again only
+  once the cancelled attempt has ended and the new due time has come.
+- At most `max_uploads` attempts run at once, cancelled ones included until they have ended (a
+  worker thread may still be sending bytes).
+- An attempt that was cancelled counts as cancelled whatever it raises (a thread that saw the
+  event fails with its own error); one that succeeds after its path was rescheduled is counted
+  in `stats.uploaded` but is not final: the path stays queued for the new bytes.
+
+Retry policy: after the n-th consecutive failure of a path it is due again after
+``min(max_retry_delay, 2 ** (n - 1)) * uniform(0.5, 1.0)`` seconds: 1, 2, 4 ... s up to
+`max_retry_delay`, with jitter so that a store coming back is not hit by every path at once.
+While `drain()` runs, the wait is capped at `DRAIN_RETRY_CAP`. The log level rises with the
+count: DEBUG for the first failure, INFO for the second, WARNING from the third on.
+
+Call everything from trio tasks, never from worker threads. `flush()` and `drain()` make progress
+only while `run()` is running; the daemon starts `run()` in its nursery, and at shutdown awaits
+`drain()` and then calls `close()` (or cancels the scope around `run()`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+log = logging.getLogger(__name__)
+
+Upload = Callable[[str, threading.Event], Awaitable[None]]
+Progress = Callable[[int, int], None]
+
+#: Longest wait before retrying a failed upload while `drain()` is running, in seconds.
+DRAIN_RETRY_CAP = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBackStats:
+    """A snapshot of the queue's counters."""
+
+    queued: int  # paths waiting for their due time (a path rewritten mid-upload included)
+    in_flight: int  # attempts running, cancelled ones included until they end
+    uploaded: int  # successful upload calls since start
+    retries: int  # failed attempts since start (each one is retried)
+    last_error: str | None  # "<path>: <error>" of the latest failed attempt
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    path: str
+    due: float | None = None  # set while queued; None while its attempt runs
+    seq: int = 0  # identifies the current heap item; older items for this path are stale
+    failures: int = 0  # consecutive failed attempts; sets the backoff
+    last_failure: tuple[int, Exception] | None = None  # (attempt number, error), for flush()
+    removed: bool = False  # cancel()ed: whatever its attempt does, it is not queued again
+
+
+@dataclass(eq=False, slots=True)
+class _Attempt:
+    entry: _Entry
+    number: int  # global and increasing: tells flush() which attempts started during its wait
+    cancel: threading.Event = field(default_factory=threading.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    ok: bool = False
+    error: Exception | None = None
+
+    def abort(self) -> None:
+        self.cancel.set()
+        self.scope.cancel()
+
+
+class WriteBack:
+    """Delay queue of paths to upload; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        upload: Upload,
+        *,
+        delay: float,
+        max_uploads: int = 8,
+        max_retry_delay: float = 300.0,
+    ) -> None:
+        if delay < 0 or max_uploads < 1 or max_retry_delay < 0:
+            raise ValueError("delay and max_retry_delay must be >= 0, max_uploads >= 1")
+        self.delay = delay
+        self.max_uploads = max_uploads
+        self.max_retry_delay = max_retry_delay
+        self._upload = upload
+        self._entries: dict[str, _Entry] = {}  # every queued or in-flight path not cancel()ed
+        self._running: dict[str, _Attempt] = {}  # path -> its one running attempt
+        self._heap: list[tuple[float, int, str]] = []  # (due, seq, path), stale items skipped
+        self._seq = itertools.count(1)
+        self._attempts = 0
+        self._changed = trio.Event()  # set and replaced on every state change
+        self._draining = 0
+        self._completed = 0  # paths that left the queue by a successful upload
+        self._uploaded = 0
+        self._retries = 0
+        self._last_error: str | None = None
+        self._scope: trio.CancelScope | None = None
+
+    # -- queries -----------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> WriteBackStats:
+        return WriteBackStats(
+            queued=sum(1 for e in self._entries.values() if e.due is not None),
+            in_flight=len(self._running),
+            uploaded=self._uploaded,
+            retries=self._retries,
+            last_error=self._last_error,
+        )
+
+    def stats_dict(self) -> dict[str, int | str | None]:
+        """`stats` as a plain dict, for status output."""
+        s = self.stats
+        return {
+            "queued": s.queued,
+            "in_flight": s.in_flight,
+            "uploaded": s.uploaded,
+            "retries": s.retries,
+            "last_error": s.last_error,
+        }
+
+    def pending_paths(self) -> set[str]:
+        """Paths queued or being uploaded."""
+        return set(self._entries) | set(self._running)
+
+    def in_flight_paths(self) -> set[str]:
+        """Paths with an upload attempt running."""
+        return set(self._running)
+
+    def is_pending(self, path: str) -> bool:
+        return path in self._entries or path in self._running
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def schedule(self, path: str, *, delay: float | None = None) -> None:
+        """Queue `path` to upload after `delay` (default `self.delay`; 0 while draining).
+
+        Rescheduling moves the due time to the new value, so rapid rewrites coalesce into one
+        upload; an upload of `path` in flight is cancelled, as its bytes are out of date.
+        """
+        if delay is None:
+            delay = 0.0 if self._draining else self.delay
+        entry = self._entries.get(path)
+        if entry is None:
+            entry = self._entries[path] = _Entry(path)
+        else:
+            entry.failures = 0  # new bytes: the backoff starts over
+        attempt = self._running.get(path)
+        if attempt is not None and not attempt.cancel.is_set():
+            log.debug("write-back: %r changed during its upload; cancelling it", path)
+            attempt.abort()
+        self._arm(entry, trio.current_time() + delay)
+
+    async def cancel(self, path: str) -> None:
+        """Forget `path`; return once no upload of it runs any more."""
+        entry = self._entries.pop(path, None)
+        if entry is not None:
+            entry.removed = True
+            entry.due = None
+        attempt = self._running.get(path)
+        if attempt is not None:
+            attempt.entry.removed = True
+            attempt.abort()
+            await attempt.done.wait()
+        self._notify()
+
+    async def flush(self, path: str) -> None:
+        """Upload `path` now and wait until it is no longer pending.
+
+        Returns at once if `path` is not pending. An attempt in flight is waited for. If an
+        attempt made during the wait fails, its exception is raised; the path stays queued.
+        """
+        running = self._running.get(path)
+        if running is None and path not in self._entries:
+            return
+        first = running.number if running is not None else self._attempts + 1
+        while True:
+            entry = self._entries.get(path)
+            if entry is not None and entry.last_failure is not None:
+                number, error = entry.last_failure
+                if number >= first:
+                    raise error
+            in_flight = path in self._running
+            if entry is None and not in_flight:
+                return
+            if entry is not None and not in_flight and entry.due is not None:
+                now = trio.current_time()
+                if entry.due > now:
+                    self._arm(entry, now)
+            await self._changed.wait()
+
+    async def drain(
+        self, progress: Progress | None = None, timeout: float | None = None
+    ) -> int:
+        """Upload everything now; return once nothing is queued or in flight.
+
+        `progress(done, total)` is called at the start and after each path is uploaded, never
+        with total 0 (`total` grows if paths are scheduled meanwhile). Failed paths keep being
+        retried, at most `DRAIN_RETRY_CAP` seconds apart. Returns the number of paths uploaded;
+        raises `trio.TooSlowError` after `timeout` seconds, leaving what is left queued.
+        """
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            return await self._drain(progress)
+
+    def close(self) -> None:
+        """Make `run()` return (pending paths stay queued); a no-op when it isn't running."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # -- the scheduler -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start due uploads until `close()` or cancellation; uploads run in its own nursery."""
+        if self._scope is not None:
+            raise RuntimeError("WriteBack.run() is already running")
+        self._scope = trio.CancelScope()
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    task_status.started()
+                    while True:
+                        wake_at = self._start_due(nursery)
+                        with trio.move_on_at(wake_at):
+                            await self._changed.wait()
+        finally:
+            self._scope = None
+            if self._entries:
+                log.info("write-back: stopped with %d paths pending", len(self._entries))
+
+    def _start_due(self, nursery: trio.Nursery) -> float:
+        """Start every due upload a slot is free for; return when to look again."""
+        now = trio.current_time()
+        heap = self._heap
+        while heap:
+            due, seq, path = heap[0]
+            entry = self._entries.get(path)
+            if entry is None or entry.seq != seq or entry.due is None or path in self._running:
+                # Stale, or its path is still uploading: _finish() re-queues it when that ends.
+                heapq.heappop(heap)
+                continue
+            if due > now:
+                return due
+            if len(self._running) >= self.max_uploads:
+                return math.inf  # a finishing upload notifies
+            heapq.heappop(heap)
+            entry.due = None
+            self._attempts += 1
+            attempt = _Attempt(entry, self._attempts)
+            self._running[path] = attempt
+            nursery.start_soon(self._attempt, attempt, name=f"upload {path!r}")
+        return math.inf
+
+    async def _attempt(self, attempt: _Attempt) -> None:
+        path = attempt.entry.path
+        log.debug("write-back: uploading %r (attempt %d)", path, attempt.entry.failures + 1)
+        try:
+            with attempt.scope:
+                if not attempt.cancel.is_set():  # superseded before it even started
+                    await self._upload(path, attempt.cancel)
+                    attempt.ok = True
+        except Exception as exc:  # any failure is retried; Cancelled is not an Exception
+            attempt.error = exc
+        finally:
+            self._finish(attempt)
+
+    def _finish(self, attempt: _Attempt) -> None:
+        # Synchronous, so that it also runs to the end while run() is being cancelled.
+        entry = attempt.entry
+        path = entry.path
+        if self._running.get(path) is attempt:
+            del self._running[path]
+        now = trio.current_time()
+        if attempt.ok:
+            self._uploaded += 1
+            if not entry.removed and entry.due is None:
+                entry.failures = 0
+                del self._entries[path]
+                self._completed += 1
+                log.debug("write-back: uploaded %r", path)
+        elif attempt.error is not None and not attempt.cancel.is_set():
+            self._failed(entry, attempt, attempt.error, now)
+        elif not entry.removed and entry.due is None:
+            entry.due = now  # run() is being cancelled: keep it, due as soon as uploads resume
+        current = self._entries.get(path)
+        if current is not None and current.due is not None:
+            self._push(current)
+        attempt.done.set()
+        self._notify()
+
+    def _failed(self, entry: _Entry, attempt: _Attempt, error: Exception, now: float) -> None:
+        entry.failures += 1
+        entry.last_failure = (attempt.number, error)
+        self._retries += 1
+        self._last_error = f"{entry.path}: {type(error).__name__}: {error}"
+        wait = self._backoff(entry.failures)
+        if not entry.removed:
+            entry.due = now + wait
+        n = entry.failures
+        level = logging.DEBUG if n == 1 else logging.INFO if n == 2 else logging.WARNING
+        log.log(
+            level,
+            "write-back: upload of %r failed (attempt %d), retrying in %.1fs: %s: %s",
+            entry.path, n, wait, type(error).__name__, error,
+            exc_info=error if n == 3 else None,  # one traceback per path, not one per retry
+        )
+
+    def _backoff(self, failures: int) -> float:
+        wait = min(self.max_retry_delay, 2.0 ** min(failures - 1, 60)) * random.uniform(0.5, 1.0)
+        return min(wait, DRAIN_RETRY_CAP) if self._draining else wait
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _drain(self, progress: Progress | None) -> int:
+        self._draining += 1
+        start = self._completed
+        started_at = trio.current_time()
+        last: tuple[int, int] | None = None
+        try:
+            now = trio.current_time()
+            for entry in list(self._entries.values()):
+                if entry.due is not None and entry.due > now:
+                    self._arm(entry, now)
+            while True:
+                done = self._completed - start
+                state = (done, done + self._pending_count())
+                if progress is not None and state != last and state[1]:
+                    last = state
+                    progress(*state)
+                if not self._entries and not self._running:
+                    break
+                await self._changed.wait()
+        finally:
+            self._draining -= 1
+        log.info(
+            "write-back: drained %d uploads in %.1fs",
+            done, trio.current_time() - started_at,
+        )
+        return done
+
+    def _pending_count(self) -> int:
+        return len(self._entries) + sum(1 for p in self._running if p not in self._entries)
+
+    def _arm(self, entry: _Entry, due: float) -> None:
+        entry.due = due
+        self._push(entry)
+        self._notify()
+
+    def _push(self, entry: _Entry) -> None:
+        assert entry.due is not None
+        entry.seq = next(self._seq)
+        heapq.heappush(self._heap, (entry.due, entry.seq, entry.path))
+        if len(self._heap) > 2 * len(self._entries) + 64:
+            # Rescheduling leaves stale items behind; rebuild before they outnumber live ones.
+            self._heap = [(e.due, e.seq, e.path) for e in self._entries.values()
+                          if e.due is not None]
+            heapq.heapify(self._heap)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
