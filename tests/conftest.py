@@ -173,3 +173,47 @@ def local_zone(tmp_path: Path) -> ZoneConfig:
     zone = ZoneConfig.parse(f"file://{tmp_path}/zone")
     LocalRemote(zone, create=True).close()
     return zone
+
+
+# -- real mounts (t4) ---------------------------------------------------------------------------
+# Everything below serves the real-mount layer; tests/mounts.py holds the helpers.
+
+from mounts import LocalStore, Mount, S3Store, fuse_unavailable_reason  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "mount_options(**options): extra -o options for the `mount` fixture "
+        "(e.g. writeback_delay='60', ro='')",
+    )
+
+
+@pytest.fixture(params=["s3", "local"])
+def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mount]:
+    """A started zonefs mount of a fresh zone (an S3 bucket on the test endpoint, or an embedded
+    local zone), with a short write-back delay and metadata TTL; always unmounted afterwards.
+
+    `@pytest.mark.mount_options(name="value")` adds mount options (`ro=""` for a flag).
+    """
+    reason = fuse_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    marker = request.node.get_closest_marker("mount_options")
+    options = dict(marker.kwargs) if marker else {}
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = request.getfixturevalue("bucket")
+        store: Any = S3Store(request.getfixturevalue("s3_client"), bucket)
+        zone_url, endpoint_url = f"s3://{bucket}", endpoint
+    else:
+        zone = request.getfixturevalue("local_zone")
+        store = LocalStore(zone, tmp_path / "store-scratch")
+        zone_url, endpoint_url = zone.url, None
+    m = Mount(request.param, zone_url, tmp_path / "mnt", tmp_path / "cache", store,
+              endpoint_url=endpoint_url, options=options)
+    try:
+        m.start()
+        yield m
+    finally:
+        m.cleanup()

@@ -423,8 +423,13 @@ async def test_local_missing_zone(tmp_path: Path) -> None:
     with pytest.raises(BucketMissing, match="no zone at"):
         open_remote(zone)
     (tmp_path / "nothing").mkdir()
-    with pytest.raises(BucketMissing, match="zonefs demo"):
+    with pytest.raises(BucketMissing, match="no zone at"):
         LocalRemote(zone)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file").write_text("not a zone")
+    with pytest.raises(BucketMissing, match="not empty"):
+        open_remote(ZoneConfig.parse(f"file://{tmp_path}/other"), create=True)
+    assert os.listdir(tmp_path / "other") == ["file"]  # nothing added to a foreign directory
     remote = open_remote(zone, create=True)
     await remote.check()
     os.rename(tmp_path / "nothing", tmp_path / "moved")

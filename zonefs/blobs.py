@@ -62,6 +62,7 @@ class BlobStore:
         self._counter = itertools.count()
         self._pins: defaultdict[str, int] = defaultdict(int)
         self._lru: OrderedDict[str, int] = OrderedDict()  # sha256 -> size, oldest first
+        self._used = 0  # sum of self._lru's sizes
         self.hits = 0
         self.misses = 0
         self._scan()
@@ -76,6 +77,7 @@ class BlobStore:
                     found.append((st.st_atime, entry.name, st.st_size))
         for _, name, size in sorted(found):
             self._lru[name] = size
+            self._used += size
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -120,6 +122,7 @@ class BlobStore:
             os.chmod(path, 0o600)
             os.replace(path, dest)
             self._lru[digest.sha256] = digest.size
+            self._used += digest.size
         self.touch(digest.sha256)
         self.evict()
         return dest
@@ -149,23 +152,24 @@ class BlobStore:
     def forget(self, sha256: str) -> None:
         """Drop a blob found to be wrong (unless pinned, when it is dropped at unpin time)."""
         if sha256 in self._lru and sha256 not in self._pins:
-            del self._lru[sha256]
+            self._used -= self._lru.pop(sha256)
             with _quiet():
                 os.unlink(self.blob_path(sha256))
 
     @property
     def used(self) -> int:
-        return sum(self._lru.values())
+        return self._used
 
     def evict(self) -> None:
         """Remove least recently used unpinned blobs until the store fits its capacity."""
-        used = self.used
+        if self._used <= self.capacity:
+            return
         for sha256 in list(self._lru):
-            if used <= self.capacity:
+            if self._used <= self.capacity:
                 break
             if sha256 in self._pins:
                 continue
-            used -= self._lru.pop(sha256)
+            self._used -= self._lru.pop(sha256)
             with _quiet():
                 os.unlink(self.blob_path(sha256))
             log.debug("evicted blob %s", sha256)

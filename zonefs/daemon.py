@@ -129,7 +129,8 @@ class Daemon:
         self.vfs: Vfs | None = None
 
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
-        remote = open_remote(self.zone, max_requests=self.opts.max_requests)
+        # A file:///DIR zone is created when DIR is missing or empty.
+        remote = open_remote(self.zone, max_requests=self.opts.max_requests, create=True)
         try:
             with trio.fail_after(CHECK_TIMEOUT):
                 await remote.check()

@@ -10,8 +10,10 @@ Tables:
   the bytes when known (the key → blob index of the blob cache).
 
 All calls are synchronous and short; callers on the trio thread rely on that: code between two
-awaits sees the journal atomically. Every write commits before returning; with WAL and
-`synchronous=FULL` a committed row is on disk.
+awaits sees the journal atomically. Every write commits before returning. Writes that
+acknowledge user data (`put_dirty`, `move_dirty`, `drop_dirty`) are fsync'ed (WAL with
+`synchronous=FULL`); writes of what can be recomputed (remembered objects, the end of an upload,
+whose loss only repeats it) skip the fsync and become durable with the next fsync'ed commit.
 """
 
 from __future__ import annotations
@@ -81,8 +83,14 @@ class Journal:
         os.close(fd)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._durable = False
+        self._set_durable(True)
+
+    def _set_durable(self, durable: bool) -> None:
+        if durable != self._durable:
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
 
     def close(self) -> None:
         self._db.close()
@@ -90,6 +98,7 @@ class Journal:
     # -- dirty files ---------------------------------------------------------------------------
 
     def put_dirty(self, row: DirtyRow) -> None:
+        self._set_durable(True)
         m = row.meta
         self._db.execute(
             "INSERT OR REPLACE INTO dirty VALUES (?,?,?,?,?,?,?,?,?)",
@@ -98,10 +107,12 @@ class Journal:
         )
 
     def drop_dirty(self, path: str) -> None:
+        self._set_durable(True)
         self._db.execute("DELETE FROM dirty WHERE path = ?", (path,))
 
     def move_dirty(self, old: str, new: str) -> None:
         """Rename a row; a row already at `new` is replaced."""
+        self._set_durable(True)
         with self._tx():
             self._db.execute("DELETE FROM dirty WHERE path = ?", (new,))
             self._db.execute("UPDATE dirty SET path = ? WHERE path = ?", (new, old))
@@ -114,6 +125,7 @@ class Journal:
 
     def finish_upload(self, path: str, obj: ObjectRow) -> None:
         """The upload of `path` landed as `obj`: forget the dirty row, remember the object."""
+        self._set_durable(False)
         with self._tx():
             self._db.execute("DELETE FROM dirty WHERE path = ?", (path,))
             self._put_object(obj)
@@ -121,6 +133,7 @@ class Journal:
     # -- remembered objects --------------------------------------------------------------------
 
     def put_object(self, obj: ObjectRow) -> None:
+        self._set_durable(False)
         self._put_object(obj)
 
     def _put_object(self, obj: ObjectRow) -> None:
@@ -139,6 +152,7 @@ class Journal:
         return ObjectRow(key, etag_, size, PosixMeta(mode, uid, gid, mtime_ns), sha256, sha1)
 
     def drop_object(self, key: str) -> None:
+        self._set_durable(False)
         self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
 
     def blob_in_use(self, sha256: str) -> bool:

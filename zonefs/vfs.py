@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Objects up to this size are downloaded whole on first open; larger ones fill by ranges.
 WHOLE_OBJECT_LIMIT = 8 << 20
+#: Objects up to this size are fetched whole instead of HEAD'ed when their headers are needed.
+SMALL_OBJECT = 64 << 10
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 SHA256_KEY = "zonefs-sha256"
@@ -83,6 +85,7 @@ class DirtyFile:
 
     row: DirtyRow
     writers: int = 0
+    persisted: bool = False  # the row is in the journal (written at close, fsync or setattr)
     uploaded_generation: int = -1
     uploaded: tuple[ObjectInfo, Digest | None] | None = None
 
@@ -128,7 +131,22 @@ class Vfs:
         self.mount_time_ns = time.time_ns()
         self.uploaded_bytes = 0
         for row in journal.dirty_rows():
-            self.dirty[row.path] = DirtyFile(row)
+            self.dirty[row.path] = DirtyFile(row, persisted=True)
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Staging files no journal row names were never closed: nothing acknowledged them."""
+        used = {df.row.data for df in self.dirty.values() if df.row.data}
+        top = os.path.join(self.blobs.root, "staging")
+        for entry in os.scandir(top):
+            if self.blobs.relpath(entry.path) not in used:
+                os.unlink(entry.path)
+
+    def _persist(self, df: DirtyFile) -> None:
+        """Write the dirty row to the journal (fsync'ed) if it is still the path's current one."""
+        if self.dirty.get(df.row.path) is df:
+            self.journal.put_dirty(df.row)
+            df.persisted = True
 
     def requeue_dirty(self) -> int:
         """Hand every journaled dirty file to the write-back queue (at mount)."""
@@ -181,16 +199,29 @@ class Vfs:
         return entry
 
     async def _lookup_remote(self, path: str) -> Entry | None:
-        try:
-            info = await self.remote.head(path)
-        except NotFound:
-            pass
-        else:
-            return self._entry_from_head(path, info)
-        page = await self.remote.list(keys.dir_key(path), "/", None, 1)
-        if page.objects or page.prefixes:
-            return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
-        return None
+        """One LIST tells whether `path` is a file, a directory or nothing.
+
+        Listing with the name itself as prefix returns the object `path` and the common prefix
+        `path/` together (siblings such as `path.txt` sort between them, hence the loop); a
+        file's headers then come from the journal when its ETag is remembered, else a HEAD.
+        """
+        token: str | None = None
+        found: ObjectInfo | None = None
+        while True:
+            page = await self.remote.list(path, "/", token, 100)
+            for obj in page.objects:
+                if obj.key == path:
+                    found = obj
+            if any(p == path + "/" for p in page.prefixes):
+                return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
+            last = max([o.key for o in page.objects] + page.prefixes, default="")
+            token = page.next_token
+            if not token or last > path + "/":
+                break
+        if found is None:
+            return None
+        memo = self.journal.get_object(path, found.etag)
+        return Entry(False, found.size, found.etag, found.mtime, memo.meta if memo else None)
 
     def _entry_from_head(self, key: str, info: ObjectInfo) -> Entry:
         is_dir = key.endswith("/")
@@ -201,8 +232,12 @@ class Vfs:
         )
         if not is_dir:
             md = info.metadata or {}
-            self.journal.put_object(ObjectRow(key, info.etag, info.size, meta,
-                                              md.get(SHA256_KEY), md.get(SHA1_KEY)))
+            known = self.journal.get_object(key, info.etag)
+            self.journal.put_object(ObjectRow(
+                key, info.etag, info.size, meta,
+                md.get(SHA256_KEY) or (known.sha256 if known else None),
+                md.get(SHA1_KEY) or (known.sha1 if known else None),
+            ))
         return Entry(is_dir, info.size, info.etag, info.mtime, meta, info.version_id)
 
     async def _ensure_meta(self, path: str, entry: Entry) -> None:
@@ -223,7 +258,11 @@ class Vfs:
         try:
             key = keys.dir_key(path) if entry.is_dir else path
             try:
-                info = await self.remote.head(key)
+                if not entry.is_dir and entry.size <= SMALL_OBJECT:
+                    # As cheap as a HEAD, and a later read needs no request at all.
+                    info, _ = await self._download_whole(key, None)
+                else:
+                    info = await self.remote.head(key)
             except NotFound:
                 info = None
             if info is None:
@@ -361,6 +400,8 @@ class Vfs:
             raise Exists(path)
         meta = PosixMeta(st.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
         await self._put_marker(path, meta)
+        # A new directory is empty: lookups in it need not ask the bucket until the TTL passes.
+        self.cache.put_listing(path, {})
         return Stat(meta, 0)
 
     async def _put_marker(self, path: str, meta: PosixMeta) -> None:
@@ -576,7 +617,7 @@ class Vfs:
             df = self.dirty.get(path) or self._meta_dirty(path, s)
         df.row.meta = meta
         df.row.generation += 1
-        self.journal.put_dirty(df.row)
+        self._persist(df)
         if df.writers == 0:
             self.writeback.schedule(path)
         return await self.stat(path)
@@ -614,7 +655,6 @@ class Vfs:
             await self._copy_current(path, s, staging)
         row = DirtyRow(path, self.blobs.relpath(staging), 0 if truncate else s.size, s.meta,
                        s.etag, (df.row.generation + 1) if df else 1)
-        self.journal.put_dirty(row)
         if df is None:
             df = self.dirty[path] = DirtyFile(row)
         else:
@@ -644,7 +684,7 @@ class Vfs:
         meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
         row = DirtyRow(path, self.blobs.relpath(staging), 0, meta,
                        existing.etag if existing else None, 1)
-        self.journal.put_dirty(row)
+        # Journaled at close (flush): nothing is acknowledged before that.
         df = self.dirty[path] = DirtyFile(row, writers=1)
         fd = os.open(staging, os.O_RDWR)
         return Handle(path, True, fd=fd, dirty=df), Stat(meta, 0, None, "dirty")
@@ -679,14 +719,7 @@ class Vfs:
             return self._open_blob(handle, memo.sha256 or "")
         self.blobs.misses += 1
         if s.size <= WHOLE_OBJECT_LIMIT:
-            tmp = self.blobs.new_tmp()
-            try:
-                info = await self.remote.download(path, tmp, None, etag or None)
-                digest = await trio.to_thread.run_sync(hash_file, tmp)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-            self._remember_blob(path, info.etag, digest, tmp)
+            _, digest = await self._download_whole(path, etag or None)
             return self._open_blob(handle, digest.sha256)
         fetcher = self._fetchers.get((path, etag))
         if fetcher is None or fetcher.closed:
@@ -701,6 +734,23 @@ class Vfs:
         fetcher.users += 1
         handle.fetcher = fetcher
         return handle
+
+    async def _download_whole(self, key: str, etag: str | None) -> tuple[ObjectInfo, Digest]:
+        """GET the whole object into the blob cache; remember its headers and hash."""
+        tmp = self.blobs.new_tmp()
+        try:
+            info = await self.remote.download(key, tmp, None, etag)
+            if info.size <= SMALL_OBJECT:
+                digest = hash_file(tmp)  # microseconds: cheaper than a thread hop
+            else:
+                digest = await trio.to_thread.run_sync(hash_file, tmp)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        if self.journal.get_object(key, info.etag) is None:
+            self._entry_from_head(key, info)  # remembers the headers the GET returned
+        self._remember_blob(key, info.etag, digest, tmp)
+        return info, digest
 
     def _remember_blob(self, key: str, etag: str, digest: Digest, path: str) -> None:
         """Bytes of `key` at `etag` were downloaded to `path` and hashed: make them a blob."""
@@ -748,11 +798,11 @@ class Vfs:
     async def flush(self, handle: Handle) -> None:
         """close(): make the handle's bytes safe in the journal (fsync'ed), not yet uploaded."""
         df = handle.dirty
-        if df is None or not handle.wrote:
+        if df is None or not (handle.wrote or not df.persisted):
             return
-        await trio.to_thread.run_sync(os.fsync, handle.fd)
-        if self.dirty.get(df.row.path) is df:
-            self.journal.put_dirty(df.row)
+        if handle.wrote:
+            await trio.to_thread.run_sync(os.fsync, handle.fd)
+        self._persist(df)
         handle.wrote = False
 
     async def fsync(self, handle: Handle) -> None:

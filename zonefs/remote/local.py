@@ -119,7 +119,10 @@ class LocalRemote(Remote):
         self._tmp = os.path.join(self._data, "tmp")
         self._lock = threading.Lock()
         self._last_ns = 0
-        if create:
+        if create and not os.path.isfile(self._db_path):
+            # A new zone goes only where nothing else is: a missing or empty directory.
+            if os.path.isdir(self.root) and os.listdir(self.root):
+                raise self._missing(": the directory is not empty and holds no zone")
             self._create()
         elif not os.path.isfile(self._db_path):
             raise self._missing()
@@ -168,10 +171,7 @@ class LocalRemote(Remote):
             raise RemoteError(f"cannot create a zone at {self.root}: {exc.strerror}") from exc
 
     def _missing(self, detail: str = "") -> BucketMissing:
-        return BucketMissing(
-            f"no zone at {self.root}{detail} (create it with `zonefs demo`, "
-            "or open it with create=True)"
-        )
+        return BucketMissing(f"no zone at {self.root}{detail}")
 
     def close(self) -> None:
         with self._lock:
