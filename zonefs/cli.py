@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,8 @@ from .errors import ConfigError, ZonefsError
 
 log = logging.getLogger("zonefs")
 
-MOUNT_TIMEOUT = 30.0
+#: How long `zonefs mount` waits for the daemon to answer (the store check gives up sooner).
+MOUNT_TIMEOUT = 15.0
 
 
 def _setup_logging(level: str, log_file: str | None = None) -> None:
@@ -57,6 +59,10 @@ def _human(n: float) -> str:
 def _zone_and_options(args: argparse.Namespace) -> tuple[ZoneConfig, MountOptions]:
     zone = ZoneConfig.parse(args.zone, endpoint_url=args.endpoint_url, region=args.region,
                             profile=args.profile)
+    if args.ca_bundle:
+        if not os.path.isfile(args.ca_bundle):
+            raise ConfigError(f"--ca-bundle {args.ca_bundle}: no such file")
+        zone = dataclasses.replace(zone, ca_bundle=os.path.abspath(args.ca_bundle))
     return zone, parse_mount_options(args.options or [])
 
 
@@ -105,7 +111,7 @@ def _run_background(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptio
     argv = [sys.executable, "-m", "zonefs", "--log-level", args.log_level, "mount", args.zone,
             os.path.abspath(args.mountpoint), "--foreground", "--ready-fd", str(write_fd),
             "--log-file", log_file]
-    for name in ("endpoint_url", "region", "profile"):
+    for name in ("endpoint_url", "region", "profile", "ca_bundle"):
         value = getattr(args, name)
         if value:
             argv += [f"--{name.replace('_', '-')}", value]
@@ -258,16 +264,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"zonefs: {mountpoint} is already mounted")
     else:
         ns = argparse.Namespace(zone=zone.url, mountpoint=mountpoint, endpoint_url=None,
-                                region=None, profile=None, options=args.options,
+                                region=None, profile=None, ca_bundle=None,
+                                options=args.options,
                                 foreground=False, log_level=args.log_level, log_file=None,
                                 ready_fd=None)
         code = cmd_mount(ns)
         if code:
             return code
     rel = os.path.relpath(mountpoint)
-    exe = os.path.relpath(sys.argv[0]) if os.sep in sys.argv[0] else "zonefs"
+    if rel.startswith(".."):
+        rel = mountpoint
+    if sys.argv[0].endswith("__main__.py"):
+        exe = f"{sys.executable} -m zonefs"
+    else:
+        exe = os.path.relpath(sys.argv[0]) if os.sep in sys.argv[0] else "zonefs"
     print(f"""
-The demo zone {zone_dir} is mounted at ./{rel}. Things to try:
+The demo zone {zone_dir} is mounted at {rel}. Things to try:
   ls -l {rel} {rel}/examples
   echo 'my first object' > {rel}/notes.txt && cat {rel}/notes.txt
   cp -r /etc/apt {rel}/ && ls -lR {rel}/apt | head
@@ -288,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--debug", action="store_const", const="DEBUG", dest="log_level",
-                        help="log every request (never credentials)")
+                        help="log every request by kind and key (never credentials or data)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("mount", help="mount a zone")
@@ -297,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
     p.add_argument("--region")
     p.add_argument("--profile", help="AWS profile for credentials")
+    p.add_argument("--ca-bundle", help="CA certificates (PEM) for an https endpoint")
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="ro, allow_other, uid=, gid=, umask=, cache_dir=, cache_size=, "
                         "writeback_delay=, metadata_ttl=")

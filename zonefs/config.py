@@ -84,8 +84,12 @@ class ZoneConfig:
 
     @property
     def zone_id(self) -> str:
-        """A short stable name for this zone, used to name its cache directory."""
-        ident = f"{self.url}|{self.endpoint_url or ''}"
+        """A short stable name for this zone, used to name its cache directory.
+
+        Built from the normalised parts, so `s3://b/p` and `s3://b/p/` share one journal.
+        """
+        where = self.local_dir if self.scheme == "file" else f"{self.bucket}/{self.prefix}"
+        ident = f"{self.scheme}|{where}|{(self.endpoint_url or '').rstrip('/')}"
         return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     @property

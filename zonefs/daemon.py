@@ -14,6 +14,7 @@ Order of life:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -99,6 +100,18 @@ def _fuse_options(opts: MountOptions, zone: ZoneConfig) -> set[str]:
     return options
 
 
+def _lock_cache_dir(cache_dir: str) -> int:
+    """Hold the cache dir for this process: two daemons on one journal would lose data."""
+    fd = os.open(os.path.join(cache_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MountError(f"the cache dir {cache_dir} is in use by another zonefs mount; "
+                         "give this one its own with -o cache_dir=DIR") from None
+    return fd
+
+
 def _sd_notify(message: str) -> None:
     """Tell systemd (Type=notify) about our state, when started by it."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -140,6 +153,7 @@ class Daemon:
             ) from None
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
         os.chmod(self.cache_dir, 0o700)
+        lock_fd = _lock_cache_dir(self.cache_dir)
         journal = Journal(os.path.join(self.cache_dir, "journal.sqlite"))
         blobs = BlobStore(self.cache_dir, capacity=self.opts.cache_size)
         try:
@@ -178,6 +192,7 @@ class Daemon:
                 nursery.cancel_scope.cancel()
         finally:
             journal.close()
+            os.close(lock_fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.control_path)
 

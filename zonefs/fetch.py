@@ -112,7 +112,10 @@ class RangeFetcher:
             digest = await trio.to_thread.run_sync(hash_file, self.path)
             if not self.closed:
                 # Readers keep using the open descriptor after the file moves into blobs/.
-                self._on_complete(digest, self.path)
+                try:
+                    self._on_complete(digest, self.path)
+                except Exception as exc:  # a background task must not take the mount down
+                    log.warning("%s: not cached: %s", self.key, exc)
 
     def close(self) -> None:
         """Release the local copy; an incomplete one is deleted."""

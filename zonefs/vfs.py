@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 WHOLE_OBJECT_LIMIT = 8 << 20
 #: Objects up to this size are fetched whole instead of HEAD'ed when their headers are needed.
 SMALL_OBJECT = 64 << 10
+#: Header fetches started ahead of a listing's reader, at most this many at once.
+PREFETCH_TASKS = 64
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 SHA256_KEY = "zonefs-sha256"
@@ -86,6 +88,10 @@ class DirtyFile:
     row: DirtyRow
     writers: int = 0
     persisted: bool = False  # the row is in the journal (written at close, fsync or setattr)
+    # False while the local bytes are an unchanged copy of the object at base_etag (opened
+    # for write but not written): such a file needs no upload of its bytes.
+    data_changed: bool = True
+    meta_changed: bool = False
     uploaded_generation: int = -1
     uploaded: tuple[ObjectInfo, Digest | None] | None = None
 
@@ -258,10 +264,12 @@ class Vfs:
         try:
             key = keys.dir_key(path) if entry.is_dir else path
             try:
+                info = None
                 if not entry.is_dir and entry.size <= SMALL_OBJECT:
                     # As cheap as a HEAD, and a later read needs no request at all.
-                    info, _ = await self._download_whole(key, None)
-                else:
+                    with contextlib.suppress(RemoteError):  # bad bytes: read headers alone
+                        info, _ = await self._download_whole(key, None)
+                if info is None:
                     info = await self.remote.head(key)
             except NotFound:
                 info = None
@@ -365,16 +373,25 @@ class Vfs:
         `ls -l` asks for each entry's attributes right after the listing; fetching them all at
         once, bounded by the remote's request limit, beats one HEAD after another.
         """
-        for name, entry in names.items():
-            if entry.meta is None:
-                child = keys.join(path, name)
-                self._spawn(lambda c=child, e=entry: self._quiet_meta(c, e))
+        todo = [(keys.join(path, name), e) for name, e in names.items() if e.meta is None]
+        if todo:
+            self._spawn(lambda: self._prefetch_all(todo))
 
-    async def _quiet_meta(self, path: str, entry: Entry) -> None:
+    async def _prefetch_all(self, todo: list[tuple[str, Entry]]) -> None:
+        # One task per entry in flight at most PREFETCH_TASKS at a time, so that listing a
+        # directory of 100,000 keys does not hold 100,000 waiting tasks.
+        slots = trio.Semaphore(PREFETCH_TASKS)
+        for path, entry in todo:
+            await slots.acquire()
+            self._spawn(lambda p=path, e=entry: self._quiet_meta(p, e, slots))
+
+    async def _quiet_meta(self, path: str, entry: Entry, slots: trio.Semaphore) -> None:
         try:
             await self._ensure_meta(path, entry)
         except Exception as exc:  # the reader that needs it will see the error itself
             log.debug("prefetch of %r failed: %s", path, exc)
+        finally:
+            slots.release()
 
     def _has_dirty_below(self, path: str) -> bool:
         return any(keys.is_within(p, path) and p != path for p in self.dirty)
@@ -611,10 +628,12 @@ class Vfs:
                 df = await self._make_dirty(path, truncate=size == 0)
             os.truncate(self.blobs.abspath(df.row.data or ""), size)
             df.row.size = size
+            df.data_changed = True
             if mtime_ns is None:
                 meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
         else:
             df = self.dirty.get(path) or self._meta_dirty(path, s)
+            df.meta_changed = True
         df.row.meta = meta
         df.row.generation += 1
         self._persist(df)
@@ -648,6 +667,7 @@ class Vfs:
             if truncate:
                 os.truncate(self.blobs.abspath(df.row.data), 0)
                 df.row.size = 0
+                df.data_changed = True
             return df
         s = await self.stat(path)
         staging = self.blobs.new_staging()
@@ -656,9 +676,10 @@ class Vfs:
         row = DirtyRow(path, self.blobs.relpath(staging), 0 if truncate else s.size, s.meta,
                        s.etag, (df.row.generation + 1) if df else 1)
         if df is None:
-            df = self.dirty[path] = DirtyFile(row)
+            df = self.dirty[path] = DirtyFile(row, data_changed=truncate)
         else:
-            df.row = row
+            df.row = row  # was a metadata-only change
+            df.data_changed, df.meta_changed = truncate, True
         return df
 
     async def _copy_current(self, path: str, s: Stat, dest: str) -> None:
@@ -789,6 +810,7 @@ class Vfs:
                 raise NoSpace("the cache disk is full") from exc
             raise
         handle.wrote = True
+        df.data_changed = True
         row = df.row
         row.size = max(row.size, offset + n)
         row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
@@ -798,7 +820,7 @@ class Vfs:
     async def flush(self, handle: Handle) -> None:
         """close(): make the handle's bytes safe in the journal (fsync'ed), not yet uploaded."""
         df = handle.dirty
-        if df is None or not (handle.wrote or not df.persisted):
+        if df is None or not df.data_changed or not (handle.wrote or not df.persisted):
             return
         if handle.wrote:
             await trio.to_thread.run_sync(os.fsync, handle.fd)
@@ -830,10 +852,25 @@ class Vfs:
         path = df.row.path
         if df.writers > 0 or self.dirty.get(path) is not df:
             return
-        if df.uploaded_generation == df.row.generation and df.uploaded is not None:
+        if not df.data_changed:
+            self._revert_unchanged(path, df)
+        elif df.uploaded_generation == df.row.generation and df.uploaded is not None:
             self._finish_clean(path, df, *df.uploaded)
         else:
             self.writeback.schedule(path)
+
+    def _revert_unchanged(self, path: str, df: DirtyFile) -> None:
+        """A file opened for write but never written: drop its local copy; only a metadata
+        change (touch, chmod through the handle) is left to upload, as a copy in place."""
+        self._discard_data(df)
+        if df.meta_changed:
+            df.row.data = None
+            self._persist(df)
+            self.writeback.schedule(path)
+        else:
+            del self.dirty[path]
+            if df.persisted:
+                self.journal.drop_dirty(path)
 
     # -- upload -----------------------------------------------------------------------------------
 
@@ -845,7 +882,9 @@ class Vfs:
         row = df.row
         generation = row.generation
         digest: Digest | None = None
-        if row.data is None:
+        if row.data is not None and not df.data_changed and not df.meta_changed:
+            return  # an unchanged copy, still open: nothing to upload
+        if row.data is None or not df.data_changed:
             md = keys.encode_meta(row.meta, **self._hash_headers(path, row.base_etag))
             info = await self.remote.copy(path, path, md)
         else:

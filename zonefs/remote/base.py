@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from typing import Any
 
 import trio
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
@@ -138,6 +140,8 @@ class Remote(ABC):
 
     async def _run(self, kind: str, fn: Any, *args: Any) -> Any:
         self.requests.add(kind)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %r", kind, args[0] if args else "")  # the key only: never bodies
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def check(self) -> None:
