@@ -138,7 +138,8 @@ class Daemon:
         self.control_path = control.socket_path(self.mountpoint)
         self._stop = trio.Event()
         self._closed = trio.Event()
-        self._unmounted_by_us = False
+        self._answered = trio.Event()  # a `zonefs umount` got its final answer
+        self._unmount_requested = False
         self.vfs: Vfs | None = None
 
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
@@ -187,8 +188,9 @@ class Daemon:
                     pyfuse3.close(unmount=is_mounted(self.mountpoint))
                     self._closed.set()
                 log.info("unmounted %s", self.mountpoint)
-                with trio.move_on_after(2):
-                    await trio.sleep(0.05)  # let a waiting `zonefs umount` read its answer
+                if self._unmount_requested:
+                    with trio.move_on_after(2):
+                        await self._answered.wait()  # let `zonefs umount` read its answer
                 nursery.cancel_scope.cancel()
         finally:
             journal.close()
@@ -213,7 +215,6 @@ class Daemon:
                 log.info("%s: draining uploads, then unmounting", signal.Signals(signum).name)
                 _sd_notify("STOPPING=1")
                 await self._drain(signal.Signals(signum).name)
-                self._unmounted_by_us = True
                 pyfuse3.terminate()
                 return
 
@@ -282,10 +283,14 @@ class Daemon:
             answer = {"ok": True, "files": files, "bytes": self.vfs.uploaded_bytes - before,
                       "seconds": round(time.monotonic() - started, 3)}
             if cmd == "unmount":
-                self._unmounted_by_us = True
+                self._unmount_requested = True
                 pyfuse3.terminate()
                 await self._closed.wait()
-            await _send(stream, answer)
+            try:
+                await _send(stream, answer)
+            finally:
+                if cmd == "unmount":
+                    self._answered.set()
         else:
             await _send(stream, {"ok": False, "error": f"unknown command {cmd!r}"})
 
