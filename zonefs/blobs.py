@@ -63,6 +63,7 @@ class BlobStore:
         self._pins: defaultdict[str, int] = defaultdict(int)
         self._lru: OrderedDict[str, int] = OrderedDict()  # sha256 -> size, oldest first
         self._used = 0  # sum of self._lru's sizes
+        self._doomed: set[str] = set()  # pinned blobs to drop once unpinned
         self.hits = 0
         self.misses = 0
         self._scan()
@@ -124,7 +125,7 @@ class BlobStore:
             self._lru[digest.sha256] = digest.size
             self._used += digest.size
         self.touch(digest.sha256)
-        self.evict()
+        self.evict(keep=digest.sha256)  # the caller is about to open it
         return dest
 
     def ingest_copy(self, path: str, digest: Digest) -> str:
@@ -148,10 +149,18 @@ class BlobStore:
         self._pins[sha256] -= 1
         if self._pins[sha256] <= 0:
             del self._pins[sha256]
+            if sha256 in self._doomed:
+                self._doomed.discard(sha256)
+                self.forget(sha256)
+            else:
+                self.evict()
 
     def forget(self, sha256: str) -> None:
         """Drop a blob found to be wrong (unless pinned, when it is dropped at unpin time)."""
-        if sha256 in self._lru and sha256 not in self._pins:
+        if sha256 in self._pins:
+            self._doomed.add(sha256)
+            return
+        if sha256 in self._lru:
             self._used -= self._lru.pop(sha256)
             with _quiet():
                 os.unlink(self.blob_path(sha256))
@@ -160,14 +169,14 @@ class BlobStore:
     def used(self) -> int:
         return self._used
 
-    def evict(self) -> None:
-        """Remove least recently used unpinned blobs until the store fits its capacity."""
+    def evict(self, keep: str | None = None) -> None:
+        """Remove least recently used unpinned blobs (and not `keep`) until the store fits."""
         if self._used <= self.capacity:
             return
         for sha256 in list(self._lru):
             if self._used <= self.capacity:
                 break
-            if sha256 in self._pins:
+            if sha256 in self._pins or sha256 == keep:
                 continue
             self._used -= self._lru.pop(sha256)
             with _quiet():

@@ -32,6 +32,14 @@ READAHEAD = 4  # chunks in flight ahead of a sequential reader
 Spawn = Callable[[Callable[[], Awaitable[Any]]], None]
 
 
+def _write_at(path: str, data: bytes, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
 class RangeFetcher:
     """A sparse local copy of one object version, filled on demand. Shared by its readers."""
 
@@ -99,7 +107,8 @@ class RangeFetcher:
                 raise RemoteError(f"short read of {self.key} at {start}: the object changed")
             if self.closed:
                 return
-            await trio.to_thread.run_sync(os.pwrite, self._fd, data, start)
+            # A descriptor of its own: close() may close the readers' one meanwhile.
+            await trio.to_thread.run_sync(_write_at, self.path, data, start)
             self._have.add(i)
         except BaseException as exc:  # reported to the reader waiting on this chunk
             self._errors[i] = exc if isinstance(exc, Exception) else RemoteError("cancelled")
@@ -107,15 +116,17 @@ class RangeFetcher:
                 raise
         finally:
             event.set()
-        if len(self._have) == self._nchunks and not self.closed and not self.complete:
+        if len(self._have) == self._nchunks and not self.complete:
+            # Whole now, even if its readers are gone: worth keeping as a blob. Readers still
+            # open keep using their descriptor after the file moves into blobs/.
             self.complete = True
             digest = await trio.to_thread.run_sync(hash_file, self.path)
-            if not self.closed:
-                # Readers keep using the open descriptor after the file moves into blobs/.
-                try:
-                    self._on_complete(digest, self.path)
-                except Exception as exc:  # a background task must not take the mount down
-                    log.warning("%s: not cached: %s", self.key, exc)
+            try:
+                self._on_complete(digest, self.path)
+            except Exception as exc:  # a background task must not take the mount down
+                log.warning("%s: not cached: %s", self.key, exc)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
 
     def close(self) -> None:
         """Release the local copy; an incomplete one is deleted."""

@@ -112,6 +112,8 @@ class Journal:
 
     def move_dirty(self, old: str, new: str) -> None:
         """Rename a row; a row already at `new` is replaced."""
+        if old == new:
+            return
         self._set_durable(True)
         with self._tx():
             self._db.execute("DELETE FROM dirty WHERE path = ?", (new,))
@@ -124,8 +126,11 @@ class Journal:
             yield DirtyRow(path, data, size, PosixMeta(mode, uid, gid, mtime_ns), base, gen)
 
     def finish_upload(self, path: str, obj: ObjectRow) -> None:
-        """The upload of `path` landed as `obj`: forget the dirty row, remember the object."""
-        self._set_durable(False)
+        """The upload of `path` landed as `obj`: forget the dirty row, remember the object.
+
+        Durable, because the caller moves the row's data file away right after.
+        """
+        self._set_durable(True)
         with self._tx():
             self._db.execute("DELETE FROM dirty WHERE path = ?", (path,))
             self._put_object(obj)

@@ -113,6 +113,11 @@ class Handle:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _has_new_bytes(df: DirtyFile) -> bool:
+    """Whether the file's local bytes differ from its object (a data upload is due)."""
+    return df.row.data is not None and df.data_changed
+
+
 class Vfs:
     """Path-based filesystem over one zone. See the module docstring for the invariants."""
 
@@ -137,6 +142,10 @@ class Vfs:
         self.mount_time_ns = time.time_ns()
         self.uploaded_bytes = 0
         for row in journal.dirty_rows():
+            if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
+                log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
+                journal.drop_dirty(row.path)
+                continue
             self.dirty[row.path] = DirtyFile(row, persisted=True)
         self._remove_orphans()
 
@@ -470,8 +479,7 @@ class Vfs:
         df = self.dirty.pop(path, None)
         remote_known = df is None or df.row.base_etag is not None
         if df is not None:
-            self.journal.drop_dirty(path)
-            self._discard_data(df)
+            self._drop_dirty(path, df)
             if not remote_known:
                 remote_known = await self._remote_exists(path)
         if remote_known:
@@ -528,30 +536,62 @@ class Vfs:
         await self.writeback.cancel(new)
         replaced = self.dirty.pop(new, None)
         if replaced is not None:
-            self.journal.drop_dirty(new)
-            self._discard_data(replaced)
+            self._drop_dirty(new, replaced)
         df = self.dirty.pop(old, None)
-        if df is not None and df.row.data is not None:
+        if df is not None and _has_new_bytes(df):
             # The new bytes go up under the new name; the old key, if any, goes away now.
+            remote_old = await self._remote_exists(old)
+            self._carry_dirty(old, new, df, None)
+            if remote_old:
+                await self.remote.delete(old)
+        else:
+            info = await self._copy_object(old, new, src.etag, df)
+            await self.remote.delete(old)
+            if df is not None:
+                self._carry_dirty(old, new, df, info.etag)
+        self.journal.drop_object(old)
+
+    async def _copy_object(self, old: str, new: str, etag: str | None,
+                           df: DirtyFile | None) -> ObjectInfo:
+        """Server-side copy of `old` to `new`. A pending metadata change of the file (`df`)
+        travels in the copy's headers; the remembered object moves along."""
+        memo = self.journal.get_object(old, etag)
+        md = None
+        if df is not None:
+            md = keys.encode_meta(df.row.meta, **self._hash_headers(old, etag))
+        info = await self.remote.copy(old, new, md)
+        if memo is not None:
+            meta = df.row.meta if df is not None else memo.meta
+            self.journal.put_object(ObjectRow(new, info.etag, memo.size, meta, memo.sha256,
+                                              memo.sha1))
+        return info
+
+    def _carry_dirty(self, old: str, new: str, df: DirtyFile, copied_etag: str | None) -> None:
+        """Move the local state of a renamed file from `old` to `new`.
+
+        With `copied_etag` the object was copied server-side (with any pending metadata), so
+        what stays dirty is only an open, unchanged copy; without it the file's new bytes
+        are uploaded under the new name.
+        """
+        df.row.path = new
+        if copied_etag is None:
             self.journal.move_dirty(old, new)
-            df.row.path = new
             df.row.base_etag = None
             self.dirty[new] = df
             self.writeback.schedule(new)
-            if await self._remote_exists(old):
-                await self.remote.delete(old)
-        else:
-            meta = df.row.meta if df is not None else src.meta
-            md = keys.encode_meta(meta, **self._hash_headers(old, src.etag))
-            info = await self.remote.copy(old, new, md if df is not None else None)
-            await self.remote.delete(old)
-            if df is not None:
-                self.journal.drop_dirty(old)
-            memo = self.journal.get_object(old)
-            self.journal.put_object(ObjectRow(new, info.etag, src.size, meta,
-                                              memo.sha256 if memo else None,
-                                              memo.sha1 if memo else None))
-        self.journal.drop_object(old)
+            return
+        if df.persisted:
+            self.journal.drop_dirty(old)
+            df.persisted = False
+        df.meta_changed = False
+        if df.row.data is not None and df.writers:
+            df.row.base_etag = copied_etag
+            self.dirty[new] = df  # still open for write, unchanged so far
+
+    def _drop_dirty(self, path: str, df: DirtyFile) -> None:
+        if df.persisted:
+            self.journal.drop_dirty(path)
+        self._discard_data(df)
 
     def _hash_headers(self, key: str, etag: str | None) -> dict[str, str]:
         memo = self.journal.get_object(key, etag)
@@ -564,37 +604,42 @@ class Vfs:
 
     async def _rename_dir(self, old: str, new: str, meta: PosixMeta) -> None:
         """Copy then delete every object below `old`, one by one (not atomic to others)."""
+        moving: dict[str, DirtyFile] = {}
         for path in [p for p in self.dirty if keys.is_within(p, old)]:
             await self.writeback.cancel(path)
-            df = self.dirty.pop(path)
-            target = keys.rebase(path, old, new)
-            self.journal.move_dirty(path, target)
-            df.row.path = target
-            self.dirty[target] = df
+            df = self.dirty.pop(path, None)
+            if df is not None:  # else its upload finished while we waited
+                moving[path] = df
         prefix = keys.dir_key(old)
         token: str | None = None
         moved: list[str] = []
+        copied: dict[str, str] = {}  # path -> ETag of the copy
         while True:
             page = await self.remote.list(prefix, None, token)
             for obj in page.objects:
-                dest = keys.dir_key(new) + obj.key[len(prefix):]
-                if keys.rebase(obj.key.rstrip("/"), old, new) in self.dirty:
-                    moved.append(obj.key)  # newer local bytes will be uploaded there
-                    continue
-                await self.remote.copy(obj.key, dest)
                 moved.append(obj.key)
+                df = moving.get(obj.key)
+                if df is not None and _has_new_bytes(df):
+                    continue  # newer local bytes will be uploaded under the new name
+                dest = keys.dir_key(new) + obj.key[len(prefix):]
+                info = await self._copy_object(obj.key, dest, obj.etag, df)
+                copied[obj.key] = info.etag
             token = page.next_token
             if not token:
                 break
         if keys.dir_key(old) not in moved:
             # The source existed only as a prefix: keep the moved directory even if it is empty.
             await self._put_marker(new, meta)
+        for path, df in moving.items():
+            target = keys.rebase(path, old, new)
+            if _has_new_bytes(df) or path in copied:
+                self._carry_dirty(path, target, df, None if _has_new_bytes(df) else copied[path])
+            else:
+                log.warning("%r had a pending metadata change but no object; dropped", path)
+                self._drop_dirty(path, df)
         for key in moved:
             await self.remote.delete(key)
             self.journal.drop_object(key)
-        for path in [p for p in self.dirty if keys.is_within(p, new)]:
-            self.dirty[path].row.base_etag = None
-            self.writeback.schedule(path)
 
     # -- attributes changes ---------------------------------------------------------------------
 
@@ -667,6 +712,7 @@ class Vfs:
             if truncate:
                 os.truncate(self.blobs.abspath(df.row.data), 0)
                 df.row.size = 0
+                df.row.generation += 1
                 df.data_changed = True
             return df
         s = await self.stat(path)
@@ -700,19 +746,22 @@ class Vfs:
         await self.writeback.cancel(path)
         old = self.dirty.pop(path, None)
         if old is not None:
-            self._discard_data(old)
+            self._drop_dirty(path, old)
         staging = self.blobs.new_staging()
         meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
         row = DirtyRow(path, self.blobs.relpath(staging), 0, meta,
                        existing.etag if existing else None, 1)
-        # Journaled at close (flush): nothing is acknowledged before that.
+        # Journaled at close (flush): nothing is acknowledged before that, unless it replaces
+        # a pending file whose row must not outlive its bytes: then the empty file takes over.
         df = self.dirty[path] = DirtyFile(row, writers=1)
+        if old is not None and old.persisted:
+            self._persist(df)
         fd = os.open(staging, os.O_RDWR)
         return Handle(path, True, fd=fd, dirty=df), Stat(meta, 0, None, "dirty")
 
     async def open(self, path: str, flags: int) -> Handle:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        if writable:
+        if writable or flags & os.O_TRUNC:
             self._check_writable(path)
         s = await self.stat(path)
         if s.is_dir:
@@ -740,15 +789,30 @@ class Vfs:
             return self._open_blob(handle, memo.sha256 or "")
         self.blobs.misses += 1
         if s.size <= WHOLE_OBJECT_LIMIT:
-            _, digest = await self._download_whole(path, etag or None)
+            # Whatever is current now: open() is where close-to-open revalidates.
+            info, digest = await self._download_whole(path, None)
+            if info.etag != etag:
+                handle.etag, handle.keep_cache = info.etag, False
+                self._opened_etag[path] = info.etag
+                self.cache.invalidate(path)
             return self._open_blob(handle, digest.sha256)
         fetcher = self._fetchers.get((path, etag))
         if fetcher is None or fetcher.closed:
             entry = self.cache.entry(path)
             version = entry.version_id if isinstance(entry, Entry) else None
+            size = s.size
+            if version is None:
+                # Ranges of a known version keep reading it after another writer replaces the
+                # object; one HEAD per open of a large file is worth it. It also revalidates.
+                info = await self.remote.head(path)
+                version, size = info.version_id, info.size
+                if info.etag != etag:
+                    etag = handle.etag = self._opened_etag[path] = info.etag
+                    handle.keep_cache = False
+                    self.cache.invalidate(path)
             fetcher = RangeFetcher(
                 self.remote, self.blobs, self._spawn, key=path, etag=etag, version_id=version,
-                size=s.size,
+                size=size,
                 on_complete=lambda digest, p, k=path, e=etag: self._remember_blob(k, e, digest, p),
             )
             self._fetchers[(path, etag)] = fetcher
@@ -912,9 +976,11 @@ class Vfs:
         sha256 = digest.sha256 if digest else (memo.sha256 if memo else None)
         sha1 = digest.sha1 if digest else (memo.sha1 if memo else None)
         obj = ObjectRow(path, info.etag, row.size, row.meta, sha256, sha1)
+        # Journal first: a crash between the two leaves an orphan staging file (removed at the
+        # next start), never a row whose bytes are gone.
+        self.journal.finish_upload(path, obj)
         if digest is not None and row.data is not None:
             self.blobs.ingest(self.blobs.abspath(row.data), digest)
-        self.journal.finish_upload(path, obj)
         del self.dirty[path]
         self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
                                          info.version_id))

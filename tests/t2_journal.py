@@ -1,0 +1,213 @@
+"""The journal (SQLite, WAL): dirty rows survive a reopen, rows move and finish atomically,
+remembered objects are filtered by ETag, and the database is private to its owner."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zonefs.journal import DirtyRow, Journal, ObjectRow
+from zonefs.keys import PosixMeta
+
+META = PosixMeta(0o100644, 1000, 1000, 1_700_000_000_123_456_789)
+
+
+def row(path: str, data: str | None = "staging/1", size: int = 5, gen: int = 1,
+        base: str | None = None) -> DirtyRow:
+    return DirtyRow(path, data, size, META, base, gen)
+
+
+def obj(key: str, etag: str = "e1", sha256: str | None = "a" * 64) -> ObjectRow:
+    return ObjectRow(key, etag, 5, META, sha256, "b" * 40 if sha256 else None)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "journal.sqlite")
+
+
+@pytest.fixture
+def journal(db_path: str) -> Iterator[Journal]:
+    j = Journal(db_path)
+    yield j
+    j.close()
+
+
+def rows_of(path: str) -> list[DirtyRow]:
+    """Dirty rows as a second, independent connection sees them (another process would)."""
+    other = Journal(path)
+    try:
+        return list(other.dirty_rows())
+    finally:
+        other.close()
+
+
+# -- dirty rows -------------------------------------------------------------------------------
+
+
+def test_dirty_rows_round_trip_in_path_order(journal: Journal) -> None:
+    rows = [
+        row("b/x", "staging/2", 0, 3, "etag-b"),
+        row("a", None, 42, 7),  # metadata only
+        DirtyRow("c", "staging/3", 1 << 40, PosixMeta(0o120777, 0, 0, -1), None, 1),
+    ]
+    for r in rows:
+        journal.put_dirty(r)
+    assert list(journal.dirty_rows()) == sorted(rows, key=lambda r: r.path)
+
+
+def test_dirty_rows_survive_reopen(db_path: str) -> None:
+    first = Journal(db_path)
+    first.put_dirty(row("a/b.txt", base="etag"))
+    first.put_dirty(row("unicode-é", None, 9))
+    first.close()
+    second = Journal(db_path)
+    try:
+        assert [r.path for r in second.dirty_rows()] == ["a/b.txt", "unicode-é"]
+        assert next(second.dirty_rows()) == row("a/b.txt", base="etag")
+    finally:
+        second.close()
+
+
+def test_committed_rows_are_visible_without_close(journal: Journal, db_path: str) -> None:
+    # A crash never closes the journal: every write must be committed when the call returns.
+    journal.put_dirty(row("a"))
+    assert rows_of(db_path) == [row("a")]
+    journal.drop_dirty("a")
+    assert rows_of(db_path) == []
+
+
+def test_put_dirty_replaces_same_path(journal: Journal) -> None:
+    journal.put_dirty(row("a", size=1, gen=1))
+    journal.put_dirty(row("a", "staging/9", size=2, gen=2))
+    assert list(journal.dirty_rows()) == [row("a", "staging/9", size=2, gen=2)]
+
+
+def test_drop_dirty(journal: Journal) -> None:
+    journal.put_dirty(row("a"))
+    journal.put_dirty(row("b"))
+    journal.drop_dirty("a")
+    journal.drop_dirty("missing")  # harmless
+    assert [r.path for r in journal.dirty_rows()] == ["b"]
+
+
+def test_move_dirty_renames_and_replaces_target(journal: Journal, db_path: str) -> None:
+    journal.put_dirty(row("old", "staging/old", gen=4))
+    journal.put_dirty(row("new", "staging/new", gen=9))
+    journal.put_dirty(row("other"))
+    journal.move_dirty("old", "new")
+    moved = row("new", "staging/old", gen=4)
+    assert list(journal.dirty_rows()) == [moved, row("other")]
+    assert rows_of(db_path) == [moved, row("other")]
+
+
+def test_move_dirty_to_free_name(journal: Journal) -> None:
+    journal.put_dirty(row("d/a"))
+    journal.move_dirty("d/a", "e/a")
+    assert [r.path for r in journal.dirty_rows()] == ["e/a"]
+
+
+def test_move_dirty_onto_itself_keeps_the_row(journal: Journal) -> None:
+    journal.put_dirty(row("a"))
+    journal.move_dirty("a", "a")
+    assert list(journal.dirty_rows()) == [row("a")]
+
+
+# -- finishing uploads and remembered objects --------------------------------------------------
+
+
+def test_finish_upload_drops_row_and_records_object(journal: Journal, db_path: str) -> None:
+    journal.put_dirty(row("a"))
+    journal.put_dirty(row("b"))
+    journal.finish_upload("a", obj("a", "etag-new"))
+    assert [r.path for r in journal.dirty_rows()] == ["b"]
+    assert journal.get_object("a") == obj("a", "etag-new")
+    assert [r.path for r in rows_of(db_path)] == ["b"]
+
+
+def test_finish_upload_is_atomic(journal: Journal) -> None:
+    # If recording the object fails, the dirty row must stay: the upload is then repeated,
+    # never forgotten. A NULL ETag violates the schema and makes the insert fail.
+    journal.put_dirty(row("a"))
+    bad = ObjectRow("a", None, 5, META)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.finish_upload("a", bad)
+    assert [r.path for r in journal.dirty_rows()] == ["a"]
+    assert journal.get_object("a") is None
+    journal.put_dirty(row("b"))  # the connection is usable after the rollback
+    assert [r.path for r in journal.dirty_rows()] == ["a", "b"]
+
+
+def test_get_object_filters_by_etag(journal: Journal) -> None:
+    journal.put_object(obj("k", "e1"))
+    assert journal.get_object("k") == obj("k", "e1")
+    assert journal.get_object("k", "e1") == obj("k", "e1")
+    assert journal.get_object("k", "e2") is None, "a changed object must not reuse old facts"
+    assert journal.get_object("missing") is None
+    journal.put_object(obj("k", "e2", None))
+    assert journal.get_object("k", "e1") is None
+    assert journal.get_object("k", "e2") == obj("k", "e2", None)
+
+
+def test_drop_object_and_blob_in_use(journal: Journal) -> None:
+    journal.put_object(obj("k1", sha256="c" * 64))
+    journal.put_object(obj("k2", sha256="c" * 64))
+    assert journal.blob_in_use("c" * 64)
+    journal.drop_object("k1")
+    assert journal.get_object("k1") is None
+    assert journal.blob_in_use("c" * 64)
+    journal.drop_object("k2")
+    assert not journal.blob_in_use("c" * 64)
+
+
+def test_objects_survive_reopen(db_path: str) -> None:
+    first = Journal(db_path)
+    first.put_object(obj("k"))
+    first.put_dirty(row("x"))  # an fsync'ed commit after it makes it durable too
+    first.close()
+    second = Journal(db_path)
+    try:
+        assert second.get_object("k") == obj("k")
+    finally:
+        second.close()
+
+
+def test_user_data_writes_are_synchronous_full(journal: Journal) -> None:
+    # put_dirty acknowledges a close(): it must run with synchronous=FULL even right after a
+    # write that relaxed it (remembered objects skip the fsync).
+    def level() -> int:
+        return int(journal._db.execute("PRAGMA synchronous").fetchone()[0])
+
+    journal.put_object(obj("k"))
+    journal.put_dirty(row("a"))
+    assert level() == 2  # FULL
+    journal.finish_upload("a", obj("a"))
+    journal.move_dirty("x", "y")
+    assert level() == 2
+    journal.put_object(obj("k"))
+    journal.drop_dirty("a")
+    assert level() == 2
+    assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# -- the file itself ----------------------------------------------------------------------------
+
+
+def test_journal_files_are_private(tmp_path: Path) -> None:
+    old = os.umask(0)  # the 0600 must come from the code, not from the test's umask
+    try:
+        path = tmp_path / "journal.sqlite"
+        j = Journal(str(path))
+        j.put_dirty(row("a"))
+        try:
+            for f in tmp_path.iterdir():  # the database and its -wal/-shm companions
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+        finally:
+            j.close()
+    finally:
+        os.umask(old)

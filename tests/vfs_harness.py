@@ -1,0 +1,336 @@
+"""Helpers for driving `zonefs.vfs.Vfs` directly (no FUSE): a running core over a real zone, a
+second view of the store to check what landed there, and the invariant check every t3 test
+ends with.
+
+The core runs the way the daemon runs it: one trio nursery holding the write-back scheduler and
+every task the core spawns (range fetches, metadata prefetch), so an exception escaping one of
+those tasks fails the test instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as st
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from zonefs.blobs import BlobStore
+from zonefs.config import MountOptions, ZoneConfig
+from zonefs.errors import NotFound
+from zonefs.journal import Journal
+from zonefs.remote import ListPage, ObjectInfo, Remote, open_remote
+from zonefs.vfs import Handle, Vfs
+
+#: Longest a drain may take in a test: uploads here are small, so more means a stuck retry loop.
+DRAIN_TIMEOUT = 15.0
+
+
+@dataclass
+class Store:
+    """The zone as another client sees it, through a separate `Remote` (and boto3 for S3)."""
+
+    kind: str
+    remote: Remote
+    s3_client: Any = None
+    bucket: str = ""
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        try:
+            return await self.remote.head(key)
+        except NotFound:
+            return None
+
+    async def read(self, key: str) -> bytes:
+        info = await self.remote.head(key)
+        if info.size == 0:
+            return b""
+        return await self.remote.get_range(key, 0, info.size)
+
+    async def keys(self, prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        token = None
+        while True:
+            page = await self.remote.list(prefix, None, token)
+            out.update(o.key for o in page.objects)
+            token = page.next_token
+            if not token:
+                return out
+
+    async def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                  content_type: str | None = None) -> ObjectInfo:
+        return await self.remote.put_bytes(key, data, dict(metadata or {}), content_type)
+
+    async def upload(self, key: str, path: str, metadata: Mapping[str, str] | None = None,
+                     ) -> ObjectInfo:
+        return await self.remote.upload(key, path, dict(metadata or {}))
+
+    def raw_metadata(self, key: str) -> dict[str, str] | None:
+        """The x-amz-meta-* headers exactly as S3 returns them (None for a local zone)."""
+        if self.s3_client is None:
+            return None
+        return dict(self.s3_client.head_object(Bucket=self.bucket, Key=key)["Metadata"])
+
+
+@dataclass
+class Env:
+    """One zone (S3 bucket on the test endpoint, or an embedded local zone) and a cache dir."""
+
+    kind: str
+    zone: ZoneConfig
+    cache_dir: Path
+    store: Store
+
+    def options(self, **changes: Any) -> MountOptions:
+        base = MountOptions(writeback_delay=0.05, metadata_ttl=30.0, cache_dir=str(self.cache_dir))
+        return replace(base, **changes)
+
+    @asynccontextmanager
+    async def vfs(self, *, remote: Remote | None = None, requeue: bool = True,
+                  **changes: Any) -> AsyncIterator[Vfs]:
+        """A running `Vfs` on this zone and cache dir; stopped (not drained) on exit, the way a
+        crash stops it: whatever is pending stays in the journal for the next one."""
+        opts = self.options(**changes)
+        remote = remote or open_remote(self.zone)
+        journal = Journal(str(self.cache_dir / "journal.sqlite"))
+        blobs = BlobStore(str(self.cache_dir), capacity=opts.cache_size)
+        try:
+            async with trio.open_nursery() as nursery:
+                def spawn(fn: Any) -> None:
+                    nursery.start_soon(fn)
+
+                core = Vfs(remote, journal, blobs, opts, spawn=spawn)
+                _watch_schedules(core)
+                await nursery.start(core.writeback.run)
+                if requeue:
+                    core.requeue_dirty()
+                yield core
+                nursery.cancel_scope.cancel()
+        finally:
+            journal.close()
+            close = getattr(remote, "close", None)
+            if close is not None:
+                close()
+
+
+@contextmanager
+def unversioned_bucket(client: Any) -> Iterator[str]:
+    """A fresh S3 bucket without versioning, emptied and removed afterwards."""
+    name = f"zonefs-t3-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                for obj in page.get("Contents", []):
+                    client.delete_object(Bucket=name, Key=obj["Key"])
+            for up in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+                client.abort_multipart_upload(Bucket=name, Key=up["Key"],
+                                              UploadId=up["UploadId"])
+            client.delete_bucket(Bucket=name)
+        except Exception as exc:  # cleanup must not hide the test's own result
+            print(f"could not remove test bucket {name}: {exc}")
+
+
+#: Paths each core handed to its write-back queue without a journal row, by id(core).
+_UNJOURNALED: dict[int, list[str]] = {}
+
+
+def _watch_schedules(core: Vfs) -> None:
+    """Record every path scheduled for upload while the journal has no row for it: the core
+    promises to write the row first (so a crash right after cannot lose the file)."""
+    seen = _UNJOURNALED[id(core)] = []
+    schedule = core.writeback.schedule
+
+    def checked(path: str, *, delay: float | None = None) -> None:
+        if all(r.path != path for r in core.journal.dirty_rows()):
+            seen.append(path)
+        schedule(path, delay=delay)
+
+    core.writeback.schedule = checked  # type: ignore[method-assign]
+
+
+# -- file operations as a program does them ----------------------------------------------------
+
+REG = st.S_IFREG
+
+
+async def write_file(vfs: Vfs, path: str, data: bytes, mode: int = 0o640,
+                     uid: int = 1234, gid: int = 5678) -> None:
+    """create + write + close (flush and release): what `cp` does."""
+    handle, _ = await vfs.create(path, mode, uid, gid)
+    await write_all(vfs, handle, data)
+    await close(vfs, handle)
+
+
+async def write_all(vfs: Vfs, handle: Handle, data: bytes, offset: int = 0,
+                    block: int = 128 << 10) -> None:
+    for start in range(0, len(data), block):
+        chunk = data[start:start + block]
+        assert await vfs.write(handle, offset + start, chunk) == len(chunk)
+
+
+async def close(vfs: Vfs, handle: Handle) -> None:
+    await vfs.flush(handle)
+    await vfs.release(handle)
+
+
+async def read_file(vfs: Vfs, path: str) -> bytes:
+    handle = await vfs.open(path, os.O_RDONLY)
+    try:
+        size = (await vfs.stat(path)).size
+        out = bytearray()
+        while len(out) < size:
+            chunk = await vfs.read(handle, len(out), 1 << 20)
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+    finally:
+        await vfs.release(handle)
+
+
+async def drain(vfs: Vfs, timeout: float = DRAIN_TIMEOUT) -> int:
+    """Upload everything pending; trio.TooSlowError after `timeout` (a stuck retry loop)."""
+    return await vfs.writeback.drain(timeout=timeout)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def requests(vfs: Vfs, kind: str) -> int:
+    return vfs.remote.requests.counts.get(kind, 0)
+
+
+# -- invariants -------------------------------------------------------------------------------
+
+
+def _check_dirty_state(vfs: Vfs) -> None:
+    """The in-memory dirty files and the journal agree, and every data file exists."""
+    rows = {r.path: r for r in vfs.journal.dirty_rows()}
+    for path, df in vfs.dirty.items():
+        assert df.row.path == path, f"dirty entry {path!r} names {df.row.path!r}"
+        if df.row.data is not None:
+            assert os.path.isfile(vfs.blobs.abspath(df.row.data)), f"{path}: data file missing"
+        if df.persisted:
+            assert path in rows, f"{path}: persisted but not in the journal"
+            assert rows[path].data == df.row.data, f"{path}: journal names other data"
+    for path, r in rows.items():
+        # A journal row nobody tracks would resurrect (or endlessly retry) at the next mount.
+        assert path in vfs.dirty, f"journal row {path!r} is not a dirty file of the core"
+        if r.data is not None:
+            assert os.path.isfile(vfs.blobs.abspath(r.data)), f"journal row {path!r}: no data"
+
+
+def _check_blobs(vfs: Vfs, *, handles_open: bool) -> None:
+    root = Path(vfs.blobs.root)
+    sizes: dict[str, int] = {}
+    for shard in (root / "blobs").iterdir():
+        for f in shard.iterdir():
+            assert f.name[:2] == shard.name
+            data = f.read_bytes()
+            # A blob enters the cache under a hash only after its bytes were hashed.
+            assert sha256(data) == f.name, f"blob {f.name} does not hold the bytes it names"
+            assert st.S_IMODE(f.stat().st_mode) == 0o600
+            sizes[f.name] = len(data)
+    assert vfs.blobs.used == sum(sizes.values()), "blob accounting drifted from the disk"
+    assert vfs.blobs.stats()["blobs"] == len(sizes)
+    assert all(vfs.blobs.has(name) for name in sizes)
+    if not handles_open:
+        assert os.listdir(root / "tmp") == [], "a download was left behind in tmp/"
+        assert not vfs.blobs._pins, f"blobs still pinned with no handle open: {vfs.blobs._pins}"
+
+
+async def check_invariants(vfs: Vfs, *, handles_open: bool = False) -> None:
+    """What must hold whenever the core is quiet; drains the write-back queue on the way.
+
+    - no path was handed to the write-back queue before its journal row was written;
+    - every dirty file's data file exists, and a persisted one is in the journal (same data);
+      every journal row is a dirty file of the core;
+    - after a drain with no writer left, nothing is dirty, and staging/ holds no file that
+      no dirty row names;
+    - blobs/ holds only files whose SHA-256 is their name, and the store's byte count equals
+      the sizes on disk; with no handle open, tmp/ is empty and nothing is pinned.
+    """
+    unjournaled = _UNJOURNALED.get(id(vfs), [])
+    assert not unjournaled, f"scheduled for upload before their journal row: {unjournaled}"
+    _check_dirty_state(vfs)
+    await drain(vfs)
+    _check_dirty_state(vfs)
+    if not handles_open:
+        assert not vfs.dirty, f"still dirty after drain: {sorted(vfs.dirty)}"
+        assert list(vfs.journal.dirty_rows()) == []
+    named = {df.row.data for df in vfs.dirty.values() if df.row.data is not None}
+    for name in os.listdir(os.path.join(vfs.blobs.root, "staging")):
+        assert f"staging/{name}" in named, f"staging/{name} has no dirty row"
+    _check_blobs(vfs, handles_open=handles_open)
+
+
+# -- a Remote that answers slowly -------------------------------------------------------------
+
+
+class SlowAckRemote(Remote):
+    """Delegates to `inner`; an upload stores its object, then waits `ack_delay` seconds before
+    returning. That is S3 after the last byte was sent: the object exists, the response is on
+    its way, and a cancel can no longer stop it. `stored` is set when the object exists."""
+
+    def __init__(self, inner: Remote, ack_delay: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.description = inner.description
+        self.ack_delay = ack_delay
+        self.stored = threading.Event()
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+    def _check(self) -> None:
+        self.inner._check()
+
+    def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        return self.inner._head(key, version_id)
+
+    def _list(self, prefix: str, delimiter: str | None, token: str | None,
+              max_keys: int) -> ListPage:
+        return self.inner._list(prefix, delimiter, token, max_keys)
+
+    def _get_range(self, key: str, start: int, length: int, version_id: str | None = None,
+                   if_match: str | None = None) -> bytes:
+        return self.inner._get_range(key, start, length, version_id, if_match)
+
+    def _download(self, key: str, dest: str, version_id: str | None = None,
+                  if_match: str | None = None) -> ObjectInfo:
+        return self.inner._download(key, dest, version_id, if_match)
+
+    def _upload(self, key: str, src: str, metadata: Mapping[str, str],
+                content_type: str | None, cancel: threading.Event | None = None) -> ObjectInfo:
+        info = self.inner._upload(key, src, metadata, content_type, None)
+        self.stored.set()
+        threading.Event().wait(self.ack_delay)
+        return info
+
+    def _put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
+                   content_type: str | None) -> ObjectInfo:
+        return self.inner._put_bytes(key, data, metadata, content_type)
+
+    def _copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None,
+              content_type: str | None = None) -> ObjectInfo:
+        return self.inner._copy(src_key, dst_key, metadata, content_type)
+
+    def _delete(self, key: str) -> None:
+        self.inner._delete(key)
