@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,16 @@ needs_fuse = pytest.mark.skipif(_FUSE_REASON is not None, reason=_FUSE_REASON or
 # -- running commands -------------------------------------------------------------------------
 
 
-def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for `python -m zonefs`: ours (AWS_* from the fixtures) plus the repo on
-    the import path, so the CLI and its daemon import this checkout whatever the cwd."""
-    env = {**os.environ, **(extra or {})}
+def subprocess_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment for `python -m zonefs`: ours (AWS_* from the fixtures) with `extra`
+    applied (None removes a variable), plus the repo on the import path, so the CLI and its
+    daemon import this checkout whatever the cwd."""
+    env = dict(os.environ)
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
     )
@@ -86,7 +93,7 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def zonefs_cli(
     *args: str,
     timeout: float = CLI_TIMEOUT,
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run `zonefs ARGS…` with the current interpreter; raise with its output on failure."""
@@ -198,6 +205,20 @@ class Store:
             content_type: str | None = None) -> None:
         raise NotImplementedError
 
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def versions(self, key: str) -> int:
+        """How many versions (not delete markers) `key` has: each upload makes one."""
+        raise NotImplementedError
+
+    def put_many(self, items: dict[str, bytes]) -> None:
+        for key, body in items.items():
+            self.put(key, body)
+
+    def purge(self) -> None:
+        """Remove every object and version fast (tests that made thousands call this)."""
+
     def keys(self, prefix: str = "") -> list[str]:
         """Every live key under `prefix`, sorted (no delimiter)."""
         raise NotImplementedError
@@ -229,6 +250,33 @@ class S3Store(Store):
         if content_type:
             extra["ContentType"] = content_type
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def versions(self, key: str) -> int:
+        count = 0
+        for page in self.client.get_paginator("list_object_versions").paginate(
+            Bucket=self.bucket, Prefix=key
+        ):
+            count += sum(1 for v in page.get("Versions", []) if v["Key"] == key)
+        return count
+
+    def put_many(self, items: dict[str, bytes]) -> None:
+        # boto3 clients are thread-safe; a few threads hide the per-request latency.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda kv: self.put(*kv), items.items()))
+
+    def purge(self) -> None:
+        batch: list[dict[str, str]] = []
+        for page in self.client.get_paginator("list_object_versions").paginate(
+            Bucket=self.bucket
+        ):
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                batch.append({"Key": v["Key"], "VersionId": v["VersionId"]})
+        for start in range(0, len(batch), 1000):
+            self.client.delete_objects(Bucket=self.bucket,
+                                       Delete={"Objects": batch[start:start + 1000]})
 
     def keys(self, prefix: str = "") -> list[str]:
         out: list[str] = []
@@ -266,6 +314,13 @@ class LocalStore(Store):
             content_type: str | None = None) -> None:
         self.remote._put_bytes(key, body, metadata or {}, content_type)
 
+    def delete(self, key: str) -> None:
+        self.remote._delete(key)
+
+    def versions(self, key: str) -> int:
+        return sum(1 for v in self.remote.list_versions(key)
+                   if v.key == key and not v.is_delete_marker)
+
     def keys(self, prefix: str = "") -> list[str]:
         out: list[str] = []
         token: str | None = None
@@ -294,6 +349,9 @@ class Mount:
     store: Store
     endpoint_url: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    #: Changes to the environment of `zonefs mount` (None removes a variable).
+    env: dict[str, str | None] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
     pid: int | None = None
     started_pids: list[int] = field(default_factory=list)
     _watchdog: threading.Timer | None = None
@@ -307,7 +365,7 @@ class Mount:
         opts = {**DEFAULT_OPTIONS, **self.options, **(options or {})}
         spec = ",".join([f"cache_dir={cache_dir or self.cache_dir}"]
                         + [k if v == "" else f"{k}={v}" for k, v in opts.items()])
-        args = ["mount", self.zone_url, str(self.path), "-o", spec]
+        args = ["mount", self.zone_url, str(self.path), "-o", spec, *self.extra_args]
         if self.endpoint_url:
             args += ["--endpoint-url", self.endpoint_url]
         return args
@@ -315,7 +373,7 @@ class Mount:
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        zonefs_cli(*self.mount_args())
+        zonefs_cli(*self.mount_args(), env=self.env)
         assert time.monotonic() - started < 30
         assert is_mounted(self.path), f"{self.path} is not in /proc/mounts after zonefs mount"
         self.pid = int(self.status()["pid"])
@@ -337,9 +395,19 @@ class Mount:
     def status(self) -> dict[str, Any]:
         return dict(json.loads(zonefs_cli("status", str(self.path), "--json").stdout))
 
-    def sync(self) -> str:
-        """`zonefs sync`: returns its stdout once everything pending is in the bucket."""
-        return zonefs_cli("sync", str(self.path)).stdout
+    def sync(self, timeout: float = CLI_TIMEOUT) -> str:
+        """`zonefs sync`: returns its stdout once everything pending is in the bucket.
+
+        A sync that does not return within `timeout` fails the test with a clear message (the
+        daemon's last log lines say why) instead of hanging it.
+        """
+        try:
+            return zonefs_cli("sync", str(self.path), timeout=timeout).stdout
+        except subprocess.TimeoutExpired:
+            tail = "\n".join(self.daemon_log().splitlines()[-3:])
+            raise AssertionError(
+                f"zonefs sync did not return within {timeout:.0f} s; daemon log ends:\n{tail}"
+            ) from None
 
     def umount(self) -> str:
         """`zonefs umount`: drain, unmount, and wait for the daemon to exit."""
@@ -367,12 +435,18 @@ class Mount:
             _kill_daemon(pid)
         self.pid = None
 
-    def cleanup(self) -> None:
-        """Always leaves the mount point unmounted and our daemons gone."""
+    def cleanup(self, *, drain: bool = True) -> None:
+        """Always leaves the mount point unmounted and our daemons gone.
+
+        `drain=False` (after a failed test) skips `zonefs umount`, whose drain may be exactly
+        what hangs: the daemon is killed and the mount detached lazily instead.
+        """
         self._disarm_watchdog()
-        if is_mounted(self.path):
+        if not drain and self.pid is not None:
+            _kill_daemon(self.pid)
+        if drain and is_mounted(self.path):
             with contextlib.suppress(Exception):
-                zonefs_cli("umount", str(self.path), timeout=30, check=False)
+                zonefs_cli("umount", str(self.path), timeout=20, check=False)
         if is_mounted(self.path):
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
                            capture_output=True, timeout=10)

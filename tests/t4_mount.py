@@ -10,25 +10,51 @@ DESIGN.md §3 (`mode` decimal with type bits, `uid`, `gid`, `mtime` as `<sec>.<9
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import hashlib
 import os
 import random
 import re
 import shutil
+import signal
+import sqlite3
 import stat
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from mounts import METADATA_TTL, Mount, StoredObject, needs_fuse, run, sh
+from mounts import (
+    METADATA_TTL,
+    LocalStore,
+    Mount,
+    S3Store,
+    Store,
+    StoredObject,
+    fuse_unavailable_reason,
+    is_mounted,
+    needs_fuse,
+    processes_mentioning,
+    run,
+    sh,
+    subprocess_env,
+    wait_for,
+    zonefs_cli,
+)
+
+from zonefs.config import ZoneConfig
 
 pytestmark = needs_fuse
 
 MiB = 1 << 20
 DIR_CONTENT_TYPE = "application/x-directory"
 MTIME_RE = re.compile(r"^\d+\.\d{9}$")
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 
 
 def sha256(data: bytes) -> str:
@@ -47,6 +73,15 @@ def check_file_object(obj: StoredObject, body: bytes, *, mode: int = 0o100644,
     assert md.get("zonefs-sha256") == sha256(body), f"{obj.key}: zonefs-sha256 header"
 
 
+def check_matches_stat(obj: StoredObject, path: Path) -> None:
+    """The headers say what `stat` through the mount says (mode, owner, mtime to the ns)."""
+    s = os.lstat(path)
+    md = obj.metadata
+    assert (md.get("mode"), md.get("uid"), md.get("gid")) == (
+        str(s.st_mode), str(s.st_uid), str(s.st_gid)), (obj.key, md)
+    assert header_mtime_ns(obj) == s.st_mtime_ns, (obj.key, md.get("mtime"), s.st_mtime_ns)
+
+
 def header_mtime_ns(obj: StoredObject) -> int:
     sec, _, nsec = obj.metadata["mtime"].partition(".")
     return int(sec) * 1_000_000_000 + int(nsec)
@@ -62,7 +97,7 @@ def errno_of(fn: object, *args: object) -> int:
 
 
 def ls_l(path: Path) -> dict[str, str]:
-    """`ls -l` of a directory: name → the line's mode column."""
+    """`ls -l` of a directory: name → the line's mode column (for names without spaces)."""
     out = run("ls", "-l", "--time-style=+%s", path).stdout.decode()
     entries = {}
     for line in out.splitlines()[1:]:  # the first line is "total N"
@@ -78,6 +113,7 @@ def test_foreign_objects_get_mount_defaults_and_show_up_after_the_ttl(mount: Mou
     # Objects another S3 tool wrote, without any zonefs or s3fs metadata.
     mount.store.put("foreign.txt", b"from another tool\n")
     mount.store.put("deep/dir/file.bin", bytes(range(256)))
+    mount.store.put("gone.txt", b"removed soon")
     obj = mount.store.must_get("foreign.txt")
 
     s = os.stat(mount.path / "foreign.txt")
@@ -97,10 +133,45 @@ def test_foreign_objects_get_mount_defaults_and_show_up_after_the_ttl(mount: Mou
     # metadata TTL has passed.
     mount.store.put("later.txt", b"added later\n")
     mount.store.put("foreign.txt", b"changed by another tool\n")
+    assert (mount.path / "gone.txt").read_bytes() == b"removed soon"
+    mount.store.delete("gone.txt")
     time.sleep(METADATA_TTL + 0.5)
-    assert "later.txt" in os.listdir(mount.path)
+    assert sorted(os.listdir(mount.path)) == ["deep", "foreign.txt", "later.txt"]
     assert (mount.path / "later.txt").read_bytes() == b"added later\n"
     assert (mount.path / "foreign.txt").read_bytes() == b"changed by another tool\n"
+    assert errno_of(os.stat, mount.path / "gone.txt") == errno.ENOENT
+
+
+def test_headers_written_by_other_tools_are_read(mount: Mount) -> None:
+    # s3fs writes decimal modes; some tools write leading-0 octal; rclone writes a float mtime.
+    mount.store.put("s3fs.txt", b"s", {"mode": "33152", "uid": "1001", "gid": "1002",
+                                       "mtime": "1500000000"})
+    mount.store.put("octal.txt", b"o", {"mode": "0100755", "mtime": "1500000000.5"})
+    mount.store.put("rclone.txt", b"r", {"mtime": "1500000000.123456789123"})
+    mount.store.put("sym", b"s3fs.txt", {"mode": str(stat.S_IFLNK | 0o777)})
+    s = os.stat(mount.path / "s3fs.txt")
+    assert (s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns) == (
+        0o100600, 1001, 1002, 1_500_000_000_000_000_000)
+    o = os.stat(mount.path / "octal.txt")
+    assert (o.st_mode, o.st_mtime_ns) == (0o100755, 1_500_000_000_500_000_000)
+    assert os.stat(mount.path / "rclone.txt").st_mtime_ns == 1_500_000_000_123_456_789
+    assert os.readlink(mount.path / "sym") == "s3fs.txt"
+    assert (mount.path / "sym").read_bytes() == b"s"
+
+
+def test_ls_l_of_a_directory_larger_than_one_listing_page(mount: Mount) -> None:
+    # S3 lists 1,000 keys per page: 1,030 entries need a second page.
+    names = [f"f{i:04d}.txt" for i in range(1030)]
+    mount.store.put_many({f"many/{name}": name.encode() for name in names})
+    mount.store.put("many/zz-sub/inner.txt", b"inner")
+    started = time.monotonic()
+    listing = ls_l(mount.path / "many")
+    print(f"ls -l of 1,031 entries (cold): {time.monotonic() - started:.2f} s")
+    assert sorted(listing) == names + ["zz-sub"]
+    assert all(listing[n] == "-rw-r--r--" for n in names)
+    assert listing["zz-sub"].startswith("d")
+    assert (mount.path / "many" / "f1029.txt").read_bytes() == b"f1029.txt"
+    mount.store.purge()  # one request per 1,000 versions instead of one per object
 
 
 @pytest.mark.mount_options(uid="4321", gid="8765", umask="027")
@@ -131,12 +202,40 @@ def test_cat_and_cp_in_out_within(mount: Mount, tmp_path: Path) -> None:
     assert (mount.path / "sub" / "copy.bin").read_bytes() == data
     assert os.stat(mount.path / "sub" / "copy.bin").st_size == len(data)
 
+    # Names with spaces, punctuation and non-ASCII characters are keys spelled the same way.
+    odd = "name with spaces & ünïcödé €.txt"
+    run("cp", src, mount.path / "sub" / odd)
+    assert odd in os.listdir(mount.path / "sub")
+    punct = ["a+b=c?d#e", "100%25 sure", "back\\slash", "tab\there", "~!()*'"]
+    if mount.kind == "local":
+        # moto 5.2.5 answers 404 to a PUT of a key holding a newline (AWS stores it).
+        punct.append("new\nline")
+    for name in punct:
+        (mount.path / "sub" / name).write_bytes(name.encode())
+    assert set(punct) <= set(os.listdir(mount.path / "sub"))
+    # cp -p keeps the mode and the mtime.
+    src.chmod(0o640)
+    os.utime(src, ns=(1_600_000_000_000_000_000, 1_600_000_000_987_654_321))
+    run("cp", "-p", src, mount.path / "kept.bin")
+    s = os.stat(mount.path / "kept.bin")
+    assert (stat.S_IMODE(s.st_mode), s.st_mtime_ns) == (0o640, 1_600_000_000_987_654_321)
+
     mount.sync()
     check_file_object(mount.store.must_get("in.bin"), data)
+    check_matches_stat(mount.store.must_get("in.bin"), mount.path / "in.bin")
     check_file_object(mount.store.must_get("sub/copy.bin"), data)
-    assert mount.store.keys() == ["in.bin", "sub/", "sub/copy.bin"]
+    check_file_object(mount.store.must_get(f"sub/{odd}"), data)
+    kept = mount.store.must_get("kept.bin")
+    check_file_object(kept, data, mode=0o100640)
+    assert kept.metadata["mtime"] == "1600000000.987654321"
+    for name in punct:
+        assert mount.store.must_get(f"sub/{name}").body == name.encode(), name
+    assert mount.store.keys() == sorted(
+        ["in.bin", "kept.bin", "sub/", "sub/copy.bin", f"sub/{odd}"]
+        + [f"sub/{name}" for name in punct])
 
 
+@pytest.mark.unversioned_on_moto
 def test_mv_file_and_directory_tree(mount: Mount) -> None:
     root = mount.path
     (root / "a.txt").write_bytes(b"file a\n")
@@ -145,6 +244,7 @@ def test_mv_file_and_directory_tree(mount: Mount) -> None:
     (root / "tree" / "x.txt").write_bytes(b"x\n")
     (root / "tree" / "sub" / "y.bin").write_bytes(b"y" * 70_000)
     mount.sync()
+    (root / "tree" / "sub" / "pending.txt").write_bytes(b"written just before the move\n")
 
     run("mv", root / "a.txt", root / "b.txt")
     run("mv", root / "tree", root / "moved")
@@ -160,15 +260,78 @@ def test_mv_file_and_directory_tree(mount: Mount) -> None:
 
     mount.sync()
     assert mount.store.keys() == [
-        "moved/", "moved/b.txt", "moved/empty/", "moved/sub/", "moved/sub/y.bin",
-        "moved/x.txt", "renamed.txt",
+        "moved/", "moved/b.txt", "moved/empty/", "moved/sub/", "moved/sub/pending.txt",
+        "moved/sub/y.bin", "moved/x.txt", "renamed.txt",
     ]
+    check_file_object(mount.store.must_get("moved/sub/pending.txt"),
+                      b"written just before the move\n")
     check_file_object(mount.store.must_get("moved/b.txt"), b"file a\n")
     check_file_object(mount.store.must_get("moved/x.txt"), b"x\n")
     check_file_object(mount.store.must_get("moved/sub/y.bin"), b"y" * 70_000)
     check_file_object(mount.store.must_get("renamed.txt"), b"not uploaded yet\n")
 
 
+@pytest.mark.unversioned_on_moto
+def test_mv_onto_existing_names(mount: Mount) -> None:
+    root = mount.path
+    for name in ("src", "empty", "full"):
+        (root / name).mkdir()
+    (root / "src" / "s.txt").write_bytes(b"s")
+    (root / "full" / "f.txt").write_bytes(b"f")
+    (root / "old.txt").write_bytes(b"old")
+    (root / "new.txt").write_bytes(b"new")
+    mount.sync()
+
+    os.rename(root / "new.txt", root / "old.txt")  # replaces the file
+    assert (root / "old.txt").read_bytes() == b"new"
+    os.rename(root / "src", root / "empty")  # replaces the empty directory
+    assert os.listdir(root / "empty") == ["s.txt"]
+    assert errno_of(os.rename, root / "empty", root / "full") in (errno.ENOTEMPTY, errno.EEXIST)
+    assert errno_of(os.rename, root / "old.txt", root / "full") == errno.EISDIR
+    assert errno_of(os.rename, root / "full", root / "old.txt") == errno.ENOTDIR
+    assert sorted(os.listdir(root)) == ["empty", "full", "old.txt"]
+    mount.sync()
+    assert mount.store.keys() == ["empty/", "empty/s.txt", "full/", "full/f.txt", "old.txt"]
+    check_file_object(mount.store.must_get("old.txt"), b"new")
+
+
+@pytest.mark.unversioned_on_moto
+@pytest.mark.mount_options(writeback_delay="60")
+def test_mv_directory_while_an_attribute_change_inside_is_pending(mount: Mount) -> None:
+    root = mount.path
+    (root / "d").mkdir()
+    (root / "d" / "f.txt").write_bytes(b"keep me\n")
+    mount.sync()
+    run("chmod", "600", root / "d" / "f.txt")  # queued for upload, a minute from now
+    run("mv", root / "d", root / "e")
+    assert (root / "e" / "f.txt").read_bytes() == b"keep me\n"
+    mount.sync(timeout=8)
+    assert mount.store.keys() == ["e/", "e/f.txt"]
+    check_file_object(mount.store.must_get("e/f.txt"), b"keep me\n", mode=0o100600)
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(old), at_fdcwd, os.fsencode(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def test_rename_noreplace_and_exchange(mount: Mount) -> None:
+    root = mount.path
+    (root / "a").write_bytes(b"a")
+    (root / "b").write_bytes(b"b")
+    assert errno_of(renameat2, root / "a", root / "b", RENAME_NOREPLACE) == errno.EEXIST
+    assert errno_of(renameat2, root / "a", root / "b", RENAME_EXCHANGE) == errno.EINVAL
+    renameat2(root / "a", root / "c", RENAME_NOREPLACE)
+    assert sorted(os.listdir(root)) == ["b", "c"]
+    assert (root / "b").read_bytes() == b"b" and (root / "c").read_bytes() == b"a"
+    mount.sync()
+    assert mount.store.keys() == ["b", "c"]
+
+
+@pytest.mark.unversioned_on_moto
 def test_rm_and_rm_r(mount: Mount) -> None:
     root = mount.path
     (root / "keep.txt").write_bytes(b"keep")
@@ -178,7 +341,11 @@ def test_rm_and_rm_r(mount: Mount) -> None:
     (root / "d" / "b" / "c.txt").write_bytes(b"c")
     (root / "d" / "empty").mkdir()
     mount.sync()
-    assert "d/b/c.txt" in mount.store.keys()
+    assert "d/b/c.txt" in mount.store.keys("d/")
+    # Written and removed before its upload: it must never reach the bucket.
+    (root / "d" / "b" / "short-lived.txt").write_bytes(b"gone before upload")
+    (root / "never.txt").write_bytes(b"gone before upload")
+    run("rm", root / "never.txt")
 
     run("rm", root / "f.txt")
     run("rm", "-r", root / "d")
@@ -186,6 +353,66 @@ def test_rm_and_rm_r(mount: Mount) -> None:
     assert errno_of(os.stat, root / "d" / "a.txt") == errno.ENOENT
     mount.sync()
     assert mount.store.keys() == ["keep.txt"]
+
+
+def test_open_files_survive_unlink_and_rename(mount: Mount) -> None:
+    root = mount.path
+    (root / "r.txt").write_bytes(b"still readable after rm\n")
+    mount.sync()
+    # A reader keeps its file after rm.
+    with open(root / "r.txt", "rb") as reader:
+        os.unlink(root / "r.txt")
+        assert reader.read() == b"still readable after rm\n"
+    # A writer whose file was removed must not bring it back when it closes.
+    with open(root / "w.txt", "wb") as writer:
+        writer.write(b"first part\n")
+        writer.flush()
+        os.unlink(root / "w.txt")
+        writer.write(b"second part\n")
+    # A writer whose file was renamed (log rotation) keeps writing under the new name.
+    with open(root / "app.log", "wb") as log:
+        log.write(b"line 1\n")
+        log.flush()
+        os.rename(root / "app.log", root / "app.log.1")
+        log.write(b"line 2\n")
+    assert sorted(os.listdir(root)) == ["app.log.1"]
+    assert (root / "app.log.1").read_bytes() == b"line 1\nline 2\n"
+    mount.sync()
+    assert mount.store.keys() == ["app.log.1"]
+    check_file_object(mount.store.must_get("app.log.1"), b"line 1\nline 2\n")
+
+
+def test_rewrite_while_the_upload_runs_keeps_the_last_bytes(mount: Mount) -> None:
+    first, second = os.urandom(20 * MiB), os.urandom(20 * MiB)
+    f = mount.path / "busy.bin"
+    f.write_bytes(first)
+    time.sleep(0.4)  # past the write-back delay: the upload of `first` is under way
+    f.write_bytes(second)
+    assert f.read_bytes() == second
+    mount.sync()
+    obj = mount.store.must_get("busy.bin")
+    assert obj.body == second, "the bucket holds the older bytes"
+    assert obj.metadata.get("zonefs-sha256") == sha256(second)
+
+
+def test_sqlite_database_inside_the_mount(mount: Mount) -> None:
+    db_path = mount.path / "app.db"
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        with db:
+            db.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}",) for i in range(500)])
+        with db:
+            db.execute("UPDATE t SET v = 'changed' WHERE id % 7 = 0")
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("SELECT count(*) FROM t WHERE v = 'changed'").fetchone() == (71,)
+    assert os.listdir(mount.path) == ["app.db"]  # the rollback journal is gone
+    mount.sync()
+    assert mount.store.keys() == ["app.db"]
+    copy = mount.path.parent / "copy.db"
+    copy.write_bytes(mount.store.must_get("app.db").body)
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (500,)
 
 
 def test_mkdir_p_and_rmdir(mount: Mount) -> None:
@@ -253,6 +480,25 @@ def test_chmod_and_chown(mount: Mount) -> None:
     mount.sync()
     check_file_object(mount.store.must_get("f.txt"), b"mode bits\n", mode=0o100600,
                       uid=1234, gid=5678)
+    # Rewriting the contents (O_TRUNC, as `>` does) keeps the mode and the owner.
+    sh("printf 'new contents\\n' > f.txt", cwd=root)
+    s = os.stat(root / "f.txt")
+    assert (stat.S_IMODE(s.st_mode), s.st_uid, s.st_gid) == (0o600, 1234, 5678)
+    mount.sync()
+    check_file_object(mount.store.must_get("f.txt"), b"new contents\n", mode=0o100600,
+                      uid=1234, gid=5678)
+
+
+def test_chmod_of_a_file_not_yet_uploaded(mount: Mount) -> None:
+    f = mount.path / "script.sh"
+    f.write_bytes(b"#!/bin/sh\necho hi\n")
+    run("chmod", "755", f)  # typically right after writing, before the upload
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
+    assert run(f).stdout == b"hi\n"
+    mount.sync()
+    obj = mount.store.must_get("script.sh")
+    check_file_object(obj, b"#!/bin/sh\necho hi\n", mode=0o100755)
+    check_matches_stat(obj, f)
 
 
 def test_truncate_shrink_and_grow(mount: Mount) -> None:
@@ -319,10 +565,13 @@ def test_in_place_random_writes(mount: Mount, tmp_path: Path) -> None:
             f.write(b"XYZ")
             f.seek(len(data) - 2)
             f.write(b"tail past the end")
+            f.seek(len(data) + 100_000)
+            f.write(b"after a hole")
     expected = bytes(data)
     expected = expected[:3000] + patch + expected[8000:]
     expected = expected[:700_000] + b"XYZ" + expected[700_003:]
     expected = expected[: len(data) - 2] + b"tail past the end"
+    expected = expected + bytes(len(data) + 100_000 - len(expected)) + b"after a hole"
 
     for name in ("mine.bin", "theirs.bin"):
         assert (mount.path / name).read_bytes() == expected, name
@@ -355,6 +604,11 @@ def test_editor_save_patterns(mount: Mount) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, doc)
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # what careful editors and databases do after a rename
+    finally:
+        os.close(dir_fd)
     assert doc.read_bytes() == b"version 2\n"
     assert os.listdir(root) == ["doc.txt"]
 
@@ -475,6 +729,15 @@ def test_names_over_255_bytes_are_refused(mount: Mount) -> None:
     assert mount.store.keys() == sorted(["n" * 255, "€" * 85])
 
 
+def test_names_that_are_not_utf8_are_refused_cleanly(mount: Mount) -> None:
+    root = os.fsencode(mount.path)
+    assert errno_of(os.stat, root + b"/bad\xffname") == errno.ENOENT
+    assert errno_of(open, root + b"/bad\xffname", "wb") in (errno.EINVAL, errno.EILSEQ)
+    assert errno_of(os.mkdir, root + b"/dir\xff") in (errno.EINVAL, errno.EILSEQ)
+    assert os.listdir(mount.path) == []
+    assert "failed unexpectedly" not in mount.daemon_log()
+
+
 def test_dot_zonefs_is_reserved(mount: Mount) -> None:
     root = mount.path
     (root / "a.txt").write_bytes(b"a")
@@ -526,13 +789,64 @@ def test_pending_files_are_visible_and_sync_waits_for_the_bucket(mount: Mount) -
     assert (root / "p1.txt").read_bytes() == b"pending one\n"
     assert mount.store.get("p1.txt") is None and mount.store.get("dir/p2.bin") is None
     assert mount.status()["dirty_files"] == 2
+    human = zonefs_cli("status", str(root)).stdout
+    assert re.search(r"dirty files\s+2\b", human), human
+
+    # Within the delay, rewrites and attribute changes are coalesced into one upload.
+    (root / "p1.txt").write_bytes(b"pending one, rewritten\n")
+    run("chmod", "640", root / "p1.txt")
+    (root / "p1.txt").write_bytes(b"pending one\n")
 
     out = mount.sync()
     assert "2 file(s)" in out, out
     # `zonefs sync` has returned: the objects must be there now, without waiting further.
-    check_file_object(mount.store.must_get("p1.txt"), b"pending one\n")
+    check_file_object(mount.store.must_get("p1.txt"), b"pending one\n", mode=0o100640)
     check_file_object(mount.store.must_get("dir/p2.bin"), b"2" * 50_000)
     assert mount.status()["dirty_files"] == 0
+    if mount.kind == "local" or mount.store.versions("p1.txt") > 0:  # a versioned store
+        assert mount.store.versions("p1.txt") == 1
+
+
+def test_opening_for_write_without_writing_uploads_nothing(mount: Mount) -> None:
+    f = mount.path / "f.txt"
+    f.write_bytes(b"unchanged\n")
+    mount.sync()
+    before = mount.store.versions("f.txt")
+    with open(f, "r+b"):
+        pass
+    with open(f, "ab"):
+        pass
+    mount.sync()
+    assert f.read_bytes() == b"unchanged\n"
+    assert mount.store.versions("f.txt") == before
+    check_file_object(mount.store.must_get("f.txt"), b"unchanged\n")
+
+
+def test_attribute_changes_that_change_nothing_make_no_new_version(mount: Mount) -> None:
+    f = mount.path / "f.txt"
+    f.write_bytes(b"some bytes\n")
+    mount.sync()
+    before = mount.store.versions("f.txt")
+    if before == 0:
+        pytest.skip("the store keeps no versions")
+    run("touch", "-a", f)  # atime is not stored
+    run("chmod", "644", f)  # the mode it already has
+    time.sleep(0.5)  # past the write-back delay
+    mount.sync()
+    assert mount.store.versions("f.txt") == before
+
+
+@pytest.mark.mount_options(writeback_delay="60")
+def test_unmounting_with_fusermount_still_uploads_pending_files(mount: Mount) -> None:
+    (mount.path / "late.txt").write_bytes(b"uploaded after fusermount3 -u\n")
+    assert mount.store.get("late.txt") is None
+    pid = mount.pid
+    run("fusermount3", "-u", mount.path)
+    assert not is_mounted(mount.path)
+    # The daemon uploads what is pending, then exits.
+    assert wait_for(lambda: not processes_mentioning(str(mount.path)), 30), "daemon still up"
+    assert pid is not None
+    check_file_object(mount.store.must_get("late.txt"), b"uploaded after fusermount3 -u\n")
 
 
 @pytest.mark.mount_options(writeback_delay="60")
@@ -562,7 +876,38 @@ def test_umount_uploads_pending_files(mount: Mount) -> None:
     check_file_object(mount.store.must_get("sub/b.bin"), b"b" * 100_000)
 
 
-# -- large files and remounts ----------------------------------------------------------------
+def test_umount_refuses_while_a_file_is_open_for_writing(mount: Mount) -> None:
+    writer = open(mount.path / "open.txt", "wb")  # noqa: SIM115 - closed below, maybe failing
+    try:
+        writer.write(b"first half, ")
+        writer.flush()
+        proc = zonefs_cli("umount", str(mount.path), check=False)
+        assert proc.returncode != 0, f"umount of a busy mount succeeded: {proc.stdout}"
+        assert is_mounted(mount.path)
+        writer.write(b"second half\n")
+    finally:
+        with contextlib.suppress(OSError):
+            writer.close()
+    mount.umount()
+    check_file_object(mount.store.must_get("open.txt"), b"first half, second half\n")
+
+
+# -- large files, the cache, remounts --------------------------------------------------------
+
+
+@pytest.mark.mount_options(cache_size="2M")
+def test_a_small_cache_still_serves_every_file(mount: Mount) -> None:
+    blobs = {f"f{i}.bin": os.urandom(768 * 1024) for i in range(6)}  # 4.5 MiB in all
+    for name, body in blobs.items():
+        (mount.path / name).write_bytes(body)
+    mount.sync()
+    for _ in range(2):
+        for name, body in blobs.items():
+            assert (mount.path / name).read_bytes() == body, name
+    for name, body in blobs.items():
+        check_file_object(mount.store.must_get(name), body)
+    cached = mount.status()["cache"]["cached_bytes"]
+    assert cached <= 2 * MiB + 768 * 1024, f"{cached} bytes cached with cache_size=2M"
 
 
 def test_large_file_multipart_and_cold_ranged_reads(mount: Mount, tmp_path: Path) -> None:
@@ -579,6 +924,10 @@ def test_large_file_multipart_and_cold_ranged_reads(mount: Mount, tmp_path: Path
     obj = mount.store.must_get("big.bin")
     assert sha256(obj.body) == digest and obj.metadata.get("zonefs-sha256") == digest
     del obj
+    if mount.kind == "s3":
+        head = mount.store.client.head_object(  # type: ignore[attr-defined]
+            Bucket=mount.store.bucket, Key="big.bin")  # type: ignore[attr-defined]
+        assert re.fullmatch(r'"[0-9a-f]{32}-\d+"', head["ETag"]), head["ETag"]  # multipart
 
     # A fresh cache dir: nothing local, so reads go to the store in ranges.
     mount.remount(cache_dir=tmp_path / "cold-cache")
@@ -586,7 +935,70 @@ def test_large_file_multipart_and_cold_ranged_reads(mount: Mount, tmp_path: Path
         for off in sorted(rng.sample(range(size - 4096), 12), reverse=True):
             f.seek(off)
             assert f.read(4096) == data[off:off + 4096], off
-    assert file_sha256(mount.path / "big.bin") == digest
+    # Two readers at once share the fetch and both get every byte.
+    readers = [subprocess.Popen(["sha256sum", str(mount.path / "big.bin")],
+                                stdout=subprocess.PIPE) for _ in range(2)]
+    for reader in readers:
+        out, _ = reader.communicate(timeout=60)
+        assert out.split()[0].decode() == digest
+
+
+def test_sizes_around_the_read_and_upload_thresholds(mount: Mount, tmp_path: Path) -> None:
+    # 8 MiB: objects above it are read by ranges (8 MiB chunks); 16 MiB: uploads above it are
+    # multipart (16 MiB parts). Off-by-one mistakes live at these edges.
+    sizes = [0, 1, 8 * MiB - 1, 8 * MiB, 8 * MiB + 1, 16 * MiB, 16 * MiB + 1]
+    rng = random.Random(8)
+    bodies = {f"s{size}.bin": rng.randbytes(size) for size in sizes}
+    for name, body in bodies.items():
+        (mount.path / name).write_bytes(body)
+    mount.sync()
+    for name, body in bodies.items():
+        obj = mount.store.must_get(name)
+        assert len(obj.body) == len(body) and obj.body == body, name
+        assert obj.metadata.get("zonefs-sha256") == sha256(body), name
+    mount.remount(cache_dir=tmp_path / "cold-cache")
+    for name, body in bodies.items():
+        with open(mount.path / name, "rb") as f:
+            if len(body) > 2:
+                f.seek(len(body) - 2)  # the very end first, then everything
+                assert f.read() == body[-2:], name
+                f.seek(0)
+            assert f.read() == body, name
+
+
+SHORT_TTL = 0.3
+
+
+@pytest.mark.mount_options(metadata_ttl=str(SHORT_TTL))
+def test_another_mount_of_the_same_zone_sees_changes_after_the_ttl(
+    mount: Mount, tmp_path: Path
+) -> None:
+    other = Mount(mount.kind, mount.zone_url, tmp_path / "mnt2", tmp_path / "cache2",
+                  Store(), endpoint_url=mount.endpoint_url,
+                  options={"metadata_ttl": str(SHORT_TTL)})
+    try:
+        other.start()
+        (mount.path / "shared.txt").write_bytes(b"version A\n")
+        (mount.path / "shared.txt").chmod(0o640)
+        mount.sync()
+        time.sleep(SHORT_TTL + 0.2)
+        # The other mount reads it, with the writer's attributes, and keeps it in its caches.
+        assert (other.path / "shared.txt").read_bytes() == b"version A\n"
+        assert stat.S_IMODE(os.stat(other.path / "shared.txt").st_mode) == 0o640
+        # A change of the same size (the kernel page cache must not serve the old bytes).
+        (mount.path / "shared.txt").write_bytes(b"version B\n")
+        mount.sync()
+        time.sleep(SHORT_TTL + 0.3)
+        assert (other.path / "shared.txt").read_bytes() == b"version B\n"
+        # And the other way round, for a new file in a new directory.
+        (other.path / "from-other").mkdir()
+        (other.path / "from-other" / "x.txt").write_bytes(b"x\n")
+        other.sync()
+        time.sleep(SHORT_TTL + 0.3)
+        assert (mount.path / "from-other" / "x.txt").read_bytes() == b"x\n"
+        other.umount()
+    finally:
+        other.cleanup()
 
 
 def file_sha256(path: Path) -> str:
@@ -613,19 +1025,213 @@ def test_remount_with_the_same_cache_dir_shows_everything(mount: Mount) -> None:
     check_file_object(mount.store.must_get("after.txt"), b"still writable\n")
 
 
-def tree_snapshot(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
-    """Relative path → (mode, bytes of a file / target of a link / None for a directory)."""
-    out: dict[str, tuple[int, bytes | str | None]] = {}
+def test_remount_with_a_fresh_cache_dir_reads_attributes_from_the_bucket(
+    mount: Mount, tmp_path: Path
+) -> None:
+    root = mount.path
+    (root / "top.txt").write_bytes(b"top\n")
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f.bin").write_bytes(b"f" * 30_000)
+    (root / "d" / "f.bin").chmod(0o600)
+    os.utime(root / "d" / "f.bin", ns=(1_400_000_000_000_000_000, 1_400_000_000_000_000_001))
+    (root / "d" / "e").chmod(0o700)
+    (root / "link").symlink_to("d/f.bin")
+    snapshot = tree_snapshot(root)
+
+    mount.remount(cache_dir=tmp_path / "fresh-cache")
+    assert tree_snapshot(root) == snapshot
+    sh("printf 'appended\\n' >> top.txt", cwd=root)  # needs the bytes from the bucket
+    assert (root / "top.txt").read_bytes() == b"top\nappended\n"
+    mount.sync()
+    check_file_object(mount.store.must_get("top.txt"), b"top\nappended\n")
+
+
+Snapshot = dict[str, tuple[int, int, int, int | None, bytes | str | None]]
+
+
+def tree_snapshot(root: Path) -> Snapshot:
+    """Relative path → (mode, uid, gid, mtime of files, bytes of a file / target of a link /
+    None for a directory). Directory mtimes are left out: no promise covers them."""
+    out: Snapshot = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = Path(dirpath) / name
             s = os.lstat(p)
             rel = str(p.relative_to(root))
             if stat.S_ISLNK(s.st_mode):
-                out[rel] = (s.st_mode, os.readlink(p))
+                content: bytes | str | None = os.readlink(p)
             elif stat.S_ISDIR(s.st_mode):
-                out[rel] = (s.st_mode, None)
+                content = None
             else:
-                out[rel] = (s.st_mode, p.read_bytes())
+                content = p.read_bytes()
+            mtime = None if stat.S_ISDIR(s.st_mode) else s.st_mtime_ns
+            out[rel] = (s.st_mode, s.st_uid, s.st_gid, mtime, content)
     return out
 
+
+
+# -- options and ways of mounting --------------------------------------------------------------
+
+
+def test_s3_prefix_zone_sees_and_writes_only_its_prefix(
+    s3_endpoint: str, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    if fuse_unavailable_reason():
+        pytest.skip(fuse_unavailable_reason() or "")
+    store = S3Store(s3_client, bucket)
+    store.put("team/data/", b"", content_type=DIR_CONTENT_TYPE)  # a console's "folder"
+    store.put("team/data/inside.txt", b"inside\n")
+    store.put("team/data/sub/deeper.txt", b"deeper\n")
+    store.put("team/data-not-mine.txt", b"outside\n")
+    store.put("team/other.txt", b"outside\n")
+    store.put("elsewhere.txt", b"outside\n")
+    m = Mount("s3", f"s3://{bucket}/team/data", tmp_path / "mnt", tmp_path / "cache", store,
+              endpoint_url=s3_endpoint)
+    try:
+        m.start()
+        root = m.path
+        assert sorted(os.listdir(root)) == ["inside.txt", "sub"]
+        assert (root / "sub" / "deeper.txt").read_bytes() == b"deeper\n"
+        (root / "new.txt").write_bytes(b"new\n")
+        (root / "dir").mkdir()
+        run("cp", root / "inside.txt", root / "dir" / "copy.txt")
+        run("mv", root / "new.txt", root / "dir" / "moved.txt")
+        (root / "link").symlink_to("dir/moved.txt")
+        run("rm", root / "inside.txt")
+        m.sync()
+        assert store.keys() == [
+            "elsewhere.txt", "team/data-not-mine.txt", "team/data/", "team/data/dir/",
+            "team/data/dir/copy.txt", "team/data/dir/moved.txt", "team/data/link",
+            "team/data/sub/deeper.txt", "team/other.txt",
+        ]
+        check_file_object(store.must_get("team/data/dir/moved.txt"), b"new\n")
+        check_file_object(store.must_get("team/data/dir/copy.txt"), b"inside\n")
+        assert store.must_get("team/data/link").body == b"dir/moved.txt"
+        m.umount()
+    finally:
+        m.cleanup()
+
+
+def test_profile_credentials_from_a_shared_credentials_file(
+    s3_endpoint: str, bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    if fuse_unavailable_reason():
+        pytest.skip(fuse_unavailable_reason() or "")
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        "[zonefs-t4]\n"
+        f"aws_access_key_id = {os.environ.get('AWS_ACCESS_KEY_ID', 'testing')}\n"
+        f"aws_secret_access_key = {os.environ.get('AWS_SECRET_ACCESS_KEY', 'testing')}\n"
+    )
+    creds.chmod(0o600)
+    env: dict[str, str | None] = {
+        "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None,
+        "AWS_PROFILE": None, "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+    }
+    m = Mount("s3", f"s3://{bucket}", tmp_path / "mnt", tmp_path / "cache",
+              S3Store(s3_client, bucket), endpoint_url=s3_endpoint, env=env,
+              extra_args=["--profile", "zonefs-t4", "--region", "us-east-1"])
+    try:
+        m.start()
+        (m.path / "f.txt").write_bytes(b"with a profile\n")
+        m.sync()
+        check_file_object(m.store.must_get("f.txt"), b"with a profile\n")
+        m.umount()
+    finally:
+        m.cleanup()
+
+
+def test_a_missing_local_zone_dir_is_created(tmp_path: Path) -> None:
+    if fuse_unavailable_reason():
+        pytest.skip(fuse_unavailable_reason() or "")
+    zone_dir = tmp_path / "new" / "zone"
+    m = Mount("local", f"file://{zone_dir}", tmp_path / "mnt", tmp_path / "cache", Store())
+    try:
+        m.start()
+        assert os.listdir(m.path) == []
+        (m.path / "first.txt").write_bytes(b"first object\n")
+        m.umount()
+        m.store = LocalStore(ZoneConfig.parse(f"file://{zone_dir}"), tmp_path / "scratch")
+        check_file_object(m.store.must_get("first.txt"), b"first object\n")
+    finally:
+        m.cleanup()
+
+
+def test_foreground_mount_drains_and_unmounts_on_sigterm(
+    local_zone: ZoneConfig, tmp_path: Path
+) -> None:
+    if fuse_unavailable_reason():
+        pytest.skip(fuse_unavailable_reason() or "")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    store = LocalStore(local_zone, tmp_path / "scratch")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zonefs", "mount", local_zone.url, str(mnt), "--foreground",
+         "-o", f"cache_dir={tmp_path / 'cache'},writeback_delay=60"],
+        env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_for(lambda: is_mounted(mnt) or proc.poll() is not None, 20)
+        assert proc.poll() is None, proc.communicate()
+        assert wait_for(lambda: os.path.exists(mnt / ".zonefs"), 10)  # answering
+        (mnt / "f.txt").write_bytes(b"uploaded on SIGTERM\n")
+        assert store.get("f.txt") is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert not is_mounted(mnt)
+        check_file_object(store.must_get("f.txt"), b"uploaded on SIGTERM\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_allow_other_lets_other_users_in_with_permission_checks(
+    local_zone: ZoneConfig, tmp_path: Path
+) -> None:
+    if fuse_unavailable_reason():
+        pytest.skip(fuse_unavailable_reason() or "")
+    nobody = 65534
+
+    def as_nobody(script: str, dir_fd: int) -> subprocess.CompletedProcess[bytes]:
+        # The mount point's parents (pytest's tmp dirs) are private to root: reach the mount
+        # through an inherited directory descriptor instead of a path.
+        return subprocess.run(["/bin/sh", "-c", script.replace("DIR", f"/proc/self/fd/{dir_fd}")],
+                              user=nobody, group=nobody, extra_groups=[], pass_fds=(dir_fd,),
+                              capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+
+    m = Mount("local", local_zone.url, tmp_path / "mnt", tmp_path / "cache",
+              LocalStore(local_zone, tmp_path / "scratch"))
+    try:
+        m.start()
+        (m.path / "public.txt").write_bytes(b"for everyone\n")
+        (m.path / "private.txt").write_bytes(b"root only\n")
+        (m.path / "private.txt").chmod(0o600)
+        fd = os.open(m.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            denied = as_nobody("cat DIR/public.txt", fd)
+            assert denied.returncode != 0 and b"ermission denied" in denied.stderr
+        finally:
+            os.close(fd)
+
+        m.remount(options={"allow_other": ""})
+        fd = os.open(m.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert as_nobody("cat DIR/public.txt", fd).stdout == b"for everyone\n"
+            assert as_nobody("cat DIR/private.txt", fd).returncode != 0
+            assert as_nobody("echo x >> DIR/public.txt", fd).returncode != 0
+            assert as_nobody("echo x > DIR/new.txt", fd).returncode != 0
+        finally:
+            os.close(fd)
+        assert sorted(os.listdir(m.path)) == ["private.txt", "public.txt"]
+        assert (m.path / "public.txt").read_bytes() == b"for everyone\n"
+        m.umount()
+    finally:
+        m.cleanup()

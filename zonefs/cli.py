@@ -141,7 +141,7 @@ def _run_background(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptio
     os.close(read_fd)
     line = message.decode(errors="replace").strip()
     if line == "READY":
-        print(f"zonefs: mounted {zone.label} at {os.path.abspath(args.mountpoint)}")
+        print(f"zonefs: {zone.label} mounted on {os.path.abspath(args.mountpoint)}")
         return 0
     if line.startswith("ERROR "):
         _, code, text = line.split(" ", 2)
@@ -164,6 +164,9 @@ class _Progress:
         self.last = 0.0
 
     def __call__(self, p: dict[str, Any]) -> None:
+        if p["total"] < 0:
+            print(f"{chr(13) if self.tty else ''}still retrying: {p['error']}", file=sys.stderr)
+            return
         text = f"uploading: {p['done']}/{p['total']} files"
         if self.tty:
             print(f"\r{text}", end="", file=sys.stderr, flush=True)

@@ -263,6 +263,10 @@ class Daemon:
             status = self.vfs.status()
             status.update(mountpoint=self.mountpoint, cache_dir=self.cache_dir, pid=os.getpid())
             await _send(stream, {"ok": True, "status": status})
+        elif cmd == "unmount" and self.vfs.open_for_write():
+            # fusermount3 -u refuses a busy mount; detaching would lose what is being written.
+            await _send(stream, {"ok": False, "error": f"{self.mountpoint} is busy: "
+                                 f"{self.vfs.open_for_write()} file(s) open for writing"})
         elif cmd in ("sync", "unmount"):
             before = self.vfs.uploaded_bytes
             started = time.monotonic()
@@ -276,10 +280,26 @@ class Daemon:
                 async for done, total in receive_channel:
                     await _send(stream, {"progress": {"done": done, "total": total}})
 
+            retry_scope = trio.CancelScope()
+
+            async def report_retries() -> None:
+                # A drain waits for uploads that keep failing: say why, instead of going quiet.
+                with retry_scope:
+                    while True:
+                        await trio.sleep(5)
+                        failing = self.vfs.writeback.failing() if self.vfs else []
+                        if failing:
+                            text = failing[0] + (f" (+{len(failing) - 1} more)"
+                                                 if len(failing) > 1 else "")
+                            await _send(stream, {"progress": {"done": -1, "total": -1,
+                                                              "error": text}})
+
             async with trio.open_nursery() as inner:
                 inner.start_soon(forward)
+                inner.start_soon(report_retries)
                 files = await self._drain(cmd, progress)
                 await send_channel.aclose()
+                retry_scope.cancel()
             answer = {"ok": True, "files": files, "bytes": self.vfs.uploaded_bytes - before,
                       "seconds": round(time.monotonic() - started, 3)}
             if cmd == "unmount":

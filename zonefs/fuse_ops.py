@@ -70,8 +70,14 @@ class ZonefsOperations(pyfuse3.Operations):
     def _path(self, inode: int) -> str:
         return self.inodes.path_of(inode)
 
-    def _child(self, parent_inode: int, name: bytes) -> str:
-        return join(self._path(parent_inode), os.fsdecode(name))
+    def _child(self, parent_inode: int, name: bytes, *, new: bool = False) -> str:
+        """The path of `name` in a directory. Keys are UTF-8: a name that is not cannot exist
+        (ENOENT) and cannot be created (EINVAL)."""
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.EINVAL if new else errno.ENOENT) from None
+        return join(self._path(parent_inode), text)
 
     def _attr(self, inode: int, s: Stat) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -108,7 +114,7 @@ class ZonefsOperations(pyfuse3.Operations):
             elif name == b"..":
                 path = parent.rpartition("/")[0]
             else:
-                path = join(parent, os.fsdecode(name))
+                path = self._child(parent_inode, name)
             return self._entry(path, await self.vfs.stat(path))
 
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
@@ -151,7 +157,7 @@ class ZonefsOperations(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         async with _errors("mkdir", parent_inode, name):
-            path = self._child(parent_inode, name)
+            path = self._child(parent_inode, name, new=True)
             return self._entry(path, await self.vfs.mkdir(path, mode, ctx.uid, ctx.gid))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -168,7 +174,7 @@ class ZonefsOperations(pyfuse3.Operations):
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
         async with _errors("symlink", parent_inode, name):
-            path = self._child(parent_inode, name)
+            path = self._child(parent_inode, name, new=True)
             s = await self.vfs.symlink(path, os.fsdecode(target), ctx.uid, ctx.gid)
             return self._entry(path, s)
 
@@ -176,7 +182,7 @@ class ZonefsOperations(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: Any) -> None:
         async with _errors("rename", name_old, name_new):
             old = self._child(parent_inode_old, name_old)
-            new = self._child(parent_inode_new, name_new)
+            new = self._child(parent_inode_new, name_new, new=True)
             await self.vfs.rename(old, new, flags)
             self.inodes.rename(old, new)
 
@@ -188,7 +194,7 @@ class ZonefsOperations(pyfuse3.Operations):
         if not st.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.ENOTSUP)  # devices, fifos and sockets have no object
         async with _errors("mknod", parent_inode, name):
-            path = self._child(parent_inode, name)
+            path = self._child(parent_inode, name, new=True)
             handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid)
             await self.vfs.flush(handle)
             await self.vfs.release(handle)
@@ -199,7 +205,7 @@ class ZonefsOperations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> Any:
         async with _errors("create", parent_inode, name):
-            path = self._child(parent_inode, name)
+            path = self._child(parent_inode, name, new=True)
             handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid)
             handle.append = bool(flags & os.O_APPEND)
             fh = self._new_fh()

@@ -664,6 +664,8 @@ class Vfs:
             s.meta.gid if gid is None else gid,
             s.meta.mtime_ns if mtime_ns is None else mtime_ns,
         )
+        if size is None and meta == s.meta:
+            return s  # nothing changes: no new object version for `touch -a` or a same chmod
         if s.is_dir or st.S_ISLNK(s.meta.mode):
             await self._rewrite_small(path, s, meta)
             return await self.stat(path)
@@ -994,6 +996,10 @@ class Vfs:
         return {"f_bsize": block, "f_frsize": block, "f_blocks": total // block,
                 "f_bfree": total // block, "f_bavail": total // block, "f_files": 1 << 32,
                 "f_ffree": 1 << 32, "f_favail": 1 << 32, "f_namemax": keys.NAME_MAX}
+
+    def open_for_write(self) -> int:
+        """How many write handles are open: an unmount now would cut their files short."""
+        return sum(df.writers for df in self.dirty.values())
 
     def status(self) -> dict[str, Any]:
         dirty_bytes = sum(df.row.size for df in self.dirty.values() if df.row.data)

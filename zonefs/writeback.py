@@ -147,6 +147,11 @@ class WriteBack:
             "last_error": s.last_error,
         }
 
+    def failing(self) -> list[str]:
+        """"<path>: <error>" of each pending path whose latest attempt failed."""
+        return [f"{e.path}: {type(e.last_failure[1]).__name__}: {e.last_failure[1]}"
+                for e in self._entries.values() if e.failures and e.last_failure]
+
     def pending_paths(self) -> set[str]:
         """Paths queued or being uploaded."""
         return set(self._entries) | set(self._running)
