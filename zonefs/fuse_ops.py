@@ -24,9 +24,10 @@ import pyfuse3
 
 from .config import MountOptions
 from .errors import ZonefsError
+from .handles import Handle, Stat
 from .inodes import InodeTable
 from .keys import join
-from .vfs import Handle, Stat, Vfs
+from .vfs import Vfs
 
 log = logging.getLogger(__name__)
 

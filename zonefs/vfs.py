@@ -3,7 +3,9 @@
 `Vfs` answers stat, listing, create/open/read/write, truncate, rename, unlink, mkdir, rmdir,
 symlink and sync for paths relative to the mount root ('' is the root). It combines the remote
 listing (cached in `DirCache`) with the local state of files not yet uploaded (the journal's
-dirty rows, mirrored in `self.dirty`).
+dirty rows, mirrored in `self.dirty`). Two components do the work it delegates:
+`objects.RemoteObjects` (headers and bytes of remote objects through the blob cache) and
+`uploads.PendingFiles` (dirty files, their journal rows and their uploads).
 
 Invariants:
 - A dirty row is written to the journal before its path is handed to the write-back queue, and
@@ -17,21 +19,18 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import shutil
 import stat as st
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from . import keys
-from .blobs import BlobStore, Digest, hash_file
+from .blobs import BlobStore
 from .config import MountOptions
 from .dircache import UNKNOWN, DirCache, Entry
 from .errors import (
@@ -45,77 +44,21 @@ from .errors import (
     NotPermitted,
     NotSupported,
     ReadOnly,
-    RemoteError,
 )
-from .fetch import RangeFetcher, Spawn
+from .fetch import Spawn
+from .handles import DirtyFile, Handle, Stat, has_new_bytes
 from .journal import DirtyRow, Journal, ObjectRow
 from .keys import RESERVED, PosixMeta
+from .objects import RemoteObjects
 from .remote.base import ObjectInfo, Remote
-from .writeback import WriteBack
+from .uploads import PendingFiles
 
 log = logging.getLogger(__name__)
 
-#: Objects up to this size are downloaded whole on first open; larger ones fill by ranges.
-WHOLE_OBJECT_LIMIT = 8 << 20
-#: Objects up to this size are fetched whole instead of HEAD'ed when their headers are needed.
-SMALL_OBJECT = 64 << 10
 #: Header fetches started ahead of a listing's reader, at most this many at once.
 PREFETCH_TASKS = 64
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-SHA256_KEY = "zonefs-sha256"
-SHA1_KEY = "zonefs-sha1"
-
-
-@dataclass(slots=True)
-class Stat:
-    """What `stat` shows for a path."""
-
-    meta: PosixMeta
-    size: int
-    etag: str | None = None
-    state: str = "clean"  # clean, dirty or uploading
-
-    @property
-    def is_dir(self) -> bool:
-        return st.S_ISDIR(self.meta.mode)
-
-
-@dataclass(slots=True)
-class DirtyFile:
-    """In-memory state of a dirty file: the journal row plus what only lives while mounted."""
-
-    row: DirtyRow
-    writers: int = 0
-    persisted: bool = False  # the row is in the journal (written at close, fsync or setattr)
-    # False while the local bytes are an unchanged copy of the object at base_etag (opened
-    # for write but not written): such a file needs no upload of its bytes.
-    data_changed: bool = True
-    meta_changed: bool = False
-    uploaded_generation: int = -1
-    uploaded: tuple[ObjectInfo, Digest | None] | None = None
-
-
-@dataclass(slots=True)
-class Handle:
-    """An open file. Reads come from `fd` (a local file) or from `fetcher` (ranges)."""
-
-    path: str
-    writable: bool
-    append: bool = False
-    fd: int = -1
-    dirty: DirtyFile | None = None
-    fetcher: RangeFetcher | None = None
-    pinned: str | None = None
-    wrote: bool = False
-    etag: str | None = None
-    keep_cache: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _has_new_bytes(df: DirtyFile) -> bool:
-    """Whether the file's local bytes differ from its object (a data upload is due)."""
-    return df.row.data is not None and df.data_changed
 
 
 class Vfs:
@@ -133,41 +76,21 @@ class Vfs:
         self.remote, self.journal, self.blobs, self.opts = remote, journal, blobs, opts
         self._spawn = spawn
         self.cache = DirCache(opts.metadata_ttl)
-        self.writeback = WriteBack(self._upload, delay=opts.writeback_delay)
-        self.dirty: dict[str, DirtyFile] = {}
-        self._meta_waits: dict[str, trio.Event] = {}
-        self._fetchers: dict[tuple[str, str], RangeFetcher] = {}
-        self._opened_etag: dict[str, str] = {}
+        self.objects = RemoteObjects(remote, journal, blobs, self.cache, opts, spawn=spawn)
+        self.pending = PendingFiles(remote, journal, blobs, self.cache, self.objects, opts)
+        self.dirty = self.pending.dirty  # the same dict, for reading
+        self.writeback = self.pending.writeback
         self._reported: set[str] = set()
         self.mount_time_ns = time.time_ns()
-        self.uploaded_bytes = 0
-        for row in journal.dirty_rows():
-            if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
-                log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
-                journal.drop_dirty(row.path)
-                continue
-            self.dirty[row.path] = DirtyFile(row, persisted=True)
-        self._remove_orphans()
 
-    def _remove_orphans(self) -> None:
-        """Staging files no journal row names were never closed: nothing acknowledged them."""
-        used = {df.row.data for df in self.dirty.values() if df.row.data}
-        top = os.path.join(self.blobs.root, "staging")
-        for entry in os.scandir(top):
-            if self.blobs.relpath(entry.path) not in used:
-                os.unlink(entry.path)
-
-    def _persist(self, df: DirtyFile) -> None:
-        """Write the dirty row to the journal (fsync'ed) if it is still the path's current one."""
-        if self.dirty.get(df.row.path) is df:
-            self.journal.put_dirty(df.row)
-            df.persisted = True
+    @property
+    def uploaded_bytes(self) -> int:
+        return self.pending.uploaded_bytes
 
     def requeue_dirty(self) -> int:
         """Hand every journaled dirty file to the write-back queue (at mount)."""
-        for path in self.dirty:
-            self.writeback.schedule(path)
-        return len(self.dirty)
+        return self.pending.requeue()
+
 
     # -- attributes -------------------------------------------------------------------------------
 
@@ -193,7 +116,7 @@ class Vfs:
         if df is not None:
             return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(path))
         entry = await self._entry(path)
-        await self._ensure_meta(path, entry)
+        await self.objects.ensure_meta(path, entry)
         assert entry.meta is not None
         return Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)
 
@@ -238,66 +161,6 @@ class Vfs:
         memo = self.journal.get_object(path, found.etag)
         return Entry(False, found.size, found.etag, found.mtime, memo.meta if memo else None)
 
-    def _entry_from_head(self, key: str, info: ObjectInfo) -> Entry:
-        is_dir = key.endswith("/")
-        meta = keys.decode_meta(
-            info.metadata, is_dir=is_dir, default_mode=self.opts.dir_mode if is_dir
-            else self.opts.file_mode, default_uid=self.opts.uid, default_gid=self.opts.gid,
-            fallback_mtime=info.mtime,
-        )
-        if not is_dir:
-            md = info.metadata or {}
-            known = self.journal.get_object(key, info.etag)
-            self.journal.put_object(ObjectRow(
-                key, info.etag, info.size, meta,
-                md.get(SHA256_KEY) or (known.sha256 if known else None),
-                md.get(SHA1_KEY) or (known.sha1 if known else None),
-            ))
-        return Entry(is_dir, info.size, info.etag, info.mtime, meta, info.version_id)
-
-    async def _ensure_meta(self, path: str, entry: Entry) -> None:
-        """Fill `entry.meta` from memory, the journal or a HEAD (one at a time per path)."""
-        if entry.meta is not None:
-            return
-        if not entry.is_dir and entry.etag:
-            memo = self.journal.get_object(path, entry.etag)
-            if memo is not None:
-                entry.meta = memo.meta
-                return
-        waiting = self._meta_waits.get(path)
-        if waiting is not None:
-            await waiting.wait()
-            if entry.meta is not None:
-                return
-        event = self._meta_waits[path] = trio.Event()
-        try:
-            key = keys.dir_key(path) if entry.is_dir else path
-            try:
-                info = None
-                if not entry.is_dir and entry.size <= SMALL_OBJECT:
-                    # As cheap as a HEAD, and a later read needs no request at all.
-                    with contextlib.suppress(RemoteError):  # bad bytes: read headers alone
-                        info, _ = await self._download_whole(key, None)
-                if info is None:
-                    info = await self.remote.head(key)
-            except NotFound:
-                info = None
-            if info is None:
-                entry.meta = self._default_meta(entry)
-            else:
-                fresh = self._entry_from_head(key, info)
-                entry.meta = fresh.meta
-                if not entry.is_dir:
-                    entry.size, entry.etag, entry.version_id = info.size, info.etag, info.version_id
-        finally:
-            del self._meta_waits[path]
-            event.set()
-
-    def _default_meta(self, entry: Entry) -> PosixMeta:
-        mode = (st.S_IFDIR | self.opts.dir_mode) if entry.is_dir else (
-            st.S_IFREG | self.opts.file_mode)
-        return PosixMeta(mode, self.opts.uid, self.opts.gid, int(entry.mtime * 1e9))
-
     # -- listing --------------------------------------------------------------------------------
 
     async def listdir(self, path: str) -> list[tuple[str, Stat]]:
@@ -324,7 +187,7 @@ class Vfs:
                 out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")))
                 continue
             entry = names[name]
-            await self._ensure_meta(child, entry)
+            await self.objects.ensure_meta(child, entry)
             assert entry.meta is not None
             out.append((name, Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)))
         return out
@@ -396,7 +259,7 @@ class Vfs:
 
     async def _quiet_meta(self, path: str, entry: Entry, slots: trio.Semaphore) -> None:
         try:
-            await self._ensure_meta(path, entry)
+            await self.objects.ensure_meta(path, entry)
         except Exception as exc:  # the reader that needs it will see the error itself
             log.debug("prefetch of %r failed: %s", path, exc)
         finally:
@@ -479,7 +342,7 @@ class Vfs:
         df = self.dirty.pop(path, None)
         remote_known = df is None or df.row.base_etag is not None
         if df is not None:
-            self._drop_dirty(path, df)
+            self.pending.drop(path, df)
             if not remote_known:
                 remote_known = await self._remote_exists(path)
         if remote_known:
@@ -492,11 +355,6 @@ class Vfs:
         if entry is UNKNOWN:
             entry = await self._lookup_remote(path)
         return isinstance(entry, Entry) and not entry.is_dir
-
-    def _discard_data(self, df: DirtyFile) -> None:
-        if df.row.data is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.blobs.abspath(df.row.data))
 
     async def rename(self, old: str, new: str, flags: int = 0) -> None:
         self._check_writable(old)
@@ -536,9 +394,9 @@ class Vfs:
         await self.writeback.cancel(new)
         replaced = self.dirty.pop(new, None)
         if replaced is not None:
-            self._drop_dirty(new, replaced)
+            self.pending.drop(new, replaced)
         df = self.dirty.pop(old, None)
-        if df is not None and _has_new_bytes(df):
+        if df is not None and has_new_bytes(df):
             # The new bytes go up under the new name; the old key, if any, goes away now.
             remote_old = await self._remote_exists(old)
             self._carry_dirty(old, new, df, None)
@@ -558,7 +416,7 @@ class Vfs:
         memo = self.journal.get_object(old, etag)
         md = None
         if df is not None:
-            md = keys.encode_meta(df.row.meta, **self._hash_headers(old, etag))
+            md = keys.encode_meta(df.row.meta, **self.pending.hash_headers(old, etag))
         info = await self.remote.copy(old, new, md)
         if memo is not None:
             meta = df.row.meta if df is not None else memo.meta
@@ -588,20 +446,6 @@ class Vfs:
             df.row.base_etag = copied_etag
             self.dirty[new] = df  # still open for write, unchanged so far
 
-    def _drop_dirty(self, path: str, df: DirtyFile) -> None:
-        if df.persisted:
-            self.journal.drop_dirty(path)
-        self._discard_data(df)
-
-    def _hash_headers(self, key: str, etag: str | None) -> dict[str, str]:
-        memo = self.journal.get_object(key, etag)
-        out = {}
-        if memo is not None and memo.sha256:
-            out[SHA256_KEY] = memo.sha256
-        if memo is not None and memo.sha1:
-            out[SHA1_KEY] = memo.sha1
-        return out
-
     async def _rename_dir(self, old: str, new: str, meta: PosixMeta) -> None:
         """Copy then delete every object below `old`, one by one (not atomic to others)."""
         moving: dict[str, DirtyFile] = {}
@@ -619,7 +463,7 @@ class Vfs:
             for obj in page.objects:
                 moved.append(obj.key)
                 df = moving.get(obj.key)
-                if df is not None and _has_new_bytes(df):
+                if df is not None and has_new_bytes(df):
                     continue  # newer local bytes will be uploaded under the new name
                 dest = keys.dir_key(new) + obj.key[len(prefix):]
                 info = await self._copy_object(obj.key, dest, obj.etag, df)
@@ -632,11 +476,11 @@ class Vfs:
             await self._put_marker(new, meta)
         for path, df in moving.items():
             target = keys.rebase(path, old, new)
-            if _has_new_bytes(df) or path in copied:
-                self._carry_dirty(path, target, df, None if _has_new_bytes(df) else copied[path])
+            if has_new_bytes(df) or path in copied:
+                self._carry_dirty(path, target, df, None if has_new_bytes(df) else copied[path])
             else:
                 log.warning("%r had a pending metadata change but no object; dropped", path)
-                self._drop_dirty(path, df)
+                self.pending.drop(path, df)
         for key in moved:
             await self.remote.delete(key)
             self.journal.drop_object(key)
@@ -683,7 +527,7 @@ class Vfs:
             df.meta_changed = True
         df.row.meta = meta
         df.row.generation += 1
-        self._persist(df)
+        self.pending.persist(df)
         if df.writers == 0:
             self.writeback.schedule(path)
         return await self.stat(path)
@@ -748,7 +592,7 @@ class Vfs:
         await self.writeback.cancel(path)
         old = self.dirty.pop(path, None)
         if old is not None:
-            self._drop_dirty(path, old)
+            self.pending.drop(path, old)
         staging = self.blobs.new_staging()
         meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
         row = DirtyRow(path, self.blobs.relpath(staging), 0, meta,
@@ -757,7 +601,7 @@ class Vfs:
         # a pending file whose row must not outlive its bytes: then the empty file takes over.
         df = self.dirty[path] = DirtyFile(row, writers=1)
         if old is not None and old.persisted:
-            self._persist(df)
+            self.pending.persist(df)
         fd = os.open(staging, os.O_RDWR)
         return Handle(path, True, fd=fd, dirty=df), Stat(meta, 0, None, "dirty")
 
@@ -778,85 +622,7 @@ class Vfs:
         df = self.dirty.get(path)
         if df is not None and df.row.data is not None:
             return Handle(path, False, fd=os.open(self.blobs.abspath(df.row.data), os.O_RDONLY))
-        return await self._open_remote(path, s)
-
-    async def _open_remote(self, path: str, s: Stat) -> Handle:
-        etag = s.etag or ""
-        handle = Handle(path, False, etag=etag)
-        handle.keep_cache = self._opened_etag.get(path) == etag
-        self._opened_etag[path] = etag
-        memo = self.journal.get_object(path, etag)
-        if memo is not None and self.blobs.has(memo.sha256):
-            self.blobs.hits += 1
-            return self._open_blob(handle, memo.sha256 or "")
-        self.blobs.misses += 1
-        if s.size <= WHOLE_OBJECT_LIMIT:
-            # Whatever is current now: open() is where close-to-open revalidates.
-            info, digest = await self._download_whole(path, None)
-            if info.etag != etag:
-                handle.etag, handle.keep_cache = info.etag, False
-                self._opened_etag[path] = info.etag
-                self.cache.invalidate(path)
-            return self._open_blob(handle, digest.sha256)
-        fetcher = self._fetchers.get((path, etag))
-        if fetcher is None or fetcher.closed:
-            entry = self.cache.entry(path)
-            version = entry.version_id if isinstance(entry, Entry) else None
-            size = s.size
-            if version is None:
-                # Ranges of a known version keep reading it after another writer replaces the
-                # object; one HEAD per open of a large file is worth it. It also revalidates.
-                info = await self.remote.head(path)
-                version, size = info.version_id, info.size
-                if info.etag != etag:
-                    etag = handle.etag = self._opened_etag[path] = info.etag
-                    handle.keep_cache = False
-                    self.cache.invalidate(path)
-            fetcher = RangeFetcher(
-                self.remote, self.blobs, self._spawn, key=path, etag=etag, version_id=version,
-                size=size,
-                on_complete=lambda digest, p, k=path, e=etag: self._remember_blob(k, e, digest, p),
-            )
-            self._fetchers[(path, etag)] = fetcher
-        fetcher.users += 1
-        handle.fetcher = fetcher
-        return handle
-
-    async def _download_whole(self, key: str, etag: str | None) -> tuple[ObjectInfo, Digest]:
-        """GET the whole object into the blob cache; remember its headers and hash."""
-        tmp = self.blobs.new_tmp()
-        try:
-            info = await self.remote.download(key, tmp, None, etag)
-            if info.size <= SMALL_OBJECT:
-                digest = hash_file(tmp)  # microseconds: cheaper than a thread hop
-            else:
-                digest = await trio.to_thread.run_sync(hash_file, tmp)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        if self.journal.get_object(key, info.etag) is None:
-            self._entry_from_head(key, info)  # remembers the headers the GET returned
-        self._remember_blob(key, info.etag, digest, tmp)
-        return info, digest
-
-    def _remember_blob(self, key: str, etag: str, digest: Digest, path: str) -> None:
-        """Bytes of `key` at `etag` were downloaded to `path` and hashed: make them a blob."""
-        memo = self.journal.get_object(key, etag)
-        asserted = memo.sha256 if memo else None
-        if asserted and asserted != digest.sha256:
-            log.warning("content of %r does not match its zonefs-sha256 header; not cached", key)
-            os.unlink(path)
-            raise RemoteError(f"{key}: downloaded bytes do not match their checksum")
-        self.blobs.ingest(path, digest)
-        if memo is not None:
-            self.journal.put_object(ObjectRow(key, etag, digest.size, memo.meta, digest.sha256,
-                                              digest.sha1))
-
-    def _open_blob(self, handle: Handle, sha256: str) -> Handle:
-        handle.fd = os.open(self.blobs.blob_path(sha256), os.O_RDONLY)
-        handle.pinned = sha256
-        self.blobs.pin(sha256)
-        return handle
+        return await self.objects.open(path, s)
 
     async def read(self, handle: Handle, offset: int, size: int) -> bytes:
         if handle.fetcher is not None:
@@ -890,7 +656,7 @@ class Vfs:
             return
         if handle.wrote:
             await trio.to_thread.run_sync(os.fsync, handle.fd)
-        self._persist(df)
+        self.pending.persist(df)
         handle.wrote = False
 
     async def fsync(self, handle: Handle) -> None:
@@ -902,15 +668,7 @@ class Vfs:
             await self.writeback.flush(path)
 
     async def release(self, handle: Handle) -> None:
-        if handle.fd >= 0:
-            os.close(handle.fd)
-        if handle.pinned:
-            self.blobs.unpin(handle.pinned)
-        if handle.fetcher is not None:
-            handle.fetcher.users -= 1
-            if handle.fetcher.users <= 0:
-                handle.fetcher.close()
-                self._fetchers.pop((handle.fetcher.key, handle.fetcher.etag), None)
+        self.objects.release(handle)
         df = handle.dirty
         if df is None or not handle.writable:
             return
@@ -919,74 +677,11 @@ class Vfs:
         if df.writers > 0 or self.dirty.get(path) is not df:
             return
         if not df.data_changed:
-            self._revert_unchanged(path, df)
+            self.pending.revert_unchanged(path, df)
         elif df.uploaded_generation == df.row.generation and df.uploaded is not None:
-            self._finish_clean(path, df, *df.uploaded)
+            self.pending.finish_clean(path, df, *df.uploaded)
         else:
             self.writeback.schedule(path)
-
-    def _revert_unchanged(self, path: str, df: DirtyFile) -> None:
-        """A file opened for write but never written: drop its local copy; only a metadata
-        change (touch, chmod through the handle) is left to upload, as a copy in place."""
-        self._discard_data(df)
-        if df.meta_changed:
-            df.row.data = None
-            self._persist(df)
-            self.writeback.schedule(path)
-        else:
-            del self.dirty[path]
-            if df.persisted:
-                self.journal.drop_dirty(path)
-
-    # -- upload -----------------------------------------------------------------------------------
-
-    async def _upload(self, path: str, cancel: threading.Event) -> None:
-        """Write-back callable: upload the dirty file at `path` as it is now."""
-        df = self.dirty.get(path)
-        if df is None or df.writers and df.uploaded_generation == df.row.generation:
-            return
-        row = df.row
-        generation = row.generation
-        digest: Digest | None = None
-        if row.data is not None and not df.data_changed and not df.meta_changed:
-            return  # an unchanged copy, still open: nothing to upload
-        if row.data is None or not df.data_changed:
-            md = keys.encode_meta(row.meta, **self._hash_headers(path, row.base_etag))
-            info = await self.remote.copy(path, path, md)
-        else:
-            src = self.blobs.abspath(row.data)
-            digest = await trio.to_thread.run_sync(hash_file, src)
-            md = keys.encode_meta(row.meta, **{SHA256_KEY: digest.sha256, SHA1_KEY: digest.sha1})
-            info = await self.remote.upload(path, src, md, None, cancel)
-            self.uploaded_bytes += digest.size
-        if self.dirty.get(path) is not df:
-            return
-        row.base_etag = info.etag
-        if row.generation != generation:
-            self.journal.put_dirty(row)
-            return
-        if df.writers:
-            df.uploaded_generation, df.uploaded = generation, (info, digest)
-            self.journal.put_dirty(row)
-            return
-        self._finish_clean(path, df, info, digest)
-
-    def _finish_clean(self, path: str, df: DirtyFile, info: ObjectInfo,
-                      digest: Digest | None) -> None:
-        row = df.row
-        memo = self.journal.get_object(path)
-        sha256 = digest.sha256 if digest else (memo.sha256 if memo else None)
-        sha1 = digest.sha1 if digest else (memo.sha1 if memo else None)
-        obj = ObjectRow(path, info.etag, row.size, row.meta, sha256, sha1)
-        # Journal first: a crash between the two leaves an orphan staging file (removed at the
-        # next start), never a row whose bytes are gone.
-        self.journal.finish_upload(path, obj)
-        if digest is not None and row.data is not None:
-            self.blobs.ingest(self.blobs.abspath(row.data), digest)
-        del self.dirty[path]
-        self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
-                                         info.version_id))
-        self._opened_etag.pop(path, None)
 
     # -- whole filesystem ---------------------------------------------------------------------
 
@@ -998,8 +693,7 @@ class Vfs:
                 "f_ffree": 1 << 32, "f_favail": 1 << 32, "f_namemax": keys.NAME_MAX}
 
     def open_for_write(self) -> int:
-        """How many write handles are open: an unmount now would cut their files short."""
-        return sum(df.writers for df in self.dirty.values())
+        return self.pending.open_for_write()
 
     def status(self) -> dict[str, Any]:
         dirty_bytes = sum(df.row.size for df in self.dirty.values() if df.row.data)

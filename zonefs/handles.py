@@ -1,0 +1,71 @@
+"""The state a mount keeps per path and per open file, shared by `vfs` and `objects`.
+
+- `Stat`: what stat shows for a path.
+- `DirtyFile`: a file whose local state is not yet in the bucket: its journal row plus what
+  lives only while mounted (open writers, whether the bytes or only the metadata changed).
+- `Handle`: an open file; it reads from a local file descriptor (staging file or blob) or,
+  for a large object not yet cached, from a `RangeFetcher`.
+"""
+
+from __future__ import annotations
+
+import stat as st
+from dataclasses import dataclass, field
+from typing import Any
+
+from .blobs import Digest
+from .fetch import RangeFetcher
+from .journal import DirtyRow
+from .keys import PosixMeta
+from .remote.base import ObjectInfo
+
+
+@dataclass(slots=True)
+class Stat:
+    """What `stat` shows for a path."""
+
+    meta: PosixMeta
+    size: int
+    etag: str | None = None
+    state: str = "clean"  # clean, dirty or uploading
+
+    @property
+    def is_dir(self) -> bool:
+        return st.S_ISDIR(self.meta.mode)
+
+
+@dataclass(slots=True)
+class DirtyFile:
+    """In-memory state of a dirty file: the journal row plus what only lives while mounted."""
+
+    row: DirtyRow
+    writers: int = 0
+    persisted: bool = False  # the row is in the journal (written at close, fsync or setattr)
+    # False while the local bytes are an unchanged copy of the object at base_etag (opened
+    # for write but not written): such a file needs no upload of its bytes.
+    data_changed: bool = True
+    meta_changed: bool = False
+    uploaded_generation: int = -1
+    uploaded: tuple[ObjectInfo, Digest | None] | None = None
+
+
+@dataclass(slots=True)
+class Handle:
+    """An open file. Reads come from `fd` (a local file) or from `fetcher` (ranges)."""
+
+    path: str
+    writable: bool
+    append: bool = False
+    fd: int = -1
+    dirty: DirtyFile | None = None
+    fetcher: RangeFetcher | None = None
+    pinned: str | None = None
+    wrote: bool = False
+    etag: str | None = None
+    keep_cache: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def has_new_bytes(df: DirtyFile) -> bool:
+    """Whether the file's local bytes differ from its object (a data upload is due)."""
+    return df.row.data is not None and df.data_changed

@@ -1,0 +1,212 @@
+"""Remote objects as the mount reads them: headers remembered by ETag, bytes through the blob
+cache.
+
+`RemoteObjects` answers "what are this object's POSIX attributes" (from the journal's memory of
+its ETag, else one request, one at a time per path) and opens read handles: small objects are
+downloaded whole into a blob, large ones are read by ranges (`fetch.RangeFetcher`) pinned to the
+version that was opened.
+
+Invariants:
+- A blob enters the cache under a hash only after the bytes were hashed locally; bytes that do
+  not match their `zonefs-sha256` header are dropped with a warning, never served.
+- The kernel page cache is kept on open only while the object's ETag is the one opened before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat as st
+
+import trio
+
+from . import keys
+from .blobs import BlobStore, Digest, hash_file
+from .config import MountOptions
+from .dircache import DirCache, Entry
+from .errors import NotFound, RemoteError
+from .fetch import RangeFetcher, Spawn
+from .handles import Handle, Stat
+from .journal import Journal, ObjectRow
+from .keys import PosixMeta
+from .remote.base import ObjectInfo, Remote
+
+log = logging.getLogger(__name__)
+
+#: Objects up to this size are downloaded whole on first open; larger ones fill by ranges.
+WHOLE_OBJECT_LIMIT = 8 << 20
+#: Objects up to this size are fetched whole instead of HEAD'ed when their headers are needed.
+SMALL_OBJECT = 64 << 10
+SHA256_KEY = "zonefs-sha256"
+SHA1_KEY = "zonefs-sha1"
+
+
+class RemoteObjects:
+    """Headers and bytes of remote objects, remembered in the journal and the blob cache."""
+
+    def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore, cache: DirCache,
+                 opts: MountOptions, *, spawn: Spawn) -> None:
+        self.remote, self.journal, self.blobs, self.cache, self.opts = (
+            remote, journal, blobs, cache, opts)
+        self._spawn = spawn
+        self._meta_waits: dict[str, trio.Event] = {}
+        self._fetchers: dict[tuple[str, str], RangeFetcher] = {}
+        self._opened_etag: dict[str, str] = {}
+
+    def forget_opened(self, path: str) -> None:
+        """`path` changed locally: the kernel's cached pages of it are stale."""
+        self._opened_etag.pop(path, None)
+
+    def remember_headers(self, key: str, info: ObjectInfo) -> Entry:
+        is_dir = key.endswith("/")
+        meta = keys.decode_meta(
+            info.metadata, is_dir=is_dir, default_mode=self.opts.dir_mode if is_dir
+            else self.opts.file_mode, default_uid=self.opts.uid, default_gid=self.opts.gid,
+            fallback_mtime=info.mtime,
+        )
+        if not is_dir:
+            md = info.metadata or {}
+            known = self.journal.get_object(key, info.etag)
+            self.journal.put_object(ObjectRow(
+                key, info.etag, info.size, meta,
+                md.get(SHA256_KEY) or (known.sha256 if known else None),
+                md.get(SHA1_KEY) or (known.sha1 if known else None),
+            ))
+        return Entry(is_dir, info.size, info.etag, info.mtime, meta, info.version_id)
+
+    async def ensure_meta(self, path: str, entry: Entry) -> None:
+        """Fill `entry.meta` from memory, the journal or a HEAD (one at a time per path)."""
+        if entry.meta is not None:
+            return
+        if not entry.is_dir and entry.etag:
+            memo = self.journal.get_object(path, entry.etag)
+            if memo is not None:
+                entry.meta = memo.meta
+                return
+        waiting = self._meta_waits.get(path)
+        if waiting is not None:
+            await waiting.wait()
+            if entry.meta is not None:
+                return
+        event = self._meta_waits[path] = trio.Event()
+        try:
+            key = keys.dir_key(path) if entry.is_dir else path
+            try:
+                info = None
+                if not entry.is_dir and entry.size <= SMALL_OBJECT:
+                    # As cheap as a HEAD, and a later read needs no request at all.
+                    with contextlib.suppress(RemoteError):  # bad bytes: read headers alone
+                        info, _ = await self.download_whole(key, None)
+                if info is None:
+                    info = await self.remote.head(key)
+            except NotFound:
+                info = None
+            if info is None:
+                entry.meta = self._default_meta(entry)
+            else:
+                fresh = self.remember_headers(key, info)
+                entry.meta = fresh.meta
+                if not entry.is_dir:
+                    entry.size, entry.etag, entry.version_id = info.size, info.etag, info.version_id
+        finally:
+            del self._meta_waits[path]
+            event.set()
+
+    def _default_meta(self, entry: Entry) -> PosixMeta:
+        mode = (st.S_IFDIR | self.opts.dir_mode) if entry.is_dir else (
+            st.S_IFREG | self.opts.file_mode)
+        return PosixMeta(mode, self.opts.uid, self.opts.gid, int(entry.mtime * 1e9))
+
+
+    async def open(self, path: str, s: Stat) -> Handle:
+        """A read handle on the object at `path` as it is now (close-to-open)."""
+        etag = s.etag or ""
+        handle = Handle(path, False, etag=etag)
+        handle.keep_cache = self._opened_etag.get(path) == etag
+        self._opened_etag[path] = etag
+        memo = self.journal.get_object(path, etag)
+        if memo is not None and self.blobs.has(memo.sha256):
+            self.blobs.hits += 1
+            return self._open_blob(handle, memo.sha256 or "")
+        self.blobs.misses += 1
+        if s.size <= WHOLE_OBJECT_LIMIT:
+            # Whatever is current now: open() is where close-to-open revalidates.
+            info, digest = await self.download_whole(path, None)
+            if info.etag != etag:
+                handle.etag, handle.keep_cache = info.etag, False
+                self._opened_etag[path] = info.etag
+                self.cache.invalidate(path)
+            return self._open_blob(handle, digest.sha256)
+        fetcher = self._fetchers.get((path, etag))
+        if fetcher is None or fetcher.closed:
+            entry = self.cache.entry(path)
+            version = entry.version_id if isinstance(entry, Entry) else None
+            size = s.size
+            if version is None:
+                # Ranges of a known version keep reading it after another writer replaces the
+                # object; one HEAD per open of a large file is worth it. It also revalidates.
+                info = await self.remote.head(path)
+                version, size = info.version_id, info.size
+                if info.etag != etag:
+                    etag = handle.etag = self._opened_etag[path] = info.etag
+                    handle.keep_cache = False
+                    self.cache.invalidate(path)
+            fetcher = RangeFetcher(
+                self.remote, self.blobs, self._spawn, key=path, etag=etag, version_id=version,
+                size=size,
+                on_complete=lambda digest, p, k=path, e=etag: self._remember_blob(k, e, digest, p),
+            )
+            self._fetchers[(path, etag)] = fetcher
+        fetcher.users += 1
+        handle.fetcher = fetcher
+        return handle
+
+    async def download_whole(self, key: str, etag: str | None) -> tuple[ObjectInfo, Digest]:
+        """GET the whole object into the blob cache; remember its headers and hash."""
+        tmp = self.blobs.new_tmp()
+        try:
+            info = await self.remote.download(key, tmp, None, etag)
+            if info.size <= SMALL_OBJECT:
+                digest = hash_file(tmp)  # microseconds: cheaper than a thread hop
+            else:
+                digest = await trio.to_thread.run_sync(hash_file, tmp)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        if self.journal.get_object(key, info.etag) is None:
+            self.remember_headers(key, info)  # remembers the headers the GET returned
+        self._remember_blob(key, info.etag, digest, tmp)
+        return info, digest
+
+    def _remember_blob(self, key: str, etag: str, digest: Digest, path: str) -> None:
+        """Bytes of `key` at `etag` were downloaded to `path` and hashed: make them a blob."""
+        memo = self.journal.get_object(key, etag)
+        asserted = memo.sha256 if memo else None
+        if asserted and asserted != digest.sha256:
+            log.warning("content of %r does not match its zonefs-sha256 header; not cached", key)
+            os.unlink(path)
+            raise RemoteError(f"{key}: downloaded bytes do not match their checksum")
+        self.blobs.ingest(path, digest)
+        if memo is not None:
+            self.journal.put_object(ObjectRow(key, etag, digest.size, memo.meta, digest.sha256,
+                                              digest.sha1))
+
+    def _open_blob(self, handle: Handle, sha256: str) -> Handle:
+        handle.fd = os.open(self.blobs.blob_path(sha256), os.O_RDONLY)
+        handle.pinned = sha256
+        self.blobs.pin(sha256)
+        return handle
+
+    def release(self, handle: Handle) -> None:
+        """Close what a read handle holds: its descriptor, its blob pin, its fetcher."""
+        if handle.fd >= 0:
+            os.close(handle.fd)
+        if handle.pinned:
+            self.blobs.unpin(handle.pinned)
+        fetcher = handle.fetcher
+        if fetcher is not None:
+            fetcher.users -= 1
+            if fetcher.users <= 0:
+                fetcher.close()
+                self._fetchers.pop((fetcher.key, fetcher.etag), None)

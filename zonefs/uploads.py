@@ -1,0 +1,166 @@
+"""Files whose local state is not yet in the bucket, and the upload that puts it there.
+
+`PendingFiles` owns the in-memory mirror of the journal's dirty rows (`dirty`), their data files
+under `staging/`, and the write-back queue, whose upload callable is `upload`. `vfs` decides
+when a file becomes dirty; this module decides how its state reaches the journal and the bucket.
+
+Invariants:
+- A dirty row is in the journal (fsync'ed) before its path is handed to the write-back queue
+  by close, fsync or setattr; it leaves the journal only in the transaction that records the
+  uploaded object, before its data file moves into the blob cache.
+- An upload marks a file clean only if nothing changed it while the upload ran (generation),
+  and never while it has writers (that happens at their last close).
+- At start, rows whose data file is gone are dropped with an error, and staging files no row
+  names (never closed, so never acknowledged) are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+
+import trio
+
+from . import keys
+from .blobs import BlobStore, Digest, hash_file
+from .config import MountOptions
+from .dircache import DirCache, Entry
+from .handles import DirtyFile
+from .journal import Journal, ObjectRow
+from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
+from .remote.base import ObjectInfo, Remote
+from .writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+
+class PendingFiles:
+    """Dirty files by path, their journal rows and data files, and their uploads."""
+
+    def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore, cache: DirCache,
+                 objects: RemoteObjects, opts: MountOptions) -> None:
+        self.remote, self.journal, self.blobs, self.cache, self.objects = (
+            remote, journal, blobs, cache, objects)
+        self.writeback = WriteBack(self.upload, delay=opts.writeback_delay)
+        self.dirty: dict[str, DirtyFile] = {}
+        self.uploaded_bytes = 0
+        for row in journal.dirty_rows():
+            if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
+                log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
+                journal.drop_dirty(row.path)
+                continue
+            self.dirty[row.path] = DirtyFile(row, persisted=True)
+        self._remove_orphans()
+
+    def requeue(self) -> int:
+        """Hand every journaled dirty file to the write-back queue (at mount)."""
+        for path in self.dirty:
+            self.writeback.schedule(path)
+        return len(self.dirty)
+
+    def _remove_orphans(self) -> None:
+        """Staging files no journal row names were never closed: nothing acknowledged them."""
+        used = {df.row.data for df in self.dirty.values() if df.row.data}
+        top = os.path.join(self.blobs.root, "staging")
+        for entry in os.scandir(top):
+            if self.blobs.relpath(entry.path) not in used:
+                os.unlink(entry.path)
+
+    def persist(self, df: DirtyFile) -> None:
+        """Write the dirty row to the journal (fsync'ed) if it is still the path's current one."""
+        if self.dirty.get(df.row.path) is df:
+            self.journal.put_dirty(df.row)
+            df.persisted = True
+
+    def discard_data(self, df: DirtyFile) -> None:
+        """Delete the file's local data file, if it has one."""
+        if df.row.data is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.blobs.abspath(df.row.data))
+
+    def drop(self, path: str, df: DirtyFile) -> None:
+        """Forget a dirty file (deleted or replaced): its journal row and its data."""
+        if df.persisted:
+            self.journal.drop_dirty(path)
+        self.discard_data(df)
+
+    def hash_headers(self, key: str, etag: str | None) -> dict[str, str]:
+        """The content-ID headers of `key` at `etag`, when known, to keep them on a copy."""
+        memo = self.journal.get_object(key, etag)
+        out = {}
+        if memo is not None and memo.sha256:
+            out[SHA256_KEY] = memo.sha256
+        if memo is not None and memo.sha1:
+            out[SHA1_KEY] = memo.sha1
+        return out
+
+    def revert_unchanged(self, path: str, df: DirtyFile) -> None:
+        """A file opened for write but never written: drop its local copy; only a metadata
+        change (touch, chmod through the handle) is left to upload, as a copy in place."""
+        self.discard_data(df)
+        if df.meta_changed:
+            df.row.data = None
+            self.persist(df)
+            self.writeback.schedule(path)
+        else:
+            del self.dirty[path]
+            if df.persisted:
+                self.journal.drop_dirty(path)
+
+    # -- upload -----------------------------------------------------------------------------------
+
+    async def upload(self, path: str, cancel: threading.Event) -> None:
+        """Write-back callable: upload the dirty file at `path` as it is now."""
+        df = self.dirty.get(path)
+        if df is None or df.writers and df.uploaded_generation == df.row.generation:
+            return
+        row = df.row
+        generation = row.generation
+        digest: Digest | None = None
+        if row.data is not None and not df.data_changed and not df.meta_changed:
+            return  # an unchanged copy, still open: nothing to upload
+        if row.data is None or not df.data_changed:
+            md = keys.encode_meta(row.meta, **self.hash_headers(path, row.base_etag))
+            info = await self.remote.copy(path, path, md)
+        else:
+            src = self.blobs.abspath(row.data)
+            digest = await trio.to_thread.run_sync(hash_file, src)
+            md = keys.encode_meta(row.meta, **{SHA256_KEY: digest.sha256, SHA1_KEY: digest.sha1})
+            info = await self.remote.upload(path, src, md, None, cancel)
+            self.uploaded_bytes += digest.size
+        if self.dirty.get(path) is not df:
+            return
+        row.base_etag = info.etag
+        if row.generation != generation:
+            self.journal.put_dirty(row)
+            return
+        if df.writers:
+            df.uploaded_generation, df.uploaded = generation, (info, digest)
+            self.journal.put_dirty(row)
+            return
+        self.finish_clean(path, df, info, digest)
+
+    def finish_clean(self, path: str, df: DirtyFile, info: ObjectInfo,
+                     digest: Digest | None) -> None:
+        """The upload of `df` landed as `info`: record the object, cache the bytes as a blob."""
+        row = df.row
+        memo = self.journal.get_object(path)
+        sha256 = digest.sha256 if digest else (memo.sha256 if memo else None)
+        sha1 = digest.sha1 if digest else (memo.sha1 if memo else None)
+        obj = ObjectRow(path, info.etag, row.size, row.meta, sha256, sha1)
+        # Journal first: a crash between the two leaves an orphan staging file (removed at the
+        # next start), never a row whose bytes are gone.
+        self.journal.finish_upload(path, obj)
+        if digest is not None and row.data is not None:
+            self.blobs.ingest(self.blobs.abspath(row.data), digest)
+        del self.dirty[path]
+        self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
+                                         info.version_id))
+        self.objects.forget_opened(path)
+
+    def open_for_write(self) -> int:
+        """How many write handles are open: an unmount now would cut their files short."""
+        return sum(df.writers for df in self.dirty.values())
