@@ -103,7 +103,7 @@ class RemoteObjects:
             except NotFound:
                 info = None
             if info is None:
-                entry.meta = self._default_meta(entry)
+                entry.meta = self.default_meta(entry)
             else:
                 fresh = self.remember_headers(key, info)
                 entry.meta = fresh.meta
@@ -113,7 +113,7 @@ class RemoteObjects:
             del self._meta_waits[path]
             event.set()
 
-    def _default_meta(self, entry: Entry) -> PosixMeta:
+    def default_meta(self, entry: Entry) -> PosixMeta:
         mode = (st.S_IFDIR | self.opts.dir_mode) if entry.is_dir else (
             st.S_IFREG | self.opts.file_mode)
         return PosixMeta(mode, self.opts.uid, self.opts.gid, int(entry.mtime * 1e9))

@@ -187,6 +187,8 @@ class Vfs:
                 out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")))
                 continue
             entry = names[name]
+            # The kernel caches the file type an entry is listed with, and a symlink object is
+            # told from a file only by its headers: every entry waits for its (prefetched) ones.
             await self.objects.ensure_meta(child, entry)
             assert entry.meta is not None
             out.append((name, Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)))
@@ -319,9 +321,14 @@ class Vfs:
         meta = PosixMeta(st.S_IFLNK | 0o777, uid, gid, time.time_ns())
         body = os.fsencode(target)
         info = await self.remote.put_bytes(path, body, keys.encode_meta(meta), None)
-        self.cache.put_entry(path, Entry(False, len(body), info.etag, time.time(), meta,
-                                         info.version_id))
+        self._remember_small(path, info, len(body), meta)
         return Stat(meta, len(body), info.etag)
+
+    def _remember_small(self, path: str, info: ObjectInfo, size: int, meta: PosixMeta) -> None:
+        """A small object we just wrote: its headers are known, no listing should fetch them."""
+        self.journal.put_object(ObjectRow(path, info.etag, size, meta))
+        self.cache.put_entry(path, Entry(False, size, info.etag, time.time(), meta,
+                                         info.version_id))
 
     async def readlink(self, path: str) -> str:
         s = await self.stat(path)
@@ -541,7 +548,7 @@ class Vfs:
         else:
             target = os.fsencode(await self.readlink(path))
             info = await self.remote.put_bytes(path, target, keys.encode_meta(meta), None)
-            self.cache.put_entry(path, Entry(False, len(target), info.etag, time.time(), meta))
+            self._remember_small(path, info, len(target), meta)
 
     def _meta_dirty(self, path: str, s: Stat) -> DirtyFile:
         row = DirtyRow(path, None, s.size, s.meta, s.etag, 0)
