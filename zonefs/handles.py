@@ -10,8 +10,7 @@
 from __future__ import annotations
 
 import stat as st
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from .blobs import Digest
 from .fetch import RangeFetcher
@@ -63,7 +62,6 @@ class Handle:
     wrote: bool = False
     etag: str | None = None
     keep_cache: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def has_new_bytes(df: DirtyFile) -> bool:

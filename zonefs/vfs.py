@@ -392,11 +392,11 @@ class Vfs:
         if src.is_dir:
             await self._rename_dir(old, new, src.meta)
         else:
-            await self._rename_file(old, new, src, dst is not None)
+            await self._rename_file(old, new, src)
         self.cache.invalidate_tree(old)
         self.cache.invalidate_tree(new)
 
-    async def _rename_file(self, old: str, new: str, src: Stat, replacing: bool) -> None:
+    async def _rename_file(self, old: str, new: str, src: Stat) -> None:
         await self.writeback.cancel(old)
         await self.writeback.cancel(new)
         replaced = self.dirty.pop(new, None)
