@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import select
 import subprocess
 import sys
@@ -234,6 +236,62 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- content identity -------------------------------------------------------------------------
+
+
+def _mount_of(path: str) -> tuple[str, str]:
+    """The zonefs mount holding `path`, and `path` relative to it."""
+    real = os.path.realpath(path)
+    best = ""
+    for mountpoint in control.zonefs_mounts():
+        if (real == mountpoint or real.startswith(mountpoint.rstrip("/") + "/")) and len(
+                mountpoint) > len(best):
+            best = mountpoint
+    if not best:
+        raise ConfigError(f"{path} is not in a zonefs mount")
+    return best, os.path.relpath(real, best) if real != best else ""
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    mountpoint, rel = _mount_of(args.path)
+    if not os.path.exists(args.path):
+        raise ZonefsError(f"{args.path}: no such file")
+    info = control.request(mountpoint, "info", path=rel)["info"]
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+_SHA1_URI = re.compile(r"^sha1://([0-9a-f]{40})(?:[?/].*)?$")
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    match = _SHA1_URI.match(args.uri)
+    if not match:
+        raise ConfigError(f"not a content URI: {args.uri!r} (expected sha1://<40 hex digits>)")
+    sha1 = match.group(1)
+    for mountpoint in control.zonefs_mounts():
+        try:
+            found = control.request(mountpoint, "find", sha1=sha1, timeout=30).get("path")
+        except control.ControlError:
+            continue  # another user's mount, or one whose daemon is gone
+        if found:
+            return _cat_verified(os.path.join(mountpoint, found), sha1)
+    raise ZonefsError(f"no mounted zone knows sha1 {sha1}")
+
+
+def _cat_verified(path: str, sha1: str) -> int:
+    digest = hashlib.sha1()
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    out.flush()
+    if digest.hexdigest() != sha1:
+        raise ZonefsError(f"{path} changed while it was read: its bytes no longer have sha1 {sha1}")
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 DEMO_FILES = {
@@ -331,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("info", help="content identity of a file in a mount, as JSON")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("cat", help="print the file with this content URI from a mounted zone")
+    p.add_argument("uri", help="sha1://<sha1>[?label=...]")
+    p.set_defaults(func=cmd_cat)
 
     p = sub.add_parser("demo", help="create and mount an embedded demo zone")
     p.add_argument("--dir", default="demo-zone", help="zone directory (default ./demo-zone)")

@@ -17,6 +17,31 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
+def zonefs_mounts() -> list[str]:
+    """Mount points of the zonefs mounts in this mount namespace, from the mount table."""
+    return [mp for mp, fstype in _mount_table() if fstype == "fuse.zonefs"]
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """Whether `mountpoint` is in the mount table, without touching it (a stat of a mount
+    whose daemon is not answering would hang)."""
+    target = os.path.abspath(mountpoint)
+    return any(mp == target for mp, _ in _mount_table())
+
+
+def _mount_table() -> list[tuple[str, str]]:
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+        rows = [line.split() for line in f]
+    return [(_unescape(r[1]), r[2]) for r in rows if len(r) > 2]
+
+
+def _unescape(field: str) -> str:
+    # /proc/mounts escapes space, tab, newline and backslash as octal.
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
 def runtime_dir() -> str:
     """Where control sockets live: $XDG_RUNTIME_DIR/zonefs, /run/zonefs for root, else /tmp."""
     base = os.environ.get("XDG_RUNTIME_DIR")
@@ -44,8 +69,9 @@ def request(
     *,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     timeout: float | None = None,
+    **args: Any,
 ) -> dict[str, Any]:
-    """Send `cmd` to the mount's daemon; return its final answer."""
+    """Send `cmd` (with `args`) to the mount's daemon; return its final answer."""
     path = socket_path(mountpoint)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(5)
@@ -56,7 +82,7 @@ def request(
         raise ControlError(f"no zonefs mount answers at {mountpoint}") from exc
     sock.settimeout(timeout)
     with sock:
-        sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         for message in _lines(sock):
             if "progress" in message:
                 if on_progress is not None:

@@ -70,25 +70,6 @@ def preflight(mountpoint: str, opts: MountOptions) -> None:
             raise MountError(f"a zonefs daemon already serves {mountpoint}")
 
 
-def is_mounted(mountpoint: str) -> bool:
-    """Whether `mountpoint` is in the mount table, without touching it (a stat of a mount
-    whose daemon is not answering would hang)."""
-    target = os.path.abspath(mountpoint)
-    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 1 and _unescape(fields[1]) == target:
-                return True
-    return False
-
-
-def _unescape(field: str) -> str:
-    # /proc/mounts escapes space, tab, newline and backslash as octal.
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
-
-
 def _fuse_options(opts: MountOptions, zone: ZoneConfig) -> set[str]:
     options = set(pyfuse3.default_options)
     options.add(f"fsname={opts.fsname}")
@@ -141,6 +122,7 @@ class Daemon:
         self._answered = trio.Event()  # a `zonefs umount` got its final answer
         self._unmount_requested = False
         self.vfs: Vfs | None = None
+        self.ops: ZonefsOperations
 
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
         # A file:///DIR zone is created when DIR is missing or empty.
@@ -163,7 +145,7 @@ class Daemon:
                     nursery.start_soon(fn)
 
                 vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, spawn=spawn)
-                ops = ZonefsOperations(vfs, self.opts)
+                ops = self.ops = ZonefsOperations(vfs, self.opts)
                 await nursery.start(vfs.writeback.run)
                 pending = vfs.requeue_dirty()
                 if pending:
@@ -185,7 +167,7 @@ class Daemon:
                     _sd_notify("STOPPING=1")
                     await self._drain("unmount")
                 finally:
-                    pyfuse3.close(unmount=is_mounted(self.mountpoint))
+                    pyfuse3.close(unmount=control.is_mounted(self.mountpoint))
                     self._closed.set()
                 log.info("unmounted %s", self.mountpoint)
                 if self._unmount_requested:
@@ -245,8 +227,8 @@ class Daemon:
                     if not chunk:
                         return
                     buf += chunk
-                cmd = json.loads(buf.split(b"\n", 1)[0]).get("cmd")
-                await self._answer(stream, cmd)
+                message = json.loads(buf.split(b"\n", 1)[0])
+                await self._answer(stream, message.get("cmd"), message)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             except ZonefsError as exc:
@@ -255,9 +237,16 @@ class Daemon:
                 log.exception("control request failed")
                 await _send(stream, {"ok": False, "error": f"internal error: {exc}"})
 
-    async def _answer(self, stream: trio.SocketStream, cmd: str | None) -> None:
+    async def _answer(self, stream: trio.SocketStream, cmd: str | None,
+                      message: dict[str, Any]) -> None:
         assert self.vfs is not None
-        if cmd == "ping":
+        if cmd == "info":
+            info = await self.ops.content.info(str(message.get("path", "")))
+            await _send(stream, {"ok": True, "info": info})
+        elif cmd == "find":
+            path = await self.ops.content.find_sha1(str(message.get("sha1", "")))
+            await _send(stream, {"ok": True, "path": path})
+        elif cmd == "ping":
             await _send(stream, {"ok": True})
         elif cmd == "status":
             status = self.vfs.status()

@@ -23,7 +23,8 @@ from typing import Any
 import pyfuse3
 
 from .config import MountOptions
-from .errors import ZonefsError
+from .content import XATTR_NAMES, XATTR_PREFIX, ContentIds
+from .errors import NotFound, ZonefsError
 from .handles import Handle, Stat
 from .inodes import InodeTable
 from .keys import join
@@ -61,6 +62,7 @@ class ZonefsOperations(pyfuse3.Operations):
         self.vfs = vfs
         self.opts = opts
         self.inodes = InodeTable()
+        self.content = ContentIds(vfs)
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, list[tuple[str, Stat]]] = {}
         self._dir_paths: dict[int, str] = {}
@@ -272,3 +274,37 @@ class ZonefsOperations(pyfuse3.Operations):
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None  # directory changes reach the bucket before their call returns
+
+    # -- extended attributes: the read-only user.zonefs.* content identity -------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        async with _errors("getxattr", inode, name):
+            text = name.decode("utf-8", "replace")
+            if not text.startswith(XATTR_PREFIX):
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            path = self._path(inode)
+            if not await self._is_file(path):
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            try:
+                return await self.content.xattr(path, text[len(XATTR_PREFIX):])
+            except NotFound:
+                raise pyfuse3.FUSEError(errno.ENODATA) from None
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        async with _errors("listxattr", inode):
+            path = self._path(inode)
+            if not await self._is_file(path):
+                return []
+            info = await self.content.info(path)
+            present = [n for n in XATTR_NAMES
+                       if info["versionId" if n == "version_id" else n] is not None]
+            return [(XATTR_PREFIX + n).encode() for n in present]
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)  # user.zonefs.* are computed, nothing else kept
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def _is_file(self, path: str) -> bool:
+        return st.S_ISREG((await self.vfs.stat(path)).meta.mode)

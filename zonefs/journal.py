@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS objects (
     sha256   TEXT,
     sha1     TEXT
 );
+CREATE INDEX IF NOT EXISTS objects_sha1 ON objects (sha1);
 """
 
 
@@ -159,6 +160,11 @@ class Journal:
     def drop_object(self, key: str) -> None:
         self._set_durable(False)
         self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
+
+    def keys_with_sha1(self, sha1: str, limit: int = 10) -> list[str]:
+        """Remembered keys whose bytes have this SHA-1 (the Kachery content ID)."""
+        rows = self._db.execute("SELECT key FROM objects WHERE sha1 = ? LIMIT ?", (sha1, limit))
+        return [key for (key,) in rows]
 
     def blob_in_use(self, sha256: str) -> bool:
         row = self._db.execute("SELECT 1 FROM objects WHERE sha256 = ? LIMIT 1", (sha256,))

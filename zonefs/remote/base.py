@@ -197,3 +197,7 @@ class Remote(ABC):
     def object_uri(self, key: str) -> str:
         """Where `key` lives, as a URI a user can paste into another S3 tool (no credentials)."""
         return key
+
+    def object_key(self, key: str) -> str:
+        """The store's own name for zone key `key` (with the zone prefix, on S3)."""
+        return key

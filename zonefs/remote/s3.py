@@ -272,6 +272,9 @@ class S3Remote(Remote):
     def _full(self, key: str) -> str:
         return self.prefix + key
 
+    def object_key(self, key: str) -> str:
+        return self._full(key)
+
     def _zone_key(self, full_key: str) -> str:
         return full_key[len(self.prefix):]
 
