@@ -155,6 +155,10 @@ def _run_background(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptio
     return 1
 
 
+def _ratio(part: int, whole: int) -> str:
+    return f"{part / whole:.0%} ({part} of {whole} opens)" if whole else "-"
+
+
 # -- talking to a mount -----------------------------------------------------------------------
 
 
@@ -229,6 +233,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("last error", wb.get("last_error") or "-"),
         ("cache", f"{cache['blobs']} blobs, {_human(cache['cached_bytes'])} in "
                   f"{status['cache_dir']}"),
+        ("hit ratio", _ratio(cache["hits"], cache["hits"] + cache["misses"])),
+        ("transferred", f"{_human(status['downloaded_bytes'])} downloaded, "
+                        f"{_human(status['uploaded_bytes'])} uploaded"),
         ("requests", ", ".join(f"{k} {v}" for k, v in sorted(status["requests"].items()))),
     ]
     for name, value in rows:

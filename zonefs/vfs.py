@@ -709,6 +709,7 @@ class Vfs:
             "dirty_files": len(self.dirty),
             "dirty_bytes": dirty_bytes,
             "uploaded_bytes": self.uploaded_bytes,
+            "downloaded_bytes": self.remote.requests.downloaded_bytes,
             "writeback": self.writeback.stats_dict(),
             "cache": self.blobs.stats(),
             "requests": dict(self.remote.requests.counts),

@@ -54,6 +54,8 @@ class RequestCounter:
     """Requests made, by kind; read by `zonefs status` and by tests that count GETs."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    downloaded_bytes: int = 0  # bodies received by GETs
+    uploaded_bytes: int = 0  # bodies sent by PUTs and multipart uploads
 
     def add(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -160,12 +162,17 @@ class Remote(ABC):
         self, key: str, start: int, length: int, version_id: str | None = None,
         if_match: str | None = None,
     ) -> bytes:
-        return await self._run("get", self._get_range, key, start, length, version_id, if_match)
+        data: bytes = await self._run("get", self._get_range, key, start, length, version_id,
+                                      if_match)
+        self.requests.downloaded_bytes += len(data)
+        return data
 
     async def download(
         self, key: str, dest: str, version_id: str | None = None, if_match: str | None = None
     ) -> ObjectInfo:
-        return await self._run("get", self._download, key, dest, version_id, if_match)
+        info: ObjectInfo = await self._run("get", self._download, key, dest, version_id, if_match)
+        self.requests.downloaded_bytes += info.size
+        return info
 
     async def upload(
         self,
@@ -175,7 +182,10 @@ class Remote(ABC):
         content_type: str | None = None,
         cancel: threading.Event | None = None,
     ) -> ObjectInfo:
-        return await self._run("put", self._upload, key, src, metadata, content_type, cancel)
+        info: ObjectInfo = await self._run("put", self._upload, key, src, metadata, content_type,
+                                           cancel)
+        self.requests.uploaded_bytes += info.size
+        return info
 
     async def put_bytes(
         self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None = None
