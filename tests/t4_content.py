@@ -97,3 +97,18 @@ def _cat_bytes(uri: str) -> bytes:
                           timeout=60, env=subprocess_env(), stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+@pytest.mark.mount_options(writeback_delay="60", cache_size="2M")
+def test_dirty_data_waits_for_uploads_at_the_cache_cap(mount: Mount) -> None:
+    """Writing 3× the cap with a long write-back delay: writes wait for uploads, none fails,
+    and dirty data never passes the cap between files."""
+    cap = 2 << 20
+    bodies = {f"f{i}.bin": os.urandom(1_000_000) for i in range(6)}
+    for name, body in bodies.items():
+        (mount.path / name).write_bytes(body)
+        assert mount.status()["dirty_bytes"] <= cap
+    mount.sync()
+    for name, body in bodies.items():
+        assert mount.store.must_get(name).body == body
+        assert (mount.path / name).read_bytes() == body

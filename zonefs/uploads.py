@@ -28,7 +28,7 @@ from . import keys
 from .blobs import BlobStore, Digest, hash_file
 from .config import MountOptions
 from .dircache import DirCache, Entry
-from .handles import DirtyFile
+from .handles import DirtyFile, has_new_bytes
 from .journal import Journal, ObjectRow
 from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
 from .remote.base import ObjectInfo, Remote
@@ -47,6 +47,10 @@ class PendingFiles:
         self.writeback = WriteBack(self.upload, delay=opts.writeback_delay)
         self.dirty: dict[str, DirtyFile] = {}
         self.uploaded_bytes = 0
+        self.budget = opts.cache_size  # dirty bytes beyond which writes wait for uploads
+        self._progress = trio.Event()  # set whenever a dirty file leaves (uploaded, dropped)
+        self._throttled = False
+        self._estimate = 0
         for row in journal.dirty_rows():
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
@@ -54,6 +58,40 @@ class PendingFiles:
                 continue
             self.dirty[row.path] = DirtyFile(row, persisted=True)
         self._remove_orphans()
+
+    def dirty_bytes(self) -> int:
+        """Bytes of local data waiting for upload."""
+        return sum(df.row.size for df in self.dirty.values() if has_new_bytes(df))
+
+    async def wait_for_room(self, growth: int) -> None:
+        """Backpressure: while dirty data would pass the budget, upload closed files now and
+        wait for them, instead of failing the write.
+
+        Files still open for writing cannot be uploaded; when they alone hold the budget the
+        write goes on (the budget is then exceeded rather than deadlocked).
+        """
+        # An estimate that only grows keeps the common case O(1); the exact sum is taken only
+        # when the estimate passes the budget.
+        self._estimate += growth
+        if self._estimate <= self.budget:
+            return
+        while (exact := self.dirty_bytes() + growth) > self.budget:
+            closed = [p for p, df in self.dirty.items() if not df.writers and has_new_bytes(df)]
+            if not closed:
+                return
+            if not self._throttled:
+                self._throttled = True
+                log.info("dirty data reached cache_size (%d bytes): writes wait for uploads",
+                         self.budget)
+            for path in closed:
+                self.writeback.schedule(path, delay=0)
+            await self._progress.wait()
+        self._throttled = False
+        self._estimate = exact
+
+    def _note_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
 
     def requeue(self) -> int:
         """Hand every journaled dirty file to the write-back queue (at mount)."""
@@ -86,6 +124,7 @@ class PendingFiles:
         if df.persisted:
             self.journal.drop_dirty(path)
         self.discard_data(df)
+        self._note_progress()
 
     def hash_headers(self, key: str, etag: str | None) -> dict[str, str]:
         """The content-ID headers of `key` at `etag`, when known, to keep them on a copy."""
@@ -157,6 +196,7 @@ class PendingFiles:
         if digest is not None and row.data is not None:
             self.blobs.ingest(self.blobs.abspath(row.data), digest)
         del self.dirty[path]
+        self._note_progress()
         self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
                                          info.version_id))
         self.objects.forget_opened(path)

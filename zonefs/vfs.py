@@ -642,6 +642,11 @@ class Vfs:
             raise InvalidArgument("file not open for writing")
         if handle.append:
             offset = df.row.size
+        growth = max(0, offset + len(data) - df.row.size)
+        if growth:
+            await self.pending.wait_for_room(growth)
+            if handle.append:
+                offset = df.row.size  # another writer may have appended while we waited
         try:
             n = os.pwrite(handle.fd, data, offset)
         except OSError as exc:
