@@ -112,3 +112,16 @@ def test_dirty_data_waits_for_uploads_at_the_cache_cap(mount: Mount) -> None:
     for name, body in bodies.items():
         assert mount.store.must_get(name).body == body
         assert (mount.path / name).read_bytes() == body
+
+
+@pytest.mark.mount_options(kachery_mirror="")
+def test_kachery_mirror_key(mount: Mount) -> None:
+    body = b"mirrored for kachery clients\n"
+    (mount.path / "a.txt").write_bytes(body)
+    (mount.path / "same.txt").write_bytes(body)
+    mount.sync()
+    sha1 = hashlib.sha1(body).hexdigest()
+    mirror = f"sha1/{sha1[0:2]}/{sha1[2:4]}/{sha1[4:6]}/{sha1}"
+    assert mount.store.must_get(mirror).body == body
+    assert mount.store.versions(mirror) == 1  # the same content is mirrored once
+    assert mount.store.must_get("a.txt").body == body

@@ -124,6 +124,7 @@ class MountOptions:
     metadata_ttl: float = 5.0
     max_requests: int = 16
     fsname: str = "zonefs"
+    kachery_mirror: bool = False  # also copy each upload to sha1/ab/cd/ef/<sha1>
 
     @property
     def file_mode(self) -> int:
@@ -186,6 +187,8 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["read_only"] = False
             elif name == "allow_other":
                 changes["allow_other"] = True
+            elif name == "kachery_mirror":
+                changes["kachery_mirror"] = True
             elif name in ("uid", "gid"):
                 changes[name] = _parse_id(name, value)
             elif name == "umask":

@@ -30,6 +30,7 @@ from .config import MountOptions
 from .dircache import DirCache, Entry
 from .handles import DirtyFile, has_new_bytes
 from .journal import Journal, ObjectRow
+from .keys import PosixMeta
 from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
 from .remote.base import ObjectInfo, Remote
 from .writeback import WriteBack
@@ -48,6 +49,8 @@ class PendingFiles:
         self.dirty: dict[str, DirtyFile] = {}
         self.uploaded_bytes = 0
         self.budget = opts.cache_size  # dirty bytes beyond which writes wait for uploads
+        self.kachery_mirror = opts.kachery_mirror
+        self._mirroring: set[str] = set()  # mirror keys being copied right now
         self._progress = trio.Event()  # set whenever a dirty file leaves (uploaded, dropped)
         self._throttled = False
         self._estimate = 0
@@ -170,6 +173,8 @@ class PendingFiles:
             md = keys.encode_meta(row.meta, **{SHA256_KEY: digest.sha256, SHA1_KEY: digest.sha1})
             info = await self.remote.upload(path, src, md, None, cancel)
             self.uploaded_bytes += digest.size
+            if self.kachery_mirror:
+                await self._mirror(path, digest, row.meta)
         if self.dirty.get(path) is not df:
             return
         row.base_etag = info.etag
@@ -181,6 +186,22 @@ class PendingFiles:
             self.journal.put_dirty(row)
             return
         self.finish_clean(path, df, info, digest)
+
+    async def _mirror(self, path: str, digest: Digest, meta: PosixMeta) -> None:
+        """Copy the new object to the Kachery zone layout, where Kachery clients fetch a
+        file by its SHA-1 (once per content: the copy is remembered)."""
+        s = digest.sha1
+        key = f"sha1/{s[0:2]}/{s[2:4]}/{s[4:6]}/{s}"
+        known = self.journal.get_object(key)
+        if (known is not None and known.sha1 == s) or key in self._mirroring:
+            return  # done before, or by a concurrent upload of the same bytes
+        self._mirroring.add(key)
+        try:
+            info = await self.remote.copy(path, key)  # headers too: it is the same file
+            self.journal.put_object(ObjectRow(key, info.etag, digest.size, meta, digest.sha256,
+                                              s))
+        finally:
+            self._mirroring.discard(key)
 
     def finish_clean(self, path: str, df: DirtyFile, info: ObjectInfo,
                      digest: Digest | None) -> None:
