@@ -1,5 +1,6 @@
 """BlobStore and hash_file: content addressing, layout and permissions, LRU eviction under a
-capacity with pins, and what a new store finds when it opens an existing cache directory."""
+capacity with pins, what a new store finds when it opens an existing cache directory, and
+`open_verified`: a blob altered on disk is never served, a warm blob is not hashed again."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import stat
 from pathlib import Path
 
 import pytest
+import trio
 
+from zonefs import blobs as blobs_mod
 from zonefs.blobs import BlobStore, Digest, hash_file
 
 
@@ -292,3 +295,204 @@ def test_rescan_enforces_nothing_until_next_ingest(tmp_path: Path) -> None:
     put(second, b"z" * 100)
     assert second.used <= 250
     assert second.used == sum(blob_files(tmp_path).values())
+
+
+# -- verification at open -----------------------------------------------------------------------
+
+
+def open_verified(store: BlobStore, sha256: str, key: str = "some/key") -> bytes | None:
+    """The bytes `open_verified` serves, or None when it refuses the blob."""
+
+    async def main() -> bytes | None:
+        fd = await store.open_verified(sha256, key=key)
+        if fd is None:
+            return None
+        try:
+            return os.pread(fd, 1 << 20, 0)
+        finally:
+            os.close(fd)
+
+    return trio.run(main)
+
+
+def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count calls of the hashing `open_verified` does (one list item per call)."""
+    calls: list[int] = []
+    real = blobs_mod.hash_fd
+
+    def counting(fd: int) -> Digest:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(blobs_mod, "hash_fd", counting)
+    return calls
+
+
+def test_blob_ingested_by_this_process_opens_without_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    a = put(store, b"fresh bytes")
+    hashes = count_hashes(monkeypatch)
+    assert store.is_verified(a)
+    for _ in range(3):
+        assert open_verified(store, a) == b"fresh bytes"
+    assert hashes == [], "warm opens only compare fstat with the stamp recorded at ingest"
+    assert store.stats()["verified"] == 0
+
+
+def test_scanned_blob_is_hashed_once_then_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = put(BlobStore(str(tmp_path), capacity=1 << 20), b"from an earlier run")
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    assert store.has(a) and not store.is_verified(a)
+    hashes = count_hashes(monkeypatch)
+    assert open_verified(store, a) == b"from an earlier run"
+    assert open_verified(store, a) == b"from an earlier run"
+    assert len(hashes) == 1, "the first open in this process hashes, later ones do not"
+    assert store.is_verified(a)
+    assert store.stats()["verified"] == 1 and store.stats()["corrupt"] == 0
+
+
+def alter_in_place(path: str, *, keep_mtime: bool) -> None:
+    """Flip the first byte without changing the size (optionally putting mtime back)."""
+    s = os.stat(path)
+    with open(path, "r+b") as f:
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0xFF]))
+    if keep_mtime:
+        os.utime(path, ns=(s.st_atime_ns, s.st_mtime_ns))
+
+
+def truncate(path: str) -> None:
+    os.truncate(path, 3)
+
+
+def replace(path: str) -> None:
+    tmp = path + ".new"
+    Path(tmp).write_bytes(b"X" * os.path.getsize(path))
+    os.replace(tmp, path)
+
+
+ALTERATIONS = {
+    "byte flipped": lambda p: alter_in_place(p, keep_mtime=False),
+    "byte flipped, mtime put back": lambda p: alter_in_place(p, keep_mtime=True),
+    "truncated": truncate,
+    "replaced": replace,
+    "removed": os.unlink,
+}
+
+
+@pytest.mark.parametrize("alteration", list(ALTERATIONS))
+@pytest.mark.parametrize("scanned", [False, True], ids=["ingested", "scanned"])
+def test_blob_altered_on_disk_is_never_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, alteration: str, scanned: bool
+) -> None:
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    a = put(store, b"the right bytes " * 100)
+    assert open_verified(store, a) is not None
+    ALTERATIONS[alteration](store.blob_path(a))
+    if scanned:  # the next start-up has no stamp to compare: it must hash
+        store = BlobStore(str(tmp_path), capacity=1 << 20)
+    with caplog.at_level("WARNING", logger="zonefs.blobs"):
+        assert open_verified(store, a, key="dir/file.txt") is None
+    if alteration != "removed" or not scanned:  # a removed file is not even scanned
+        assert a in caplog.text and "dir/file.txt" in caplog.text
+        assert store.stats()["corrupt"] == 1
+    assert not store.has(a)
+    assert not os.path.exists(store.blob_path(a)), "the bad blob is deleted"
+    assert store.used == 0 == sum(blob_files(tmp_path).values())
+
+    # The caller downloads the object again and ingests it: the blob is good again.
+    assert put(store, b"the right bytes " * 100) == a
+    assert open_verified(store, a) == b"the right bytes " * 100
+
+
+def test_unrelated_metadata_changes_cost_a_hash_not_the_blob(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    a = put(store, b"good")
+    os.utime(store.blob_path(a), ns=(1, 1))  # the stamp no longer matches, the bytes do
+    assert open_verified(store, a) == b"good"
+    assert store.stats()["verified"] == 1 and store.has(a)
+
+
+def test_ingest_repairs_an_unverified_or_stale_blob(tmp_path: Path) -> None:
+    # A download made because a blob looked wrong must land, not be dropped as a duplicate.
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    a = put(store, b"good bytes")
+    alter_in_place(store.blob_path(a), keep_mtime=False)
+    assert put(store, b"good bytes") == a
+    assert Path(store.blob_path(a)).read_bytes() == b"good bytes"
+
+    alter_in_place(store.blob_path(a), keep_mtime=False)
+    store = BlobStore(str(tmp_path), capacity=1 << 20)  # unverified after a restart
+    assert put(store, b"good bytes") == a
+    assert Path(store.blob_path(a)).read_bytes() == b"good bytes"
+    assert store.is_verified(a) and store.used == len(b"good bytes")
+
+
+def test_ingest_of_a_known_good_blob_keeps_it(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    a = put(store, b"same")
+    ino = os.stat(store.blob_path(a)).st_ino
+    put(store, b"same")
+    assert os.stat(store.blob_path(a)).st_ino == ino
+
+
+def test_bad_blob_open_elsewhere_is_dropped_at_unpin(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    a = put(store, b"pinned bytes")
+    store.pin(a)  # a handle opened it before it went bad
+    alter_in_place(store.blob_path(a), keep_mtime=False)
+    assert open_verified(store, a) is None
+    assert not store.has(a), "doomed: not offered to new opens"
+    store.unpin(a)
+    assert not os.path.exists(store.blob_path(a))
+    assert store.used == 0
+
+
+def test_concurrent_first_opens_hash_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = put(BlobStore(str(tmp_path), capacity=1 << 20), os.urandom(3 << 20))
+    store = BlobStore(str(tmp_path), capacity=1 << 20 << 4)
+    hashes = count_hashes(monkeypatch)
+    fds: list[int | None] = []
+
+    async def main() -> None:
+        async def one() -> None:
+            fds.append(await store.open_verified(a))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(one)
+
+    trio.run(main)
+    assert len(hashes) == 1
+    assert len(fds) == 4 and all(fd is not None for fd in fds)
+    for fd in fds:
+        os.close(fd)  # type: ignore[arg-type]
+
+
+def test_unknown_blob_and_stray_files(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    assert open_verified(store, "0" * 64) is None
+    stray = tmp_path / "blobs" / "ab" / "notes.txt"
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"not a blob")
+    again = BlobStore(str(tmp_path), capacity=1 << 20)
+    assert again.stats()["blobs"] == 0 and again.used == 0
+    assert stray.exists(), "files the store did not write are left alone"
+
+
+def test_hash_fd_matches_hash_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom((1 << 20) + 5))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 100, os.SEEK_SET)  # the offset is not used
+        assert blobs_mod.hash_fd(fd) == hash_file(str(path))
+    finally:
+        os.close(fd)

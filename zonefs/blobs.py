@@ -9,15 +9,31 @@ Layout (all 0700 directories, 0600 files):
 Invariants:
 - A blob enters `blobs/` under a hash only after its bytes were hashed locally (`ingest` takes
   the digest its caller computed with `hash_file` on exactly that file).
+- A blob is served only through `open_verified`, which never returns a descriptor on bytes
+  that were altered on disk (changed in place, truncated or replaced) since they were hashed:
+  - a blob ingested by this process has its stamp (size, mtime_ns, ctime_ns, inode) recorded at
+    ingest; an open whose `fstat` matches the stamp is served without hashing (warm reads stay
+    as cheap as an `open`);
+  - a blob found by the start-up scan has no stamp (the stamps live in memory only): its first
+    open in this process hashes it in a worker thread, and records the stamp if it matches;
+  - a stamp that no longer matches (anything touched the file) means hashing it again.
+  A blob that fails is dropped (`forget`) with a warning naming it and the key being opened, and
+  `open_verified` returns None so that the caller downloads the object again. ctime is part of
+  the stamp because no user can set it back: resetting mtime after an edit is still caught.
+  Verification happens at open: bytes altered under a descriptor already open are not caught.
+- `ingest` of bytes whose blob exists but is unverified, stale or doomed replaces the file with
+  the freshly hashed one, so a download made to repair a blob is never thrown away.
 - Eviction is LRU over blobs that are not pinned (open by a handle); staging files are never
   counted or evicted. The store may exceed its capacity while everything is pinned.
 
-Methods that touch the disk in bulk (`hash_file`, `ingest_copy`) are blocking: call them in a
-worker thread. The rest are cheap metadata operations.
+Methods that touch the disk in bulk (`hash_file`, `hash_fd`, `ingest_copy`) are blocking: call
+them in a worker thread. `open_verified` is async and hashes in a worker thread itself. The rest
+are cheap metadata operations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -25,6 +41,8 @@ import os
 import shutil
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
+
+import trio
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +58,33 @@ class Digest:
 
 def hash_file(path: str) -> Digest:
     """SHA-256 and SHA-1 of a file's bytes (blocking)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_fd(fd: int) -> Digest:
+    """SHA-256 and SHA-1 of the bytes of the open file `fd` (blocking; the offset is unused)."""
     h256, h1, size = hashlib.sha256(), hashlib.sha1(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h256.update(chunk)
-            h1.update(chunk)
-            size += len(chunk)
+    while chunk := os.pread(fd, _CHUNK, size):
+        h256.update(chunk)
+        h1.update(chunk)
+        size += len(chunk)
     return Digest(h256.hexdigest(), h1.hexdigest(), size)
+
+
+#: What `fstat` says of a blob file; any change to its bytes changes it (see the docstring).
+Stamp = tuple[int, int, int, int, int]
+
+
+def _stamp(s: os.stat_result) -> Stamp:
+    return (s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_dev)
+
+
+def _is_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 class BlobStore:
@@ -64,8 +102,13 @@ class BlobStore:
         self._lru: OrderedDict[str, int] = OrderedDict()  # sha256 -> size, oldest first
         self._used = 0  # sum of self._lru's sizes
         self._doomed: set[str] = set()  # pinned blobs to drop once unpinned
+        # sha256 -> stamp at the last ingest or successful hash; absent: unverified (scanned).
+        self._stamps: dict[str, Stamp] = {}
+        self._verifying: dict[str, trio.Event] = {}  # one hash at a time per blob
         self.hits = 0
         self.misses = 0
+        self.verified = 0  # blobs hashed at open (unverified or stale stamp) that were right
+        self.corrupt = 0  # blobs dropped because their bytes no longer match their name
         self._scan()
 
     def _scan(self) -> None:
@@ -74,6 +117,9 @@ class BlobStore:
         for shard in os.scandir(top):
             if shard.is_dir():
                 for entry in os.scandir(shard.path):
+                    # Not ours (a stray file): never served, never counted, left alone.
+                    if not _is_sha256(entry.name) or entry.name[:2] != shard.name:
+                        continue
                     st = entry.stat()
                     found.append((st.st_atime, entry.name, st.st_size))
         for _, name, size in sorted(found):
@@ -111,20 +157,41 @@ class BlobStore:
     # -- blobs ---------------------------------------------------------------------------------
 
     def has(self, sha256: str | None) -> bool:
-        return sha256 is not None and sha256 in self._lru
+        """Whether a blob is listed (it may still fail verification at `open_verified`)."""
+        return sha256 is not None and sha256 in self._lru and sha256 not in self._doomed
+
+    def is_verified(self, sha256: str) -> bool:
+        """Whether the blob was hashed or ingested by this process (its stamp is known)."""
+        return sha256 in self._stamps and sha256 not in self._doomed
+
+    def _stamp_matches(self, sha256: str) -> bool:
+        stamp = self._stamps.get(sha256)
+        if stamp is None or sha256 in self._doomed:
+            return False
+        try:
+            return _stamp(os.stat(self.blob_path(sha256))) == stamp
+        except FileNotFoundError:
+            return False
 
     def ingest(self, path: str, digest: Digest) -> str:
-        """Move the file `path`, whose bytes hash to `digest`, into the store; return its path."""
-        dest = self.blob_path(digest.sha256)
-        if digest.sha256 in self._lru:
+        """Move the file `path`, whose bytes hash to `digest`, into the store; return its path.
+
+        When the blob is already there and known good, `path` is deleted; an existing blob not
+        known good (unverified, touched since, or doomed) is replaced by `path`, hashed just now.
+        """
+        sha = digest.sha256
+        dest = self.blob_path(sha)
+        if sha in self._lru and self._stamp_matches(sha):
             os.unlink(path)
         else:
             os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
             os.chmod(path, 0o600)
-            os.replace(path, dest)
-            self._lru[digest.sha256] = digest.size
-            self._used += digest.size
-        self.touch(digest.sha256)
+            os.replace(path, dest)  # readers of a replaced blob keep their descriptor
+            self._used += digest.size - self._lru.get(sha, 0)
+            self._lru[sha] = digest.size
+            self._doomed.discard(sha)
+            self._stamps[sha] = _stamp(os.stat(dest))
+        self.touch(sha)
         self.evict(keep=digest.sha256)  # the caller is about to open it
         return dest
 
@@ -136,6 +203,71 @@ class BlobStore:
         tmp = self.new_tmp()
         shutil.copyfile(path, tmp)
         return self.ingest(tmp, digest)
+
+    async def open_verified(self, sha256: str, *, key: str = "") -> int | None:
+        """A read-only descriptor on the blob `sha256`, or None when there is no good blob.
+
+        Hashes the blob (in a worker thread) unless its stamp shows it unchanged since it was
+        last hashed or ingested by this process; a blob that fails is dropped with a warning
+        naming `key`, the object being opened. The caller pins the blob and closes the fd.
+        """
+        while True:
+            while (busy := self._verifying.get(sha256)) is not None:
+                await busy.wait()  # someone else hashes it: use their verdict
+            if not self.has(sha256):
+                return None
+            try:
+                fd = os.open(self.blob_path(sha256), os.O_RDONLY)
+            except FileNotFoundError:
+                self._reject(sha256, key, "is missing")
+                return None
+            try:
+                failure = await self._check(sha256, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if failure is None:
+                return fd
+            os.close(fd)
+            if self._stamp_matches(sha256):
+                continue  # an ingest replaced it with good bytes while it was hashed
+            if failure:
+                self._reject(sha256, key, failure)
+            return None
+
+    async def _check(self, sha256: str, fd: int) -> str | None:
+        """None when `fd` holds the blob's bytes; else why not ("" when it merely vanished)."""
+        before = _stamp(os.fstat(fd))
+        recorded = self._stamps.get(sha256)
+        if before == recorded:
+            return None
+        if recorded is not None and before[0] != recorded[0]:
+            return f"changed size ({recorded[0]} -> {before[0]} bytes)"
+        event = self._verifying[sha256] = trio.Event()
+        try:
+            digest = await trio.to_thread.run_sync(hash_fd, fd)
+            after = _stamp(os.fstat(fd))
+        finally:
+            del self._verifying[sha256]
+            event.set()
+        if after != before:
+            return "changed while it was verified"
+        if digest.sha256 != sha256:
+            return "does not match its name"
+        if not self.has(sha256):
+            return ""  # evicted meanwhile: nothing wrong with the bytes, but no pin possible
+        with contextlib.suppress(FileNotFoundError):
+            if _stamp(os.stat(self.blob_path(sha256))) == after:
+                # Still the file hashed (an ingest meanwhile would have stamped its own).
+                self._stamps[sha256] = after
+        self.verified += 1
+        return None
+
+    def _reject(self, sha256: str, key: str, reason: str) -> None:
+        log.warning("cached blob %s %s%s; dropped, the object will be downloaded again",
+                    sha256, reason, f" (opening {key!r})" if key else "")
+        self.corrupt += 1
+        self.forget(sha256)
 
     def touch(self, sha256: str) -> None:
         if sha256 in self._lru:
@@ -160,6 +292,7 @@ class BlobStore:
         if sha256 in self._pins:
             self._doomed.add(sha256)
             return
+        self._stamps.pop(sha256, None)
         if sha256 in self._lru:
             self._used -= self._lru.pop(sha256)
             with _quiet():
@@ -179,13 +312,14 @@ class BlobStore:
             if sha256 in self._pins or sha256 == keep:
                 continue
             self._used -= self._lru.pop(sha256)
+            self._stamps.pop(sha256, None)
             with _quiet():
                 os.unlink(self.blob_path(sha256))
             log.debug("evicted blob %s", sha256)
 
     def stats(self) -> dict[str, int]:
         return {"blobs": len(self._lru), "cached_bytes": self.used, "hits": self.hits,
-                "misses": self.misses}
+                "misses": self.misses, "verified": self.verified, "corrupt": self.corrupt}
 
 
 class _quiet:

@@ -9,6 +9,9 @@ version that was opened.
 Invariants:
 - A blob enters the cache under a hash only after the bytes were hashed locally; bytes that do
   not match their `zonefs-sha256` header are dropped with a warning, never served.
+- A cached blob is served only through `BlobStore.open_verified`: one altered on disk is
+  dropped and the object is downloaded again, so a read never returns bytes other than the
+  object's. The key → blob memory is keyed by ETag: a replaced object never uses the old blob.
 - The kernel page cache is kept on open only while the object's ETag is the one opened before.
 """
 
@@ -126,18 +129,21 @@ class RemoteObjects:
         handle.keep_cache = self._opened_etag.get(path) == etag
         self._opened_etag[path] = etag
         memo = self.journal.get_object(path, etag)
-        if memo is not None and self.blobs.has(memo.sha256):
-            self.blobs.hits += 1
-            return self._open_blob(handle, memo.sha256 or "")
+        if memo is not None and memo.sha256 and self.blobs.has(memo.sha256):
+            fd = await self.blobs.open_verified(memo.sha256, key=path)
+            if fd is not None and os.fstat(fd).st_size != memo.size:
+                # The hash is a header's claim that the object's own size contradicts: the
+                # download checks the bytes against it and fails the read (EIO) if they differ.
+                log.warning("%r: its zonefs-sha256 header names a blob of another size", path)
+                os.close(fd)
+                fd = None
+            if fd is not None:
+                self.blobs.hits += 1
+                return self._attach_blob(handle, memo.sha256, fd)
+            # Altered on disk and dropped, or a wrong claim: read it like any miss.
         self.blobs.misses += 1
         if s.size <= WHOLE_OBJECT_LIMIT:
-            # Whatever is current now: open() is where close-to-open revalidates.
-            info, digest = await self.download_whole(path, None)
-            if info.etag != etag:
-                handle.etag, handle.keep_cache = info.etag, False
-                self._opened_etag[path] = info.etag
-                self.cache.invalidate(path)
-            return self._open_blob(handle, digest.sha256)
+            return await self._download_and_open(handle, path, etag)
         fetcher = self._fetchers.get((path, etag))
         if fetcher is None or fetcher.closed:
             entry = self.cache.entry(path)
@@ -161,6 +167,20 @@ class RemoteObjects:
         fetcher.users += 1
         handle.fetcher = fetcher
         return handle
+
+    async def _download_and_open(self, handle: Handle, path: str, etag: str) -> Handle:
+        """Download the object whole into a blob and open it for `handle`."""
+        # Whatever is current now: open() is where close-to-open revalidates.
+        info, digest = await self.download_whole(path, None)
+        if info.etag != etag:
+            handle.etag, handle.keep_cache = info.etag, False
+            self._opened_etag[path] = info.etag
+            self.cache.invalidate(path)
+        # Just ingested by this process: no hashing, unless it was dropped meanwhile.
+        fd = await self.blobs.open_verified(digest.sha256, key=path)
+        if fd is None:
+            raise RemoteError(f"{path}: the downloaded blob vanished from the cache")
+        return self._attach_blob(handle, digest.sha256, fd)
 
     async def download_whole(self, key: str, etag: str | None) -> tuple[ObjectInfo, Digest]:
         """GET the whole object into the blob cache; remember its headers and hash."""
@@ -192,8 +212,8 @@ class RemoteObjects:
             self.journal.put_object(ObjectRow(key, etag, digest.size, memo.meta, digest.sha256,
                                               digest.sha1))
 
-    def _open_blob(self, handle: Handle, sha256: str) -> Handle:
-        handle.fd = os.open(self.blobs.blob_path(sha256), os.O_RDONLY)
+    def _attach_blob(self, handle: Handle, sha256: str, fd: int) -> Handle:
+        handle.fd = fd
         handle.pinned = sha256
         self.blobs.pin(sha256)
         return handle
