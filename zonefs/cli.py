@@ -232,7 +232,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     f"{wb.get('uploaded', 0)} done, {wb.get('retries', 0)} retries"),
         ("last error", wb.get("last_error") or "-"),
         ("cache", f"{cache['blobs']} blobs, {_human(cache['cached_bytes'])} in "
-                  f"{status['cache_dir']}"),
+                  f"{status['cache_dir']}; {cache.get('corrupt', 0)} found corrupt and dropped"),
         ("hit ratio", _ratio(cache["hits"], cache["hits"] + cache["misses"])),
         ("transferred", f"{_human(status['downloaded_bytes'])} downloaded, "
                         f"{_human(status['uploaded_bytes'])} uploaded"),

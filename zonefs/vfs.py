@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import stat as st
 import time
 from typing import Any
@@ -59,6 +58,15 @@ log = logging.getLogger(__name__)
 PREFETCH_TASKS = 64
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+
+
+def _copy_fd_to(fd: int, dest: str) -> None:
+    """Copy the whole file open at `fd` to the path `dest` (blocking: run it in a thread)."""
+    with open(dest, "wb") as out:
+        offset = 0
+        while chunk := os.pread(fd, 1 << 20, offset):
+            out.write(chunk)
+            offset += len(chunk)
 
 
 class Vfs:
@@ -583,10 +591,14 @@ class Vfs:
 
     async def _copy_current(self, path: str, s: Stat, dest: str) -> None:
         memo = self.journal.get_object(path, s.etag)
-        if memo is not None and self.blobs.has(memo.sha256):
-            await trio.to_thread.run_sync(shutil.copyfile, self.blobs.blob_path(memo.sha256 or ""),
-                                          dest)
-            return
+        if memo is not None and memo.sha256:
+            fd = await self.blobs.open_verified(memo.sha256, key=path)
+            if fd is not None:
+                try:
+                    await trio.to_thread.run_sync(_copy_fd_to, fd, dest)
+                finally:
+                    os.close(fd)
+                return
         await self.remote.download(path, dest, None, s.etag)
 
     async def create(self, path: str, mode: int, uid: int, gid: int) -> tuple[Handle, Stat]:
