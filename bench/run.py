@@ -3,8 +3,11 @@
 
 Usage (from the repository root; `make bench` does this with the project's venv):
 
-    .venv/bin/python bench/run.py [--systems zonefs,rclone,s3fs] [--runs 3]
+    .venv/bin/python bench/run.py [--systems zonefs,rclone,rclone-full,s3fs] [--runs 3]
                                   [--endpoint http://127.0.0.1:PORT]
+
+rclone runs twice: `rclone` with `--vfs-cache-mode writes`, `rclone-full` with
+`--vfs-cache-mode full`.
 
 Without `--endpoint` a moto server is started on 127.0.0.1 at a free port. Each system gets its
 own versioned bucket; each run mounts it at a temporary directory and measures:
@@ -14,7 +17,13 @@ own versioned bucket; each run mounts it at a temporary directory and measures:
 - W2 `cp -r` of a local directory of 300 files of 4 KiB into the mount: the time until `cp`
   returns (close), and the time until the bucket lists all 300 objects at their full size
   (durable; for zonefs after `zonefs sync`);
-- W3 `cat` of those 300 files after an unmount and a new mount with a fresh cache dir (cold).
+- W3 `cat` of those 300 files after an unmount and a new mount with a fresh cache dir (cold);
+- W4 the disk cache, with one 32 MiB object of random bytes (put with boto3 under `w4/`):
+  W4a `cat` of it on a fresh mount with an empty cache dir (cold), W4b the same `cat` again on
+  that mount (warm), W4c the same `cat` after an unmount and a new mount with the same cache
+  dir, W4d `ls -l` of the 1,000 objects after another such remount. s3fs gets
+  `-o use_cache=DIR` in W4 only (it keeps no disk cache by default). As root, the page cache
+  is dropped before W4a, W4c and W4d (not before W4b: a warm read may use it).
 
 Every command is checked (entry count, byte count and content hash, object sizes), so a fast
 wrong answer counts as an error. A system that fails gets "error" in its cells and the others
@@ -51,14 +60,18 @@ import boto3
 from botocore.config import Config
 
 from endpoints import Endpoint, external, moto_server
-from systems import Mount, System, make_system, mount_table
+from systems import SYSTEM_NAMES, Mount, System, make_system, mount_table
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-ALL_SYSTEMS = ("zonefs", "rclone", "s3fs")
-PEERS_OF_ZONEFS = ("rclone", "s3fs")
+ALL_SYSTEMS = SYSTEM_NAMES
 
 LS_PREFIX = "ls1000"
+BIG_KEY = "w4/blob.bin"
+MIB = 1024 * 1024
+# moto reads the whole object for every ranged GET, so bigger objects mostly time moto.
+MOTO_BIG_MIB_LIMIT = 32
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
 @dataclass(frozen=True)
@@ -77,16 +90,23 @@ class Params:
     ls_size: int = 1024
     cp_count: int = 300
     cp_size: int = 4096
+    big_size: int = 32 * MIB
     timeout: float = 300.0
 
     def workloads(self) -> list[Workload]:
+        """The rows of the table, in order."""
         n, m, kib = self.ls_count, self.cp_count, self.cp_size // 1024
+        big = f"{self.big_size / MIB:g} MiB"
         return [
             Workload("ls_cold", f"W1 `ls -l` of {n:,} objects, cold"),
             Workload("ls_warm", f"W1 `ls -l` of {n:,} objects, warm"),
             Workload("cp_close", f"W2 `cp -r` of {m} × {kib} KiB, close"),
             Workload("cp_durable", f"W2 `cp -r` of {m} × {kib} KiB, durable"),
             Workload("cat_cold", f"W3 `cat` of the {m} files, cold (new mount)"),
+            Workload("big_cold", f"W4a `cat` of a {big} object, cold (new mount, empty cache)"),
+            Workload("big_warm", f"W4b `cat` of the {big} object again, warm (same mount)"),
+            Workload("big_remount", f"W4c `cat` of the {big} object, remount, same cache dir"),
+            Workload("ls_remount", f"W4d `ls -l` of {n:,} objects, remount, same cache dir"),
         ]
 
 
@@ -181,6 +201,26 @@ def seed_ls_objects(s3: Any, bucket: str, params: Params) -> None:
         list(pool.map(put, range(params.ls_count)))
 
 
+@dataclass(frozen=True)
+class BigObject:
+    """The object W4 reads: where it is and what reading it must give."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+def make_big_object(params: Params) -> tuple[BigObject, bytes]:
+    """Random bytes for W4's object, and their description."""
+    body = os.urandom(params.big_size)
+    return BigObject(BIG_KEY, len(body), hashlib.sha256(body).hexdigest()), body
+
+
+def seed_big_object(s3: Any, bucket: str, big: BigObject, body: bytes) -> None:
+    """Put W4's object into the bucket with one PUT."""
+    s3.put_object(Bucket=bucket, Key=big.key, Body=body)
+
+
 def list_sizes(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
     """Key → size of every current object under `prefix` (directory markers left out)."""
     sizes: dict[str, int] = {}
@@ -256,6 +296,49 @@ def timed(cmd: list[str], timeout: float) -> tuple[float, bytes]:
     return seconds, proc.stdout
 
 
+class PageCache:
+    """Drops the kernel's page cache between W4 steps, when the harness may (as root)."""
+
+    def __init__(self, sync_dir: Path) -> None:
+        self.sync_dir = sync_dir
+        self.enabled = False
+        self.note = "not dropped (not running as root): W4a, W4c and W4d may read from memory"
+
+    def probe(self) -> None:
+        """Turn dropping on if running as root and a first drop works; say why not otherwise."""
+        if os.geteuid() != 0:
+            return
+        self.enabled = True
+        try:
+            self.drop()
+        except OSError as exc:
+            self.enabled = False
+            self.note = (
+                f"not dropped ({DROP_CACHES}: {exc.strerror or exc}): "
+                "W4a, W4c and W4d may read from memory"
+            )
+            return
+        self.note = (
+            "dropped before W4a, W4c and W4d (`sync -f` of the work dir, then "
+            f"`echo 3 > {DROP_CACHES}`); kept for W4b"
+        )
+
+    def drop(self) -> None:
+        """Write back the work dir's file system (the cache dirs), then drop clean pages."""
+        if not self.enabled:
+            return
+        # `sync -f` syncs only the file system holding the work dir, not other mounts.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                ["sync", "-f", str(self.sync_dir)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+        DROP_CACHES.write_text("3\n")
+
+
 # --- workloads ---------------------------------------------------------------------------------
 
 
@@ -315,6 +398,56 @@ def w3_cat(mount: Mount, dest: str, src: SourceTree, params: Params) -> float:
     return seconds
 
 
+def w4_cat(mount: Mount, big: BigObject, params: Params) -> float:
+    """`cat` of W4's object to /dev/null; `w4_verify` checks the bytes, untimed."""
+    script = 'cat -- "$1" > /dev/null'
+    seconds, _ = timed(["sh", "-c", script, "sh", str(mount.path / big.key)], params.timeout)
+    return seconds
+
+
+def w4_verify(mount: Mount, big: BigObject, params: Params) -> None:
+    """Check the SHA-256 of W4's object as read through the mount."""
+    _, out = timed(["sha256sum", "--", str(mount.path / big.key)], params.timeout)
+    digest = out.decode(errors="replace").split(maxsplit=1)[0] if out.strip() else ""
+    if digest != big.sha256:
+        raise WorkloadError(f"{big.key} read back with SHA-256 {digest[:16]}…, not the one put")
+
+
+def run_w4(
+    system: System,
+    tag: str,
+    bucket: str,
+    big: BigObject,
+    workdir: Path,
+    params: Params,
+    page_cache: PageCache,
+    record: Callable[[str, float], None],
+) -> None:
+    """W4: cold, warm, and remounted reads of the big object, then `ls -l` after a remount.
+
+    The three mounts share one mount point and one cache dir (empty at the first mount). s3fs
+    gets `-o use_cache=` here, so that it has a disk cache to be warm from.
+    """
+    path = workdir / f"{tag}-mnt4"
+    cache = workdir / f"{tag}-cache4"
+    with system.mounted(bucket, path, cache, disk_cache=True) as mount:
+        page_cache.drop()
+        record("big_cold", w4_cat(mount, big, params))
+        record("big_warm", w4_cat(mount, big, params))  # the page cache may serve this one
+        w4_verify(mount, big, params)
+        w1_ls(mount, params)  # untimed: the listing a remount may remember
+    with system.mounted(bucket, path, cache, disk_cache=True) as mount:
+        page_cache.drop()
+        record("big_remount", w4_cat(mount, big, params))
+        w4_verify(mount, big, params)
+    with system.mounted(bucket, path, cache, disk_cache=True) as mount:
+        page_cache.drop()
+        record("ls_remount", w1_ls(mount, params))
+
+
+W4_KEYS = ["big_cold", "big_warm", "big_remount", "ls_remount"]
+
+
 @contextlib.contextmanager
 def recorded(
     results: Results, system: str, keys: list[str], summary: list[str]
@@ -343,8 +476,10 @@ def run_system(
     bucket: str,
     s3: Any,
     src: SourceTree,
+    big: BigObject,
     workdir: Path,
     params: Params,
+    page_cache: PageCache,
     results: Results,
 ) -> None:
     """One run of every workload on one system."""
@@ -369,6 +504,8 @@ def run_system(
             raise WorkloadError("nothing to read: W2 failed")
         with system.mounted(bucket, workdir / f"{tag}-mnt2", workdir / f"{tag}-cache2") as mount:
             record("cat_cold", w3_cat(mount, dest, src, params))
+    with recorded(results, system.name, W4_KEYS, summary) as record:
+        run_w4(system, tag, bucket, big, workdir, params, page_cache, record)
     log(f"  {system.name}: " + ", ".join(summary))
 
 
@@ -376,13 +513,11 @@ def run_system(
 
 
 def ratio_cell(results: Results, key: str, systems: list[str]) -> str:
-    """zonefs' median over the best (lowest) peer median, or a reason why there is none."""
+    """zonefs' median over the best (lowest) median of every other system, or "n/a"."""
     if "zonefs" not in systems:
         return "n/a"
     mine = results.median(key, "zonefs")
-    peers = [
-        m for s in systems if s in PEERS_OF_ZONEFS if (m := results.median(key, s)) is not None
-    ]
+    peers = [m for s in systems if s != "zonefs" if (m := results.median(key, s)) is not None]
     if mine is None or not peers or min(peers) <= 0:
         return "n/a"
     return f"{mine / min(peers):.2f}"
@@ -433,7 +568,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default=",".join(ALL_SYSTEMS),
-        help="comma-separated, from: zonefs, rclone, s3fs (default: all)",
+        help=f"comma-separated, from: {', '.join(ALL_SYSTEMS)} (default: all)",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per system; the median is shown")
     parser.add_argument(
@@ -457,6 +592,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ls-count", type=int, default=1000, help="objects listed by W1")
     parser.add_argument("--files", type=int, default=300, help="files copied by W2")
     parser.add_argument(
+        "--big-mib",
+        type=int,
+        default=MOTO_BIG_MIB_LIMIT,
+        help=f"size of the object W4 reads, in MiB (default and limit on moto: "
+        f"{MOTO_BIG_MIB_LIMIT})",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=300.0, help="limit in seconds for each timed step"
     )
     parser.add_argument(
@@ -471,6 +613,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown system(s) {unknown}; choose from {', '.join(ALL_SYSTEMS)}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.big_mib < 1:
+        parser.error("--big-mib must be at least 1")
+    if args.big_mib > MOTO_BIG_MIB_LIMIT and not args.endpoint:
+        parser.error(
+            f"--big-mib above {MOTO_BIG_MIB_LIMIT} needs --endpoint: moto's ranged GETs "
+            "cost time in proportion to the whole object"
+        )
     return args
 
 
@@ -498,7 +647,12 @@ def main(argv: list[str] | None = None) -> int:
     if reason := preflight():
         log(f"cannot benchmark: {reason}")
         return 1
-    params = Params(ls_count=args.ls_count, cp_count=args.files, timeout=args.timeout)
+    params = Params(
+        ls_count=args.ls_count,
+        cp_count=args.files,
+        big_size=args.big_mib * MIB,
+        timeout=args.timeout,
+    )
     # SIGTERM unwinds like Ctrl-C, so that every `finally` unmounts what it mounted.
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -565,18 +719,38 @@ def benchmark(
     s3 = s3_client(endpoint)
     run_id = uuid.uuid4().hex[:8]
     buckets = {name: f"bench-{name}-{run_id}" for name in names}
+    big, big_body = make_big_object(params)
     for bucket in buckets.values():
         create_bucket(s3, bucket)
         seed_ls_objects(s3, bucket, params)
-    log(f"seeded {params.ls_count} objects in {len(buckets)} versioned buckets")
+        seed_big_object(s3, bucket, big, big_body)
+    del big_body
+    log(
+        f"seeded {params.ls_count} objects and one of {params.big_size / MIB:g} MiB "
+        f"in {len(buckets)} versioned buckets"
+    )
     src = make_source_tree(workdir, params)
+    page_cache = PageCache(workdir)
+    page_cache.probe()
+    log(f"page cache: {page_cache.note}")
 
     try:
         for run in range(1, args.runs + 1):
             log(f"run {run}/{args.runs}")
             shift = (run - 1) % len(systems)  # rotate the order between runs
             for system in systems[shift:] + systems[:shift]:
-                run_system(system, run, buckets[system.name], s3, src, workdir, params, results)
+                run_system(
+                    system,
+                    run,
+                    buckets[system.name],
+                    s3,
+                    src,
+                    big,
+                    workdir,
+                    params,
+                    page_cache,
+                    results,
+                )
     finally:
         if args.endpoint and not args.keep:
             for bucket in buckets.values():
@@ -589,8 +763,12 @@ def benchmark(
         "versions: "
         + "; ".join(f"{s.name}: {s.version()}" for s in systems)
         + f"; boto3 {package_version('boto3')}",
-        f"runs: {args.runs} (cells are medians, in seconds; ratio < 1 means zonefs is faster)",
+        f"runs: {args.runs} (cells are medians, in seconds; ratio < 1 means zonefs is faster "
+        "than the fastest other system)",
+        f"page cache: {page_cache.note}",
     ]
+    if "s3fs" in names:
+        header.append("W4: s3fs with `-o use_cache=DIR` (it has no disk cache by default)")
     if skipped:
         header.append("skipped: " + "; ".join(skipped))
     report = render(results, params, names, header)

@@ -1,10 +1,11 @@
 """The filesystems under test and how to mount and unmount each of them.
 
 A `System` knows how to mount a bucket of an `Endpoint` at a directory with a given cache
-directory. `System.mounted()` is a context manager that always unmounts, however the body ends:
-first the system's own way, then `fusermount3 -u` with retries, then a lazy unmount as the last
-resort; and it stops the mount process it started (rclone and s3fs run in the foreground under
-our control, so that no daemon is left behind).
+directory (and, for a system whose disk cache is optional, whether to turn it on).
+`System.mounted()` is a context manager that always unmounts, however the body ends: first the
+system's own way, then `fusermount3 -u` with retries, then a lazy unmount as the last resort;
+and it stops the mount process it started (rclone and s3fs run in the foreground under our
+control, so that no daemon is left behind).
 """
 
 from __future__ import annotations
@@ -122,8 +123,14 @@ class System:
         """One line naming the version."""
         return "unknown"
 
-    def _start(self, bucket: str, path: Path, cache_dir: Path, log: Path) -> Mount:
-        """Start the mount and return once it answers."""
+    def _start(
+        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+    ) -> Mount:
+        """Start the mount and return once it answers.
+
+        `disk_cache` asks a system whose disk cache is off by default to keep one in
+        `cache_dir`; systems that always cache there ignore it.
+        """
         raise NotImplementedError
 
     def _stop(self, mount: Mount) -> None:
@@ -142,14 +149,19 @@ class System:
         return None
 
     @contextlib.contextmanager
-    def mounted(self, bucket: str, path: Path, cache_dir: Path) -> Iterator[Mount]:
-        """Mount `bucket` at `path` (created empty) with a cache dir; always unmount after."""
+    def mounted(
+        self, bucket: str, path: Path, cache_dir: Path, disk_cache: bool = False
+    ) -> Iterator[Mount]:
+        """Mount `bucket` at `path` (created empty) with a cache dir; always unmount after.
+
+        `disk_cache=True` turns on the disk cache of a system that has none by default (s3fs).
+        """
         path.mkdir(parents=True, exist_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"{path.name}.log"
         mount: Mount | None = None
         try:
-            mount = self._start(bucket, path, cache_dir, log)
+            mount = self._start(bucket, path, cache_dir, log, disk_cache)
             yield mount
         finally:
             self.unmount(mount if mount is not None else Mount(self, path, log))
@@ -243,7 +255,9 @@ class Zonefs(System):
     def _env(self) -> dict[str, str]:
         return {**os.environ, **self.endpoint.env()}
 
-    def _start(self, bucket: str, path: Path, cache_dir: Path, log: Path) -> Mount:
+    def _start(
+        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+    ) -> Mount:
         exe = self.binary()
         assert exe is not None
         cmd = [
@@ -294,6 +308,7 @@ class Rclone(System):
 
     name = "rclone"
     remote = "BENCH"
+    cache_mode = "writes"
 
     def binary(self) -> str | None:
         return shutil.which("rclone")
@@ -319,7 +334,9 @@ class Rclone(System):
             prefix + "FORCE_PATH_STYLE": "true",
         }
 
-    def _start(self, bucket: str, path: Path, cache_dir: Path, log: Path) -> Mount:
+    def _start(
+        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+    ) -> Mount:
         exe = self.binary()
         assert exe is not None
         config = self.workdir / "rclone.conf"  # empty: the remote lives in the environment
@@ -332,7 +349,7 @@ class Rclone(System):
             "--config",
             str(config),
             "--vfs-cache-mode",
-            "writes",
+            self.cache_mode,
             "--cache-dir",
             str(cache_dir),
         ]
@@ -349,8 +366,15 @@ class Rclone(System):
             wait_mounted(path, MOUNT_TIMEOUT, proc)
         except MountError as exc:
             self.unmount(mount)
-            raise MountError(f"rclone: {exc}: {log_tail(log, 400)}") from exc
+            raise MountError(f"{self.name}: {exc}: {log_tail(log, 400)}") from exc
         return mount
+
+
+class RcloneFull(Rclone):
+    """rclone mount with `--vfs-cache-mode full`: reads are cached on disk too, in its cache dir."""
+
+    name = "rclone-full"
+    cache_mode = "full"
 
 
 class S3fs(System):
@@ -372,11 +396,13 @@ class S3fs(System):
         os.chmod(path, 0o600)
         return path
 
-    def _start(self, bucket: str, path: Path, cache_dir: Path, log: Path) -> Mount:
+    def _start(
+        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+    ) -> Mount:
         exe = self.binary()
         assert exe is not None
-        # s3fs keeps no disk cache by default (use_cache is off), so cache_dir stays unused:
-        # each new s3fs process starts cold.
+        # s3fs keeps no disk cache by default (use_cache is off), so cache_dir stays unused and
+        # each new s3fs process starts cold, unless the workload asks for a disk cache.
         cmd = [
             exe,
             bucket,
@@ -391,6 +417,8 @@ class S3fs(System):
             "-o",
             f"passwd_file={self._passwd_file()}",
         ]
+        if disk_cache:
+            cmd += ["-o", f"use_cache={cache_dir}"]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
@@ -404,12 +432,17 @@ class S3fs(System):
         return mount
 
 
+SYSTEM_NAMES = ("zonefs", "rclone", "rclone-full", "s3fs")
+
+
 def make_system(name: str, endpoint: Endpoint, workdir: Path, zonefs_exe: str | None) -> System:
-    """The `System` called `name`."""
+    """The `System` called `name` (one of `SYSTEM_NAMES`)."""
     if name == "zonefs":
         return Zonefs(endpoint, workdir, zonefs_exe)
     if name == "rclone":
         return Rclone(endpoint, workdir)
+    if name == "rclone-full":
+        return RcloneFull(endpoint, workdir)
     if name == "s3fs":
         return S3fs(endpoint, workdir)
-    raise ValueError(f"unknown system {name!r} (known: zonefs, rclone, s3fs)")
+    raise ValueError(f"unknown system {name!r} (known: {', '.join(SYSTEM_NAMES)})")
