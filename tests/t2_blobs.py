@@ -496,3 +496,17 @@ def test_hash_fd_matches_hash_file(tmp_path: Path) -> None:
         assert blobs_mod.hash_fd(fd) == hash_file(str(path))
     finally:
         os.close(fd)
+
+
+def test_stamps_saved_at_close_spare_the_next_store_a_hash(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    src = tmp_path / "f"
+    src.write_bytes(b"kept across mounts")
+    digest = hash_file(str(src))
+    store.ingest(str(src), digest)
+    store.close()
+    again = BlobStore(str(tmp_path), capacity=1 << 20)
+    assert again.is_verified(digest.sha256)
+    # A crash leaves no stamps: the store after it trusts nothing it has not hashed.
+    crashed = BlobStore(str(tmp_path), capacity=1 << 20)
+    assert not crashed.is_verified(digest.sha256)

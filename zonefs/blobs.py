@@ -14,8 +14,9 @@ Invariants:
   - a blob ingested by this process has its stamp (size, mtime_ns, ctime_ns, inode) recorded at
     ingest; an open whose `fstat` matches the stamp is served without hashing (warm reads stay
     as cheap as an `open`);
-  - a blob found by the start-up scan has no stamp (the stamps live in memory only): its first
-    open in this process hashes it in a worker thread, and records the stamp if it matches;
+  - a blob found by the start-up scan has the stamp the last clean shutdown saved (`close`),
+    which must still match; a blob without one (after a crash) is hashed in a worker thread
+    at its first open in this process, and gets its stamp if it matches;
   - a stamp that no longer matches (anything touched the file) means hashing it again.
   A blob that fails is dropped (`forget`) with a warning naming it and the key being opened, and
   `open_verified` returns None so that the caller downloads the object again. ctime is part of
@@ -36,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -110,6 +112,40 @@ class BlobStore:
         self.verified = 0  # blobs hashed at open (unverified or stale stamp) that were right
         self.corrupt = 0  # blobs dropped because their bytes no longer match their name
         self._scan()
+        self._load_stamps()
+
+    # -- stamps kept across mounts ------------------------------------------------------------
+
+    @property
+    def _stamps_path(self) -> str:
+        return os.path.join(self.root, "blob-stamps.json")
+
+    def _load_stamps(self) -> None:
+        """Take over the stamps the last clean shutdown saved, then delete the file.
+
+        A file touched since then has another ctime, so its stamp no longer matches and it is
+        hashed again; after a crash there is no file and every blob is hashed at first open.
+        """
+        try:
+            with open(self._stamps_path, encoding="utf-8") as f:
+                saved = json.load(f)
+            os.unlink(self._stamps_path)
+        except (OSError, ValueError):
+            return
+        for sha256, stamp in saved.items() if isinstance(saved, dict) else ():
+            if sha256 in self._lru and isinstance(stamp, list) and len(stamp) == 5:
+                self._stamps[sha256] = tuple(stamp)  # type: ignore[assignment]
+
+    def close(self) -> None:
+        """Save the stamps of verified blobs, so that the next mount need not hash them."""
+        keep = {sha: list(stamp) for sha, stamp in self._stamps.items()
+                if sha in self._lru and sha not in self._doomed}
+        tmp = self.new_tmp()
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(keep, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._stamps_path)
 
     def _scan(self) -> None:
         found = []

@@ -175,6 +175,10 @@ class Daemon:
                         await self._answered.wait()  # let `zonefs umount` read its answer
                 nursery.cancel_scope.cancel()
         finally:
+            try:
+                blobs.close()
+            except OSError as exc:  # only costs a re-hash of cached blobs at the next mount
+                log.warning("could not save the cache's blob stamps: %s", exc)
             journal.close()
             os.close(lock_fd)
             with contextlib.suppress(FileNotFoundError):
