@@ -99,7 +99,6 @@ class Vfs:
         """Hand every journaled dirty file to the write-back queue (at mount)."""
         return self.pending.requeue()
 
-
     # -- attributes -------------------------------------------------------------------------------
 
     def _root_meta(self) -> PosixMeta:
