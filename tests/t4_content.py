@@ -125,3 +125,16 @@ def test_kachery_mirror_key(mount: Mount) -> None:
     assert mount.store.must_get(mirror).body == body
     assert mount.store.versions(mirror) == 1  # the same content is mirrored once
     assert mount.store.must_get("a.txt").body == body
+
+
+@pytest.mark.mount_options(writeback_delay="60", cache_size="2M")
+def test_clean_blobs_make_room_for_dirty_data_under_one_cap(mount: Mount) -> None:
+    cap = 2 << 20
+    clean = os.urandom(1_500_000)
+    mount.store.put("clean.bin", clean)
+    assert (mount.path / "clean.bin").read_bytes() == clean  # now a cached blob
+    (mount.path / "dirty.bin").write_bytes(os.urandom(1_500_000))
+    status = mount.status()
+    assert status["dirty_bytes"] == 1_500_000
+    assert status["cache"]["cached_bytes"] + status["dirty_bytes"] <= cap
+    assert (mount.path / "clean.bin").read_bytes() == clean  # downloaded again if evicted

@@ -109,6 +109,9 @@ class BlobStore:
         self._verifying: dict[str, trio.Event] = {}  # one hash at a time per blob
         self.hits = 0
         self.misses = 0
+        self.saved_bytes = 0  # bytes of opens served from the cache instead of downloaded
+        # Dirty data waiting for upload shares the capacity: clean blobs make room for it.
+        self.reserved = 0
         self.verified = 0  # blobs hashed at open (unverified or stale stamp) that were right
         self.corrupt = 0  # blobs dropped because their bytes no longer match their name
         self._scan()
@@ -339,11 +342,13 @@ class BlobStore:
         return self._used
 
     def evict(self, keep: str | None = None) -> None:
-        """Remove least recently used unpinned blobs (and not `keep`) until the store fits."""
-        if self._used <= self.capacity:
+        """Remove least recently used unpinned blobs (and not `keep`) until the store, with the
+        bytes reserved for dirty data, fits its capacity."""
+        limit = self.capacity - self.reserved
+        if self._used <= limit:
             return
         for sha256 in list(self._lru):
-            if self._used <= self.capacity:
+            if self._used <= limit:
                 break
             if sha256 in self._pins or sha256 == keep:
                 continue
@@ -355,7 +360,8 @@ class BlobStore:
 
     def stats(self) -> dict[str, int]:
         return {"blobs": len(self._lru), "cached_bytes": self.used, "hits": self.hits,
-                "misses": self.misses, "verified": self.verified, "corrupt": self.corrupt}
+                "misses": self.misses, "saved_bytes": self.saved_bytes,
+                "verified": self.verified, "corrupt": self.corrupt}
 
 
 class _quiet:

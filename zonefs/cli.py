@@ -235,7 +235,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{status['cache_dir']}; {cache.get('corrupt', 0)} found corrupt and dropped"),
         ("hit ratio", _ratio(cache["hits"], cache["hits"] + cache["misses"])),
         ("transferred", f"{_human(status['downloaded_bytes'])} downloaded, "
-                        f"{_human(status['uploaded_bytes'])} uploaded"),
+                        f"{_human(status['uploaded_bytes'])} uploaded, "
+                        f"{_human(cache.get('saved_bytes', 0))} served from the cache"),
         ("requests", ", ".join(f"{k} {v}" for k, v in sorted(status["requests"].items()))),
     ]
     for name, value in rows:

@@ -139,6 +139,7 @@ class RemoteObjects:
                 fd = None
             if fd is not None:
                 self.blobs.hits += 1
+                self.blobs.saved_bytes += memo.size
                 return self._attach_blob(handle, memo.sha256, fd)
             # Altered on disk and dropped, or a wrong claim: read it like any miss.
         self.blobs.misses += 1

@@ -76,7 +76,9 @@ class PendingFiles:
         # An estimate that only grows keeps the common case O(1); the exact sum is taken only
         # when the estimate passes the budget.
         self._estimate += growth
+        self.blobs.reserved = self._estimate
         if self._estimate <= self.budget:
+            self.blobs.evict()
             return
         while (exact := self.dirty_bytes() + growth) > self.budget:
             closed = [p for p, df in self.dirty.items() if not df.writers and has_new_bytes(df)]
@@ -90,7 +92,8 @@ class PendingFiles:
                 self.writeback.schedule(path, delay=0)
             await self._progress.wait()
         self._throttled = False
-        self._estimate = exact
+        self._estimate = self.blobs.reserved = exact
+        self.blobs.evict()
 
     def _note_progress(self) -> None:
         self._progress.set()
@@ -217,6 +220,7 @@ class PendingFiles:
         if digest is not None and row.data is not None:
             self.blobs.ingest(self.blobs.abspath(row.data), digest)
         del self.dirty[path]
+        self._estimate = self.blobs.reserved = max(0, self._estimate - row.size)
         self._note_progress()
         self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
                                          info.version_id))
