@@ -200,12 +200,17 @@ def cmd_umount(args: argparse.Namespace) -> int:
     try:
         answer = control.request(mountpoint, "unmount", on_progress=progress)
     except control.ControlError:
-        if not os.path.ismount(mountpoint):
+        if not control.is_mounted(mountpoint):
             print(f"zonefs: {mountpoint} is not mounted", file=sys.stderr)
             return 1
-        # The daemon is gone (killed): what it journaled is uploaded at the next mount.
-        subprocess.run(["fusermount3", "-u", mountpoint], check=False)
-        if os.path.ismount(mountpoint):
+        # The daemon is gone (killed): what it journaled is uploaded at the next mount. Its
+        # mount answers nothing any more, so a file still open on it must not keep it there.
+        for lazy in ([], ["-z"]):
+            subprocess.run(["fusermount3", "-u", *lazy, mountpoint], check=False,
+                           capture_output=True)
+            if not control.is_mounted(mountpoint):
+                break
+        if control.is_mounted(mountpoint):
             print(f"zonefs: could not unmount {mountpoint}", file=sys.stderr)
             return 1
         print(f"zonefs: unmounted {mountpoint} (its daemon was not running; pending uploads "

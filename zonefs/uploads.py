@@ -59,6 +59,10 @@ class PendingFiles:
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
                 journal.drop_dirty(row.path)
                 continue
+            if row.data is not None:
+                # Writes after the last close may have reached the data file before a crash:
+                # the file, which is what gets uploaded, says how long the file is.
+                row.size = os.stat(blobs.abspath(row.data)).st_size
             self.dirty[row.path] = DirtyFile(row, persisted=True)
         self._remove_orphans()
 
