@@ -32,6 +32,8 @@ from .vfs import Vfs
 
 log = logging.getLogger(__name__)
 
+_XATTR_PREFIX_BYTES = XATTR_PREFIX.encode()
+
 
 @asynccontextmanager
 async def _errors(op: str, *args: Any) -> AsyncIterator[None]:
@@ -278,10 +280,11 @@ class ZonefsOperations(pyfuse3.Operations):
     # -- extended attributes: the read-only user.zonefs.* content identity -------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if not name.startswith(_XATTR_PREFIX_BYTES):
+            # `ls -l` asks every file for security.selinux: answer before any other work.
+            raise pyfuse3.FUSEError(errno.ENODATA)
         async with _errors("getxattr", inode, name):
             text = name.decode("utf-8", "replace")
-            if not text.startswith(XATTR_PREFIX):
-                raise pyfuse3.FUSEError(errno.ENODATA)
             path = self._path(inode)
             if not await self._is_file(path):
                 raise pyfuse3.FUSEError(errno.ENODATA)
