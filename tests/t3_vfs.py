@@ -202,12 +202,19 @@ async def test_object_metadata_is_remembered_across_restarts(env: Env) -> None:
         await check_invariants(vfs)
 
 
-async def test_large_object_reads_by_ranges(env: Env, tmp_path: Path) -> None:
-    size = 2 * CHUNK + 12_345  # three chunks, the last one short
-    data = random.Random(1).randbytes(size)
+async def put_large(env: Env, tmp_path: Path, size: int, *, seed: int,
+                    metadata: dict[str, str] | None = None) -> bytes:
+    """Store `size` random bytes as the object "large" (uploaded from a file, as a user would)."""
+    data = random.Random(seed).randbytes(size)
     src = tmp_path / "large"
     src.write_bytes(data)
-    await env.store.upload("large", str(src))
+    await env.store.upload("large", str(src), *([metadata] if metadata else []))
+    return data
+
+
+async def test_large_object_reads_by_ranges(env: Env, tmp_path: Path) -> None:
+    size = 2 * CHUNK + 12_345  # three chunks, the last one short
+    data = await put_large(env, tmp_path, size, seed=1)
     async with env.vfs() as vfs:
         handle = await vfs.open("large", os.O_RDONLY)
         assert handle.fetcher is not None, "objects over 8 MiB are not downloaded whole"
@@ -236,10 +243,7 @@ async def test_large_object_closed_right_after_last_read_leaves_no_temp(
     env: Env, tmp_path: Path,
 ) -> None:
     size = CHUNK + 4096
-    data = random.Random(7).randbytes(size)
-    src = tmp_path / "large"
-    src.write_bytes(data)
-    await env.store.upload("large", str(src))
+    data = await put_large(env, tmp_path, size, seed=7)
     async with env.vfs() as vfs:
         handle = await vfs.open("large", os.O_RDONLY)
         out = bytearray()
@@ -385,10 +389,7 @@ async def test_large_object_with_wrong_checksum_header_does_not_crash(
     env: Env, tmp_path: Path,
 ) -> None:
     size = CHUNK + 1000
-    data = random.Random(3).randbytes(size)
-    src = tmp_path / "large"
-    src.write_bytes(data)
-    await env.store.upload("large", str(src), {"zonefs-sha256": "0" * 64})
+    data = await put_large(env, tmp_path, size, seed=3, metadata={"zonefs-sha256": "0" * 64})
     async with env.vfs() as vfs:
         handle = await vfs.open("large", os.O_RDONLY)
         try:
