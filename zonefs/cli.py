@@ -199,7 +199,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     progress = _Progress()
     try:
         answer = control.request(mountpoint, "unmount", on_progress=progress)
-    except control.ControlError:
+    except control.Unreachable:
         if not control.is_mounted(mountpoint):
             print(f"zonefs: {mountpoint} is not mounted", file=sys.stderr)
             return 1

@@ -63,6 +63,10 @@ class ControlError(Exception):
     """The daemon could not be reached or answered with an error."""
 
 
+class Unreachable(ControlError):
+    """No daemon answers at the mount point (none was started, or it died)."""
+
+
 def request(
     mountpoint: str,
     cmd: str,
@@ -79,7 +83,7 @@ def request(
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise ControlError(f"no zonefs mount answers at {mountpoint}") from exc
+        raise Unreachable(f"no zonefs mount answers at {mountpoint}") from exc
     sock.settimeout(timeout)
     with sock:
         sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
