@@ -19,6 +19,7 @@ FORBIDDEN = {
     "vfs": {"fuse_ops", "daemon", "cli", "content"},
     "objects": {"vfs", "uploads", "fuse_ops", "daemon", "cli"},
     "uploads": {"vfs", "fuse_ops", "daemon", "cli"},
+    "renames": {"vfs", "fuse_ops", "daemon", "cli", "objects"},
     "writeback": {"remote", "vfs", "objects", "uploads", "blobs", "journal"},
     "blobs": {"vfs", "objects", "uploads", "remote", "journal"},
     "journal": {"vfs", "objects", "uploads", "remote", "blobs"},

@@ -45,11 +45,12 @@ from .errors import (
     ReadOnly,
 )
 from .fetch import Spawn
-from .handles import DirtyFile, Handle, Stat, has_new_bytes
+from .handles import DirtyFile, Handle, Stat
 from .journal import DirtyRow, Journal, ObjectRow
 from .keys import RESERVED, PosixMeta
 from .objects import RemoteObjects
 from .remote.base import ObjectInfo, Remote
+from .renames import Renamer
 from .uploads import PendingFiles
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class Vfs:
         self.pending = PendingFiles(remote, journal, blobs, self.cache, self.objects, opts)
         self.dirty = self.pending.dirty  # the same dict, for reading
         self.writeback = self.pending.writeback
+        self.renamer = Renamer(remote, journal, self.pending, remote_exists=self._remote_exists,
+                               put_marker=self._put_marker)
         self._reported: set[str] = set()
         self.mount_time_ns = time.time_ns()
 
@@ -397,107 +400,11 @@ class Vfs:
                     raise NotEmpty(new)
                 await self.remote.delete(keys.dir_key(new))
         if src.is_dir:
-            await self._rename_dir(old, new, src.meta)
+            await self.renamer.move_dir(old, new, src.meta)
         else:
-            await self._rename_file(old, new, src)
+            await self.renamer.move_file(old, new, src)
         self.cache.invalidate_tree(old)
         self.cache.invalidate_tree(new)
-
-    async def _rename_file(self, old: str, new: str, src: Stat) -> None:
-        await self.writeback.cancel(old)
-        await self.writeback.cancel(new)
-        replaced = self.dirty.pop(new, None)
-        if replaced is not None:
-            self.pending.drop(new, replaced)
-        df = self.dirty.pop(old, None)
-        if df is not None and has_new_bytes(df):
-            # The new bytes go up under the new name; the old key, if any, goes away now.
-            remote_old = await self._remote_exists(old)
-            self._carry_dirty(old, new, df, None)
-            if remote_old:
-                await self.remote.delete(old)
-        else:
-            info = await self._copy_object(old, new, src.etag, df)
-            await self.remote.delete(old)
-            if df is not None:
-                self._carry_dirty(old, new, df, info.etag)
-        self.journal.drop_object(old)
-
-    async def _copy_object(self, old: str, new: str, etag: str | None,
-                           df: DirtyFile | None) -> ObjectInfo:
-        """Server-side copy of `old` to `new`. A pending metadata change of the file (`df`)
-        travels in the copy's headers; the remembered object moves along."""
-        memo = self.journal.get_object(old, etag)
-        md = None
-        if df is not None:
-            md = keys.encode_meta(df.row.meta, **self.pending.hash_headers(old, etag))
-        info = await self.remote.copy(old, new, md)
-        if memo is not None:
-            meta = df.row.meta if df is not None else memo.meta
-            self.journal.put_object(ObjectRow(new, info.etag, memo.size, meta, memo.sha256,
-                                              memo.sha1))
-        return info
-
-    def _carry_dirty(self, old: str, new: str, df: DirtyFile, copied_etag: str | None) -> None:
-        """Move the local state of a renamed file from `old` to `new`.
-
-        With `copied_etag` the object was copied server-side (with any pending metadata), so
-        what stays dirty is only an open, unchanged copy; without it the file's new bytes
-        are uploaded under the new name.
-        """
-        df.row.path = new
-        if copied_etag is None:
-            self.journal.move_dirty(old, new)
-            df.row.base_etag = None
-            self.dirty[new] = df
-            self.writeback.schedule(new)
-            return
-        if df.persisted:
-            self.journal.drop_dirty(old)
-            df.persisted = False
-        df.meta_changed = False
-        if df.row.data is not None and df.writers:
-            df.row.base_etag = copied_etag
-            self.dirty[new] = df  # still open for write, unchanged so far
-
-    async def _rename_dir(self, old: str, new: str, meta: PosixMeta) -> None:
-        """Copy then delete every object below `old`, one by one (not atomic to others)."""
-        moving: dict[str, DirtyFile] = {}
-        for path in [p for p in self.dirty if keys.is_within(p, old)]:
-            await self.writeback.cancel(path)
-            df = self.dirty.pop(path, None)
-            if df is not None:  # else its upload finished while we waited
-                moving[path] = df
-        prefix = keys.dir_key(old)
-        token: str | None = None
-        moved: list[str] = []
-        copied: dict[str, str] = {}  # path -> ETag of the copy
-        while True:
-            page = await self.remote.list(prefix, None, token)
-            for obj in page.objects:
-                moved.append(obj.key)
-                df = moving.get(obj.key)
-                if df is not None and has_new_bytes(df):
-                    continue  # newer local bytes will be uploaded under the new name
-                dest = keys.dir_key(new) + obj.key[len(prefix):]
-                info = await self._copy_object(obj.key, dest, obj.etag, df)
-                copied[obj.key] = info.etag
-            token = page.next_token
-            if not token:
-                break
-        if keys.dir_key(old) not in moved:
-            # The source existed only as a prefix: keep the moved directory even if it is empty.
-            await self._put_marker(new, meta)
-        for path, df in moving.items():
-            target = keys.rebase(path, old, new)
-            if has_new_bytes(df) or path in copied:
-                self._carry_dirty(path, target, df, None if has_new_bytes(df) else copied[path])
-            else:
-                log.warning("%r had a pending metadata change but no object; dropped", path)
-                self.pending.drop(path, df)
-        for key in moved:
-            await self.remote.delete(key)
-            self.journal.drop_object(key)
 
     # -- attributes changes ---------------------------------------------------------------------
 
