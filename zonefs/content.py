@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import trio
+from cachetools import TTLCache
 
 from .blobs import Digest, hash_file
 from .dircache import Entry
@@ -39,6 +40,9 @@ class ContentIds:
     def __init__(self, vfs: Vfs) -> None:
         self.vfs = vfs
         self._dirty_digests: dict[str, tuple[int, Digest]] = {}  # path -> (generation, digest)
+        # (path, ETag) -> version id from a HEAD, kept as long as other remote facts are.
+        self._versions: TTLCache[tuple[str, str | None], str | None] = TTLCache(
+            10_000, vfs.opts.metadata_ttl)
 
     async def info(self, path: str) -> dict[str, Any]:
         """What `zonefs info` prints for a regular file (kachery-cloud-load-info's fields)."""
@@ -110,5 +114,10 @@ class ContentIds:
         entry = self.vfs.cache.entry(path)
         if isinstance(entry, Entry) and entry.version_id and entry.etag == etag:
             return entry.version_id
+        # `getfattr -d` asks for every attribute in turn: one HEAD answers them all.
+        if (path, etag) in self._versions:
+            return self._versions[(path, etag)]
         info = await self.vfs.remote.head(path)
-        return info.version_id if info.etag == etag else None
+        version = info.version_id if info.etag == etag else None
+        self._versions[(path, etag)] = version
+        return version
