@@ -50,6 +50,7 @@ from .journal import DirtyRow, Journal, ObjectRow
 from .keys import RESERVED, PosixMeta
 from .objects import RemoteObjects
 from .remote.base import ObjectInfo, Remote
+from .remote.probe import Capabilities
 from .renames import Renamer
 from .uploads import PendingFiles
 
@@ -93,6 +94,8 @@ class Vfs:
                                put_marker=self._put_marker)
         self._reported: set[str] = set()
         self.mount_time_ns = time.time_ns()
+        # What the store can do: set by the daemon from the probe before the mount answers.
+        self.capabilities = Capabilities()
 
     @property
     def uploaded_bytes(self) -> int:
