@@ -318,8 +318,8 @@ class LocalStore(Store):
         self.remote._delete(key)
 
     def versions(self, key: str) -> int:
-        return sum(1 for v in self.remote.list_versions(key)
-                   if v.key == key and not v.is_delete_marker)
+        page = self.remote._list_versions(key, None, None, 1000)
+        return sum(1 for v in page.versions if v.key == key and not v.is_delete_marker)
 
     def keys(self, prefix: str = "") -> list[str]:
         out: list[str] = []

@@ -388,7 +388,7 @@ async def test_local_versions_kept(
     two = await remote.put_bytes("doc", b"22", {})
     await remote.put_bytes("doc2", b"other key", {})
     await remote.delete("doc")
-    versions = list(remote.list_versions("doc"))
+    versions = [v async for page in remote.iter_versions("doc", None) for v in page.versions]
     assert [v.key for v in versions] == ["doc", "doc", "doc", "doc2"]
     marker, newer, older = versions[:3]
     assert marker.is_delete_marker and marker.is_latest and marker.size == 0
@@ -441,3 +441,121 @@ def test_importing_remote_does_not_import_boto3() -> None:
     code = "import sys, zonefs.remote; sys.exit('boto3' in sys.modules)"
     root = Path(__file__).resolve().parent.parent
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+# -- version history (both backends) -----------------------------------------------------------
+
+
+async def all_versions(remote: Remote, prefix: str, delimiter: str | None = None,
+                       max_keys: int = 1000) -> tuple[list[Any], list[str]]:
+    versions: list[Any] = []
+    prefixes: list[str] = []
+    marker = None
+    for _ in range(100):
+        page = await remote.list_versions(prefix, delimiter, marker, max_keys)
+        versions += page.versions
+        prefixes += page.prefixes
+        marker = page.next_marker
+        if marker is None:
+            return versions, prefixes
+    raise AssertionError("version paging does not end")
+
+
+async def test_versions_listed_newest_first_and_paged(remote: Remote) -> None:
+    assert await remote.bucket_versioning() == "enabled"
+    written = [await remote.put_bytes("v/doc", b"x" * n, {}) for n in (1, 2, 3)]
+    await remote.put_bytes("v/sub/inner", b"i", {})
+    await remote.put_bytes("v/doc2", b"other", {})
+    await remote.delete("v/doc")
+    for max_keys in (1000, 2):
+        versions, prefixes = await all_versions(remote, "v/", "/", max_keys)
+        assert prefixes == ["v/sub/"]
+        doc = [v for v in versions if v.key == "v/doc"]
+        assert [v.is_delete_marker for v in doc] == [True, False, False, False]
+        assert [v.size for v in doc[1:]] == [3, 2, 1]
+        assert [v.version_id for v in doc[1:]] == [w.version_id for w in reversed(written)]
+        assert doc[0].is_latest and not any(v.is_latest for v in doc[1:])
+        assert [v.key for v in versions if v.key != "v/doc"] == ["v/doc2"]
+
+
+async def test_delete_marker_removal_undeletes(remote: Remote) -> None:
+    first = await remote.put_bytes("u", b"first", {})
+    await remote.delete("u")
+    with pytest.raises(NotFound):
+        await remote.head("u")
+    versions, _ = await all_versions(remote, "u")
+    marker = versions[0]
+    assert marker.is_delete_marker
+    await remote.delete_version("u", marker.version_id)
+    assert (await remote.head("u")).version_id == first.version_id
+
+
+async def test_copy_version_makes_it_current_again(remote: Remote) -> None:
+    old = await remote.put_bytes("r", b"old bytes", {"mode": "33188"})
+    await remote.put_bytes("r", b"new", {})
+    copied = await remote.copy_version("r", old.version_id or "null", "r")
+    assert copied.version_id not in (None, old.version_id)
+    assert await remote.get_range("r", 0, 100) == b"old bytes"
+    assert (await remote.head("r")).metadata == {"mode": "33188"}
+    versions, _ = await all_versions(remote, "r")
+    assert len(versions) == 3  # nothing overwritten
+
+
+async def test_unversioned_bucket_says_so(s3_client: Any, s3_endpoint: str) -> None:
+    name = f"zonefs-test-unv-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    s3_client.create_bucket(Bucket=name)
+    try:
+        remote = open_remote(ZoneConfig.parse(f"s3://{name}", endpoint_url=s3_endpoint))
+        assert await remote.bucket_versioning() == "unversioned"
+        await remote.put_bytes("k", b"1", {})
+        await remote.put_bytes("k", b"2", {})
+        versions, _ = await all_versions(remote, "k")
+        assert [(v.version_id, v.size) for v in versions] == [("null", 1)]
+    finally:
+        for v in s3_client.list_object_versions(Bucket=name).get("Versions", []):
+            s3_client.delete_object(Bucket=name, Key=v["Key"], VersionId=v["VersionId"])
+        s3_client.delete_bucket(Bucket=name)
+
+
+async def test_local_suspended_zone_keeps_older_versions(local_zone: ZoneConfig) -> None:
+    """S3's suspended semantics (moto drops older versions here, so the local zone holds it)."""
+    remote = LocalRemote(local_zone)
+    kept = await remote.put_bytes("s", b"enabled-era", {})
+    remote.set_versioning("suspended")
+    assert await remote.bucket_versioning() == "suspended"
+    await remote.put_bytes("s", b"null one", {})
+    await remote.put_bytes("s", b"null two", {})  # replaces the null version
+    versions, _ = await all_versions(remote, "s")
+    assert [(v.version_id, v.size) for v in versions] == [("null", 8), (kept.version_id, 11)]
+    await remote.delete("s")  # the marker replaces the null version
+    versions, _ = await all_versions(remote, "s")
+    assert [(v.version_id, v.is_delete_marker) for v in versions] == [
+        ("null", True), (kept.version_id, False)]
+    await remote.delete_version("s", "null")
+    assert await remote.get_range("s", 0, 100) == b"enabled-era"
+
+
+def test_local_zone_format_1_is_migrated(local_zone: ZoneConfig) -> None:
+    """Zones written by the first format (version ids unique across keys) open and keep data."""
+    import sqlite3
+
+    remote = LocalRemote(local_zone)
+    remote._put_bytes("a", b"kept", {}, None)
+    remote.close()
+    db = sqlite3.connect(os.path.join(local_zone.local_dir, "zone.sqlite"))
+    db.executescript(
+        "ALTER TABLE versions RENAME TO v2; DROP INDEX versions_id; DROP INDEX versions_latest;"
+        " DROP INDEX versions_key; DROP INDEX versions_blob;"
+        " CREATE TABLE versions (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL,"
+        " version_id TEXT NOT NULL UNIQUE, is_latest INTEGER NOT NULL,"
+        " is_delete_marker INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,"
+        " mtime REAL NOT NULL, metadata TEXT, content_type TEXT, blob TEXT);"
+        " INSERT INTO versions SELECT * FROM v2; DROP TABLE v2;"
+        " UPDATE meta SET value = '1' WHERE name = 'format';")
+    db.close()
+    remote = LocalRemote(local_zone)
+    remote.set_versioning("suspended")
+    remote._put_bytes("b", b"null", {}, None)
+    remote._put_bytes("c", b"null too", {}, None)  # a second "null" id: format 2 allows it
+    assert remote._get_range("a", 0, 10) == b"kept"
+    assert remote._get_range("c", 0, 10) == b"null too"

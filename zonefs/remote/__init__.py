@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from ..config import ZoneConfig
 from ..errors import ConfigError
-from .base import ListPage, ObjectInfo, Remote
-from .local import LocalRemote, VersionInfo
+from .base import ListPage, ObjectInfo, Remote, VersionInfo, VersionPage
+from .local import LocalRemote
 
-__all__ = ["ListPage", "LocalRemote", "ObjectInfo", "Remote", "VersionInfo", "open_remote"]
+__all__ = ["ListPage", "LocalRemote", "ObjectInfo", "Remote", "VersionInfo", "VersionPage",
+           "open_remote"]
 
 
 def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = False) -> Remote:

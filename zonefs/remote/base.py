@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,31 @@ class ObjectInfo:
     version_id: str | None = None
     metadata: Mapping[str, str] | None = None
     content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo(ObjectInfo):
+    """One entry of a version listing: an `ObjectInfo` plus S3's IsLatest and delete-marker
+    flags. `version_id` is never None here: the null version is the string "null". A delete
+    marker has size 0, an empty etag and no metadata."""
+
+    is_latest: bool = False
+    is_delete_marker: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPage:
+    """One page of ListObjectVersions: versions (by key, newest first within a key), common
+    prefixes, and where the next page starts: (key marker, version id marker or "")."""
+
+    versions: list[VersionInfo] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+    next_marker: tuple[str, str] | None = None
+
+
+#: Answers of `Remote.bucket_versioning`.
+VERSIONING_ENABLED, VERSIONING_SUSPENDED = "enabled", "suspended"
+VERSIONING_UNVERSIONED, VERSIONING_UNSUPPORTED = "unversioned", "unsupported"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +156,31 @@ class Remote(ABC):
         dst_key: str,
         metadata: Mapping[str, str] | None = None,
         content_type: str | None = None,
+        src_version_id: str | None = None,
     ) -> ObjectInfo:
-        """Server-side copy. `metadata` None keeps the source's metadata, else replaces it."""
+        """Server-side copy of the current version of `src_key`, or of `src_version_id`.
+        `metadata` None keeps the source's metadata, else replaces it."""
 
     @abstractmethod
     def _delete(self, key: str) -> None:
         """Delete `key` (a delete marker on a versioned store). Deleting a missing key is fine."""
+
+    @abstractmethod
+    def _bucket_versioning(self) -> str:
+        """One of the VERSIONING_* answers: what GetBucketVersioning says (unsupported where
+        the store has no versioning API)."""
+
+    @abstractmethod
+    def _list_versions(
+        self, prefix: str, delimiter: str | None, marker: tuple[str, str] | None,
+        max_keys: int,
+    ) -> VersionPage:
+        """One page of versions and delete markers of keys starting with `prefix`."""
+
+    @abstractmethod
+    def _delete_version(self, key: str, version_id: str) -> None:
+        """Remove one version (or delete marker) for good. Removing the current delete marker
+        brings the previous version back (undelete)."""
 
     # -- async facade ------------------------------------------------------------------------
 
@@ -201,8 +245,38 @@ class Remote(ABC):
     ) -> ObjectInfo:
         return await self._run("copy", self._copy, src_key, dst_key, metadata, content_type)
 
+    async def copy_version(self, src_key: str, version_id: str, dst_key: str) -> ObjectInfo:
+        """Make version `version_id` of `src_key` the current content of `dst_key` (a new
+        version there; nothing is overwritten on a versioned store)."""
+        return await self._run("copy", self._copy, src_key, dst_key, None, None, version_id)
+
     async def delete(self, key: str) -> None:
         await self._run("delete", self._delete, key)
+
+    async def bucket_versioning(self) -> str:
+        return await self._run("versioning", self._bucket_versioning)
+
+    async def list_versions(
+        self, prefix: str, delimiter: str | None = "/", marker: tuple[str, str] | None = None,
+        max_keys: int = 1000,
+    ) -> VersionPage:
+        return await self._run("list_versions", self._list_versions, prefix, delimiter, marker,
+                               max_keys)
+
+    async def iter_versions(
+        self, prefix: str, delimiter: str | None = "/"
+    ) -> AsyncIterator[VersionPage]:
+        """Every page of a version listing, one at a time (memory bounded by one page)."""
+        marker: tuple[str, str] | None = None
+        while True:
+            page = await self.list_versions(prefix, delimiter, marker)
+            yield page
+            if page.next_marker is None or page.next_marker == marker:
+                return
+            marker = page.next_marker
+
+    async def delete_version(self, key: str, version_id: str) -> None:
+        await self._run("delete", self._delete_version, key, version_id)
 
     def object_uri(self, key: str) -> str:
         """Where `key` lives, as a URI a user can paste into another S3 tool (no credentials)."""

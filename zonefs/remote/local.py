@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -36,25 +37,31 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from ..config import ZoneConfig
 from ..errors import BucketMissing, NoSpace, NotFound, PreconditionFailed, RemoteError
-from .base import ListPage, ObjectInfo, Remote
+from .base import (
+    VERSIONING_ENABLED,
+    VERSIONING_SUSPENDED,
+    ListPage,
+    ObjectInfo,
+    Remote,
+    VersionInfo,
+    VersionPage,
+)
 
-_FORMAT = "1"
+_FORMAT = "2"
 _CHUNK = 1 << 20
 _DEFAULT_TYPE = "binary/octet-stream"  # what S3 reports for objects stored without a type
 _BATCH = 1000
 _STALE_TEMP_AGE = 24 * 3600.0  # seconds; a temp body older than this belongs to a dead writer
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+_VERSIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
-    version_id TEXT NOT NULL UNIQUE,
+    version_id TEXT NOT NULL,
     is_latest INTEGER NOT NULL,
     is_delete_marker INTEGER NOT NULL,
     size INTEGER NOT NULL,
@@ -64,21 +71,25 @@ CREATE TABLE IF NOT EXISTS versions (
     content_type TEXT,
     blob TEXT
 );
+"""
+_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS versions_id ON versions(key, version_id);
 CREATE UNIQUE INDEX IF NOT EXISTS versions_latest ON versions(key) WHERE is_latest = 1;
 CREATE INDEX IF NOT EXISTS versions_key ON versions(key, seq DESC);
+CREATE INDEX IF NOT EXISTS versions_blob ON versions(blob);
 """
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    + _VERSIONS_TABLE + _INDEXES
+)
+# Format 1 made version ids unique across keys, which leaves no room for S3's "null" version
+# (one per key, in a suspended zone); format 2 makes them unique per key.
+_MIGRATE_1_TO_2 = (
+    "BEGIN IMMEDIATE; ALTER TABLE versions RENAME TO versions_v1;" + _VERSIONS_TABLE
+    + "INSERT INTO versions SELECT * FROM versions_v1; DROP TABLE versions_v1;" + _INDEXES
+    + "UPDATE meta SET value = '2' WHERE name = 'format'; COMMIT;"
+)
 _COLUMNS = "key, version_id, size, etag, mtime, metadata, content_type, blob, is_delete_marker"
-
-
-@dataclass(frozen=True, slots=True)
-class VersionInfo(ObjectInfo):
-    """One entry of `list_versions`: an `ObjectInfo` plus S3's IsLatest and delete-marker flags.
-
-    A delete marker has size 0, an empty etag and no metadata.
-    """
-
-    is_latest: bool = False
-    is_delete_marker: bool = False
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -140,11 +151,17 @@ class LocalRemote(Remote):
                     "INSERT OR IGNORE INTO meta(name, value) VALUES('format', ?)", (_FORMAT,)
                 )
             row = self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+            if row is not None and row[0] == "1":
+                self._db.executescript(_MIGRATE_1_TO_2)
+                row = ("2",)
         except sqlite3.DatabaseError as exc:
             raise self._missing(f" ({exc})") from exc
         if row is None or not os.path.isdir(self._data):
             self._db.close()
             raise self._missing()
+        if row[0] != _FORMAT:
+            self._db.close()
+            raise self._missing(f" (format {row[0]} is newer than this zonefs understands)")
         self._remove_stale_temps()
 
     def _remove_stale_temps(self) -> None:
@@ -222,13 +239,23 @@ class LocalRemote(Remote):
         self, key: str, *, size: int, etag: str, metadata: Mapping[str, str] | None,
         content_type: str | None, blob: str | None,
     ) -> ObjectInfo:
+        """Make a new current version of `key` (a delete marker when `blob` is None).
+
+        In a suspended zone the new version is the "null" version, replacing an earlier null
+        version of the key and keeping every other one, as S3 does.
+        """
         meta = None if blob is None else {k.lower(): v for k, v in (metadata or {}).items()}
         ctype = None if blob is None else (content_type or _DEFAULT_TYPE)
+        dropped: list[str] = []
         with self._lock:
             self._ensure_present()
-            vid, mtime = self._new_version_id(), time.time()
+            suspended = self._versioning_locked() == VERSIONING_SUSPENDED
+            vid = "null" if suspended else self._new_version_id()
+            mtime = time.time()
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if suspended:
+                    dropped = self._remove_version_locked(key, "null", relink=False)
                 self._db.execute(
                     "UPDATE versions SET is_latest = 0 WHERE key = ? AND is_latest = 1", (key,)
                 )
@@ -243,7 +270,49 @@ class LocalRemote(Remote):
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        self._unlink_blobs(dropped)
         return ObjectInfo(key, size, etag, mtime, vid, meta, ctype)
+
+    def _versioning_locked(self) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'versioning'").fetchone()
+        return row[0] if row else VERSIONING_ENABLED
+
+    def set_versioning(self, state: str) -> None:
+        """Enable or suspend versioning (PutBucketVersioning); a zone starts enabled."""
+        if state not in (VERSIONING_ENABLED, VERSIONING_SUSPENDED):
+            raise ValueError(f"versioning can be {VERSIONING_ENABLED} or "
+                             f"{VERSIONING_SUSPENDED}, not {state!r}")
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES('versioning', ?)",
+                             (state,))
+
+    def _remove_version_locked(self, key: str, version_id: str, *, relink: bool) -> list[str]:
+        """Delete one version row inside the caller's transaction; returns the blobs no row
+        uses any more (to unlink after the commit). With `relink`, the newest remaining
+        version becomes current when the removed one was."""
+        row = self._db.execute(
+            "SELECT seq, is_latest, blob FROM versions WHERE key = ? AND version_id = ?",
+            (key, version_id),
+        ).fetchone()
+        if row is None:
+            return []
+        seq, was_latest, blob = row
+        self._db.execute("DELETE FROM versions WHERE seq = ?", (seq,))
+        if relink and was_latest:
+            self._db.execute(
+                "UPDATE versions SET is_latest = 1 WHERE seq ="
+                " (SELECT MAX(seq) FROM versions WHERE key = ?)", (key,)
+            )
+        if blob is None:
+            return []
+        used = self._db.execute("SELECT 1 FROM versions WHERE blob = ? LIMIT 1",
+                                (blob,)).fetchone()
+        return [] if used else [blob]
+
+    def _unlink_blobs(self, blobs: list[str]) -> None:
+        for blob in blobs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._blob_path(blob))
 
     def _ensure_present(self) -> None:
         if not os.path.isdir(self._data):
@@ -421,8 +490,9 @@ class LocalRemote(Remote):
         dst_key: str,
         metadata: Mapping[str, str] | None = None,
         content_type: str | None = None,
+        src_version_id: str | None = None,
     ) -> ObjectInfo:
-        row = self._row(src_key, None)
+        row = self._row(src_key, src_version_id)
         src = self._to_info(row)
         # Blobs are immutable and never removed while a version uses them, so the copy shares it.
         return self._add_version(
@@ -433,18 +503,68 @@ class LocalRemote(Remote):
 
     @_guarded
     def _delete(self, key: str) -> None:
-        # Like S3 with versioning Enabled: always a new delete marker, even for a missing key.
+        # Like S3 with versioning on: always a new delete marker, even for a missing key (in a
+        # suspended zone the marker replaces the null version).
         self._add_version(key, size=0, etag="", metadata=None, content_type=None, blob=None)
 
-    # -- versions (not part of the Remote interface) ------------------------------------------
+    @_guarded
+    def _bucket_versioning(self) -> str:
+        with self._lock:
+            self._ensure_present()
+            return self._versioning_locked()
 
-    def list_versions(self, key_prefix: str = "") -> Iterator[VersionInfo]:
-        """Every version and delete marker of keys starting with `key_prefix`.
+    @_guarded
+    def _delete_version(self, key: str, version_id: str) -> None:
+        with self._lock:
+            self._ensure_present()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                dropped = self._remove_version_locked(key, version_id, relink=True)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self._unlink_blobs(dropped)
 
-        Ordered like S3's ListObjectVersions: by key, then newest first. Delete markers have
-        `is_delete_marker` set. Rows are read in batches, so memory stays bounded.
-        """
-        key, seq = key_prefix, None
+    @_guarded
+    def _list_versions(
+        self, prefix: str, delimiter: str | None, marker: tuple[str, str] | None,
+        max_keys: int,
+    ) -> VersionPage:
+        page = VersionPage()
+        last: tuple[str, str] | None = None
+        for entry in self._version_entries(prefix, delimiter, marker):
+            if len(page.versions) + len(page.prefixes) == max_keys:
+                return VersionPage(page.versions, page.prefixes, next_marker=last)
+            if isinstance(entry, str):
+                page.prefixes.append(entry)
+                last = (entry, "")
+            else:
+                page.versions.append(entry)
+                last = (entry.key, entry.version_id or "null")
+        return page
+
+    def _version_entries(
+        self, prefix: str, delimiter: str | None, marker: tuple[str, str] | None
+    ) -> Iterator[VersionInfo | str]:
+        """Versions of keys under `prefix` by key, newest first, rolled up into common
+        prefixes, after `marker`; read in batches, so memory stays bounded."""
+        key, seq = prefix, None  # resume point: rows after (key, seq) in (key, seq DESC) order
+        if marker is not None:
+            mkey, mvid = marker
+            rest = mkey[len(prefix):]
+            if not mvid and delimiter and rest.endswith(delimiter) and delimiter in rest:
+                key = _after_prefix(mkey)  # the marker was a common prefix: skip it
+            elif mvid:
+                with self._lock:
+                    row = self._db.execute(
+                        "SELECT seq FROM versions WHERE key = ? AND version_id = ?", (mkey, mvid)
+                    ).fetchone()
+                key, seq = mkey, (row[0] if row else None)
+                if seq is None:
+                    key = mkey + "\0"  # the marker's version is gone: go on after its key
+            else:
+                key = mkey + "\0"
         while True:
             with self._lock:
                 if seq is None:
@@ -458,9 +578,18 @@ class LocalRemote(Remote):
                         " WHERE (key = ? AND seq < ?) OR key > ? ORDER BY key, seq DESC LIMIT ?",
                         (key, seq, key, _BATCH),
                     ).fetchall()
+            if not rows:
+                return
             for row in rows:
-                if not row[0].startswith(key_prefix):
+                if not row[0].startswith(prefix):
                     return
+                rest = row[0][len(prefix):]
+                cut = rest.find(delimiter) if delimiter else -1
+                if cut >= 0:
+                    common = prefix + rest[: cut + len(delimiter or "")]
+                    yield common
+                    key, seq = _after_prefix(common), None
+                    break
                 info = self._to_info(row[:9])
                 yield VersionInfo(
                     info.key, info.size, info.etag, info.mtime, info.version_id,
@@ -468,5 +597,6 @@ class LocalRemote(Remote):
                     is_latest=bool(row[9]), is_delete_marker=bool(row[8]),
                 )
                 key, seq = row[0], row[10]
-            if len(rows) < _BATCH:
-                return
+            else:
+                if len(rows) < _BATCH:
+                    return

@@ -56,7 +56,17 @@ from ..errors import (
     RemoteError,
     ZonefsError,
 )
-from .base import ListPage, ObjectInfo, Remote
+from .base import (
+    VERSIONING_ENABLED,
+    VERSIONING_SUSPENDED,
+    VERSIONING_UNSUPPORTED,
+    VERSIONING_UNVERSIONED,
+    ListPage,
+    ObjectInfo,
+    Remote,
+    VersionInfo,
+    VersionPage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -517,8 +527,10 @@ class S3Remote(Remote):
         dst_key: str,
         metadata: Mapping[str, str] | None = None,
         content_type: str | None = None,
+        src_version_id: str | None = None,
     ) -> ObjectInfo:
-        src = self._head(src_key)  # size decides single or multipart; metadata for the result
+        # Size decides single or multipart; metadata for the result.
+        src = self._head(src_key, src_version_id)
         new_meta = dict(src.metadata or {}) if metadata is None else {
             k.lower(): v for k, v in metadata.items()}
         new_type = content_type or src.content_type
@@ -529,9 +541,11 @@ class S3Remote(Remote):
                 args: dict[str, Any] = {"MetadataDirective": "COPY"}
                 if metadata is not None:
                     args = {"MetadataDirective": "REPLACE", **self._put_args(new_meta, new_type)}
+                source = {"Bucket": self.bucket, "Key": self._full(src_key)}
+                if src_version_id:
+                    source["VersionId"] = src_version_id
                 resp = self._client.copy_object(
-                    Bucket=self.bucket, Key=self._full(dst_key),
-                    CopySource={"Bucket": self.bucket, "Key": self._full(src_key)}, **args,
+                    Bucket=self.bucket, Key=self._full(dst_key), CopySource=source, **args,
                 )
                 resp = {**resp.get("CopyObjectResult", {}), **resp}
         return self._info(dst_key, resp, src.size, new_meta, new_type)
@@ -571,6 +585,64 @@ class S3Remote(Remote):
                 self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
         except NotFound:
             pass  # deleting a missing key is not an error
+
+    def _bucket_versioning(self) -> str:
+        try:
+            resp = self._client.get_bucket_versioning(Bucket=self.bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if exc.response.get("Error", {}).get("Code") == "NotImplemented" or status == 501:
+                return VERSIONING_UNSUPPORTED  # Cloudflare R2, MinIO's legacy FS mode
+            raise translate_error(exc, f"bucket {self.bucket!r}", self.bucket,
+                                  self._endpoint) from exc
+        except BotoCoreError as exc:
+            raise translate_error(exc, f"bucket {self.bucket!r}", self.bucket,
+                                  self._endpoint) from exc
+        status = resp.get("Status")
+        if status == "Enabled":
+            return VERSIONING_ENABLED
+        if status == "Suspended":
+            return VERSIONING_SUSPENDED
+        return VERSIONING_UNVERSIONED
+
+    def _list_versions(
+        self, prefix: str, delimiter: str | None, marker: tuple[str, str] | None,
+        max_keys: int,
+    ) -> VersionPage:
+        args: dict[str, Any] = {"Prefix": self._full(prefix), "MaxKeys": max_keys}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        if marker:
+            args["KeyMarker"] = self._full(marker[0])
+            if marker[1]:  # an empty VersionIdMarker is rejected
+                args["VersionIdMarker"] = marker[1]
+        with self._translated(prefix, "version listing"):
+            resp = self._client.list_object_versions(Bucket=self.bucket, **args)
+        entries = [
+            VersionInfo(
+                key=self._zone_key(v["Key"]), size=v.get("Size", 0), etag=_etag(v.get("ETag")),
+                mtime=v["LastModified"].timestamp(), version_id=v.get("VersionId") or "null",
+                is_latest=bool(v.get("IsLatest")), is_delete_marker=is_marker,
+            )
+            for listed, is_marker in ((resp.get("Versions", []), False),
+                                      (resp.get("DeleteMarkers", []), True))
+            for v in listed
+            if v["Key"] != self.prefix
+        ]
+        # boto3 parses versions and delete markers into two lists; S3 sent them interleaved
+        # by key, newest first. Within a key the time puts them back in order.
+        entries.sort(key=lambda v: (v.key, -v.mtime, not v.is_latest))
+        prefixes = [self._zone_key(p["Prefix"]) for p in resp.get("CommonPrefixes", [])]
+        next_marker = None
+        if resp.get("IsTruncated") and resp.get("NextKeyMarker"):
+            next_marker = (self._zone_key(resp["NextKeyMarker"]),
+                           resp.get("NextVersionIdMarker") or "")
+        return VersionPage(entries, prefixes, next_marker)
+
+    def _delete_version(self, key: str, version_id: str) -> None:
+        with self._translated(key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._full(key),
+                                       VersionId=version_id)
 
 
 def _first_error(futures: list[Future[Any]]) -> BaseException:
