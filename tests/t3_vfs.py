@@ -47,7 +47,7 @@ from zonefs.errors import (
 )
 from zonefs.fetch import CHUNK
 from zonefs.journal import Journal
-from zonefs.remote import open_remote
+from zonefs.remote import Remote, open_remote
 from zonefs.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 MiB = 1 << 20
@@ -962,9 +962,11 @@ async def test_reserved_zonefs_dir_is_virtual_and_read_only(env: Env) -> None:
     async with env.vfs() as vfs:
         assert names(await vfs.listdir("")) == ["a"]
         assert (await vfs.stat(".zonefs")).is_dir
-        assert await vfs.listdir(".zonefs") == []
+        assert names(await vfs.listdir(".zonefs")) == ["versions", "at"]
         with pytest.raises(NotFound):
             await vfs.stat(".zonefs/x")
+        # A bucket key under .zonefs/ is not history either.
+        assert names(await vfs.listdir(".zonefs/versions")) == ["a"]
         for attempt in (
             vfs.create(".zonefs/y", 0o644, UID, GID),
             vfs.create(".zonefs", 0o644, UID, GID),
@@ -1274,3 +1276,22 @@ async def test_status_and_statfs(env: Env) -> None:
         assert (status["dirty_files"], status["dirty_bytes"], status["uploaded_bytes"]) == (0, 0, 6)
         assert status["writeback"]["uploaded"] == 1
         assert status["requests"].get("put") == 1
+
+
+async def test_history_of_many_versions_is_paged(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long history lists through many small pages (S3 pages by 1,000), completely and in
+    order; each version reads back byte-exact."""
+    monkeypatch.setattr(Remote, "VERSION_PAGE", 7)
+    bodies = [f"version {n}\n".encode() for n in range(23)]
+    for body in bodies:
+        await env.store.put("h/doc", body)
+    await env.store.put("h/other", b"x")
+    await env.store.put("h/sub/deeper", b"y")
+    async with env.vfs() as vfs:
+        assert names(await vfs.listdir(".zonefs/versions/h")) == ["doc", "other", "sub"]
+        listing = await vfs.listdir(".zonefs/versions/h/doc")
+        assert [s.size for _, s in listing] == [len(b) for b in reversed(bodies)]
+        for (name, _), body in zip(listing[::5], list(reversed(bodies))[::5], strict=True):
+            assert await read_file(vfs, f".zonefs/versions/h/doc/{name}") == body
+        assert await read_file(vfs, ".zonefs/at/-0s/h/doc") == bodies[-1]
+        await check_invariants(vfs)

@@ -26,7 +26,7 @@ from zonefs.blobs import BlobStore
 from zonefs.config import MountOptions, ZoneConfig
 from zonefs.errors import NotFound
 from zonefs.journal import Journal
-from zonefs.remote import ListPage, ObjectInfo, Remote, open_remote
+from zonefs.remote import ListPage, ObjectInfo, Remote, VersionPage, open_remote
 from zonefs.vfs import Handle, Vfs
 
 #: Longest a drain may take in a test: uploads here are small, so more means a stuck retry loop.
@@ -329,8 +329,18 @@ class SlowAckRemote(Remote):
         return self.inner._put_bytes(key, data, metadata, content_type)
 
     def _copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None,
-              content_type: str | None = None) -> ObjectInfo:
-        return self.inner._copy(src_key, dst_key, metadata, content_type)
+              content_type: str | None = None, src_version_id: str | None = None) -> ObjectInfo:
+        return self.inner._copy(src_key, dst_key, metadata, content_type, src_version_id)
 
     def _delete(self, key: str) -> None:
         self.inner._delete(key)
+
+    def _bucket_versioning(self) -> str:
+        return self.inner._bucket_versioning()
+
+    def _list_versions(self, prefix: str, delimiter: str | None,
+                       marker: tuple[str, str] | None, max_keys: int) -> VersionPage:
+        return self.inner._list_versions(prefix, delimiter, marker, max_keys)
+
+    def _delete_version(self, key: str, version_id: str) -> None:
+        self.inner._delete_version(key, version_id)

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from . import __version__, control
-from .config import MountOptions, ZoneConfig, parse_mount_options
+from .config import MountOptions, ZoneConfig, parse_mount_options, parse_time
 from .errors import ConfigError, ZonefsError
 
 log = logging.getLogger("zonefs")
@@ -274,6 +274,48 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- history ----------------------------------------------------------------------------------
+
+
+def _utc(seconds: float) -> str:
+    ms = int(round(seconds * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    mountpoint, rel = _mount_of(args.path)
+    versions = control.request(mountpoint, "versions", path=rel, timeout=120)["versions"]
+    if args.json:
+        print(json.dumps(versions, indent=2))
+        return 0
+    print(f"{'time (UTC)':24}  {'version id':36}  {'size':>10}  {'sha256':16}  state")
+    for v in versions:
+        state = "deleted" if v["deleted"] else ""
+        if v["current"]:
+            state = "current, deleted" if v["deleted"] else "current"
+        sha = (v["sha256"] or "-")[:16]
+        size = "-" if v["deleted"] else _human(v["size"])
+        print(f"{_utc(v['time']):24}  {v['version_id']:36}  {size:>10}  {sha:16}  {state}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    mountpoint, rel = _mount_of(args.path)
+    at = None if args.at is None else parse_time(args.at)
+    done = control.request(mountpoint, "restore", path=rel, version=args.version, at=at,
+                           timeout=600)
+    print(f"zonefs: {args.path}: version {done['restored']} of {_utc(done['from_time'])} is "
+          f"current again (new version {done['new_version']}, {_human(done['size'])})")
+    return 0
+
+
+def cmd_undelete(args: argparse.Namespace) -> int:
+    mountpoint, rel = _mount_of(args.path)
+    done = control.request(mountpoint, "undelete", path=rel, timeout=600)
+    print(f"zonefs: {args.path} is back ({done['how']})")
+    return 0
+
+
 _SHA1_URI = re.compile(r"^sha1://([0-9a-f]{40})(?:[?/].*)?$")
 
 
@@ -406,6 +448,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="content identity of a file in a mount, as JSON")
     p.add_argument("path")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("versions", help="list every version of a file in a mount")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("restore", help="make an older version of a file current again")
+    p.add_argument("path")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", dest="version", metavar="ID", help="a version id")
+    which.add_argument("--at", metavar="TIME",
+                       help="the version current at TIME (2026-11-20T12:00:00Z, -2h, ...)")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("undelete", help="bring a deleted file back")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_undelete)
 
     p = sub.add_parser("cat", help="print the file with this content URI from a mounted zone")
     p.add_argument("uri", help="sha1://<sha1>[?label=...]")

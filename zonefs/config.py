@@ -8,9 +8,11 @@ environment defaults.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
@@ -125,6 +127,7 @@ class MountOptions:
     max_requests: int = 16
     fsname: str = "zonefs"
     kachery_mirror: bool = False  # also copy each upload to sha1/ab/cd/ef/<sha1>
+    at: float | None = None  # show the zone as it was at this time (seconds since the epoch)
 
     @property
     def file_mode(self) -> int:
@@ -159,6 +162,36 @@ def _parse_seconds(name: str, text: str) -> float:
     return value / 1000 if m.group(2) == "ms" else value * 60 if m.group(2) == "m" else value
 
 
+_RELATIVE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """A point in time → seconds since the epoch: ISO 8601 (UTC unless it names an offset),
+    a date alone (midnight UTC), or a time relative to `now` such as -2h, -30m, -1d, -1w.
+
+    >>> parse_time("2026-11-20T12:00:00Z")
+    1795176000.0
+    >>> parse_time("2026-11-20") == parse_time("2026-11-20T00:00:00+00:00")
+    True
+    >>> parse_time("-2h", now=10000.0)
+    2800.0
+    """
+    text = text.strip()
+    m = re.fullmatch(r"-(\d+(?:\.\d+)?)([smhdw])", text)
+    if m:
+        base = time.time() if now is None else now
+        return base - float(m.group(1)) * _RELATIVE_UNITS[m.group(2)]
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"not a time: {text!r} (use e.g. 2026-11-20T12:00:00Z, 2026-11-20 or -2h)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
 def _parse_id(name: str, text: str) -> int:
     if not text.isdigit():
         raise ConfigError(f"{name}= takes a numeric id, not {text!r}")
@@ -189,6 +222,8 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["allow_other"] = True
             elif name == "kachery_mirror":
                 changes["kachery_mirror"] = True
+            elif name == "at":
+                changes["at"] = parse_time(value)
             elif name in ("uid", "gid"):
                 changes[name] = _parse_id(name, value)
             elif name == "umask":
@@ -209,4 +244,6 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 continue
             else:
                 raise ConfigError(f"unknown mount option {name!r}")
+    if changes.get("at", opts.at) is not None:
+        changes["read_only"] = True  # the zone as it was then: read-only, whatever else was asked
     return replace(opts, **changes)  # type: ignore[arg-type]

@@ -252,6 +252,21 @@ class Daemon:
             await _send(stream, {"ok": True, "path": path})
         elif cmd == "ping":
             await _send(stream, {"ok": True})
+        elif cmd == "versions":
+            versions = await self.vfs.version_list(str(message.get("path", "")))
+            await _send(stream, {"ok": True, "versions": versions})
+        elif cmd == "restore":
+            when = message.get("at")
+            path = str(message.get("path", ""))
+            result = await self.vfs.restore(path, version_id=message.get("version"),
+                                            when=None if when is None else float(when))
+            await self.ops.changed_behind_kernel(path)
+            await _send(stream, {"ok": True, **result})
+        elif cmd == "undelete":
+            path = str(message.get("path", ""))
+            how = await self.vfs.undelete(path)
+            await self.ops.changed_behind_kernel(path)
+            await _send(stream, {"ok": True, "how": how})
         elif cmd == "status":
             status = self.vfs.status()
             status.update(mountpoint=self.mountpoint, cache_dir=self.cache_dir, pid=os.getpid())

@@ -12,6 +12,7 @@ does every `readdir_reply` that returns True. Unlinked inodes live until the ker
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pyfuse3
+import trio
 
 from .config import MountOptions
 from .content import XATTR_NAMES, XATTR_PREFIX, ContentIds
@@ -108,6 +110,23 @@ class ZonefsOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         return fh
+
+    async def changed_behind_kernel(self, path: str) -> None:
+        """`path` changed by a route the kernel did not see (a restore, an undelete): drop
+        the attributes, pages and name it caches, so the next access asks us again."""
+        parent, name = path.rpartition("/")[::2]
+        parent_ino = self.inodes.ino_of(parent)
+        ino = self.inodes.ino_of(path)
+
+        def notify() -> None:
+            # Blocking writes to /dev/fuse: in a thread, never inside a request handler.
+            with contextlib.suppress(OSError):
+                if ino is not None:
+                    pyfuse3.invalidate_inode(ino)
+                if parent_ino is not None:
+                    pyfuse3.invalidate_entry(parent_ino, os.fsencode(name))
+
+        await trio.to_thread.run_sync(notify)
 
     # -- lookups and attributes ---------------------------------------------------------------
 

@@ -128,20 +128,8 @@ class RemoteObjects:
         handle = Handle(path, False, etag=etag)
         handle.keep_cache = self._opened_etag.get(path) == etag
         self._opened_etag[path] = etag
-        memo = self.journal.get_object(path, etag)
-        if memo is not None and memo.sha256 and self.blobs.has(memo.sha256):
-            fd = await self.blobs.open_verified(memo.sha256, key=path)
-            if fd is not None and os.fstat(fd).st_size != memo.size:
-                # The hash is a header's claim that the object's own size contradicts: the
-                # download checks the bytes against it and fails the read (EIO) if they differ.
-                log.warning("%r: its zonefs-sha256 header names a blob of another size", path)
-                os.close(fd)
-                fd = None
-            if fd is not None:
-                self.blobs.hits += 1
-                self.blobs.saved_bytes += memo.size
-                return self._attach_blob(handle, memo.sha256, fd)
-            # Altered on disk and dropped, or a wrong claim: read it like any miss.
+        if await self._open_cached(handle, path, etag):
+            return handle
         self.blobs.misses += 1
         if s.size <= WHOLE_OBJECT_LIMIT:
             return await self._download_and_open(handle, path, etag)
@@ -169,6 +157,54 @@ class RemoteObjects:
         handle.fetcher = fetcher
         return handle
 
+    async def _open_cached(self, handle: Handle, key: str, etag: str) -> bool:
+        """Attach the cached blob of `key` at `etag` to `handle`, if there is a good one."""
+        memo = self.journal.get_object(key, etag)
+        if memo is None or not memo.sha256 or not self.blobs.has(memo.sha256):
+            return False
+        fd = await self.blobs.open_verified(memo.sha256, key=key)
+        if fd is not None and os.fstat(fd).st_size != memo.size:
+            # The hash is a header's claim that the object's own size contradicts: the
+            # download checks the bytes against it and fails the read (EIO) if they differ.
+            log.warning("%r: its zonefs-sha256 header names a blob of another size", key)
+            os.close(fd)
+            fd = None
+        if fd is None:
+            return False  # altered on disk and dropped, or a wrong claim: read it like any miss
+        self.blobs.hits += 1
+        self.blobs.saved_bytes += memo.size
+        self._attach_blob(handle, memo.sha256, fd)
+        return True
+
+    async def open_version(
+        self, path: str, key: str, version_id: str | None, etag: str, size: int
+    ) -> Handle:
+        """A read handle at `path` on one version of `key`: `version_id`, or with None the
+        current version, which must still be the one with `etag`. A version never changes,
+        so the kernel may keep its pages, and its blob is shared with every other path and
+        version of the same bytes."""
+        handle = Handle(path, False, etag=etag, keep_cache=True)
+        if await self._open_cached(handle, key, etag):
+            return handle
+        self.blobs.misses += 1
+        if size <= WHOLE_OBJECT_LIMIT:
+            _, digest = await self.download_whole(key, etag, version_id)
+            fd = await self.blobs.open_verified(digest.sha256, key=key)
+            if fd is None:
+                raise RemoteError(f"{key}: the downloaded blob vanished from the cache")
+            return self._attach_blob(handle, digest.sha256, fd)
+        fetcher = self._fetchers.get((key, etag))
+        if fetcher is None or fetcher.closed:  # one of the same bytes may be in flight
+            fetcher = RangeFetcher(
+                self.remote, self.blobs, self._spawn, key=key, etag=etag, version_id=version_id,
+                size=size,
+                on_complete=lambda digest, p, k=key, e=etag: self._remember_blob(k, e, digest, p),
+            )
+            self._fetchers[(key, etag)] = fetcher
+        fetcher.users += 1
+        handle.fetcher = fetcher
+        return handle
+
     async def _download_and_open(self, handle: Handle, path: str, etag: str) -> Handle:
         """Download the object whole into a blob and open it for `handle`."""
         # Whatever is current now: open() is where close-to-open revalidates.
@@ -183,11 +219,14 @@ class RemoteObjects:
             raise RemoteError(f"{path}: the downloaded blob vanished from the cache")
         return self._attach_blob(handle, digest.sha256, fd)
 
-    async def download_whole(self, key: str, etag: str | None) -> tuple[ObjectInfo, Digest]:
-        """GET the whole object into the blob cache; remember its headers and hash."""
+    async def download_whole(
+        self, key: str, etag: str | None, version_id: str | None = None
+    ) -> tuple[ObjectInfo, Digest]:
+        """GET the whole object (or one version of it) into the blob cache; remember its
+        headers and hash."""
         tmp = self.blobs.new_tmp()
         try:
-            info = await self.remote.download(key, tmp, None, etag)
+            info = await self.remote.download(key, tmp, version_id, etag)
             if info.size <= SMALL_OBJECT:
                 digest = hash_file(tmp)  # microseconds: cheaper than a thread hop
             else:

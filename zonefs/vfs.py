@@ -53,6 +53,7 @@ from .remote.base import ObjectInfo, Remote
 from .remote.probe import Capabilities
 from .renames import Renamer
 from .uploads import PendingFiles
+from .versions import History
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class Vfs:
         self.mount_time_ns = time.time_ns()
         # What the store can do: set by the daemon from the probe before the mount answers.
         self.capabilities = Capabilities()
+        self.history = History(remote, self.objects, uid=opts.uid, gid=opts.gid,
+                               ttl=opts.metadata_ttl, capabilities=lambda: self.capabilities)
 
     @property
     def uploaded_bytes(self) -> int:
@@ -118,13 +121,12 @@ class Vfs:
             raise ReadOnly(f"{RESERVED} is read-only")
 
     async def stat(self, path: str) -> Stat:
+        if path and keys.is_within(path, RESERVED):
+            return await self.history.stat(path)
+        if self.opts.at is not None:
+            return await self.history.stat_at(path, self.opts.at)
         if path == "":
             return Stat(self._root_meta(), 0)
-        if path == RESERVED:
-            return Stat(PosixMeta(st.S_IFDIR | 0o555, self.opts.uid, self.opts.gid,
-                                  self.mount_time_ns), 0)
-        if keys.is_within(path, RESERVED):
-            raise NotFound(path)
         df = self.dirty.get(path)
         if df is not None:
             return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(path))
@@ -178,8 +180,10 @@ class Vfs:
 
     async def listdir(self, path: str) -> list[tuple[str, Stat]]:
         """Sorted (name, Stat) of a directory, pending local files included."""
-        if path == RESERVED:
-            return []
+        if path and keys.is_within(path, RESERVED):
+            return await self.history.listdir(path)
+        if self.opts.at is not None:
+            return await self.history.listdir_at(path, self.opts.at)
         if (await self.stat(path)).is_dir is False:
             raise NotADirectory(path)
         names = dict(await self._remote_listing(path))
@@ -542,6 +546,10 @@ class Vfs:
             raise IsADirectory(path)
         if st.S_ISLNK(s.meta.mode):
             raise NotSupported("symlinks are followed by the kernel")
+        if keys.is_within(path, RESERVED):
+            return await self.history.open(path)
+        if self.opts.at is not None:
+            return await self.history.open_at(path, self.opts.at)
         if writable or flags & os.O_TRUNC:
             df = await self._make_dirty(path, truncate=bool(flags & os.O_TRUNC))
             df.writers += 1
@@ -615,6 +623,46 @@ class Vfs:
             self.pending.finish_clean(path, df, *df.uploaded)
         else:
             self.writeback.schedule(path)
+
+    # -- history: `zonefs versions`, `restore`, `undelete` ----------------------------------
+
+    async def version_list(self, path: str) -> list[dict[str, Any]]:
+        """Every version of the file at `path`, newest first (`zonefs versions`)."""
+        self._check_history_path(path)
+        return await self.history.describe(path)
+
+    def _check_history_path(self, path: str) -> None:
+        if not path or keys.is_within(path, RESERVED):
+            raise InvalidArgument(f"{path or '/'}: name a file of the zone")
+
+    async def _settle(self, path: str) -> None:
+        """Upload what is pending for `path` first: the history command must act on the
+        bucket's latest, and a later upload must not undo it."""
+        self._check_writable(path)
+        self._check_history_path(path)
+        if path in self.dirty:
+            self.writeback.schedule(path, delay=0)
+            await self.writeback.flush(path)
+
+    def _changed_remotely(self, path: str) -> None:
+        self.cache.invalidate(path)
+        self.objects.forget_opened(path)
+
+    async def restore(self, path: str, *, version_id: str | None = None,
+                      when: float | None = None) -> dict[str, Any]:
+        """Make an older version of `path` current again (a server-side copy)."""
+        await self._settle(path)
+        chosen, info = await self.history.restore(path, version_id=version_id, when=when)
+        self._changed_remotely(path)
+        return {"restored": chosen.version_id, "from_time": chosen.mtime,
+                "new_version": info.version_id, "size": info.size}
+
+    async def undelete(self, path: str) -> str:
+        """Bring the deleted file at `path` back."""
+        await self._settle(path)
+        how = await self.history.undelete(path)
+        self._changed_remotely(path)
+        return how
 
     # -- whole filesystem ---------------------------------------------------------------------
 

@@ -91,6 +91,8 @@ class Remote(ABC):
 
     #: One line naming the zone for logs and `status`, e.g. "s3://bucket/prefix/ at http://h:9000".
     description: str = ""
+    #: Entries per ListObjectVersions request (S3 allows at most 1,000).
+    VERSION_PAGE = 1000
 
     def __init__(self, *, max_requests: int = 16) -> None:
         self.limiter = trio.CapacityLimiter(max_requests)
@@ -269,7 +271,7 @@ class Remote(ABC):
         """Every page of a version listing, one at a time (memory bounded by one page)."""
         marker: tuple[str, str] | None = None
         while True:
-            page = await self.list_versions(prefix, delimiter, marker)
+            page = await self.list_versions(prefix, delimiter, marker, self.VERSION_PAGE)
             yield page
             if page.next_marker is None or page.next_marker == marker:
                 return
