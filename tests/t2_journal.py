@@ -211,3 +211,16 @@ def test_journal_files_are_private(tmp_path: Path) -> None:
             j.close()
     finally:
         os.umask(old)
+
+
+def test_seen_pairs_carry_over_copies_but_not_claims(journal: Journal, db_path: str) -> None:
+    journal.saw("a" * 64, "etag-1")
+    assert journal.seen("a" * 64, "etag-1")
+    assert not journal.seen("a" * 64, "etag-2") and not journal.seen("b" * 64, "etag-1")
+    journal.saw_copy("a" * 64, "etag-1", "etag-copy")  # a copy of verified bytes
+    journal.saw_copy("b" * 64, "etag-9", "etag-copy2")  # a copy of a mere claim
+    assert journal.seen("a" * 64, "etag-copy") and not journal.seen("b" * 64, "etag-copy2")
+    journal.saw("c" * 64, "")  # stores without ETags prove nothing
+    assert not journal.seen("c" * 64, "")
+    journal.close()
+    assert Journal(db_path).seen("a" * 64, "etag-copy")

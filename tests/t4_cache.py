@@ -106,6 +106,24 @@ def test_cp_of_a_cached_file_within_the_mount_makes_no_get(mount: Mount) -> None
     assert list(blobs_on_disk(mount)) == [sha256(body)], "source and copy share one blob"
 
 
+def test_same_bytes_written_by_zonefs_elsewhere_or_renamed_need_no_get(mount: Mount) -> None:
+    """Another zonefs mount uploading the same bytes gives the same ETag and the same hash
+    headers: the object is read from the cached blob. A rename (server-side copy) too."""
+    body = os.urandom(300 * KiB)
+    (mount.path / "mine.bin").write_bytes(body)
+    mount.sync()
+    headers = {k: v for k, v in mount.store.must_get("mine.bin").metadata.items()
+               if k.startswith("zonefs-")}
+    assert headers["zonefs-sha256"] == sha256(body)
+    before = gets(mount)
+    put_foreign(mount, "theirs.bin", body, **headers)  # as the other machine's upload
+    assert cat(mount.path / "theirs.bin") == body
+    (mount.path / "theirs.bin").rename(mount.path / "moved.bin")
+    assert cat(mount.path / "moved.bin") == body
+    assert gets(mount) == before
+    assert list(blobs_on_disk(mount)) == [sha256(body)]
+
+
 def test_warm_remount_reads_and_lists_without_get_or_head(mount: Mount) -> None:
     files = {
         "small-foreign.txt": b"small, from another tool\n",
@@ -214,13 +232,7 @@ def read_or_eio(path: Path) -> bytes | None:
 
 
 @pytest.mark.parametrize("size", [10 * KiB, 300 * KiB])
-@pytest.mark.parametrize("same_size", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "a zonefs-sha256 header is trusted for dedup across machines; a lie naming a cached "
-        "blob of the same size needs the journal to tell locally computed hashes from claims"
-    ))),
-], ids=["other-size", "same-size"])
+@pytest.mark.parametrize("same_size", [False, True], ids=["other-size", "same-size"])
 def test_lying_header_naming_another_cached_blob_never_yields_its_bytes(
     mount: Mount, size: int, same_size: bool
 ) -> None:

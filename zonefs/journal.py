@@ -7,7 +7,13 @@ Tables:
   queue, and deleted only in the same transaction that records the uploaded object.
 - `objects`: what zonefs remembers about remote objects, by key and ETag: POSIX metadata from
   their headers (so a listing need not HEAD them again, across remounts too) and the SHA-256 of
-  the bytes when known (the key → blob index of the blob cache).
+  the bytes when known (the key → blob index of the blob cache). A hash there may be a claim:
+  it comes from the object's `zonefs-sha256` header before any byte was read.
+- `seen`: pairs (sha256, ETag) of bytes hashed *here* for an object with that ETag (downloaded,
+  uploaded, or server-side copied from such). Only such a pair lets a header's claim serve a
+  cached blob: an object whose header names a blob but whose ETag was never seen with those
+  bytes is downloaded and checked instead (zonefs' own uploads of the same bytes get the same
+  ETag, so copies written by zonefs elsewhere still dedup).
 
 All calls are synchronous and short; callers on the trio thread rely on that: code between two
 awaits sees the journal atomically. Every write commits before returning. Writes that
@@ -49,6 +55,11 @@ CREATE TABLE IF NOT EXISTS objects (
     sha1     TEXT
 );
 CREATE INDEX IF NOT EXISTS objects_sha1 ON objects (sha1);
+CREATE TABLE IF NOT EXISTS seen (
+    sha256 TEXT NOT NULL,
+    etag   TEXT NOT NULL,
+    PRIMARY KEY (sha256, etag)
+) WITHOUT ROWID;
 """
 
 
@@ -165,6 +176,23 @@ class Journal:
         """Remembered keys whose bytes have this SHA-1 (the Kachery content ID)."""
         rows = self._db.execute("SELECT key FROM objects WHERE sha1 = ? LIMIT ?", (sha1, limit))
         return [key for (key,) in rows]
+
+    def saw(self, sha256: str, etag: str) -> None:
+        """Bytes hashing to `sha256` were hashed here for an object with ETag `etag`."""
+        if etag:
+            self._set_durable(False)
+            self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (sha256, etag))
+
+    def seen(self, sha256: str, etag: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM seen WHERE sha256 = ? AND etag = ?",
+                               (sha256, etag)).fetchone()
+        return row is not None
+
+    def saw_copy(self, sha256: str | None, source_etag: str | None, copy_etag: str) -> None:
+        """A server-side copy of an object with `source_etag` got `copy_etag`: the same bytes,
+        so a verified pair carries over (a claim stays a claim)."""
+        if sha256 and source_etag and self.seen(sha256, source_etag):
+            self.saw(sha256, copy_etag)
 
     def blob_in_use(self, sha256: str) -> bool:
         row = self._db.execute("SELECT 1 FROM objects WHERE sha256 = ? LIMIT 1", (sha256,))

@@ -9,6 +9,8 @@ version that was opened.
 Invariants:
 - A blob enters the cache under a hash only after the bytes were hashed locally; bytes that do
   not match their `zonefs-sha256` header are dropped with a warning, never served.
+- A header's `zonefs-sha256` serves a cached blob only when those bytes were hashed here under
+  the object's ETag (`Journal.seen`); otherwise the object is downloaded and checked.
 - A cached blob is served only through `BlobStore.open_verified`: one altered on disk is
   dropped and the object is downloaded again, so a read never returns bytes other than the
   object's. The key → blob memory is keyed by ETag: a replaced object never uses the old blob.
@@ -162,6 +164,10 @@ class RemoteObjects:
         memo = self.journal.get_object(key, etag)
         if memo is None or not memo.sha256 or not self.blobs.has(memo.sha256):
             return False
+        if not self.journal.seen(memo.sha256, etag):
+            # The hash is the header's claim, and these bytes were never hashed here under
+            # this ETag: a lying header must not serve another object's blob. Download it.
+            return False
         fd = await self.blobs.open_verified(memo.sha256, key=key)
         if fd is not None and os.fstat(fd).st_size != memo.size:
             # The hash is a header's claim that the object's own size contradicts: the
@@ -248,6 +254,7 @@ class RemoteObjects:
             os.unlink(path)
             raise RemoteError(f"{key}: downloaded bytes do not match their checksum")
         self.blobs.ingest(path, digest)
+        self.journal.saw(digest.sha256, etag)
         if memo is not None:
             self.journal.put_object(ObjectRow(key, etag, digest.size, memo.meta, digest.sha256,
                                               digest.sha1))

@@ -69,6 +69,7 @@ class Renamer:
             md = keys.encode_meta(df.row.meta, **self.pending.hash_headers(old, etag))
         info = await self.remote.copy(old, new, md)
         if memo is not None:
+            self.journal.saw_copy(memo.sha256, memo.etag, info.etag)
             meta = df.row.meta if df is not None else memo.meta
             self.journal.put_object(ObjectRow(new, info.etag, memo.size, meta, memo.sha256,
                                               memo.sha1))

@@ -205,6 +205,7 @@ class PendingFiles:
         self._mirroring.add(key)
         try:
             info = await self.remote.copy(path, key)  # headers too: it is the same file
+            self.journal.saw(digest.sha256, info.etag)
             self.journal.put_object(ObjectRow(key, info.etag, digest.size, meta, digest.sha256,
                                               s))
         finally:
@@ -221,6 +222,10 @@ class PendingFiles:
         # Journal first: a crash between the two leaves an orphan staging file (removed at the
         # next start), never a row whose bytes are gone.
         self.journal.finish_upload(path, obj)
+        if digest is not None:
+            self.journal.saw(digest.sha256, info.etag)
+        elif memo is not None:  # a copy in place with new headers: the same bytes
+            self.journal.saw_copy(sha256, memo.etag, info.etag)
         if digest is not None and row.data is not None:
             self.blobs.ingest(self.blobs.abspath(row.data), digest)
         del self.dirty[path]
