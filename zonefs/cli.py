@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, control
+from . import __version__, control, zones
 from .config import MountOptions, ZoneConfig, parse_mount_options, parse_time
 from .errors import ConfigError, ZonefsError
 
@@ -59,13 +59,97 @@ def _human(n: float) -> str:
 
 
 def _zone_and_options(args: argparse.Namespace) -> tuple[ZoneConfig, MountOptions]:
-    zone = ZoneConfig.parse(args.zone, endpoint_url=args.endpoint_url, region=args.region,
-                            profile=args.profile)
+    """The zone and options of `zonefs mount`: a URL, or a zone named in a zones file (given
+    as the first argument, or by ZONEFS_ZONE with the mount point alone). Options on the
+    command line override the zone's. Fills in `args.zone` and `args.mountpoint`."""
+    env_zone = os.environ.get(zones.ZONE_ENV)
+    if args.mountpoint is None and env_zone and args.zone and not _looks_like_zone(args.zone):
+        args.zone, args.mountpoint = env_zone, args.zone  # ZONEFS_ZONE=x zonefs mount /mnt/x
+    args.zone = args.zone or env_zone
+    if not args.zone:
+        raise ConfigError("name a zone: zonefs mount ZONE MOUNTPOINT (a URL or a name from "
+                          f"the zones file), or set {zones.ZONE_ENV}")
+    base_options: list[str] = []
+    if "://" in args.zone:
+        zone = ZoneConfig.parse(args.zone, endpoint_url=args.endpoint_url, region=args.region,
+                                profile=args.profile)
+    else:
+        named = zones.find_zone(args.zone)
+        zone, base_options = named.zone, named.options
+        overrides = {name: getattr(args, name) for name in ("endpoint_url", "region", "profile")
+                     if getattr(args, name)}
+        if overrides:
+            zone = dataclasses.replace(zone, **overrides)
+        args.mountpoint = args.mountpoint or named.mountpoint
+    if args.mountpoint is None:
+        raise ConfigError(f"give a mount point: zonefs mount {args.zone} MOUNTPOINT")
     if args.ca_bundle:
         if not os.path.isfile(args.ca_bundle):
             raise ConfigError(f"--ca-bundle {args.ca_bundle}: no such file")
         zone = dataclasses.replace(zone, ca_bundle=os.path.abspath(args.ca_bundle))
-    return zone, parse_mount_options(args.options or [])
+    return zone, parse_mount_options(base_options + (args.options or []))
+
+
+def _looks_like_zone(text: str) -> bool:
+    """A URL or a zone name, as opposed to a mount point path (which has a '/' or exists)."""
+    return "://" in text or ("/" not in text and not os.path.isdir(text))
+
+
+def cmd_zones(args: argparse.Namespace) -> int:
+    named = zones.load_zones()
+    if not named:
+        print(f"zonefs: no zones defined (looked in {' and '.join(zones.zone_files())})",
+              file=sys.stderr)
+        return 1
+    checks = _check_zones(list(named.values())) if args.check else {}
+    rows = []
+    for name in sorted(named):
+        z = named[name]
+        row = {"name": name, "zone": z.zone.label, "mountpoint": z.mountpoint,
+               "options": ",".join(z.options), "file": z.source}
+        if args.check:
+            row["check"] = checks[name]
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['name']:16} {row['zone']}  ->  {row['mountpoint'] or '(no mountpoint)'}")
+        if row["options"]:
+            print(f"{'':16} options: {row['options']}")
+        if args.check:
+            print(f"{'':16} {row['check']}")
+    return 0 if not args.check or all(c.startswith("ok") for c in checks.values()) else 1
+
+
+def _check_zones(named: list[zones.NamedZone]) -> dict[str, str]:
+    """For each zone: can it be reached, and what does the store say of versioning."""
+    import trio
+
+    from .remote import open_remote
+
+    async def check(z: zones.NamedZone) -> str:
+        try:
+            remote = open_remote(z.zone)
+            with trio.fail_after(10):
+                await remote.check()
+                versioning = await remote.bucket_versioning()
+            return f"ok: reachable; versioning {versioning}"
+        except trio.TooSlowError:
+            return "FAILED: no answer within 10 s"
+        except ZonefsError as exc:
+            return f"FAILED: {exc}"
+
+    async def run_all() -> dict[str, str]:
+        out: dict[str, str] = {}
+        async with trio.open_nursery() as nursery:
+            for z in named:
+                async def one(z: zones.NamedZone = z) -> None:
+                    out[z.name] = await check(z)
+                nursery.start_soon(one)
+        return out
+
+    return trio.run(run_all)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -420,8 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("mount", help="mount a zone")
-    p.add_argument("zone", help="s3://BUCKET[/PREFIX] or file:///DIR")
-    p.add_argument("mountpoint")
+    p.add_argument("zone", nargs="?",
+                   help="s3://BUCKET[/PREFIX], file:///DIR, or a zone name from zones.toml "
+                        f"(default: ${zones.ZONE_ENV})")
+    p.add_argument("mountpoint", nargs="?", help="default: the zone's mountpoint")
     p.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
     p.add_argument("--region")
     p.add_argument("--profile", help="AWS profile for credentials")
@@ -439,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("mountpoint")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("zones", help="list the zones of the zones files")
+    p.add_argument("--check", action="store_true",
+                   help="also check that each can be reached and what its store supports")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_zones)
 
     p = sub.add_parser("status", help="show a mount's state")
     p.add_argument("mountpoint")

@@ -36,6 +36,9 @@ class ZoneConfig:
     profile: str | None = None
     addressing_style: str | None = None  # "path", "virtual" or None for botocore's choice
     ca_bundle: str | None = None
+    # An AWS shared-credentials file (the `profile` section, else [default]); read only by
+    # the S3 remote, so the keys never pass through argv or the environment of children.
+    credentials_file: str | None = None
 
     @classmethod
     def parse(

@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import configparser
 import email.utils
 import errno
 import logging
@@ -220,6 +221,30 @@ def _mtime(resp: Mapping[str, Any]) -> float:
     return time.time()
 
 
+def _read_credentials(zone: ZoneConfig) -> dict[str, str]:
+    """Keys from the zone's credentials file (AWS shared-credentials format), for a Session.
+    Messages name the file and section, never a value."""
+    assert zone.credentials_file
+    section = zone.profile or "default"
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(zone.credentials_file, encoding="utf-8") as f:
+            parser.read_file(f)
+    except (OSError, configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read credentials_file {zone.credentials_file}: "
+                          f"{type(exc).__name__}") from None
+    if not parser.has_section(section):
+        raise ConfigError(f"credentials_file {zone.credentials_file} has no [{section}] section")
+    values = parser[section]
+    keys = {"aws_access_key_id": values.get("aws_access_key_id"),
+            "aws_secret_access_key": values.get("aws_secret_access_key"),
+            "aws_session_token": values.get("aws_session_token")}
+    if not keys["aws_access_key_id"] or not keys["aws_secret_access_key"]:
+        raise ConfigError(f"credentials_file {zone.credentials_file} [{section}] needs "
+                          "aws_access_key_id and aws_secret_access_key")
+    return {k: v for k, v in keys.items() if v}
+
+
 def _part_size(size: int, minimum: int) -> int:
     """`minimum`, or bigger (whole MiB) when that is needed to stay within 10,000 parts."""
     need = -(-size // _MAX_PARTS)
@@ -244,7 +269,10 @@ class S3Remote(Remote):
         self.prefix = zone.prefix
         self.description = zone.label
         try:
-            self._session = boto3.session.Session(profile_name=zone.profile)
+            if zone.credentials_file:
+                self._session = boto3.session.Session(**_read_credentials(zone))
+            else:
+                self._session = boto3.session.Session(profile_name=zone.profile)
         except ProfileNotFound:
             raise ConfigError(f"AWS profile {zone.profile!r} not found") from None
         self._client = self._make_client(
