@@ -22,13 +22,36 @@ import time
 from typing import Any
 
 from . import __version__, control, zones
-from .config import MountOptions, ZoneConfig, parse_mount_options, parse_time
+from .config import MountOptions, ZoneConfig, format_size, parse_mount_options, parse_time
 from .errors import ConfigError, ZonefsError
 
 log = logging.getLogger("zonefs")
 
-#: How long `zonefs mount` waits for the daemon to answer (the store check gives up sooner).
-MOUNT_TIMEOUT = 15.0
+#: How long `zonefs mount` waits for the daemon to answer: the store check (8 s) and the store
+#: probe (15 s, when nothing is cached) give up sooner.
+MOUNT_TIMEOUT = 30.0
+
+
+class _JournalFormatter(logging.Formatter):
+    """Lines for journald: `<priority>` first (sd-daemon(3)), no time (the journal adds it)."""
+
+    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                 logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self._PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{record.name}: " + super().format(record).replace("\n", " | ")
+
+
+def _to_journal() -> bool:
+    """Whether stderr is connected to the journal (systemd sets JOURNAL_STREAM to its
+    device:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream == f"{info.st_dev}:{info.st_ino}"
 
 
 def _setup_logging(level: str, log_file: str | None = None) -> None:
@@ -38,21 +61,17 @@ def _setup_logging(level: str, log_file: str | None = None) -> None:
         handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not log_file and _to_journal():
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # botocore logs request details, headers included, at DEBUG: keep it quiet always.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # -- mount ----------------------------------------------------------------------------------------
@@ -154,6 +173,8 @@ def _check_zones(named: list[zones.NamedZone]) -> dict[str, str]:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     zone, opts = _zone_and_options(args)
+    if getattr(args, "reprobe", False):
+        opts = dataclasses.replace(opts, reprobe=True)
     if args.foreground:
         return _run_foreground(args, zone, opts)
     return _run_background(args, zone, opts)
@@ -203,6 +224,8 @@ def _run_background(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptio
             argv += [f"--{name.replace('_', '-')}", value]
     for spec in args.options or []:
         argv += ["-o", spec]
+    if getattr(args, "reprobe", False):
+        argv.append("--reprobe")
     with open(os.devnull, "rb") as devnull:
         out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         child = subprocess.Popen(argv, stdin=devnull, stdout=out, stderr=out,
@@ -257,11 +280,16 @@ class _Progress:
         if p["total"] < 0:
             print(f"{chr(13) if self.tty else ''}still retrying: {p['error']}", file=sys.stderr)
             return
-        text = f"uploading: {p['done']}/{p['total']} files"
+        sent, seconds = p.get("bytes", 0), p.get("seconds", 0.0)
+        rate = f", {format_size(sent / seconds)}/s" if seconds > 0.5 else ""
+        text = f"{p['done']}/{p['total']} files, {format_size(sent)} uploaded{rate}"
         if self.tty:
-            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+            width = 24
+            filled = width * p["done"] // max(1, p["total"])
+            bar = "#" * filled + "-" * (width - filled)
+            print(f"\r[{bar}] {text}\033[K", end="", file=sys.stderr, flush=True)
         elif time.monotonic() - self.last > 1 or p["done"] == p["total"]:
-            print(text, file=sys.stderr)
+            print(f"uploading: {text}", file=sys.stderr)
             self.last = time.monotonic()
 
     def end(self) -> None:
@@ -273,7 +301,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     progress = _Progress()
     answer = control.request(args.mountpoint, "sync", on_progress=progress)
     progress.end()
-    print(f"zonefs: {answer['files']} file(s), {_human(answer['bytes'])} uploaded "
+    print(f"zonefs: {answer['files']} file(s), {format_size(answer['bytes'])} uploaded "
           f"in {answer['seconds']} s; everything is in the bucket")
     return 0
 
@@ -282,6 +310,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     progress = _Progress()
     try:
+        if args.lazy:
+            answer = control.request(mountpoint, "unmount", lazy=True)
+            print(f"zonefs: unmounted {mountpoint}; {answer['pending']} file(s) not yet "
+                  "uploaded stay journaled and upload at the next mount of this zone")
+            return 0
         answer = control.request(mountpoint, "unmount", on_progress=progress)
     except control.Unreachable:
         if not control.is_mounted(mountpoint):
@@ -301,7 +334,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
               "resume at the next mount)")
         return 0
     progress.end()
-    print(f"zonefs: uploaded {answer['files']} file(s), {_human(answer['bytes'])}; "
+    print(f"zonefs: uploaded {answer['files']} file(s), {format_size(answer['bytes'])}; "
           f"unmounted {mountpoint}")
     return 0
 
@@ -316,18 +349,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = [
         ("zone", status["zone"]),
         ("mount point", status["mountpoint"]),
-        ("dirty files", f"{status['dirty_files']} ({_human(status['dirty_bytes'])})"),
+        ("dirty files", f"{status['dirty_files']} ({format_size(status['dirty_bytes'])})"),
         ("uploads", f"{wb.get('in_flight', 0)} in flight, {wb.get('queued', 0)} queued, "
                     f"{wb.get('uploaded', 0)} done, {wb.get('retries', 0)} retries"),
         ("last error", wb.get("last_error") or "-"),
-        ("cache", f"{cache['blobs']} blobs, {_human(cache['cached_bytes'])} in "
+        ("cache", f"{cache['blobs']} blobs, {format_size(cache['cached_bytes'])} in "
                   f"{status['cache_dir']}; {cache.get('corrupt', 0)} found corrupt and dropped"),
         ("hit ratio", _ratio(cache["hits"], cache["hits"] + cache["misses"])),
-        ("transferred", f"{_human(status['downloaded_bytes'])} downloaded, "
-                        f"{_human(status['uploaded_bytes'])} uploaded, "
-                        f"{_human(cache.get('saved_bytes', 0))} served from the cache"),
+        ("transferred", f"{format_size(status['downloaded_bytes'])} downloaded, "
+                        f"{format_size(status['uploaded_bytes'])} uploaded, "
+                        f"{format_size(cache.get('saved_bytes', 0))} served from the cache"),
         ("requests", ", ".join(f"{k} {v}" for k, v in sorted(status["requests"].items()))),
     ]
+    if status.get("capabilities"):
+        rows.append(("store", status["capabilities"]["summary"].removeprefix("store probe ")))
+    odd = status.get("odd_keys", [])
+    if odd:
+        shown = "; ".join(f"{o['key']!r} {o['what']}" for o in odd[:3])
+        rows.append(("odd keys", f"{len(odd)}: {shown}" + (" …" if len(odd) > 3 else "")))
     for name, value in rows:
         print(f"{name:12} {value}")
     return 0
@@ -378,7 +417,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         if v["current"]:
             state = "current, deleted" if v["deleted"] else "current"
         sha = (v["sha256"] or "-")[:16]
-        size = "-" if v["deleted"] else _human(v["size"])
+        size = "-" if v["deleted"] else format_size(v["size"])
         print(f"{_utc(v['time']):24}  {v['version_id']:36}  {size:>10}  {sha:16}  {state}")
     return 0
 
@@ -389,7 +428,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     done = control.request(mountpoint, "restore", path=rel, version=args.version, at=at,
                            timeout=600)
     print(f"zonefs: {args.path}: version {done['restored']} of {_utc(done['from_time'])} is "
-          f"current again (new version {done['new_version']}, {_human(done['size'])})")
+          f"current again (new version {done['new_version']}, {format_size(done['size'])})")
     return 0
 
 
@@ -514,8 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-bundle", help="CA certificates (PEM) for an https endpoint")
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="ro, allow_other, uid=, gid=, umask=, cache_dir=, cache_size=, "
-                        "writeback_delay=, metadata_ttl=")
+                        "writeback_delay=, metadata_ttl=; the store probe's answers: "
+                        "versioning=, conditional_writes=, checksums=on|off, dir_markers=")
     p.add_argument("-f", "--foreground", action="store_true", help="stay attached")
+    p.add_argument("--reprobe", action="store_true",
+                   help="probe what the store can do again, instead of using the cached answers")
     p.add_argument("--log-file", help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
@@ -525,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("mountpoint")
         p.set_defaults(func=func)
+        if name == "umount":
+            p.add_argument("--lazy", action="store_true",
+                           help="unmount now; pending uploads stay journaled for the next mount")
 
     p = sub.add_parser("zones", help="list the zones of the zones files")
     p.add_argument("--check", action="store_true",

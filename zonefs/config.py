@@ -19,6 +19,15 @@ from urllib.parse import unquote, urlsplit
 from .errors import ConfigError
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+#: Store capabilities a mount option sets in place of the probe's answer, and their values
+#: (README "Stores and the probe"; `remote.probe.Capabilities` holds the answers).
+STORE_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "versioning": ("enabled", "suspended", "unversioned", "unsupported"),
+    "conditional_writes": ("enforced", "ignored", "not-implemented", "always-412"),
+    "checksums": ("on", "off"),
+    "dir_markers": ("kept", "dropped"),
+}
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
 
 
@@ -131,6 +140,9 @@ class MountOptions:
     fsname: str = "zonefs"
     kachery_mirror: bool = False  # also copy each upload to sha1/ab/cd/ef/<sha1>
     at: float | None = None  # show the zone as it was at this time (seconds since the epoch)
+    # Store capabilities set by -o instead of the probe: sorted (name, value) pairs.
+    store_overrides: tuple[tuple[str, str], ...] = ()
+    reprobe: bool = False  # probe the store again instead of using the cached answers
 
     @property
     def file_mode(self) -> int:
@@ -155,6 +167,19 @@ def parse_size(text: str) -> int:
     if not m:
         raise ConfigError(f"not a size: {text!r} (use e.g. 512M or 10G)")
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def format_size(n: float) -> str:
+    """Bytes for people.
+
+    >>> format_size(512), format_size(1536), format_size(3 << 30)
+    ('512 B', '1.5 KiB', '3.0 GiB')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def _parse_seconds(name: str, text: str) -> float:
@@ -227,6 +252,16 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["kachery_mirror"] = True
             elif name == "at":
                 changes["at"] = parse_time(value)
+            elif name in STORE_OVERRIDES:
+                if value not in STORE_OVERRIDES[name]:
+                    raise ConfigError(f"{name}= takes {'|'.join(STORE_OVERRIDES[name])}, "
+                                      f"not {value!r}")
+                store = dict(opts.store_overrides)
+                store.update(changes.get("store_overrides", ()))  # type: ignore[arg-type]
+                store[name] = value
+                changes["store_overrides"] = tuple(sorted(store.items()))
+            elif name == "reprobe":
+                changes["reprobe"] = True
             elif name in ("uid", "gid"):
                 changes[name] = _parse_id(name, value)
             elif name == "umask":

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,16 +31,18 @@ import trio
 
 from . import control
 from .blobs import BlobStore
-from .config import MountOptions, ZoneConfig
+from .config import MountOptions, ZoneConfig, format_size
 from .errors import MountError, ZonefsError
 from .fuse_ops import ZonefsOperations
 from .journal import Journal
 from .remote import open_remote
+from .remote.probe import Capabilities, load_or_probe
 from .vfs import Vfs
 
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 8.0
+STATUS_INTERVAL = 2.0  # seconds between STATUS= updates to systemd
 
 
 def preflight(mountpoint: str, opts: MountOptions) -> None:
@@ -50,6 +53,7 @@ def preflight(mountpoint: str, opts: MountOptions) -> None:
         raise MountError("/dev/fuse is not accessible to this user")
     if os.geteuid() != 0 and shutil.which("fusermount3") is None:
         raise MountError("fusermount3 is missing: install the fuse3 package")
+    _detach_dead_mount(mountpoint)
     if not os.path.isdir(mountpoint):
         if os.path.exists(mountpoint):
             raise MountError(f"mount point {mountpoint} is not a directory")
@@ -68,6 +72,22 @@ def preflight(mountpoint: str, opts: MountOptions) -> None:
             pass
         else:
             raise MountError(f"a zonefs daemon already serves {mountpoint}")
+
+
+def _detach_dead_mount(mountpoint: str) -> None:
+    """A zonefs mount left at `mountpoint` by a daemon that died ("Transport endpoint is not
+    connected") is detached, so that a restart (systemd's Restart=on-failure) can mount again.
+    Its journal keeps what it had not uploaded; the new daemon uploads it."""
+    path = os.path.abspath(mountpoint)
+    if path not in control.zonefs_mounts():
+        return
+    try:
+        control.request(path, "ping", timeout=2)
+        return  # alive: preflight reports the mount as busy
+    except control.ControlError:
+        pass
+    log.warning("%s: detaching the mount of a zonefs daemon that is gone", path)
+    subprocess.run(["fusermount3", "-u", "-z", path], check=False, capture_output=True)
 
 
 def _fuse_options(opts: MountOptions, zone: ZoneConfig) -> set[str]:
@@ -121,8 +141,10 @@ class Daemon:
         self._closed = trio.Event()
         self._answered = trio.Event()  # a `zonefs umount` got its final answer
         self._unmount_requested = False
+        self._lazy = False  # `zonefs umount --lazy`: pending uploads wait for the next mount
         self.vfs: Vfs | None = None
         self.ops: ZonefsOperations
+        self.capabilities = Capabilities()  # the store probe's answers, once known
 
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
         # A file:///DIR zone is created when DIR is missing or empty.
@@ -140,13 +162,24 @@ class Daemon:
         journal = Journal(os.path.join(self.cache_dir, "journal.sqlite"))
         blobs = BlobStore(self.cache_dir, capacity=self.opts.cache_size)
         try:
+            # After the lock: one daemon at a time reads and writes capabilities.json. Bounded
+            # (probe.PROBE_TIMEOUT plus its clean-up) and never fails: a slow or odd store
+            # gets the safe answers.
+            caps = self.capabilities = await load_or_probe(
+                remote, self.cache_dir, overrides=dict(self.opts.store_overrides),
+                reprobe=self.opts.reprobe, read_only=self.opts.read_only)
+            log.info("%s", caps.summary())
             async with trio.open_nursery() as nursery:
                 def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
                     nursery.start_soon(fn)
 
                 vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, spawn=spawn)
+                vfs.capabilities = vfs.pending.capabilities = caps
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
                 await nursery.start(vfs.writeback.run)
+                # Renames a crash cut short finish first: they move pending rows to new names.
+                if resumed := await vfs.recover():
+                    log.info("%d rename(s) from an earlier mount finished", resumed)
                 pending = vfs.requeue_dirty()
                 if pending:
                     log.info("%d file(s) from an earlier mount are queued for upload", pending)
@@ -160,12 +193,15 @@ class Daemon:
                 try:
                     await nursery.start(self._control_server)
                     nursery.start_soon(self._signals)
+                    if os.environ.get("NOTIFY_SOCKET"):
+                        nursery.start_soon(self._report_backlog)
                     log.info("mounted %s at %s", self.zone.label, self.mountpoint)
                     on_ready()
                     _sd_notify("READY=1\nSTATUS=mounted")
                     await pyfuse3.main()
                     _sd_notify("STOPPING=1")
-                    await self._drain("unmount")
+                    if not self._lazy:
+                        await self._drain("unmount")
                 finally:
                     pyfuse3.close(unmount=control.is_mounted(self.mountpoint))
                     self._closed.set()
@@ -195,11 +231,33 @@ class Daemon:
             log.info("%s: all uploads done", why)
         return done
 
+    async def _report_backlog(self) -> None:
+        """Keep systemd's STATUS= line (`systemctl status`) saying what waits for upload."""
+        last = ""
+        while not self._closed.is_set():
+            await trio.sleep(STATUS_INTERVAL)
+            if self.vfs is None:
+                continue
+            status = self.vfs.status()
+            wb = status["writeback"]
+            if status["dirty_files"]:
+                text = (f"{status['dirty_files']} file(s), {format_size(status['dirty_bytes'])} "
+                        f"waiting for upload; {wb.get('in_flight', 0)} uploading")
+                if wb.get("last_error"):
+                    text += f"; last error: {wb['last_error']}"
+            else:
+                text = "mounted; everything uploaded"
+            if text != last:
+                _sd_notify(f"STATUS={text}")
+                last = text
+
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("%s: draining uploads, then unmounting", signal.Signals(signum).name)
-                _sd_notify("STOPPING=1")
+                assert self.vfs is not None
+                _sd_notify(f"STOPPING=1\nSTATUS=uploading {self.vfs.status()['dirty_files']} "
+                           "pending file(s), then unmounting")
                 await self._drain(signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
@@ -269,8 +327,20 @@ class Daemon:
             await _send(stream, {"ok": True, "how": how})
         elif cmd == "status":
             status = self.vfs.status()
-            status.update(mountpoint=self.mountpoint, cache_dir=self.cache_dir, pid=os.getpid())
+            status.update(mountpoint=self.mountpoint, cache_dir=self.cache_dir, pid=os.getpid(),
+                          capabilities=self.capabilities.to_dict())
             await _send(stream, {"ok": True, "status": status})
+        elif cmd == "unmount" and message.get("lazy"):
+            pending = len(self.vfs.dirty)
+            log.info("unmount without upload: %d pending file(s) stay in the journal", pending)
+            self._lazy = self._unmount_requested = True
+            self.vfs.writeback.close()  # no new upload; one in flight is cut off and retried
+            pyfuse3.terminate()
+            await self._closed.wait()
+            try:
+                await _send(stream, {"ok": True, "files": 0, "bytes": 0, "pending": pending})
+            finally:
+                self._answered.set()
         elif cmd == "unmount" and self.vfs.open_for_write():
             # fusermount3 -u refuses a busy mount; detaching would lose what is being written.
             await _send(stream, {"ok": False, "error": f"{self.mountpoint} is busy: "
@@ -286,7 +356,12 @@ class Daemon:
 
             async def forward() -> None:
                 async for done, total in receive_channel:
-                    await _send(stream, {"progress": {"done": done, "total": total}})
+                    assert self.vfs is not None
+                    await _send(stream, {"progress": {
+                        "done": done, "total": total,
+                        "bytes": self.vfs.uploaded_bytes - before,
+                        "pending_bytes": self.vfs.status()["dirty_bytes"],
+                        "seconds": round(time.monotonic() - started, 3)}})
 
             retry_scope = trio.CancelScope()
 

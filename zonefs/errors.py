@@ -84,6 +84,20 @@ class PreconditionFailed(RemoteError):
     errno = errno.EIO
 
 
+class StoreUnsupported(RemoteError):
+    """The store does not implement a request or a header zonefs sent (NotImplemented, 501):
+    what the capability probe looks for, and never worth a retry."""
+
+    errno = errno.ENOTSUP
+
+
+class ChecksumMismatch(RemoteError):
+    """The store computed another checksum of the bytes than the one sent with them
+    (BadDigest): the bytes were damaged on the way, and the store kept nothing."""
+
+    errno = errno.EIO
+
+
 class ConfigError(ZonefsError):
     """Bad user input (options, URLs, zone definitions): reported as one line, exit code 2."""
 

@@ -40,7 +40,14 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 from ..config import ZoneConfig
-from ..errors import BucketMissing, NoSpace, NotFound, PreconditionFailed, RemoteError
+from ..errors import (
+    BucketMissing,
+    ChecksumMismatch,
+    NoSpace,
+    NotFound,
+    PreconditionFailed,
+    RemoteError,
+)
 from .base import (
     VERSIONING_ENABLED,
     VERSIONING_SUSPENDED,
@@ -237,12 +244,14 @@ class LocalRemote(Remote):
 
     def _add_version(
         self, key: str, *, size: int, etag: str, metadata: Mapping[str, str] | None,
-        content_type: str | None, blob: str | None,
+        content_type: str | None, blob: str | None, if_match: str | None = None,
+        if_none_match: bool = False,
     ) -> ObjectInfo:
         """Make a new current version of `key` (a delete marker when `blob` is None).
 
         In a suspended zone the new version is the "null" version, replacing an earlier null
-        version of the key and keeping every other one, as S3 does.
+        version of the key and keeping every other one, as S3 does. The conditions are
+        checked in the write's transaction, so two conditional writers cannot both win.
         """
         meta = None if blob is None else {k.lower(): v for k, v in (metadata or {}).items()}
         ctype = None if blob is None else (content_type or _DEFAULT_TYPE)
@@ -254,6 +263,9 @@ class LocalRemote(Remote):
             mtime = time.time()
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if if_match or if_none_match:
+                    # Inside the write transaction: atomic even against another process.
+                    self._check_conditions_locked(key, if_match, if_none_match)
                 if suspended:
                     dropped = self._remove_version_locked(key, "null", relink=False)
                 self._db.execute(
@@ -272,6 +284,53 @@ class LocalRemote(Remote):
                 raise
         self._unlink_blobs(dropped)
         return ObjectInfo(key, size, etag, mtime, vid, meta, ctype)
+
+    def _check_conditions_locked(self, key: str, if_match: str | None,
+                                 if_none_match: bool) -> None:
+        """S3's rules: a current delete marker counts as no object; If-Match on no object is
+        NotFound (404), a different ETag PreconditionFailed (412)."""
+        row = self._db.execute(
+            "SELECT etag FROM versions WHERE key = ? AND is_latest = 1 AND is_delete_marker = 0",
+            (key,),
+        ).fetchone()
+        if if_none_match and row is not None:
+            raise PreconditionFailed(f"{self.object_uri(key)} already exists")
+        if if_match:
+            if row is None:
+                raise NotFound(f"{self.object_uri(key)}: no such object")
+            if row[0] != if_match.strip('"'):
+                raise PreconditionFailed(f"{self.object_uri(key)} changed on the store")
+
+    def _commit_body(
+        self, key: str, chunks: Iterator[bytes], metadata: Mapping[str, str],
+        content_type: str | None, cancel: threading.Event | None, *, if_match: str | None,
+        if_none_match: bool, checksum_sha256: str | None,
+    ) -> ObjectInfo:
+        """Store a body and make it the current version of `key`, or leave nothing: a
+        cancel, a lost condition or a checksum that does not match removes the blob."""
+        sha256 = hashlib.sha256()
+
+        def hashed() -> Iterator[bytes]:
+            for chunk in chunks:
+                if checksum_sha256:
+                    sha256.update(chunk)
+                yield chunk
+
+        self._ensure_present()
+        blob, size, etag = self._store_body(hashed())
+        try:
+            if cancel is not None and cancel.is_set():
+                raise RemoteError(f"upload of {self.object_uri(key)} cancelled")
+            if checksum_sha256 and sha256.hexdigest() != checksum_sha256.lower():
+                raise ChecksumMismatch(f"{self.object_uri(key)}: the bytes do not have the "
+                                       "SHA-256 sent with them (BadDigest)")
+            return self._add_version(key, size=size, etag=etag, metadata=metadata,
+                                     content_type=content_type, blob=blob, if_match=if_match,
+                                     if_none_match=if_none_match)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._blob_path(blob))
+            raise
 
     def _versioning_locked(self) -> str:
         row = self._db.execute("SELECT value FROM meta WHERE name = 'versioning'").fetchone()
@@ -455,6 +514,10 @@ class LocalRemote(Remote):
         metadata: Mapping[str, str],
         content_type: str | None,
         cancel: threading.Event | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        checksum_sha256: str | None = None,
     ) -> ObjectInfo:
         def chunks() -> Iterator[bytes]:
             with open(src, "rb") as f:
@@ -466,22 +529,30 @@ class LocalRemote(Remote):
                         return
                     yield chunk
 
-        self._ensure_present()
-        blob, size, etag = self._store_body(chunks())
-        if cancel is not None and cancel.is_set():
-            os.unlink(self._blob_path(blob))
-            raise RemoteError(f"upload of {self.object_uri(key)} cancelled")
-        return self._add_version(key, size=size, etag=etag, metadata=metadata,
-                                 content_type=content_type, blob=blob)
+        return self._commit_body(key, chunks(), metadata, content_type, cancel,
+                                 if_match=if_match, if_none_match=if_none_match,
+                                 checksum_sha256=checksum_sha256)
 
     @_guarded
     def _put_bytes(
-        self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None
+        self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None,
+        *, if_match: str | None = None, if_none_match: bool = False,
+        checksum_sha256: str | None = None,
     ) -> ObjectInfo:
-        self._ensure_present()
-        blob, size, etag = self._store_body(iter([data]))
-        return self._add_version(key, size=size, etag=etag, metadata=metadata,
-                                 content_type=content_type, blob=blob)
+        return self._commit_body(key, iter([data]), metadata, content_type, None,
+                                 if_match=if_match, if_none_match=if_none_match,
+                                 checksum_sha256=checksum_sha256)
+
+    @_guarded
+    def _head_checksum(self, key: str) -> str | None:
+        # The zone keeps no checksum column: the SHA-256 is computed from the stored body,
+        # which is what a store that verified the bytes would report.
+        row = self._row(key, None)
+        sha256 = hashlib.sha256()
+        with self._open_body(key, row, None) as f:
+            while chunk := f.read(_CHUNK):
+                sha256.update(chunk)
+        return sha256.hexdigest()
 
     @_guarded
     def _copy(

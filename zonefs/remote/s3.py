@@ -18,6 +18,8 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import configparser
 import email.utils
 import errno
@@ -50,11 +52,13 @@ from ..config import ZoneConfig
 from ..errors import (
     AccessDenied,
     BucketMissing,
+    ChecksumMismatch,
     ConfigError,
     NoSpace,
     NotFound,
     PreconditionFailed,
     RemoteError,
+    StoreUnsupported,
     ZonefsError,
 )
 from .base import (
@@ -89,6 +93,9 @@ _ERRORS: dict[str, tuple[type[ZonefsError], bool]] = {
         ("PreconditionFailed", "ConditionalRequestConflict", "ConcurrentModification", "412"),
         (PreconditionFailed, False),
     ),
+    # A store without a request or header (R2's unknown headers, JASMIN's If-None-Match).
+    **dict.fromkeys(("NotImplemented", "501"), (StoreUnsupported, False)),
+    "BadDigest": (ChecksumMismatch, False),
     **dict.fromkeys(
         ("SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable", "Throttling",
          "ThrottlingException", "500", "502", "503", "504"),
@@ -141,6 +148,12 @@ def translate_error(exc: BaseException, target: str, bucket: str, endpoint: str)
             return AccessDenied(f"access denied to {target}: check the credentials ({label})")
         if cls is PreconditionFailed:
             return PreconditionFailed(f"{target} changed on the store ({label})")
+        if cls is StoreUnsupported:
+            return StoreUnsupported(f"{target}: the store does not implement this request "
+                                    f"({label})")
+        if cls is ChecksumMismatch:
+            return ChecksumMismatch(f"{target}: the store got other bytes than were sent "
+                                    f"({label})")
         if transient:
             return RemoteError(f"{target}: the store is busy or failing ({label})", transient=True)
         message = _one_line(str(err.get("Message") or ""))
@@ -348,6 +361,24 @@ class S3Remote(Remote):
             args["ContentType"] = content_type
         return args
 
+    @staticmethod
+    def _condition_args(if_match: str | None, if_none_match: bool) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if if_match:
+            args["IfMatch"] = f'"{_etag(if_match)}"'
+        if if_none_match:
+            args["IfNoneMatch"] = "*"
+        return args
+
+    @staticmethod
+    def _checksum_args(checksum_sha256: str | None) -> dict[str, Any]:
+        if not checksum_sha256:
+            return {}
+        # Both, so botocore sends our value up front (no aws-chunked trailer) and computes none
+        # itself (zone-buckets.md §4.3); S3 wants base64 of the raw digest.
+        return {"ChecksumAlgorithm": "SHA256",
+                "ChecksumSHA256": base64.b64encode(bytes.fromhex(checksum_sha256)).decode()}
+
     # -- Remote -------------------------------------------------------------------------------
 
     def _check(self) -> None:
@@ -452,8 +483,13 @@ class S3Remote(Remote):
         metadata: Mapping[str, str],
         content_type: str | None,
         cancel: threading.Event | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        checksum_sha256: str | None = None,
     ) -> ObjectInfo:
         put_args = self._put_args(metadata, content_type)
+        conditions = self._condition_args(if_match, if_none_match)
 
         def stopped() -> bool:
             return cancel is not None and cancel.is_set()
@@ -463,17 +499,20 @@ class S3Remote(Remote):
             if stopped():
                 raise _Cancelled
             if size > self.MULTIPART_THRESHOLD:
-                resp = self._multipart_upload(key, f.name, size, put_args, stopped)
+                # S3 evaluates conditions at CompleteMultipartUpload. A SHA-256 of a multipart
+                # object is a hash of part hashes, not the file's (zone-buckets.md §4.1): none.
+                resp = self._multipart_upload(key, f.name, size, put_args, stopped, conditions)
             else:
                 resp = self._client.put_object(
                     Bucket=self.bucket, Key=self._full(key),
                     Body=_FileWindow(f, 0, size, stopped), ContentLength=size, **put_args,
+                    **conditions, **self._checksum_args(checksum_sha256),
                 )
         return self._info(key, resp, size, put_args["Metadata"], content_type)
 
     def _multipart_upload(
         self, key: str, src: str, size: int, put_args: dict[str, Any],
-        cancelled: Callable[[], bool],
+        cancelled: Callable[[], bool], complete_args: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         part = _part_size(size, self.PART_SIZE)
         ranges = [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))]
@@ -492,7 +531,7 @@ class S3Remote(Remote):
                 )
             return {"ETag": resp["ETag"], "PartNumber": number}
 
-        return self._run_multipart(key, put_args, ranges, send, cancelled)
+        return self._run_multipart(key, put_args, ranges, send, cancelled, complete_args)
 
     def _run_multipart(
         self,
@@ -501,8 +540,10 @@ class S3Remote(Remote):
         ranges: list[tuple[int, int, int]],
         send: Callable[..., dict[str, Any]],
         cancelled: Callable[[], bool],
+        complete_args: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Create, send every (number, offset, length) part in parallel, complete; or abort."""
+        """Create, send every (number, offset, length) part in parallel, complete (with
+        `complete_args`: the write's conditions); or abort."""
         full = self._full(key)
         upload_id = self._client.create_multipart_upload(
             Bucket=self.bucket, Key=full, **create_args
@@ -526,7 +567,7 @@ class S3Remote(Remote):
             parts = [f.result() for f in futures]
             return self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
+                MultipartUpload={"Parts": parts}, **(complete_args or {}),
             )
         except BaseException:
             try:
@@ -540,14 +581,31 @@ class S3Remote(Remote):
             raise
 
     def _put_bytes(
-        self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None
+        self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None,
+        *, if_match: str | None = None, if_none_match: bool = False,
+        checksum_sha256: str | None = None,
     ) -> ObjectInfo:
         put_args = self._put_args(metadata, content_type)
         with self._translated(key):
             resp = self._client.put_object(
-                Bucket=self.bucket, Key=self._full(key), Body=data, **put_args
+                Bucket=self.bucket, Key=self._full(key), Body=data, **put_args,
+                **self._condition_args(if_match, if_none_match),
+                **self._checksum_args(checksum_sha256),
             )
         return self._info(key, resp, len(data), put_args["Metadata"], content_type)
+
+    def _head_checksum(self, key: str) -> str | None:
+        with self._translated(key):
+            resp = self._client.head_object(Bucket=self.bucket, Key=self._full(key),
+                                            ChecksumMode="ENABLED")
+        value = resp.get("ChecksumSHA256")
+        # A "-N" suffix or a COMPOSITE type is a hash of part hashes: not the body's SHA-256.
+        if not value or "-" in value or resp.get("ChecksumType") not in (None, "FULL_OBJECT"):
+            return None
+        try:
+            return base64.b64decode(value, validate=True).hex()
+        except (binascii.Error, ValueError):
+            return None
 
     def _copy(
         self,
