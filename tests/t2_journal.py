@@ -1,5 +1,6 @@
 """The journal (SQLite, WAL): dirty rows survive a reopen, rows move and finish atomically,
-remembered objects are filtered by ETag, and the database is private to its owner."""
+remembered objects are filtered by ETag, rename plans count only once sealed and their steps
+are idempotent, and the database is private to its owner."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from zonefs.journal import DirtyRow, Journal, ObjectRow
+from zonefs.journal import (
+    MOVE_COPY,
+    MOVE_DELETE,
+    MOVE_DIRTY,
+    MOVE_DROP,
+    RENAME_LISTING,
+    RENAME_PLANNED,
+    DirtyRow,
+    Journal,
+    Move,
+    ObjectRow,
+)
 from zonefs.keys import PosixMeta
 
 META = PosixMeta(0o100644, 1000, 1000, 1_700_000_000_123_456_789)
@@ -224,3 +236,55 @@ def test_seen_pairs_carry_over_copies_but_not_claims(journal: Journal, db_path: 
     assert not journal.seen("c" * 64, "")
     journal.close()
     assert Journal(db_path).seen("a" * 64, "etag-copy")
+
+
+# -- renames in progress ----------------------------------------------------------------------
+
+
+def test_rename_plan_survives_a_reopen_only_once_sealed(journal: Journal, db_path: str) -> None:
+    sealed = journal.begin_rename("d", "e")
+    journal.plan_moves(sealed, [Move(MOVE_COPY, "d/a", "e/a", "etag-a", {"mode": "33188"}),
+                                Move(MOVE_DELETE, "d/b"), Move(MOVE_DIRTY, "d/c", "e/c")])
+    journal.seal_rename(sealed)
+    listing = journal.begin_rename("x", "y")
+    journal.plan_moves(listing, [Move(MOVE_COPY, "x/a", "y/a")])
+    other = Journal(db_path)
+    try:
+        renames = other.renames()
+        assert [(r.old, r.new, r.state) for r in renames] == [
+            ("d", "e", RENAME_PLANNED), ("x", "y", RENAME_LISTING)]
+        moves = other.moves(sealed, (MOVE_COPY, MOVE_DELETE, MOVE_DIRTY))
+        assert [(m.kind, m.src, m.dst, m.etag, m.headers) for m in moves] == [
+            (MOVE_COPY, "d/a", "e/a", "etag-a", {"mode": "33188"}),
+            (MOVE_DELETE, "d/b", None, None, None), (MOVE_DIRTY, "d/c", "e/c", None, None)]
+        # Paged in plan order; the copied mark filters.
+        first = other.moves(sealed, (MOVE_COPY, MOVE_DELETE), limit=1)
+        assert [m.src for m in first] == ["d/a"]
+        assert [m.src for m in other.moves(sealed, (MOVE_COPY, MOVE_DELETE),
+                                           after=first[0].id)] == ["d/b"]
+        other.mark_copied(first[0].id)
+        assert other.moves(sealed, (MOVE_COPY,), copied=False) == []
+        other.done_move(first[0].id)
+        assert other.count_moves(sealed) == 2
+        other.end_rename(listing)
+        assert [r.batch for r in other.renames()] == [sealed]
+    finally:
+        other.close()
+
+
+def test_pending_moves_never_delete_a_row_already_moved(journal: Journal, db_path: str) -> None:
+    journal.put_dirty(row("d/c", "staging/c", base="etag-old"))
+    journal.put_dirty(row("d/m", None))
+    journal.put_dirty(row("e/x", "staging/x"))  # a replaced target
+    batch = journal.begin_rename("d", "e")
+    journal.plan_moves(batch, [Move(MOVE_DROP, "e/x"), Move(MOVE_DIRTY, "d/c", "e/c"),
+                               Move(MOVE_DROP, "d/m", "e/m")])
+    journal.seal_rename(batch)
+    steps = journal.moves(batch, (MOVE_DIRTY, MOVE_DROP))
+    journal.apply_pending_moves(steps)
+    assert [(r.path, r.data, r.base_etag) for r in rows_of(db_path)] == [
+        ("e/c", "staging/c", None)]  # moved, as a new file
+    assert journal.count_moves(batch) == 0
+    # The same step again (a resume after its forget was lost) changes nothing.
+    journal.apply_pending_moves(steps)
+    assert [r.path for r in rows_of(db_path)] == ["e/c"]

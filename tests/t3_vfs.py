@@ -4,11 +4,12 @@ and headers in the bucket, listings, errors) and ends with `check_invariants`.""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
 import stat as st
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -46,8 +47,8 @@ from zonefs.errors import (
     RemoteError,
 )
 from zonefs.fetch import CHUNK
-from zonefs.journal import Journal
-from zonefs.remote import Remote, open_remote
+from zonefs.journal import MOVE_COPY, MOVE_DELETE, Journal, Move
+from zonefs.remote import ObjectInfo, Remote, open_remote
 from zonefs.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 MiB = 1 << 20
@@ -932,6 +933,158 @@ async def test_rename_flags_and_refusals(env: Env) -> None:
         await check_invariants(vfs)
         keys = await env.store.keys()
         assert keys == {"b", "c", "empty/", "full/", "full/f"}
+
+
+# -- renames cut short by a crash ---------------------------------------------------------------
+
+
+class CrashingRemote(SlowAckRemote):
+    """Delegates to `inner` until `copies` copies (or `deletes` deletes) were made; then that
+    call and every later copy or delete fail, the way a killed daemon stops: what it did stays
+    done, nothing more happens. Uploads go through unchanged (ack_delay 0)."""
+
+    def __init__(self, inner: Remote, *, copies: int | None = None,
+                 deletes: int | None = None) -> None:
+        super().__init__(inner, ack_delay=0)
+        self.copies_left, self.deletes_left = copies, deletes
+        self.dead = False
+
+    def _copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None,
+              content_type: str | None = None, src_version_id: str | None = None) -> ObjectInfo:
+        if self.copies_left is not None:
+            self.dead = self.dead or self.copies_left <= 0
+            self.copies_left -= 1
+        if self.dead:
+            raise RemoteError(f"simulated crash before copying {src_key!r}")
+        return super()._copy(src_key, dst_key, metadata, content_type, src_version_id)
+
+    def _delete(self, key: str) -> None:
+        if self.deletes_left is not None:
+            self.dead = self.dead or self.deletes_left <= 0
+            self.deletes_left -= 1
+        if self.dead:
+            raise RemoteError(f"simulated crash before deleting {key!r}")
+        super()._delete(key)
+
+
+async def _keys_under(store: Store, prefix: str) -> set[str]:
+    return {k for k in await store.keys() if k.startswith(prefix)}
+
+
+@pytest.mark.unversioned_on_moto
+async def test_directory_rename_cut_short_resumes_at_next_start(
+    env: Env, caplog: pytest.LogCaptureFixture,
+) -> None:
+    uploaded = {f"d/{i:02d}" if i % 3 else f"d/sub/{i:02d}": f"uploaded {i}\n".encode() * (i + 1)
+                for i in range(14)}
+    pending = {f"d/new{i}": f"pending {i}\n".encode() for i in range(4)}
+    pending["d/sub/new4"] = b"pending in sub\n"
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.mkdir("d/sub", 0o750, UID, GID)
+        for path, data in uploaded.items():
+            await write_file(vfs, path, data)
+        await write_file(vfs, "d/zz-chmod", b"mode changes, bytes stay")
+        await write_file(vfs, "d/zz-edited", b"old bytes of an edited file")
+        await drain(vfs)
+        # Closed but not uploaded: new files, a local edit of an uploaded file, a chmod.
+        for path, data in pending.items():
+            await write_file(vfs, path, data)
+        handle = await vfs.open("d/zz-edited", os.O_RDWR)
+        await vfs.write(handle, 0, b"NEW")
+        await close(vfs, handle)
+        await vfs.setattr("d/zz-chmod", mode=0o600)
+    before = await _keys_under(env.store, "d/")
+    assert len(before) == 2 + len(uploaded) + 2
+
+    crash = CrashingRemote(open_remote(env.zone), copies=6)
+    async with env.vfs(remote=crash, writeback_delay=HOLD) as vfs:
+        with pytest.raises(RemoteError, match="simulated crash"):
+            await vfs.rename("d", "e")
+    # Cut short: objects under both names, the plan in the journal.
+    assert len(await _keys_under(env.store, "e/")) == 6
+    assert await _keys_under(env.store, "d/") == before
+
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="zonefs.renames")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        # Resumed before the core answered: nothing under the old name, the copies done once.
+        assert not await _keys_under(env.store, "d/")
+        assert requests(vfs, "copy") == len(before) - 6 - 1  # the edited file is not copied
+        assert [r for r in caplog.messages if "resuming the rename of 'd' to 'e'" in r]
+        assert vfs.journal.renames() == []
+        with pytest.raises(NotFound):
+            await vfs.stat("d")
+        assert sorted(r.path for r in vfs.journal.dirty_rows()) == sorted(
+            ["e/zz-edited", *(p.replace("d/", "e/", 1) for p in pending)])
+        assert await vfs.recover() == 0  # nothing left: running it again changes nothing
+        assert names(await vfs.listdir("e")) == sorted(
+            ["sub", "zz-chmod", "zz-edited",
+             *(p[2:] for p in [*uploaded, *pending] if p.count("/") == 1)])
+        await check_invariants(vfs)  # drains: the pending files go up under the new names
+        assert requests(vfs, "put") == len(pending) + 1, "each pending file uploaded once"
+    expected = {p.replace("d/", "e/", 1): data for p, data in {**uploaded, **pending}.items()}
+    expected["e/zz-chmod"] = b"mode changes, bytes stay"
+    expected["e/zz-edited"] = b"NEW bytes of an edited file"
+    assert await env.store.keys() == {"e/", "e/sub/", *expected}
+    for key, data in expected.items():
+        assert await env.store.read(key) == data, key
+    info = await env.store.head("e/zz-chmod")
+    assert info is not None and info.metadata is not None
+    assert info.metadata["mode"] == str(st.S_IFREG | 0o600), "the pending chmod survived"
+    marker = await env.store.head("e/sub/")
+    assert marker is not None and marker.metadata is not None
+    assert marker.metadata["mode"] == str(st.S_IFDIR | 0o750)
+
+
+async def test_file_rename_cut_between_copy_and_delete_resumes(env: Env) -> None:
+    data = os.urandom(50_000)
+    async with env.vfs() as vfs:
+        await write_file(vfs, "a", data, mode=0o640)
+        await drain(vfs)
+    crash = CrashingRemote(open_remote(env.zone), deletes=0)
+    async with env.vfs(remote=crash) as vfs:
+        with pytest.raises(RemoteError, match="simulated crash"):
+            await vfs.rename("a", "b")
+    assert await env.store.keys() == {"a", "b"}  # copied, not yet deleted
+    # A resume the store refuses does not keep the core from starting; it stays journaled.
+    async with env.vfs(remote=CrashingRemote(open_remote(env.zone), deletes=0)) as vfs:
+        assert len(vfs.journal.renames()) == 1
+        assert await read_file(vfs, "b") == data
+    async with env.vfs() as vfs:
+        assert await env.store.keys() == {"b"}
+        assert requests(vfs, "copy") == 0, "the copy was marked done: not repeated"
+        assert await read_file(vfs, "b") == data
+        with pytest.raises(NotFound):
+            await vfs.stat("a")
+        await check_invariants(vfs)
+    assert await env.store.read("b") == data
+    info = await env.store.head("b")
+    assert info is not None and info.metadata is not None
+    assert info.metadata["mode"] == str(st.S_IFREG | 0o640)
+    assert info.metadata["zonefs-sha256"] == sha256(data)
+
+
+async def test_rename_resume_is_idempotent_when_progress_was_lost(env: Env) -> None:
+    """The journal lost its progress marks (power loss): a copy whose source is gone but whose
+    destination exists counts as done, a delete of a missing key is fine."""
+    await env.store.put("b", b"already moved")
+    await env.store.put("c", b"not yet moved")
+    journal = Journal(str(env.cache_dir / "journal.sqlite"))
+    batch = journal.begin_rename("a", "b")
+    journal.plan_moves(batch, [Move(MOVE_COPY, "a", "b", "etag-lost"),
+                               Move(MOVE_COPY, "c", "d", None),
+                               Move(MOVE_DELETE, "gone")])
+    journal.seal_rename(batch)
+    unsealed = journal.begin_rename("x", "y")  # cut short while listing: nothing moved
+    journal.plan_moves(unsealed, [Move(MOVE_COPY, "c", "y", None)])
+    journal.close()
+    async with env.vfs() as vfs:
+        assert vfs.journal.renames() == []
+        await check_invariants(vfs)
+    assert await env.store.keys() == {"b", "d"}
+    assert await env.store.read("b") == b"already moved"
+    assert await env.store.read("d") == b"not yet moved"
 
 
 # -- names --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 
 import pytest
 from mounts import Mount, fuse_unavailable_reason, is_mounted, wait_for, zonefs_cli
@@ -79,3 +80,63 @@ def test_file_open_for_writing_at_the_crash_keeps_its_last_close(mount: Mount) -
     assert body in (b"first version, closed\n",
                     b"first version, closed\nappended, never closed\n")
     assert (mount.path / "log.txt").read_bytes() == body
+
+
+@pytest.mark.mount_options(writeback_delay="60")
+def test_lazy_umount_leaves_pending_uploads_for_the_next_mount(mount: Mount) -> None:
+    (mount.path / "later.txt").write_bytes(b"uploaded by the next mount")
+    out = zonefs_cli("umount", "--lazy", str(mount.path)).stdout
+    assert "1 file(s) not yet uploaded stay journaled" in out
+    assert not is_mounted(mount.path)
+    assert wait_for(lambda: mount.pid is None or not _running(mount.pid), 10)
+    mount.pid = None
+    assert mount.store.get("later.txt") is None
+    mount.start()
+    assert (mount.path / "later.txt").read_bytes() == b"uploaded by the next mount"
+    mount.sync()
+    assert mount.store.must_get("later.txt").body == b"uploaded by the next mount"
+
+
+@pytest.mark.unversioned_on_moto
+@pytest.mark.mount_options(writeback_delay="60")
+def test_directory_rename_cut_by_kill_9_is_finished_at_next_mount(mount: Mount) -> None:
+    remote = {f"old/{i // 50}/f{i:03d}": f"object {i}\n".encode() * (1 + i % 7)
+              for i in range(150)}
+    mount.store.put_many(remote)
+    local = {f"old/pending{i}.txt": f"closed, not uploaded {i}\n".encode() for i in range(5)}
+    for name, body in local.items():
+        (mount.path / name).write_bytes(body)
+    assert not mount.store.keys("old/pending")  # nothing uploaded yet: the delay is 60 s
+
+    mv = subprocess.Popen(["mv", str(mount.path / "old"), str(mount.path / "new")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Kill as soon as a few objects are under the new name (the rename copies, then deletes).
+        moving = wait_for(lambda: len(mount.store.keys("new/")) >= 5, 30, interval=0.005)
+        left_at_kill = len(mount.store.keys("old/"))
+        _kill_and_detach(mount)
+        mv.wait(timeout=10)
+    finally:
+        if mv.poll() is None:
+            mv.kill()
+    assert moving, "the rename never reached the bucket"
+    # Whether the kill landed mid-way depends on timing; either way the end state is the same.
+    cut_short = left_at_kill > 0
+    print(f"kill -9 landed {'mid-way' if cut_short else 'after the rename'}"
+          f" ({left_at_kill} object(s) left under the old name)")
+    log_before = len(mount.daemon_log())
+
+    mount.start()  # same zone, same cache dir: the rename is finished before the mount answers
+    assert mount.store.keys("old/") == []
+    if cut_short:
+        assert "resuming the rename of 'old' to 'new'" in mount.daemon_log()[log_before:]
+    assert not (mount.path / "old").exists()
+    assert sorted(os.listdir(mount.path / "new")) == ["0", "1", "2", *(
+        n.split("/")[1] for n in sorted(local))]
+    for name, body in local.items():  # pending files: visible at once under the new name
+        assert (mount.path / name.replace("old/", "new/", 1)).read_bytes() == body
+    mount.sync()
+    expected = {k.replace("old/", "new/", 1): v for k, v in {**remote, **local}.items()}
+    assert set(mount.store.keys()) - {"new/"} == set(expected)
+    for key, body in expected.items():
+        assert mount.store.must_get(key).body == body, key

@@ -110,6 +110,7 @@ class Env:
                 _watch_schedules(core)
                 await nursery.start(core.writeback.run)
                 if requeue:
+                    await core.recover()  # what the daemon does before it mounts
                     core.requeue_dirty()
                 yield core
                 nursery.cancel_scope.cancel()
@@ -318,15 +319,16 @@ class SlowAckRemote(Remote):
         return self.inner._download(key, dest, version_id, if_match)
 
     def _upload(self, key: str, src: str, metadata: Mapping[str, str],
-                content_type: str | None, cancel: threading.Event | None = None) -> ObjectInfo:
-        info = self.inner._upload(key, src, metadata, content_type, None)
+                content_type: str | None, cancel: threading.Event | None = None,
+                **conditions: Any) -> ObjectInfo:
+        info = self.inner._upload(key, src, metadata, content_type, None, **conditions)
         self.stored.set()
         threading.Event().wait(self.ack_delay)
         return info
 
     def _put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
-                   content_type: str | None) -> ObjectInfo:
-        return self.inner._put_bytes(key, data, metadata, content_type)
+                   content_type: str | None, **conditions: Any) -> ObjectInfo:
+        return self.inner._put_bytes(key, data, metadata, content_type, **conditions)
 
     def _copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None,
               content_type: str | None = None, src_version_id: str | None = None) -> ObjectInfo:

@@ -14,19 +14,28 @@ Tables:
   cached blob: an object whose header names a blob but whose ETag was never seen with those
   bytes is downloaded and checked instead (zonefs' own uploads of the same bytes get the same
   ETag, so copies written by zonefs elsewhere still dedup).
+- `renames` and `moves`: renames in progress, so that one cut short by a crash is finished at
+  the next mount. A rename is planned in full (every object to copy or delete, every pending
+  row to move) and the plan made durable (`seal_rename`) before its first change to the bucket
+  or to `dirty`; each step then records its progress (`copied`) or removes its row. A resume
+  repeats only steps whose progress was not yet on disk, and every step is idempotent (a copy
+  whose source is gone but whose destination exists is done). A rename not yet sealed changed
+  nothing and is simply forgotten.
 
 All calls are synchronous and short; callers on the trio thread rely on that: code between two
 awaits sees the journal atomically. Every write commits before returning. Writes that
-acknowledge user data (`put_dirty`, `move_dirty`, `drop_dirty`) are fsync'ed (WAL with
+acknowledge user data (`put_dirty`, `move_dirty`, `drop_dirty`) or order a rename's steps
+(`seal_rename`, `apply_pending_moves`) are fsync'ed (WAL with
 `synchronous=FULL`); writes of what can be recomputed (remembered objects, the end of an upload,
 whose loss only repeats it) skip the fsync and become durable with the next fsync'ed commit.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .keys import PosixMeta
@@ -55,6 +64,23 @@ CREATE TABLE IF NOT EXISTS objects (
     sha1     TEXT
 );
 CREATE INDEX IF NOT EXISTS objects_sha1 ON objects (sha1);
+CREATE TABLE IF NOT EXISTS renames (
+    batch INTEGER PRIMARY KEY,
+    old   TEXT NOT NULL,
+    new   TEXT NOT NULL,
+    state INTEGER NOT NULL   -- RENAME_LISTING or RENAME_PLANNED
+);
+CREATE TABLE IF NOT EXISTS moves (
+    id      INTEGER PRIMARY KEY,
+    batch   INTEGER NOT NULL,
+    kind    TEXT NOT NULL,       -- one of MOVE_KINDS
+    src     TEXT NOT NULL,
+    dst     TEXT,
+    etag    TEXT,                -- ETag of the source object when the rename was planned
+    headers TEXT,                -- JSON metadata to set on the copy or marker; NULL: the source's
+    copied  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS moves_batch ON moves (batch, id);
 CREATE TABLE IF NOT EXISTS seen (
     sha256 TEXT NOT NULL,
     etag   TEXT NOT NULL,
@@ -85,6 +111,47 @@ class ObjectRow:
     meta: PosixMeta
     sha256: str | None = None
     sha1: str | None = None
+
+
+#: The states of a rename: still listing what to move (nothing changed yet; a crash forgets
+#: it), or planned (durable: a crash leaves it to resume).
+RENAME_LISTING, RENAME_PLANNED = 0, 1
+
+#: What a planned move does:
+#: - `copy`: server-side copy of the object `src` to `dst` (with `headers` if set), then delete
+#:   `src`;
+#: - `delete`: delete the object `src` only (new local bytes go up under the new name);
+#: - `dirty`: move the pending row `src` to `dst` (replacing one there), as a new file;
+#: - `drop`: forget the pending row `src`: its change travels in a copy's headers, or it was
+#:   replaced by the rename (`dst` NULL);
+#: - `marker`: put the directory marker `dst` (metadata `headers`): the source directory
+#:   existed only as a prefix.
+MOVE_COPY, MOVE_DELETE, MOVE_DIRTY, MOVE_DROP, MOVE_MARKER = (
+    "copy", "delete", "dirty", "drop", "marker")
+MOVE_KINDS = (MOVE_COPY, MOVE_DELETE, MOVE_DIRTY, MOVE_DROP, MOVE_MARKER)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One step of a rename (see MOVE_KINDS). `id` is 0 until the move is in the journal."""
+
+    kind: str
+    src: str
+    dst: str | None = None
+    etag: str | None = None
+    headers: Mapping[str, str] | None = None
+    copied: bool = False
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RenameRow:
+    """A rename in progress: its batch id, its names and its state (RENAME_*)."""
+
+    batch: int
+    old: str
+    new: str
+    state: int
 
 
 class Journal:
@@ -197,6 +264,100 @@ class Journal:
     def blob_in_use(self, sha256: str) -> bool:
         row = self._db.execute("SELECT 1 FROM objects WHERE sha256 = ? LIMIT 1", (sha256,))
         return row.fetchone() is not None
+
+    # -- renames in progress -------------------------------------------------------------------
+
+    def begin_rename(self, old: str, new: str) -> int:
+        """Start planning a rename; returns its batch id. Not durable: until `seal_rename` a
+        crash forgets it, and nothing was changed."""
+        self._set_durable(False)
+        cur = self._db.execute("INSERT INTO renames (old, new, state) VALUES (?, ?, ?)",
+                               (old, new, RENAME_LISTING))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def plan_moves(self, batch: int, moves: Iterable[Move]) -> None:
+        """Add steps to a rename being planned, in the order they are to run (one transaction;
+        durable with `seal_rename`)."""
+        self._set_durable(False)
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO moves (batch, kind, src, dst, etag, headers) VALUES (?,?,?,?,?,?)",
+                ((batch, m.kind, m.src, m.dst, m.etag,
+                  None if m.headers is None else json.dumps(dict(m.headers), sort_keys=True))
+                 for m in moves))
+
+    def seal_rename(self, batch: int) -> None:
+        """The plan is complete: make it durable (fsync'ed) before the first step runs."""
+        self._set_durable(True)
+        self._db.execute("UPDATE renames SET state = ? WHERE batch = ?", (RENAME_PLANNED, batch))
+
+    def end_rename(self, batch: int) -> None:
+        """Forget a rename (finished, or cut short before its plan was sealed)."""
+        self._set_durable(False)
+        with self._tx():
+            self._db.execute("DELETE FROM moves WHERE batch = ?", (batch,))
+            self._db.execute("DELETE FROM renames WHERE batch = ?", (batch,))
+
+    def renames(self) -> list[RenameRow]:
+        """Renames in progress, oldest first (at mount: those a crash cut short)."""
+        rows = self._db.execute("SELECT batch, old, new, state FROM renames ORDER BY batch")
+        return [RenameRow(*row) for row in rows]
+
+    def moves(self, batch: int, kinds: Iterable[str], *, after: int = 0, limit: int = 500,
+              copied: bool | None = None) -> list[Move]:
+        """Up to `limit` steps of `kinds` with ids above `after`, in plan order (paged: a
+        directory of many keys is never all in memory). `copied` filters on the mark."""
+        kinds = tuple(kinds)
+        sql = (f"SELECT id, kind, src, dst, etag, headers, copied FROM moves WHERE batch = ?"
+               f" AND id > ? AND kind IN ({','.join('?' * len(kinds))})")
+        args: list[object] = [batch, after, *kinds]
+        if copied is not None:
+            sql += " AND copied = ?"
+            args.append(int(copied))
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [Move(kind, src, dst, etag, None if headers is None else json.loads(headers),
+                     bool(copied_), id_)
+                for id_, kind, src, dst, etag, headers, copied_ in self._db.execute(sql, args)]
+
+    def count_moves(self, batch: int) -> int:
+        row = self._db.execute("SELECT count(*) FROM moves WHERE batch = ?", (batch,)).fetchone()
+        return int(row[0])
+
+    def mark_copied(self, move_id: int) -> None:
+        """The copy of a move landed. Not fsync'ed: a lost mark repeats the copy, or finds
+        the source deleted and the destination there, which counts as done."""
+        self._set_durable(False)
+        self._db.execute("UPDATE moves SET copied = 1 WHERE id = ?", (move_id,))
+
+    def done_move(self, move_id: int) -> None:
+        """A step finished (its effect is in the bucket): forget it. Not fsync'ed: a lost
+        forget repeats an idempotent step."""
+        self._set_durable(False)
+        self._db.execute("DELETE FROM moves WHERE id = ?", (move_id,))
+
+    def apply_pending_moves(self, moves: Iterable[Move]) -> None:
+        """Run `dirty` and `drop` steps on the `dirty` table and forget them, in one fsync'ed
+        transaction. A `dirty` step whose source row is gone does nothing (never deletes the
+        row already at `dst`). A moved row starts over as a new file (no base ETag): its bytes
+        go up under a name that held no version of them."""
+        self._set_durable(True)
+        with self._tx():
+            for m in moves:
+                if m.kind == MOVE_DIRTY:
+                    assert m.dst is not None
+                    if self._db.execute("SELECT 1 FROM dirty WHERE path = ?",
+                                        (m.src,)).fetchone() is not None:
+                        self._db.execute("DELETE FROM dirty WHERE path = ?", (m.dst,))
+                        self._db.execute(
+                            "UPDATE dirty SET path = ?, base_etag = NULL WHERE path = ?",
+                            (m.dst, m.src))
+                elif m.kind == MOVE_DROP:
+                    self._db.execute("DELETE FROM dirty WHERE path = ?", (m.src,))
+                else:
+                    raise ValueError(f"not a pending-row step: {m.kind}")
+                self._db.execute("DELETE FROM moves WHERE id = ?", (m.id,))
 
     # -- helpers -------------------------------------------------------------------------------
 

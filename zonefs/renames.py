@@ -5,21 +5,51 @@ moved one object at a time (not atomic to other clients). A pending file with ne
 copied: its journal row moves and its bytes are uploaded under the new name. A pending
 metadata change travels in the copy's headers; a file open for write but unchanged moves with
 its copy. The POSIX checks (flags, types, emptiness) are `vfs`'s; this module does the moving.
+
+Every rename is journaled (`journal.renames`/`moves`) so a crash in the middle is finished at the
+next mount (`Renamer.resume`, before the mount answers). Invariants:
+- The whole plan (objects to copy or delete, pending rows to move or drop, the marker to put) is
+  durable before the first change; listing a directory only adds rows to an unsealed plan, which
+  a crash forgets with nothing changed.
+- Steps run in phases: pending rows (one fsync'ed transaction per page), then every copy, then
+  every delete. No source object is deleted before every copy of its rename landed, so a crash
+  leaves each object under the old name, the new name or both, never neither. A resume repeats
+  what the journal does not show done, and every step is idempotent: a copy whose source is
+  gone but whose destination exists was done, a delete of a missing key is fine.
+- A copy carries the metadata decided at planning time (in the plan's headers), so a pending
+  metadata change whose row was already dropped is not lost by a crash.
+- A rename that fails part-way while mounted (the store unreachable) returns the error and
+  stays journaled: the next mount finishes it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import stat as st
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from . import keys
+from .errors import NotFound, ZonefsError
 from .handles import DirtyFile, Stat, has_new_bytes
-from .journal import Journal, ObjectRow
+from .journal import (
+    MOVE_COPY,
+    MOVE_DELETE,
+    MOVE_DIRTY,
+    MOVE_DROP,
+    MOVE_MARKER,
+    RENAME_LISTING,
+    Journal,
+    Move,
+    ObjectRow,
+)
 from .keys import PosixMeta
-from .remote.base import ObjectInfo, Remote
+from .remote.base import Remote
 from .uploads import PendingFiles
 
 log = logging.getLogger(__name__)
+
+#: Steps read from the journal at a time: a directory of many keys is never all in memory.
+PAGE = 500
 
 
 class Renamer:
@@ -38,100 +68,252 @@ class Renamer:
         self._remote_exists = remote_exists
         self._put_marker = put_marker
 
+    # -- planning -------------------------------------------------------------------------------
+
+    def _copy_headers(self, key: str, etag: str | None,
+                      df: DirtyFile | None) -> dict[str, str] | None:
+        """Headers for the copy of `key`: those of a pending metadata change (`df`), keeping
+        the content IDs; None keeps the source's."""
+        if df is None:
+            return None
+        return keys.encode_meta(df.row.meta, **self.pending.hash_headers(key, etag))
+
     async def move_file(self, old: str, new: str, src: Stat) -> None:
         """Move the file `old` (whose stat is `src`) to `new`, replacing what is there."""
         await self.pending.writeback.cancel(old)
         await self.pending.writeback.cancel(new)
+        has_object = True
+        current = self.pending.dirty.get(old)
+        if current is not None and has_new_bytes(current):
+            has_object = await self._remote_exists(old)
         replaced = self.pending.dirty.pop(new, None)
-        if replaced is not None:
-            self.pending.drop(new, replaced)
         df = self.pending.dirty.pop(old, None)
+        plan: list[Move] = []
+        # Only rows that are in the journal get steps: a file never closed has none to move.
+        if replaced is not None and replaced.persisted:
+            plan.append(Move(MOVE_DROP, new))  # first: the row moved to `new` must survive
         if df is not None and has_new_bytes(df):
-            # The new bytes go up under the new name; the old key, if any, goes away now.
-            remote_old = await self._remote_exists(old)
-            self._carry_dirty(old, new, df, None)
-            if remote_old:
-                await self.remote.delete(old)
+            # The new bytes go up under the new name; the old key, if any, goes away.
+            if df.persisted:
+                plan.append(Move(MOVE_DIRTY, old, new))
+            if has_object:
+                plan.append(Move(MOVE_DELETE, old))
         else:
-            info = await self._copy_object(old, new, src.etag, df)
-            await self.remote.delete(old)
-            if df is not None:
-                self._carry_dirty(old, new, df, info.etag)
-        self.journal.drop_object(old)
-
-    async def _copy_object(self, old: str, new: str, etag: str | None,
-                           df: DirtyFile | None) -> ObjectInfo:
-        """Server-side copy of `old` to `new`. A pending metadata change of the file (`df`)
-        travels in the copy's headers; the remembered object moves along."""
-        memo = self.journal.get_object(old, etag)
-        md = None
+            plan.append(Move(MOVE_COPY, old, new, src.etag,
+                             self._copy_headers(old, src.etag, df)))
+            if df is not None and df.persisted:
+                plan.append(Move(MOVE_DROP, old, new))
+        batch = self.journal.begin_rename(old, new)
+        self.journal.plan_moves(batch, plan)
+        self.journal.seal_rename(batch)
+        # Pending state moves first (no await in between: the journal and memory agree).
+        self._apply_pending(batch)
+        if replaced is not None:
+            replaced.persisted = False  # its row went with the plan's `drop`
+            self.pending.drop(new, replaced)
         if df is not None:
-            md = keys.encode_meta(df.row.meta, **self.pending.hash_headers(old, etag))
-        info = await self.remote.copy(old, new, md)
-        if memo is not None:
-            self.journal.saw_copy(memo.sha256, memo.etag, info.etag)
-            meta = df.row.meta if df is not None else memo.meta
-            self.journal.put_object(ObjectRow(new, info.etag, memo.size, meta, memo.sha256,
-                                              memo.sha1))
-        return info
-
-    def _carry_dirty(self, old: str, new: str, df: DirtyFile, copied_etag: str | None) -> None:
-        """Move the local state of a renamed file from `old` to `new`.
-
-        With `copied_etag` the object was copied server-side (with any pending metadata), so
-        what stays dirty is only an open, unchanged copy; without it the file's new bytes
-        are uploaded under the new name.
-        """
-        df.row.path = new
-        if copied_etag is None:
-            self.journal.move_dirty(old, new)
-            df.row.base_etag = None
-            self.pending.dirty[new] = df
-            self.pending.writeback.schedule(new)
-            return
-        if df.persisted:
-            self.journal.drop_dirty(old)
-            df.persisted = False
-        df.meta_changed = False
-        if df.row.data is not None and df.writers:
-            df.row.base_etag = copied_etag
-            self.pending.dirty[new] = df  # still open for write, unchanged so far
+            self._carry(old, new, df, has_object)
+        await self._run_remote(batch, {old: df} if df is not None else {})
+        self.journal.drop_object(old)
 
     async def move_dir(self, old: str, new: str, meta: PosixMeta) -> None:
         """Copy then delete every object below `old`, one by one (not atomic to others)."""
         moving: dict[str, DirtyFile] = {}
-        for path in [p for p in self.pending.dirty if keys.is_within(p, old)]:
-            await self.pending.writeback.cancel(path)
-            df = self.pending.dirty.pop(path, None)
-            if df is not None:  # else its upload finished while we waited
-                moving[path] = df
-        prefix = keys.dir_key(old)
+        batch = self.journal.begin_rename(old, new)
+        try:
+            for path in [p for p in self.pending.dirty if keys.is_within(p, old)]:
+                await self.pending.writeback.cancel(path)
+                df = self.pending.dirty.pop(path, None)
+                if df is not None:  # else its upload finished while we waited
+                    moving[path] = df
+            listed, has_marker = await self._plan_listing(batch, old, new, moving)
+        except BaseException:
+            # Nothing was changed yet: forget the plan, the pending files stay where they were.
+            self.journal.end_rename(batch)
+            self._put_back(moving)
+            raise
+        tail: list[Move] = []
+        if not has_marker:
+            # The source existed only as a prefix: keep the moved directory even if it is empty.
+            tail.append(Move(MOVE_MARKER, keys.dir_key(old), new,
+                             headers=keys.encode_meta(meta)))
+        for path, df in moving.items():
+            if not df.persisted:
+                continue
+            target = keys.rebase(path, old, new)
+            if has_new_bytes(df):
+                tail.append(Move(MOVE_DIRTY, path, target))
+            else:
+                tail.append(Move(MOVE_DROP, path, target if path in listed else None))
+        self.journal.plan_moves(batch, tail)
+        self.journal.seal_rename(batch)
+        self._apply_pending(batch)
+        for path, df in moving.items():
+            self._carry(path, keys.rebase(path, old, new), df, path in listed)
+        await self._run_remote(batch, moving)
+
+    async def _plan_listing(self, batch: int, old: str, new: str,
+                            moving: Mapping[str, DirtyFile]) -> tuple[set[str], bool]:
+        """Plan a step for every object below `old`, page by page. Returns the moving files
+        that have an object, and whether the directory marker itself exists."""
+        prefix, new_prefix = keys.dir_key(old), keys.dir_key(new)
+        listed: set[str] = set()
+        has_marker = False
         token: str | None = None
-        moved: list[str] = []
-        copied: dict[str, str] = {}  # path -> ETag of the copy
         while True:
             page = await self.remote.list(prefix, None, token)
+            plan: list[Move] = []
             for obj in page.objects:
-                moved.append(obj.key)
+                has_marker = has_marker or obj.key == prefix
                 df = moving.get(obj.key)
+                if df is not None:
+                    listed.add(obj.key)
                 if df is not None and has_new_bytes(df):
-                    continue  # newer local bytes will be uploaded under the new name
-                dest = keys.dir_key(new) + obj.key[len(prefix):]
-                info = await self._copy_object(obj.key, dest, obj.etag, df)
-                copied[obj.key] = info.etag
+                    # Newer local bytes will be uploaded under the new name.
+                    plan.append(Move(MOVE_DELETE, obj.key))
+                else:
+                    plan.append(Move(MOVE_COPY, obj.key, new_prefix + obj.key[len(prefix):],
+                                     obj.etag, self._copy_headers(obj.key, obj.etag, df)))
+            self.journal.plan_moves(batch, plan)
             token = page.next_token
             if not token:
-                break
-        if keys.dir_key(old) not in moved:
-            # The source existed only as a prefix: keep the moved directory even if it is empty.
-            await self._put_marker(new, meta)
+                return listed, has_marker
+
+    def _put_back(self, moving: Mapping[str, DirtyFile]) -> None:
+        """A rename that changed nothing: its pending files stay under their old names."""
         for path, df in moving.items():
-            target = keys.rebase(path, old, new)
-            if has_new_bytes(df) or path in copied:
-                self._carry_dirty(path, target, df, None if has_new_bytes(df) else copied[path])
-            else:
-                log.warning("%r had a pending metadata change but no object; dropped", path)
-                self.pending.drop(path, df)
-        for key in moved:
-            await self.remote.delete(key)
-            self.journal.drop_object(key)
+            self.pending.dirty.setdefault(path, df)
+
+    # -- in-memory state of pending files -------------------------------------------------------
+
+    def _carry(self, old: str, new: str, df: DirtyFile, has_object: bool) -> None:
+        """Move the in-memory state of a renamed pending file from `old` to `new` (its journal
+        row was handled by the plan).
+
+        New bytes are uploaded under the new name; otherwise the object's copy carries any
+        metadata change, and what stays dirty is only a file open for write, unchanged so far
+        (its base ETag is set when the copy lands). A metadata change of a file that has no
+        object is dropped.
+        """
+        df.row.path = new
+        if has_new_bytes(df):
+            df.row.base_etag = None
+            self.pending.dirty[new] = df
+            self.pending.writeback.schedule(new)
+            return
+        df.persisted = False
+        if not has_object:
+            log.warning("%r had a pending metadata change but no object; dropped", old)
+            self.pending.drop(old, df)
+            return
+        df.meta_changed = False
+        if df.row.data is not None and df.writers:
+            self.pending.dirty[new] = df  # still open for write, unchanged so far
+        else:
+            self.pending.discard_data(df)
+
+    # -- running a plan -------------------------------------------------------------------------
+
+    def _steps(self, batch: int, kinds: Iterable[str], *,
+               copied: bool | None = None) -> Iterable[list[Move]]:
+        """The batch's steps of `kinds`, a page at a time, read afresh after each page (steps
+        run between pages remove or change rows)."""
+        after = 0
+        while page := self.journal.moves(batch, kinds, after=after, limit=PAGE, copied=copied):
+            yield page
+            after = page[-1].id
+
+    def _apply_pending(self, batch: int, *, resuming: bool = False) -> None:
+        """Run the batch's `dirty` and `drop` steps on the journal. When resuming, the
+        in-memory mirror (loaded from the journal at start) follows; a live rename moves its
+        files itself (`_carry`), open ones included."""
+        for page in self._steps(batch, (MOVE_DIRTY, MOVE_DROP)):
+            self.journal.apply_pending_moves(page)
+            if not resuming:
+                continue
+            for m in page:
+                df = self.pending.dirty.pop(m.src, None)
+                if df is None:
+                    continue
+                if m.kind == MOVE_DROP:
+                    self.pending.discard_data(df)  # nothing is open after a crash
+                    continue
+                assert m.dst is not None
+                gone = self.pending.dirty.pop(m.dst, None)
+                if gone is not None:
+                    self.pending.discard_data(gone)
+                df.row.path, df.row.base_etag = m.dst, None
+                self.pending.dirty[m.dst] = df
+
+    async def _run_remote(self, batch: int, moving: Mapping[str, DirtyFile]) -> None:
+        """Copies, then the marker, then deletes; then the rename is forgotten."""
+        for page in self._steps(batch, (MOVE_COPY,), copied=False):
+            for m in page:
+                await self._copy(m, moving.get(m.src))
+        for page in self._steps(batch, (MOVE_MARKER,)):
+            for m in page:
+                assert m.dst is not None and m.headers is not None
+                await self._put_marker(m.dst, _meta_of(m.headers))
+                self.journal.done_move(m.id)
+        for page in self._steps(batch, (MOVE_COPY, MOVE_DELETE)):
+            for m in page:
+                await self.remote.delete(m.src)  # a missing key is fine
+                self.journal.drop_object(m.src)
+                self.journal.done_move(m.id)
+        self.journal.end_rename(batch)
+
+    async def _copy(self, m: Move, df: DirtyFile | None) -> None:
+        """Server-side copy of one object, marked in the journal. The remembered object
+        moves along; an open, unchanged file (`df`) now starts from the copy."""
+        assert m.dst is not None
+        memo = self.journal.get_object(m.src, m.etag)
+        try:
+            info = await self.remote.copy(m.src, m.dst, m.headers)
+        except NotFound:
+            # Copied before a crash, then deleted by this rename's own deletes (whose marks
+            # were lost), or deleted by another client meanwhile: nothing left to copy.
+            try:
+                await self.remote.head(m.dst)
+            except NotFound:
+                log.warning("%r vanished before it could be moved to %r", m.src, m.dst)
+            self.journal.mark_copied(m.id)
+            return
+        self.journal.mark_copied(m.id)
+        if memo is not None:
+            self.journal.saw_copy(memo.sha256, memo.etag, info.etag)
+            meta = _meta_of(m.headers) if m.headers else memo.meta
+            self.journal.put_object(ObjectRow(m.dst, info.etag, memo.size, meta, memo.sha256,
+                                              memo.sha1))
+        if df is not None and self.pending.dirty.get(m.dst) is df:
+            df.row.base_etag = info.etag
+
+    # -- after a crash --------------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Finish every rename a crash cut short (at mount, before it answers and before
+        pending uploads are queued). Returns how many were resumed; running it again finds
+        nothing left."""
+        resumed = 0
+        for r in self.journal.renames():
+            if r.state == RENAME_LISTING:
+                self.journal.end_rename(r.batch)  # its plan was never sealed: nothing moved
+                continue
+            log.info("resuming the rename of %r to %r cut short by a crash (%d step(s) left)",
+                     r.old, r.new, self.journal.count_moves(r.batch))
+            self._apply_pending(r.batch, resuming=True)
+            try:
+                await self._run_remote(r.batch, {})
+            except ZonefsError as exc:
+                # One object the store refuses must not keep the zone from mounting: what is
+                # left stays journaled and is tried again at the next mount.
+                log.error("the rename of %r to %r could not be finished (%s); it is tried "
+                          "again at the next mount", r.old, r.new, exc)
+                continue
+            resumed += 1
+        return resumed
+
+
+def _meta_of(headers: Mapping[str, str]) -> PosixMeta:
+    """The POSIX attributes in a plan's headers (written by `keys.encode_meta`: all there)."""
+    return keys.decode_meta(headers, is_dir=st.S_ISDIR(int(headers["mode"])), default_mode=0,
+                            default_uid=0, default_gid=0, fallback_mtime=0.0)

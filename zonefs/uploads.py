@@ -28,14 +28,20 @@ from . import keys
 from .blobs import BlobStore, Digest, hash_file
 from .config import MountOptions
 from .dircache import DirCache, Entry
+from .errors import NotFound, PreconditionFailed
 from .handles import DirtyFile, has_new_bytes
 from .journal import Journal, ObjectRow
 from .keys import PosixMeta
 from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
 from .remote.base import ObjectInfo, Remote
+from .remote.probe import Capabilities
 from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
+
+
+class _Conflict(Exception):
+    """The object changed in the bucket since the local edit began."""
 
 
 class PendingFiles:
@@ -50,7 +56,11 @@ class PendingFiles:
         self.uploaded_bytes = 0
         self.budget = opts.cache_size  # dirty bytes beyond which writes wait for uploads
         self.kachery_mirror = opts.kachery_mirror
+        # The store probe's answers, set by the daemon before the mount answers; the defaults
+        # send no checksums.
+        self.capabilities = Capabilities()
         self._mirroring: set[str] = set()  # mirror keys being copied right now
+        self.conflicts = 0  # conflict copies made (see _keep_conflict)
         self._progress = trio.Event()  # set whenever a dirty file leaves (uploaded, dropped)
         self._throttled = False
         self._estimate = 0
@@ -178,7 +188,15 @@ class PendingFiles:
             src = self.blobs.abspath(row.data)
             digest = await trio.to_thread.run_sync(hash_file, src)
             md = keys.encode_meta(row.meta, **{SHA256_KEY: digest.sha256, SHA1_KEY: digest.sha1})
-            info = await self.remote.upload(path, src, md, None, cancel)
+            # Where the probe saw the store verify checksums, it checks the bytes it receives
+            # against the hash taken here (single-part PUTs; zone-buckets.md §6.3).
+            checksum = digest.sha256 if self.capabilities.checksums else None
+            try:
+                info = await self._upload_if_unchanged(path, row.base_etag, src, md, cancel,
+                                                       checksum)
+            except _Conflict:
+                await self._keep_conflict(path, df, src, md, digest, cancel)
+                return
             self.uploaded_bytes += digest.size
             if self.kachery_mirror:
                 await self._mirror(path, digest, row.meta)
@@ -193,6 +211,86 @@ class PendingFiles:
             self.journal.put_dirty(row)
             return
         self.finish_clean(path, df, info, digest)
+
+    # -- concurrent writers ----------------------------------------------------------------------
+
+    async def _upload_if_unchanged(
+        self, path: str, base: str | None, src: str, md: dict[str, str],
+        cancel: threading.Event, checksum: str | None,
+    ) -> ObjectInfo:
+        """Upload `src` as `path` only over the version the local edit started from (`base`,
+        None for a new file); raise _Conflict when another writer replaced it meanwhile.
+
+        With conditional writes the store decides (If-Match / If-None-Match: *), atomically.
+        Without them (the probe found them ignored, unimplemented, or refusing every If-Match),
+        the current ETag is compared first and the PUT follows: a writer landing in between
+        is not detected. A file deleted in the bucket meanwhile is written again."""
+        if self.capabilities.conditional_writes == "enforced":
+            try:
+                return await self.remote.upload(
+                    path, src, md, None, cancel, checksum_sha256=checksum,
+                    if_match=base, if_none_match=base is None)
+            except PreconditionFailed:
+                raise _Conflict from None
+            except NotFound:  # If-Match on a key someone deleted: write it anew
+                try:
+                    return await self.remote.upload(path, src, md, None, cancel,
+                                                    checksum_sha256=checksum, if_none_match=True)
+                except PreconditionFailed:
+                    raise _Conflict from None
+        try:
+            current: str | None = (await self.remote.head(path)).etag
+        except NotFound:
+            current = None
+        if current is not None and current != base:
+            raise _Conflict
+        return await self.remote.upload(path, src, md, None, cancel, checksum_sha256=checksum)
+
+    async def _keep_conflict(self, path: str, df: DirtyFile, src: str, md: dict[str, str],
+                             digest: Digest, cancel: threading.Event) -> None:
+        """Another writer replaced `path` since the local edit began: the local bytes go to
+        `<path>.conflict-<UTC time>` beside it, and `path` shows the bucket's version again.
+        The dirty row leaves the journal only after the copy is stored: a crash in between
+        makes another conflict copy, never none."""
+        name = self._conflict_name(path)
+        info = await self.remote.upload(name, src, md, None, cancel, if_none_match=(
+            self.capabilities.conditional_writes == "enforced"))
+        self.uploaded_bytes += digest.size
+        log.warning("conflict: %r was changed in the bucket by another writer after this "
+                    "edit began; the local bytes are kept as %r", path, name)
+        self.conflicts += 1
+        self.journal.put_object(ObjectRow(name, info.etag, digest.size, df.row.meta,
+                                          digest.sha256, digest.sha1))
+        self.journal.saw(digest.sha256, info.etag)
+        if self.dirty.get(path) is not df or df.writers:
+            # Written again meanwhile, or still open: the local file stays pending, now
+            # based on what the bucket holds (the conflict copy keeps what it had).
+            with contextlib.suppress(NotFound):
+                df.row.base_etag = (await self.remote.head(path)).etag
+            if self.dirty.get(path) is df:
+                self.journal.put_dirty(df.row)
+                self.writeback.schedule(path)
+            return
+        self.journal.drop_dirty(path)
+        if df.row.data is not None:
+            self.blobs.ingest(self.blobs.abspath(df.row.data), digest)
+        del self.dirty[path]
+        self._estimate = self.blobs.reserved = max(0, self._estimate - df.row.size)
+        self._note_progress()
+        self.cache.invalidate(path)
+        self.cache.invalidate(name)
+        self.objects.forget_opened(path)
+
+    def _conflict_name(self, path: str) -> str:
+        """`<path>.conflict-<UTC time>`, the name cut short to fit NAME_MAX if need be."""
+        head, base = keys.split(path)
+        suffix = time.strftime(".conflict-%Y%m%dT%H%M%SZ", time.gmtime())
+        room = keys.NAME_MAX - len(suffix) - 4  # and "-NNN" for a second one this second
+        base = base.encode()[:room].decode(errors="ignore")
+        name, n = keys.join(head, base + suffix), 2
+        while name in self.dirty:
+            name, n = keys.join(head, f"{base}{suffix}-{n}"), n + 1
+        return name
 
     async def _mirror(self, path: str, digest: Digest, meta: PosixMeta) -> None:
         """Copy the new object to the Kachery zone layout, where Kachery clients fetch a

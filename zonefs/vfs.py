@@ -15,6 +15,8 @@ Invariants:
   the upload is scheduled again when the last writer closes (or by fsync).
 - An upload marks a file clean only if nothing changed it while the upload ran (generation).
 - Namespace changes (mkdir, rmdir, unlink, rename, symlink) reach the bucket before they return.
+  A rename is journaled first; one a crash cut short is finished by `recover`, which runs
+  before the mount answers and before pending uploads are queued again.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Header fetches started ahead of a listing's reader, at most this many at once.
 PREFETCH_TASKS = 64
+#: Odd keys remembered for `zonefs status` (each is still logged once, up to this many).
+MAX_REPORTED = 1000
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
@@ -93,7 +97,8 @@ class Vfs:
         self.writeback = self.pending.writeback
         self.renamer = Renamer(remote, journal, self.pending, remote_exists=self._remote_exists,
                                put_marker=self._put_marker)
-        self._reported: set[str] = set()
+        # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
+        self._reported: dict[str, str] = {}
         self.mount_time_ns = time.time_ns()
         # What the store can do: set by the daemon from the probe before the mount answers.
         self.capabilities = Capabilities()
@@ -103,6 +108,16 @@ class Vfs:
     @property
     def uploaded_bytes(self) -> int:
         return self.pending.uploaded_bytes
+
+    async def recover(self) -> int:
+        """Finish what a crash cut short, before the mount answers and before `requeue_dirty`:
+        renames in progress (their pending rows move first). Returns how many were resumed."""
+        if self.opts.read_only:
+            left = len(self.journal.renames())
+            if left:
+                log.warning("%d rename(s) cut short by a crash wait for a writable mount", left)
+            return 0
+        return await self.renamer.resume()
 
     def requeue_dirty(self) -> int:
         """Hand every journaled dirty file to the write-back queue (at mount)."""
@@ -254,9 +269,10 @@ class Vfs:
         return True
 
     def _report(self, path: str, what: str) -> None:
-        if path not in self._reported:
-            self._reported.add(path)
-            log.warning("key %r %s", path, what)
+        if path in self._reported or len(self._reported) >= MAX_REPORTED:
+            return
+        self._reported[path] = what
+        log.warning("key %r %s", path, what)
 
     def _prefetch_meta(self, path: str, names: dict[str, Entry]) -> None:
         """Read the headers of every entry not yet known, concurrently, in the background.
@@ -406,12 +422,23 @@ class Vfs:
                 if await self.listdir(new):
                     raise NotEmpty(new)
                 await self.remote.delete(keys.dir_key(new))
-        if src.is_dir:
-            await self.renamer.move_dir(old, new, src.meta)
-        else:
-            await self.renamer.move_file(old, new, src)
-        self.cache.invalidate_tree(old)
-        self.cache.invalidate_tree(new)
+        try:
+            if src.is_dir:
+                await self.renamer.move_dir(old, new, src.meta)
+            else:
+                await self.renamer.move_file(old, new, src)
+                moved = self.dirty.get(new)
+                if (moved is not None and moved.row.base_etag is None and dst is not None
+                        and dst.etag):
+                    # Its upload replaces the object it was renamed over: a conditional write
+                    # must expect that one, not "no object".
+                    moved.row.base_etag = dst.etag
+                    if moved.persisted:
+                        self.journal.put_dirty(moved.row)
+        finally:
+            # Also after a rename that failed part-way: objects may be under both names.
+            self.cache.invalidate_tree(old)
+            self.cache.invalidate_tree(new)
 
     # -- attributes changes ---------------------------------------------------------------------
 
@@ -687,4 +714,6 @@ class Vfs:
             "writeback": self.writeback.stats_dict(),
             "cache": self.blobs.stats(),
             "requests": dict(self.remote.requests.counts),
+            "odd_keys": [{"key": k, "what": w} for k, w in sorted(self._reported.items())],
+            "conflicts": self.pending.conflicts,
         }

@@ -1,0 +1,56 @@
+"""Failure (t5): a bucket seeded with keys that are not POSIX paths. Listings and `find`
+complete, nothing outside the mount is touched, and `zonefs status` names each odd key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from mounts import Mount, fuse_unavailable_reason, run
+
+pytestmark = pytest.mark.skipif(
+    fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason())
+)
+
+
+def test_hostile_keys_never_crash_a_listing_nor_escape(mount: Mount, tmp_path: Path) -> None:
+    hostile = {
+        "a//b": b"empty segment",
+        "/leading": b"leading slash",
+        "x" * 300: b"name too long",
+        "deep/" + "y" * 256: b"segment too long",
+        "both": b"a file and a prefix",
+        "both/child": b"child",
+        "ok/fine.txt": b"an ordinary file",
+        ".zonefs/planted": b"the reserved name",
+    }
+    if mount.kind == "local":  # HTTP stacks may normalise dot segments before S3 sees them
+        hostile |= {"./x": b"dot", "../escape": b"dotdot", "ok/../../etc/zonefs-escape": b"up"}
+    for key, body in hostile.items():
+        mount.store.put(key, body)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sentinel").write_bytes(b"untouched")
+    before = sorted(os.listdir(tmp_path))
+
+    run("ls", "-laR", mount.path)
+    found = run("find", mount.path).stdout.decode().splitlines()
+    assert all(p == str(mount.path) or p.startswith(str(mount.path) + "/") for p in found)
+    names = {os.path.relpath(p, mount.path) for p in found}
+    assert {"ok", "ok/fine.txt", "both", "both/child"} <= names
+    assert not any(n.startswith("..") or "//" in n for n in names)
+    assert (mount.path / "ok" / "fine.txt").read_bytes() == b"an ordinary file"
+    assert (mount.path / "both").is_dir()  # the directory wins; the object is reported
+    assert sorted(os.listdir(tmp_path)) == before
+    assert (outside / "sentinel").read_bytes() == b"untouched"
+    assert not Path("/etc/zonefs-escape").exists()
+
+    odd = {o["key"]: o["what"] for o in mount.status()["odd_keys"]}
+    assert "both" in odd and "file and a directory" in odd["both"]
+    assert any("x" * 300 in k for k in odd) and ".zonefs" in odd
+    assert any("a" in k and "not a valid file name" in w for k, w in odd.items())
+    # The ordinary file can still be written next to them.
+    (mount.path / "ok" / "new.txt").write_bytes(b"new")
+    mount.sync()
+    assert mount.store.must_get("ok/new.txt").body == b"new"
