@@ -94,7 +94,8 @@ endpoint_url = "{s3_endpoint}"
     checked = zonefs_cli("zones", "--check", env=env, check=False)
     assert checked.returncode == 1
     lines = checked.stdout
-    assert "ok: reachable; versioning enabled" in lines
+    assert "ok: reachable; store probe (probed): versioning enabled" in lines, lines
+    assert "conditional writes enforced" in lines
     assert "FAILED" in lines and "does not exist" in lines
 
 

@@ -146,14 +146,16 @@ def _check_zones(named: list[zones.NamedZone]) -> dict[str, str]:
     import trio
 
     from .remote import open_remote
+    from .remote.probe import probe
 
     async def check(z: zones.NamedZone) -> str:
         try:
             remote = open_remote(z.zone)
+            overrides = dict(parse_mount_options(z.options).store_overrides)
             with trio.fail_after(10):
                 await remote.check()
-                versioning = await remote.bucket_versioning()
-            return f"ok: reachable; versioning {versioning}"
+            found = await probe(remote, overrides=overrides)
+            return f"ok: reachable; {found.with_overrides(overrides).summary()}"
         except trio.TooSlowError:
             return "FAILED: no answer within 10 s"
         except ZonefsError as exc:
