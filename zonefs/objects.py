@@ -149,15 +149,21 @@ class RemoteObjects:
                     etag = handle.etag = self._opened_etag[path] = info.etag
                     handle.keep_cache = False
                     self.cache.invalidate(path)
-            fetcher = RangeFetcher(
-                self.remote, self.blobs, self._spawn, key=path, etag=etag, version_id=version,
-                size=size,
-                on_complete=lambda digest, p, k=path, e=etag: self._remember_blob(k, e, digest, p),
-            )
-            self._fetchers[(path, etag)] = fetcher
+            fetcher = self._new_fetcher(path, etag, version, size)
         fetcher.users += 1
         handle.fetcher = fetcher
         return handle
+
+    def _new_fetcher(self, key: str, etag: str, version_id: str | None,
+                     size: int) -> RangeFetcher:
+        """A ranged reader of `key` at `etag`, shared by every open of the same bytes."""
+        fetcher = RangeFetcher(
+            self.remote, self.blobs, self._spawn, key=key, etag=etag, version_id=version_id,
+            size=size,
+            on_complete=lambda digest, p, k=key, e=etag: self._remember_blob(k, e, digest, p),
+        )
+        self._fetchers[(key, etag)] = fetcher
+        return fetcher
 
     async def _open_cached(self, handle: Handle, key: str, etag: str) -> bool:
         """Attach the cached blob of `key` at `etag` to `handle`, if there is a good one."""
@@ -201,12 +207,7 @@ class RemoteObjects:
             return self._attach_blob(handle, digest.sha256, fd)
         fetcher = self._fetchers.get((key, etag))
         if fetcher is None or fetcher.closed:  # one of the same bytes may be in flight
-            fetcher = RangeFetcher(
-                self.remote, self.blobs, self._spawn, key=key, etag=etag, version_id=version_id,
-                size=size,
-                on_complete=lambda digest, p, k=key, e=etag: self._remember_blob(k, e, digest, p),
-            )
-            self._fetchers[(key, etag)] = fetcher
+            fetcher = self._new_fetcher(key, etag, version_id, size)
         fetcher.users += 1
         handle.fetcher = fetcher
         return handle
