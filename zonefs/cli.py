@@ -525,6 +525,10 @@ The demo zone {zone_dir} is mounted at {rel}. Things to try:
   echo 'my first object' > {rel}/notes.txt && cat {rel}/notes.txt
   cp -r /etc/apt {rel}/ && ls -lR {rel}/apt | head
   mv {rel}/notes.txt {rel}/examples/ && rm -r {rel}/apt
+  echo 'second version' > {rel}/examples/notes.txt && {exe} sync {rel}
+  ls -l {rel}/.zonefs/versions/examples/notes.txt/   # every version, readable
+  ls {rel}/.zonefs/at/-1m/                         # the zone a minute ago
+  {exe} versions {rel}/examples/notes.txt
   {exe} status {rel}        # what is cached, pending, requested
   {exe} sync {rel}          # wait until every change is stored in the zone
 Unmount (uploads everything pending first):
