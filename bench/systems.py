@@ -432,6 +432,24 @@ class S3fs(System):
         return mount
 
 
+def daemon_pid(mount: Mount) -> int | None:
+    """PID of the process serving a mount: the one we started, or zonefs' background daemon
+    (found by its command line: `... mount ... MOUNTPOINT --foreground`)."""
+    if mount.proc is not None:
+        return mount.proc.pid
+    target = str(mount.path.resolve()).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if target in args and b"--foreground" in args and b"mount" in args:
+            return int(entry.name)
+    return None
+
+
 SYSTEM_NAMES = ("zonefs", "rclone", "rclone-full", "s3fs")
 
 
