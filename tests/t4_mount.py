@@ -1235,3 +1235,14 @@ def test_allow_other_lets_other_users_in_with_permission_checks(
         m.umount()
     finally:
         m.cleanup()
+
+
+@pytest.mark.mount_options(dir_markers="dropped")
+def test_directory_attributes_survive_a_store_that_drops_marker_metadata(mount: Mount) -> None:
+    """On a store that keeps no metadata on `dir/` markers (SeaweedFS), the attributes this
+    machine set still show, also after a remount."""
+    (mount.path / "private").mkdir(mode=0o700)
+    os.chmod(mount.path / "private", 0o710)
+    mount.store.put("private/", b"")  # what such a store keeps: a bare marker
+    mount.remount()
+    assert (mount.path / "private").stat().st_mode & 0o7777 == 0o710

@@ -148,7 +148,8 @@ class Daemon:
 
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
         # A file:///DIR zone is created when DIR is missing or empty.
-        remote = open_remote(self.zone, max_requests=self.opts.max_requests, create=True)
+        remote = open_remote(self.zone, max_requests=self.opts.max_requests, create=True,
+                             io_timeout=self.opts.io_timeout)
         try:
             with trio.fail_after(CHECK_TIMEOUT):
                 await remote.check()
@@ -174,7 +175,7 @@ class Daemon:
                     nursery.start_soon(fn)
 
                 vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, spawn=spawn)
-                vfs.capabilities = vfs.pending.capabilities = caps
+                vfs.capabilities = caps
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
                 await nursery.start(vfs.writeback.run)
                 # Renames a crash cut short finish first: they move pending rows to new names.

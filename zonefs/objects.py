@@ -19,7 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat as st
@@ -58,6 +57,7 @@ class RemoteObjects:
         self._meta_waits: dict[str, trio.Event] = {}
         self._fetchers: dict[tuple[str, str], RangeFetcher] = {}
         self._opened_etag: dict[str, str] = {}
+        self.dir_markers_dropped = False  # set from the store probe (see Vfs.capabilities)
 
     def forget_opened(self, path: str) -> None:
         """`path` changed locally: the kernel's cached pages of it are stale."""
@@ -89,6 +89,13 @@ class RemoteObjects:
             if memo is not None:
                 entry.meta = memo.meta
                 return
+        if entry.is_dir and self.dir_markers_dropped:
+            # The store keeps no metadata on `dir/` markers (SeaweedFS): what this machine
+            # set last is the best answer there is; a HEAD would only give defaults.
+            memo = self.journal.get_object(keys.dir_key(path))
+            if memo is not None:
+                entry.meta = memo.meta
+                return
         waiting = self._meta_waits.get(path)
         if waiting is not None:
             await waiting.wait()
@@ -101,8 +108,12 @@ class RemoteObjects:
                 info = None
                 if not entry.is_dir and entry.size <= SMALL_OBJECT:
                     # As cheap as a HEAD, and a later read needs no request at all.
-                    with contextlib.suppress(RemoteError):  # bad bytes: read headers alone
+                    try:
                         info, _ = await self.download_whole(key, None)
+                    except RemoteError as exc:  # bad bytes: read the headers alone
+                        if exc.transient:
+                            raise  # the store is failing: a HEAD now would wait once more
+                        info = None
                 if info is None:
                     info = await self.remote.head(key)
             except NotFound:

@@ -101,9 +101,20 @@ class Vfs:
         self._reported: dict[str, str] = {}
         self.mount_time_ns = time.time_ns()
         # What the store can do: set by the daemon from the probe before the mount answers.
-        self.capabilities = Capabilities()
+        self._capabilities = Capabilities()
         self.history = History(remote, self.objects, uid=opts.uid, gid=opts.gid,
                                ttl=opts.metadata_ttl, capabilities=lambda: self.capabilities)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @capabilities.setter
+    def capabilities(self, caps: Capabilities) -> None:
+        """The store probe's answers, handed to the components that act on them."""
+        self._capabilities = caps
+        self.pending.capabilities = caps
+        self.objects.dir_markers_dropped = caps.dir_markers == "dropped"
 
     @property
     def uploaded_bytes(self) -> int:
@@ -111,12 +122,19 @@ class Vfs:
 
     async def recover(self) -> int:
         """Finish what a crash cut short, before the mount answers and before `requeue_dirty`:
-        renames in progress (their pending rows move first). Returns how many were resumed."""
+        multipart uploads left unfinished are aborted (their files are still dirty and go up
+        again whole), and renames in progress are finished (their pending rows move first).
+        Returns how many renames were resumed."""
         if self.opts.read_only:
             left = len(self.journal.renames())
             if left:
                 log.warning("%d rename(s) cut short by a crash wait for a writable mount", left)
+            uploads = len(self.journal.multipart_uploads())
+            if uploads:
+                log.warning("%d unfinished multipart upload(s) left by a crash are aborted by "
+                            "the next writable mount", uploads)
             return 0
+        await self.pending.abort_leftover_uploads()
         return await self.renamer.resume()
 
     def requeue_dirty(self) -> int:
@@ -332,6 +350,9 @@ class Vfs:
         info = await self.remote.put_bytes(keys.dir_key(path), b"", keys.encode_meta(meta),
                                            keys.DIR_CONTENT_TYPE)
         self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), meta))
+        # Remembered too: where the store drops a marker's metadata (the probe's
+        # dir_markers=dropped), this machine still shows the attributes it set.
+        self.journal.put_object(ObjectRow(keys.dir_key(path), info.etag, 0, meta))
 
     async def rmdir(self, path: str) -> None:
         self._check_writable(path)
@@ -343,6 +364,7 @@ class Vfs:
         if await self.listdir(path):
             raise NotEmpty(path)
         await self.remote.delete(keys.dir_key(path))
+        self.journal.drop_object(keys.dir_key(path))
         self.cache.put_entry(path, None)
 
     async def symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
