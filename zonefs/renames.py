@@ -85,7 +85,11 @@ class Renamer:
         has_object = True
         current = self.pending.dirty.get(old)
         if current is not None and has_new_bytes(current):
-            has_object = await self._remote_exists(old)
+            # A base ETag means an object was there (uploaded by an fsync while open, or the
+            # one the edit started from): its delete is planned even if the cache has not
+            # heard of it; deleting a key that is gone is harmless.
+            has_object = (current.row.base_etag is not None
+                          or await self._remote_exists(old))
         replaced = self.pending.dirty.pop(new, None)
         df = self.pending.dirty.pop(old, None)
         plan: list[Move] = []
@@ -198,6 +202,9 @@ class Renamer:
         df.row.path = new
         if has_new_bytes(df):
             df.row.base_etag = None
+            # An upload made under the old name (by fsync while open) is not this name's:
+            # the last close must upload again rather than take it as done.
+            df.uploaded_generation, df.uploaded = -1, None
             self.pending.dirty[new] = df
             self.pending.writeback.schedule(new)
             return
