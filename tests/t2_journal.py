@@ -288,3 +288,18 @@ def test_pending_moves_never_delete_a_row_already_moved(journal: Journal, db_pat
     # The same step again (a resume after its forget was lost) changes nothing.
     journal.apply_pending_moves(steps)
     assert [r.path for r in rows_of(db_path)] == ["e/c"]
+
+
+def test_multipart_uploads_are_kept_until_dropped(journal: Journal, db_path: str) -> None:
+    journal.add_multipart("big.bin", "upload-1")
+    journal.add_multipart("big.bin", "upload-1")  # recorded twice: still one row
+    journal.add_multipart("dir/other.bin", "upload-2")
+    other = Journal(db_path)  # what the next mount finds after a crash
+    try:
+        assert other.multipart_uploads() == [("big.bin", "upload-1"),
+                                             ("dir/other.bin", "upload-2")]
+        other.drop_multipart("big.bin", "upload-1")
+        other.drop_multipart("big.bin", "no-such-upload")  # dropping twice is fine
+        assert other.multipart_uploads() == [("dir/other.bin", "upload-2")]
+    finally:
+        other.close()

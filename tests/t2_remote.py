@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from conftest import s3_test_client
 
 from zonefs.config import ZoneConfig
 from zonefs.errors import (
@@ -559,3 +561,106 @@ def test_local_zone_format_1_is_migrated(local_zone: ZoneConfig) -> None:
     remote._put_bytes("c", b"null too", {}, None)  # a second "null" id: format 2 allows it
     assert remote._get_range("a", 0, 10) == b"kept"
     assert remote._get_range("c", 0, 10) == b"null too"
+
+
+# -- outages: bounded reads, multipart uploads on record --------------------------------------
+
+
+class RecordingLog:
+    """A `multipart_log` that remembers what it heard, in order (called from worker threads)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def started(self, key: str, upload_id: str) -> None:
+        with self._lock:
+            self.events.append(("started", key, upload_id))
+
+    def ended(self, key: str, upload_id: str) -> None:
+        with self._lock:
+            self.events.append(("ended", key, upload_id))
+
+
+def small_parts(remote: Remote) -> S3Remote:
+    """`remote` with 5 MiB multipart thresholds and parts (S3's smallest), for quick tests."""
+    assert isinstance(remote, S3Remote)
+    remote.MULTIPART_THRESHOLD = remote.PART_SIZE = 5 * MiB
+    return remote
+
+
+async def test_multipart_log_hears_every_upload_begin_and_end(
+    s3_zone: ZoneConfig, s3_client: Any, tmp_path: Path
+) -> None:
+    remote = small_parts(open_remote(s3_zone))
+    heard = remote.multipart_log = RecordingLog()
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(12 * MiB))
+    info = await remote.upload("big.bin", str(src), {})
+    assert info.etag.endswith("-3")
+    [(start, key, upload_id), (end, key2, upload_id2)] = heard.events
+    assert (start, end, key, key2) == ("started", "ended", "big.bin", "big.bin")
+    assert upload_id == upload_id2 and upload_id
+    # A cancelled upload is aborted, and its end is reported too.
+    heard.events.clear()
+    with pytest.raises(RemoteError, match="cancelled"):
+        await remote.upload("cut.bin", str(src), {}, cancel=CancelAfter(4))
+    assert [e[0] for e in heard.events] == ["started", "ended"]
+    assert heard.events[0][2] == heard.events[1][2]
+    assert s3_client.list_multipart_uploads(Bucket=s3_zone.bucket).get("Uploads", []) == []
+    # Small files go in one PUT: nothing to report.
+    heard.events.clear()
+    (tmp_path / "small").write_bytes(b"x" * 1000)
+    await remote.upload("small", str(tmp_path / "small"), {})
+    assert heard.events == []
+
+
+async def test_abort_multipart_removes_an_unfinished_upload(
+    s3_zone: ZoneConfig, s3_client: Any
+) -> None:
+    remote = open_remote(s3_zone)
+    upload_id = s3_client.create_multipart_upload(Bucket=s3_zone.bucket, Key="left")["UploadId"]
+    s3_client.upload_part(Bucket=s3_zone.bucket, Key="left", UploadId=upload_id, PartNumber=1,
+                          Body=b"a part a dead process sent")
+    await remote.abort_multipart("left", upload_id)
+    assert s3_client.list_multipart_uploads(Bucket=s3_zone.bucket).get("Uploads", []) == []
+    await remote.abort_multipart("left", upload_id)  # gone already: fine
+
+
+async def test_local_zone_has_no_multipart_to_abort(local_zone: ZoneConfig) -> None:
+    await open_remote(local_zone).abort_multipart("any", "id")
+
+
+async def test_stalled_store_fails_reads_within_io_timeout(
+    s3_endpoint: str, start_moto: Any, tmp_path: Path
+) -> None:
+    """A store that accepts connections but never answers (SIGSTOP: what a hung server or a
+    black-holed route looks like): every read and lookup fails with a transient RemoteError
+    naming io_timeout, instead of waiting for botocore's retries of 60 s reads."""
+    server = start_moto()
+    client = s3_test_client(server.url)
+    client.create_bucket(Bucket="stall")
+    client.put_object(Bucket="stall", Key="obj", Body=b"bytes of obj")
+    zone = ZoneConfig.parse("s3://stall", endpoint_url=server.url)
+    remote = open_remote(zone, io_timeout=1.0)
+    assert (await remote.head("obj")).size == 12  # a connection in the pool, before the stall
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        calls = {
+            "head": lambda: remote.head("obj"),
+            "list": lambda: remote.list(""),
+            "get_range": lambda: remote.get_range("obj", 0, 5),
+            "download": lambda: remote.download("obj", str(tmp_path / "dl")),
+        }
+        for name, call in calls.items():
+            with pytest.raises(RemoteError, match=r"did not answer within 1 s") as err:
+                await call()
+            assert err.value.transient, name
+        # Generous: the point is that none waited for botocore (3 attempts of up to 60 s).
+        assert time.monotonic() - started < 30
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    # The store is back: reads work again (abandoned threads end on their own).
+    assert (await remote.head("obj")).size == 12
+    assert await remote.get_range("obj", 0, 5) == b"bytes"

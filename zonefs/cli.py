@@ -559,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-bundle", help="CA certificates (PEM) for an https endpoint")
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="ro, allow_other, uid=, gid=, umask=, cache_dir=, cache_size=, "
-                        "writeback_delay=, metadata_ttl=; the store probe's answers: "
+                        "writeback_delay=, metadata_ttl=, io_timeout=, at=, kachery_mirror; "
+                        "the store probe's answers: "
                         "versioning=, conditional_writes=, checksums=on|off, dir_markers=")
     p.add_argument("-f", "--foreground", action="store_true", help="stay attached")
     p.add_argument("--reprobe", action="store_true",

@@ -136,6 +136,10 @@ class MountOptions:
     cache_size: int = 10 << 30
     writeback_delay: float = 2.0
     metadata_ttl: float = 5.0
+    # Longest wait for the store's answer to a read or a lookup (HEAD, LIST, GET) before it
+    # fails with EIO; a download in progress waits this long for each next piece. Uploads are
+    # not bounded by it: they retry until they land.
+    io_timeout: float = 30.0
     max_requests: int = 16
     fsname: str = "zonefs"
     kachery_mirror: bool = False  # also copy each upload to sha1/ab/cd/ef/<sha1>
@@ -236,6 +240,8 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
 
     >>> parse_mount_options(["ro,uid=1000,cache_size=1G"]).cache_size
     1073741824
+    >>> parse_mount_options(["io_timeout=500ms"]).io_timeout, MountOptions().io_timeout
+    (0.5, 30.0)
     """
     opts = base or MountOptions()
     changes: dict[str, object] = {}
@@ -276,6 +282,12 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["cache_size"] = parse_size(value)
             elif name in ("writeback_delay", "metadata_ttl"):
                 changes[name] = _parse_seconds(name, value)
+            elif name == "io_timeout":
+                seconds = _parse_seconds(name, value)
+                if seconds <= 0:
+                    raise ConfigError("io_timeout= takes a time above 0 (a read must give up "
+                                      "some time)")
+                changes[name] = seconds
             elif name == "max_requests":
                 changes["max_requests"] = max(1, _parse_id(name, value))
             elif name in _IGNORED:

@@ -21,6 +21,10 @@ Tables:
   repeats only steps whose progress was not yet on disk, and every step is idempotent (a copy
   whose source is gone but whose destination exists is done). A rename not yet sealed changed
   nothing and is simply forgotten.
+- `multipart`: multipart uploads started and not yet completed or aborted, by zone key and
+  upload id. A row is fsync'ed before the first part is sent and dropped once the upload is
+  completed or aborted; rows left by a process that died name uploads to abort at the next
+  mount (the file's dirty row is still there, so it is uploaded again whole).
 
 All calls are synchronous and short; callers on the trio thread rely on that: code between two
 awaits sees the journal atomically. Every write commits before returning. Writes that
@@ -81,6 +85,11 @@ CREATE TABLE IF NOT EXISTS moves (
     copied  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS moves_batch ON moves (batch, id);
+CREATE TABLE IF NOT EXISTS multipart (
+    key       TEXT NOT NULL,     -- zone key
+    upload_id TEXT NOT NULL,
+    PRIMARY KEY (key, upload_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (
     sha256 TEXT NOT NULL,
     etag   TEXT NOT NULL,
@@ -358,6 +367,26 @@ class Journal:
                 else:
                     raise ValueError(f"not a pending-row step: {m.kind}")
                 self._db.execute("DELETE FROM moves WHERE id = ?", (m.id,))
+
+    # -- multipart uploads in progress --------------------------------------------------------
+
+    def add_multipart(self, key: str, upload_id: str) -> None:
+        """A multipart upload of `key` was created: durable (fsync'ed) before its first part
+        is sent, so that no crash can leave its parts in the bucket unrecorded."""
+        self._set_durable(True)
+        self._db.execute("INSERT OR IGNORE INTO multipart VALUES (?, ?)", (key, upload_id))
+
+    def drop_multipart(self, key: str, upload_id: str) -> None:
+        """The upload was completed or aborted. Not fsync'ed: a lost drop only repeats the
+        abort of an upload that is gone, which the store answers as done."""
+        self._set_durable(False)
+        self._db.execute("DELETE FROM multipart WHERE key = ? AND upload_id = ?",
+                         (key, upload_id))
+
+    def multipart_uploads(self) -> list[tuple[str, str]]:
+        """(key, upload id) of every recorded upload not known to be finished."""
+        return [(k, u) for k, u in self._db.execute(
+            "SELECT key, upload_id FROM multipart ORDER BY key, upload_id")]
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -12,10 +12,14 @@ Invariants:
   and never while it has writers (that happens at their last close).
 - At start, rows whose data file is gone are dropped with an error, and staging files no row
   names (never closed, so never acknowledged) are removed.
+- Every multipart upload the remote starts is in the journal (fsync'ed) before its first part
+  is sent, until it is completed or aborted (`_MultipartJournal`, installed as the remote's
+  `multipart_log`); `abort_leftover_uploads` aborts those a dead process left, at mount.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -28,7 +32,7 @@ from . import keys
 from .blobs import BlobStore, Digest, hash_file
 from .config import MountOptions
 from .dircache import DirCache, Entry
-from .errors import NotFound, PreconditionFailed
+from .errors import NotFound, PreconditionFailed, ZonefsError
 from .handles import DirtyFile, has_new_bytes
 from .journal import Journal, ObjectRow
 from .keys import PosixMeta
@@ -42,6 +46,27 @@ log = logging.getLogger(__name__)
 
 class _Conflict(Exception):
     """The object changed in the bucket since the local edit began."""
+
+
+class _MultipartJournal:
+    """The remote's `multipart_log`: records multipart uploads in progress in the journal.
+
+    Called from the worker thread that runs an upload (or a large copy); every call hops to the
+    trio thread, where all journal calls are made, so the journal is never used from two
+    threads at once."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def started(self, key: str, upload_id: str) -> None:
+        # Raises when the trio loop is gone: the upload then fails (and is aborted) unrecorded.
+        trio.from_thread.run_sync(self._journal.add_multipart, key, upload_id)
+
+    def ended(self, key: str, upload_id: str) -> None:
+        try:
+            trio.from_thread.run_sync(self._journal.drop_multipart, key, upload_id)
+        except Exception as exc:  # the row stays: the next mount aborts an upload that is gone
+            log.debug("multipart upload %s of %r: end not recorded: %s", upload_id, key, exc)
 
 
 class PendingFiles:
@@ -61,9 +86,13 @@ class PendingFiles:
         self.capabilities = Capabilities()
         self._mirroring: set[str] = set()  # mirror keys being copied right now
         self.conflicts = 0  # conflict copies made (see _keep_conflict)
+        # SHA-256 of the last uploads started per path: an object holding one of them is
+        # this mount's own (see _own_landed_upload), not another writer's.
+        self._attempted: dict[str, collections.deque[str]] = {}
         self._progress = trio.Event()  # set whenever a dirty file leaves (uploaded, dropped)
         self._throttled = False
         self._estimate = 0
+        remote.multipart_log = _MultipartJournal(journal)
         for row in journal.dirty_rows():
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
@@ -112,6 +141,25 @@ class PendingFiles:
     def _note_progress(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
+
+    async def abort_leftover_uploads(self) -> int:
+        """Abort the multipart uploads a process that died left in the bucket (at mount, before
+        `requeue`): their files are still dirty, so they are uploaded again whole. One that
+        cannot be aborted now stays recorded for the next mount. Returns how many were."""
+        aborted = 0
+        for key, upload_id in self.journal.multipart_uploads():
+            try:
+                await self.remote.abort_multipart(key, upload_id)
+            except ZonefsError as exc:
+                log.warning("could not abort the unfinished multipart upload of %r left by an "
+                            "earlier mount (tried again at the next mount): %s", key, exc)
+                continue
+            self.journal.drop_multipart(key, upload_id)
+            aborted += 1
+        if aborted:
+            log.info("aborted %d unfinished multipart upload(s) left by an earlier mount",
+                     aborted)
+        return aborted
 
     def requeue(self) -> int:
         """Hand every journaled dirty file to the write-back queue (at mount)."""
@@ -191,12 +239,19 @@ class PendingFiles:
             # Where the probe saw the store verify checksums, it checks the bytes it receives
             # against the hash taken here (single-part PUTs; zone-buckets.md §6.3).
             checksum = digest.sha256 if self.capabilities.checksums else None
+            # Before sending: an upload cancelled too late lands without telling us.
+            self._attempted.setdefault(path, collections.deque(maxlen=8)).append(digest.sha256)
             try:
                 info = await self._upload_if_unchanged(path, row.base_etag, src, md, cancel,
                                                        checksum)
             except _Conflict:
-                await self._keep_conflict(path, df, src, md, digest, cancel)
-                return
+                ours = await self._own_landed_upload(path)
+                if ours is None:
+                    await self._keep_conflict(path, df, src, md, digest, cancel)
+                    return
+                # The object is an upload of ours that landed although it was cancelled
+                # (a rewrite, a rename): no other writer, so replace it.
+                info = await self._upload_if_unchanged(path, ours, src, md, cancel, checksum)
             self.uploaded_bytes += digest.size
             if self.kachery_mirror:
                 await self._mirror(path, digest, row.meta)
@@ -245,6 +300,16 @@ class PendingFiles:
         if current is not None and current != base:
             raise _Conflict
         return await self.remote.upload(path, src, md, None, cancel, checksum_sha256=checksum)
+
+    async def _own_landed_upload(self, path: str) -> str | None:
+        """The ETag of the object at `path` when its bytes are ones this mount sent there
+        (an upload cancelled too late to stop it lands anyway), else None."""
+        try:
+            info = await self.remote.head(path)
+        except NotFound:
+            return None
+        sha256 = (info.metadata or {}).get(SHA256_KEY)
+        return info.etag if sha256 and sha256 in self._attempted.get(path, ()) else None
 
     async def _keep_conflict(self, path: str, df: DirtyFile, src: str, md: dict[str, str],
                              digest: Digest, cancel: threading.Event) -> None:

@@ -15,16 +15,20 @@ __all__ = ["ListPage", "LocalRemote", "ObjectInfo", "Remote", "VersionInfo", "Ve
            "open_remote"]
 
 
-def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = False) -> Remote:
-    """The `Remote` for `zone`; at most `max_requests` requests run at once.
+def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = False,
+                io_timeout: float | None = None) -> Remote:
+    """The `Remote` for `zone`; at most `max_requests` requests run at once, and reads and
+    lookups give up after `io_timeout` seconds without an answer (None: no such bound).
 
     `create` makes a missing local zone; it has no effect on S3 zones (buckets are made with
     the store's own tools).
     """
     if zone.scheme == "file":
-        return LocalRemote(zone, max_requests=max_requests, create=create)
+        local = LocalRemote(zone, max_requests=max_requests, create=create)
+        local.io_timeout = io_timeout
+        return local
     if zone.scheme == "s3":
         from .s3 import S3Remote
 
-        return S3Remote(zone, max_requests=max_requests)
+        return S3Remote(zone, max_requests=max_requests, io_timeout=io_timeout)
     raise ConfigError(f"unknown zone scheme {zone.scheme!r} in {zone.url!r}")

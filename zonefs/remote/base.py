@@ -12,6 +12,18 @@ Invariants:
 - `ObjectInfo.etag` is the bare ETag, without quotes. `ObjectInfo.metadata` holds the user
   metadata with lowercase names and without the `x-amz-meta-` prefix; it is None when the call
   that produced the info does not return metadata (listings).
+- Reads and lookups (`head`, `list`, `get_range`, `download`, `list_versions`, `head_checksum`)
+  are bounded by `io_timeout` (when set): a call whose answer does not come within it, or a
+  transfer that receives nothing new for that long, fails with a transient `RemoteError` and
+  its worker thread is abandoned (it still holds its limiter slot until it ends, so a stalled
+  store never gets more than `max_requests` threads). Backends call `report_progress()` as bytes
+  arrive; in an abandoned call it raises, so the thread stops writing soon. Writes (`upload`,
+  `put_bytes`, `copy`, `delete`) are not bounded here: they end by the backend's own timeouts,
+  and the write-back queue retries them.
+- `multipart_log`, when set, hears of every multipart upload this remote starts before any
+  part is sent (`started`) and of its end (`ended`, after it was completed or aborted), so
+  that its owner can abort uploads left by a process that died; backends without multipart
+  uploads never call it.
 """
 
 from __future__ import annotations
@@ -20,13 +32,45 @@ import functools
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
+from ..errors import RemoteError
+
 log = logging.getLogger(__name__)
+
+
+class MultipartLog(Protocol):
+    """Who hears of multipart uploads in progress (the uploads layer, which journals them).
+
+    Called from worker threads; `started` returns only once the record is durable, and an
+    exception from it fails the upload before any part is sent."""
+
+    def started(self, key: str, upload_id: str) -> None: ...
+
+    def ended(self, key: str, upload_id: str) -> None: ...
+
+
+class _Progress(threading.local):
+    """The deadline-pushing hook of the bounded call running in this worker thread."""
+
+    hook: Callable[[], None] | None = None
+
+
+_progress = _Progress()
+
+
+def report_progress() -> None:
+    """Called by a backend's blocking code each time part of an answer arrived: pushes back
+    the deadline of the bounded call it serves. Raises RemoteError when that call was
+    abandoned (its caller gave up), so that the thread stops soon; does nothing elsewhere."""
+    hook = _progress.hook
+    if hook is not None:
+        hook()
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
@@ -95,9 +139,15 @@ class Remote(ABC):
     #: Entries per ListObjectVersions request (S3 allows at most 1,000).
     VERSION_PAGE = 1000
 
-    def __init__(self, *, max_requests: int = 16) -> None:
+    def __init__(self, *, max_requests: int = 16, io_timeout: float | None = None) -> None:
         self.limiter = trio.CapacityLimiter(max_requests)
         self.requests = RequestCounter()
+        #: Seconds a read or lookup waits for an answer (or a transfer for its next bytes);
+        #: None: as long as the backend's own timeouts let it (tools that are not a mount).
+        self.io_timeout = io_timeout
+        #: Hears of multipart uploads in progress; set by the owner of the journal.
+        self.multipart_log: MultipartLog | None = None
+        self._quiet_until = float("-inf")  # rate limit of the io_timeout warning
 
     # -- blocking implementations, run in worker threads -----------------------------------
 
@@ -212,31 +262,86 @@ class Remote(ABC):
             log.debug("%s %r", kind, args[0] if args else "")  # the key only: never bodies
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
+    async def _run_bounded(self, kind: str, fn: Any, key: str, *args: Any) -> Any:
+        """`_run` for a read or lookup of `key`: fails with a transient RemoteError when no
+        answer (or, with `report_progress`, no new bytes) came for `io_timeout` seconds.
+
+        The wait for a free limiter slot counts: when every slot is held by calls the store
+        does not answer, a new call fails in time too, instead of queueing behind them."""
+        timeout = self.io_timeout
+        if timeout is None:
+            return await self._run(kind, fn, key, *args)
+        self.requests.add(kind)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %r", kind, key)
+        token = trio.lowlevel.current_trio_token()
+        abandoned = threading.Event()
+        uri = self.object_uri(key)
+
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+
+            def push() -> None:  # on the trio thread: bytes are flowing, wait longer
+                scope.deadline = max(scope.deadline, trio.current_time() + timeout)
+
+            def tick() -> None:  # in the worker thread, from report_progress()
+                if abandoned.is_set():
+                    raise RemoteError(f"{uri}: abandoned after {timeout:g} s", transient=True)
+                try:
+                    token.run_sync_soon(push)
+                except trio.RunFinishedError:
+                    abandoned.set()
+
+            def call() -> Any:
+                _progress.hook = tick
+                try:
+                    return fn(key, *args)
+                finally:
+                    _progress.hook = None
+
+            try:
+                # abandon_on_cancel: a thread stuck in a socket read cannot be interrupted;
+                # the FUSE request waiting on it must return all the same.
+                return await trio.to_thread.run_sync(call, limiter=self.limiter,
+                                                     abandon_on_cancel=True)
+            finally:
+                abandoned.set()  # no effect once the thread has returned
+        err = RemoteError(f"{uri}: the store did not answer within {timeout:g} s (io_timeout)",
+                          transient=True)
+        # The reader sees only EIO: say why in the log, once a minute at most in an outage.
+        now = trio.current_time()
+        if now >= self._quiet_until:
+            self._quiet_until = now + 60
+            log.warning("%s; reads that need the store fail with EIO meanwhile", err)
+        else:
+            log.debug("%s", err)
+        raise err
+
     async def check(self) -> None:
         await self._run("check", self._check)
 
     async def head(self, key: str, version_id: str | None = None) -> ObjectInfo:
-        return await self._run("head", self._head, key, version_id)
+        return await self._run_bounded("head", self._head, key, version_id)
 
     async def list(
         self, prefix: str, delimiter: str | None = "/", token: str | None = None,
         max_keys: int = 1000,
     ) -> ListPage:
-        return await self._run("list", self._list, prefix, delimiter, token, max_keys)
+        return await self._run_bounded("list", self._list, prefix, delimiter, token, max_keys)
 
     async def get_range(
         self, key: str, start: int, length: int, version_id: str | None = None,
         if_match: str | None = None,
     ) -> bytes:
-        data: bytes = await self._run("get", self._get_range, key, start, length, version_id,
-                                      if_match)
+        data: bytes = await self._run_bounded("get", self._get_range, key, start, length,
+                                              version_id, if_match)
         self.requests.downloaded_bytes += len(data)
         return data
 
     async def download(
         self, key: str, dest: str, version_id: str | None = None, if_match: str | None = None
     ) -> ObjectInfo:
-        info: ObjectInfo = await self._run("get", self._download, key, dest, version_id, if_match)
+        info: ObjectInfo = await self._run_bounded("get", self._download, key, dest, version_id,
+                                                   if_match)
         self.requests.downloaded_bytes += info.size
         return info
 
@@ -266,7 +371,7 @@ class Remote(ABC):
         return await self._run("put", fn, key, data, metadata, content_type)
 
     async def head_checksum(self, key: str) -> str | None:
-        return await self._run("head", self._head_checksum, key)
+        return await self._run_bounded("head", self._head_checksum, key)
 
     async def copy(
         self,
@@ -292,8 +397,8 @@ class Remote(ABC):
         self, prefix: str, delimiter: str | None = "/", marker: tuple[str, str] | None = None,
         max_keys: int = 1000,
     ) -> VersionPage:
-        return await self._run("list_versions", self._list_versions, prefix, delimiter, marker,
-                               max_keys)
+        return await self._run_bounded("list_versions", self._list_versions, prefix, delimiter,
+                                       marker, max_keys)
 
     async def iter_versions(
         self, prefix: str, delimiter: str | None = "/"
@@ -309,6 +414,14 @@ class Remote(ABC):
 
     async def delete_version(self, key: str, version_id: str) -> None:
         await self._run("delete", self._delete_version, key, version_id)
+
+    def _abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort the multipart upload `upload_id` of `key`; one that is gone (completed or
+        aborted already) is fine. Backends without multipart uploads have none to abort."""
+        return None
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._run("abort", self._abort_multipart, key, upload_id)
 
     def object_uri(self, key: str) -> str:
         """Where `key` lives, as a URI a user can paste into another S3 tool (no credentials)."""

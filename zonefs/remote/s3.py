@@ -11,7 +11,11 @@ Invariants:
 - Every botocore error is translated by `translate_error`; nothing else escapes, and no message
   carries a credential (messages are built here from error codes, never from the request).
 - A multipart upload or copy that fails or is cancelled is aborted, so no unfinished upload is
-  left in the bucket.
+  left in the bucket. `multipart_log` hears of each upload id before its first part is sent and
+  of its end once it is completed or aborted, so uploads a killed process left are aborted by
+  the next mount.
+- Reads and lookups use `_read_client`, whose timeouts fit within `io_timeout`; uploads, copies
+  and deletes use `_client` (60 s reads, 3 attempts), as they are retried, not abandoned.
 - The client is created once and shared by every worker thread (botocore clients are
   thread-safe; the session is only used while constructing).
 """
@@ -71,6 +75,7 @@ from .base import (
     Remote,
     VersionInfo,
     VersionPage,
+    report_progress,
 )
 
 log = logging.getLogger(__name__)
@@ -275,8 +280,9 @@ class S3Remote(Remote):
     COPY_MULTIPART_THRESHOLD = 5 * GiB
     COPY_PART_SIZE = 512 * MiB
 
-    def __init__(self, zone: ZoneConfig, *, max_requests: int = 16) -> None:
-        super().__init__(max_requests=max_requests)
+    def __init__(self, zone: ZoneConfig, *, max_requests: int = 16,
+                 io_timeout: float | None = None) -> None:
+        super().__init__(max_requests=max_requests, io_timeout=io_timeout)
         self.zone = zone
         self.bucket = zone.bucket
         self.prefix = zone.prefix
@@ -295,6 +301,17 @@ class S3Remote(Remote):
             # Every worker thread and every parallel part may hold a connection at once.
             max_pool_connections=max_requests * 2 + self.PART_THREADS,
         )
+        self._read_client = self._client
+        if io_timeout is not None:
+            # Reads and lookups get their own client whose timeouts fit in io_timeout: the
+            # Remote abandons a read that takes longer, and its thread (which holds a limiter
+            # slot) should then end soon, not after the data client's 60 s per attempt.
+            self._read_client = self._make_client(
+                connect_timeout=min(5.0, io_timeout),
+                read_timeout=min(60.0, io_timeout),
+                retries={"mode": "standard", "max_attempts": 3},
+                max_pool_connections=max_requests * 2,
+            )
         self._endpoint: str = zone.endpoint_url or self._client.meta.endpoint_url
         self._check_client: Any = None
         self._check_lock = threading.Lock()
@@ -401,7 +418,8 @@ class S3Remote(Remote):
     def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
         with self._translated(key):
             args = {"VersionId": version_id} if version_id else {}
-            resp = self._client.head_object(Bucket=self.bucket, Key=self._full(key), **args)
+            resp = self._read_client.head_object(Bucket=self.bucket, Key=self._full(key),
+                                                 **args)
         return self._info(key, resp)
 
     def _list(
@@ -413,7 +431,7 @@ class S3Remote(Remote):
         if token:
             args["ContinuationToken"] = token
         with self._translated(prefix):
-            resp = self._client.list_objects_v2(Bucket=self.bucket, **args)
+            resp = self._read_client.list_objects_v2(Bucket=self.bucket, **args)
         objects = [
             ObjectInfo(
                 key=self._zone_key(o["Key"]), size=o.get("Size", 0), etag=_etag(o.get("ETag")),
@@ -443,7 +461,7 @@ class S3Remote(Remote):
         args = self._get_args(version_id, if_match)
         with self._translated(key):
             try:
-                resp = self._client.get_object(
+                resp = self._read_client.get_object(
                     Bucket=self.bucket, Key=self._full(key),
                     Range=f"bytes={start}-{start + length - 1}", **args,
                 )
@@ -453,10 +471,15 @@ class S3Remote(Remote):
                     return b""  # the range starts at or past the end of the object
                 raise
             body = resp["Body"]  # StreamingBody's own `with` yields the raw stream: close it here
+            pieces = []
             try:
-                data = body.read()
+                # In pieces, each reported: a slow but flowing answer is not a stalled one.
+                for chunk in body.iter_chunks(MiB):
+                    pieces.append(chunk)
+                    report_progress()
             finally:
                 body.close()
+            data = b"".join(pieces)
         if resp.get("ContentRange") is None and resp["ResponseMetadata"]["HTTPStatusCode"] == 200:
             data = data[start:start + length]  # a store that ignored the Range header
         return data
@@ -466,11 +489,12 @@ class S3Remote(Remote):
     ) -> ObjectInfo:
         args = self._get_args(version_id, if_match)
         with self._translated(key):
-            resp = self._client.get_object(Bucket=self.bucket, Key=self._full(key), **args)
+            resp = self._read_client.get_object(Bucket=self.bucket, Key=self._full(key), **args)
             body = resp["Body"]
             try:
                 with open(dest, "wb") as f:
                     for chunk in body.iter_chunks(MiB):  # streamed: never whole in memory
+                        report_progress()  # before the write: an abandoned call stops here
                         f.write(chunk)
             finally:
                 body.close()
@@ -543,17 +567,24 @@ class S3Remote(Remote):
         complete_args: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create, send every (number, offset, length) part in parallel, complete (with
-        `complete_args`: the write's conditions); or abort."""
+        `complete_args`: the write's conditions); or abort.
+
+        `multipart_log` hears of the upload id before the first part is sent, and of its end
+        once it is completed or aborted; an upload whose abort failed is not reported ended,
+        so that its owner aborts it later (at the next mount)."""
         full = self._full(key)
         upload_id = self._client.create_multipart_upload(
             Bucket=self.bucket, Key=full, **create_args
         )["UploadId"]
         failure = threading.Event()
+        journal = self.multipart_log
 
         def failed() -> bool:
             return failure.is_set() or cancelled()
 
         try:
+            if journal is not None:
+                journal.started(key, upload_id)
             workers = max(1, min(self.PART_THREADS, len(ranges)))
             with ThreadPoolExecutor(workers, thread_name_prefix="zonefs-part") as pool:
                 futures = [pool.submit(send, failed, upload_id, *r) for r in ranges]
@@ -565,20 +596,38 @@ class S3Remote(Remote):
             if cancelled():
                 raise _Cancelled
             parts = [f.result() for f in futures]
-            return self._client.complete_multipart_upload(
+            resp: dict[str, Any] = self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=upload_id,
                 MultipartUpload={"Parts": parts}, **(complete_args or {}),
             )
         except BaseException:
             try:
-                self._client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=full, UploadId=upload_id
-                )
-            except (ClientError, BotoCoreError) as exc:
-                log.warning("could not abort the multipart upload of %s: %s",
-                            self.object_uri(key), translate_error(
-                                exc, self.object_uri(key), self.bucket, self._endpoint))
+                self._abort_multipart(key, upload_id)
+            except ZonefsError as exc:
+                log.warning("could not abort the multipart upload of %s (the next mount "
+                            "tries again): %s", self.object_uri(key), exc)
+            else:
+                if journal is not None:
+                    journal.ended(key, upload_id)
             raise
+        if journal is not None:
+            journal.ended(key, upload_id)
+        return resp
+
+    def _abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchUpload" or status == 404:
+                return  # completed or aborted already: nothing left in the bucket
+            raise translate_error(exc, self.object_uri(key), self.bucket,
+                                  self._endpoint) from exc
+        except BotoCoreError as exc:
+            raise translate_error(exc, self.object_uri(key), self.bucket,
+                                  self._endpoint) from exc
 
     def _put_bytes(
         self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None,
@@ -596,8 +645,8 @@ class S3Remote(Remote):
 
     def _head_checksum(self, key: str) -> str | None:
         with self._translated(key):
-            resp = self._client.head_object(Bucket=self.bucket, Key=self._full(key),
-                                            ChecksumMode="ENABLED")
+            resp = self._read_client.head_object(Bucket=self.bucket, Key=self._full(key),
+                                                 ChecksumMode="ENABLED")
         value = resp.get("ChecksumSHA256")
         # A "-N" suffix or a COMPOSITE type is a hash of part hashes: not the body's SHA-256.
         if not value or "-" in value or resp.get("ChecksumType") not in (None, "FULL_OBJECT"):
@@ -703,7 +752,7 @@ class S3Remote(Remote):
             if marker[1]:  # an empty VersionIdMarker is rejected
                 args["VersionIdMarker"] = marker[1]
         with self._translated(prefix, "version listing"):
-            resp = self._client.list_object_versions(Bucket=self.bucket, **args)
+            resp = self._read_client.list_object_versions(Bucket=self.bucket, **args)
         entries = [
             VersionInfo(
                 key=self._zone_key(v["Key"]), size=v.get("Size", 0), etag=_etag(v.get("ETag")),
