@@ -401,3 +401,36 @@ def test_full_cache_disk_gives_enospc_and_harms_nothing_else(
     finally:
         mount.cleanup()
         subprocess.run(["umount", str(cache)], check=False, capture_output=True, timeout=30)
+
+
+def test_new_files_in_known_directories_during_an_outage(own_store: Any, tmp_path: Path) -> None:
+    """While the store refuses connections, a directory listed before still lists (from its
+    last listing) and takes new files; they upload when the store is back."""
+    _server, gate, store = own_store
+    mount = own_mount(tmp_path, gate, store)
+    try:
+        mount.start()
+        (mount.path / "d").mkdir()
+        (mount.path / "d" / "old.txt").write_bytes(b"uploaded before")
+        mount.sync()
+        time.sleep(1.2)
+        assert sorted(os.listdir(mount.path / "d")) == ["old.txt"]
+        assert os.listdir(mount.path) == ["d"]
+        assert (mount.path / "d" / "old.txt").read_bytes() == b"uploaded before"
+        (mount.path / "e").mkdir()  # made here: known to be empty
+        gate.close()
+        time.sleep(1.5)  # past the metadata TTL: the listings have to be asked for again
+        (mount.path / "d" / "new.txt").write_bytes(b"written during the outage")
+        (mount.path / "top.txt").write_bytes(b"also")
+        (mount.path / "e" / "in-new-dir.txt").write_bytes(b"too")
+        assert sorted(os.listdir(mount.path / "d")) == ["new.txt", "old.txt"]
+        assert (mount.path / "d" / "new.txt").read_bytes() == b"written during the outage"
+        assert "No such file" in stat_errno(mount.path / "d" / "never-seen", 30)
+        gate.open()
+        mount.sync()
+        assert store.must_get("d/new.txt").body == b"written during the outage"
+        assert store.must_get("top.txt").body == b"also"
+        assert store.must_get("e/in-new-dir.txt").body == b"too"
+        assert store.must_get("d/old.txt").body == b"uploaded before"
+    finally:
+        mount.cleanup()

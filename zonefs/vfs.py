@@ -45,6 +45,7 @@ from .errors import (
     NotPermitted,
     NotSupported,
     ReadOnly,
+    RemoteError,
 )
 from .fetch import Spawn
 from .handles import DirtyFile, Handle, Stat
@@ -175,8 +176,19 @@ class Vfs:
         """The remote entry at `path` (cached), or NotFound."""
         entry = self.cache.entry(path)
         if entry is UNKNOWN:
-            entry = await self._lookup_remote(path)
-            self.cache.put_entry(path, entry)
+            try:
+                entry = await self._lookup_remote(path)
+            except RemoteError as exc:
+                stale = self.cache.last_entry(path) if exc.transient else UNKNOWN
+                if stale is UNKNOWN:
+                    raise
+                # The store is unreachable: answer from what was last known (the entry, or
+                # its directory's last listing), so that known names still resolve and files
+                # can still be created (their uploads wait, and are conditional).
+                log.debug("store unreachable; %r answered from what was last known", path)
+                entry = stale
+            else:
+                self.cache.put_entry(path, entry)
         if entry is None:
             if self._has_dirty_below(path):
                 return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
@@ -248,6 +260,16 @@ class Vfs:
         cached = self.cache.listing(path)
         if cached is not None:
             return cached
+        try:
+            return await self._list_remote(path)
+        except RemoteError as exc:
+            stale = self.cache.last_listing(path) if exc.transient else None
+            if stale is None:
+                raise
+            log.debug("store unreachable; listing of %r from its last listing", path)
+            return stale
+
+    async def _list_remote(self, path: str) -> dict[str, Entry]:
         prefix = keys.dir_key(path)
         names: dict[str, Entry] = {}
         token: str | None = None
