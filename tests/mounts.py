@@ -431,7 +431,7 @@ class Mount:
         pid = self.pid
         if pid is None:
             return
-        if not wait_for(lambda: not _alive(pid), timeout):
+        if not wait_for(lambda: not alive(pid), timeout):
             _kill_daemon(pid)
         self.pid = None
 
@@ -451,7 +451,7 @@ class Mount:
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
                            capture_output=True, timeout=10)
         for pid in self.started_pids:
-            if not wait_for(lambda p=pid: not _alive(p), 5):
+            if not wait_for(lambda p=pid: not alive(p), 5):
                 _kill_daemon(pid)
         self.store.close()
 
@@ -462,7 +462,8 @@ class Mount:
             return ""
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not count)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ", 1)[1][0] != "Z"
@@ -482,3 +483,15 @@ def _kill_daemon(pid: int | None) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ESRCH, errno.ENOENT):
             raise
+
+
+def kill_and_detach(mount: Mount) -> None:
+    """kill -9 of our daemon, then what an admin does: `zonefs umount` of the dead mount."""
+    pid = mount.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not alive(pid), 10)
+    out = zonefs_cli("umount", str(mount.path))
+    assert "its daemon was not running" in out.stdout, out.stdout
+    assert not is_mounted(mount.path)
+    mount.pid = None

@@ -12,31 +12,19 @@ import os
 import subprocess
 
 import pytest
-from mounts import Mount, fuse_unavailable_reason, is_mounted, wait_for, zonefs_cli
+from mounts import (
+    Mount,
+    alive,
+    fuse_unavailable_reason,
+    is_mounted,
+    kill_and_detach,
+    wait_for,
+    zonefs_cli,
+)
 
 pytestmark = pytest.mark.skipif(
     fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason())
 )
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _kill_and_detach(mount: Mount) -> None:
-    """kill -9 of our daemon, then what an admin does: `zonefs umount` of the dead mount."""
-    pid = mount.pid
-    assert pid is not None
-    os.kill(pid, 9)
-    assert wait_for(lambda: not _running(pid), 10)
-    out = zonefs_cli("umount", str(mount.path))
-    assert "its daemon was not running" in out.stdout
-    assert not is_mounted(mount.path)
-    mount.pid = None
 
 
 @pytest.mark.mount_options(writeback_delay="60")
@@ -51,7 +39,7 @@ def test_closed_files_survive_kill_9_and_upload_at_next_mount(mount: Mount) -> N
     (mount.path / "old-name.txt").rename(mount.path / "new-name.txt")
     assert mount.store.get("a.txt") is None  # nothing uploaded yet: the delay is 60 s
 
-    _kill_and_detach(mount)
+    kill_and_detach(mount)
     mount.start()  # same zone, same cache dir
     # Visible and readable at once, from the journal, before any upload.
     assert (mount.path / "a.txt").read_bytes() == bodies["a.txt"]
@@ -70,7 +58,7 @@ def test_file_open_for_writing_at_the_crash_keeps_its_last_close(mount: Mount) -
     writer = open(f, "ab")  # noqa: SIM115 - the crash closes it
     writer.write(b"appended, never closed\n")
     writer.flush()
-    _kill_and_detach(mount)
+    kill_and_detach(mount)
     with contextlib.suppress(OSError):
         writer.close()  # the mount is gone under it
     mount.start()
@@ -88,7 +76,7 @@ def test_lazy_umount_leaves_pending_uploads_for_the_next_mount(mount: Mount) -> 
     out = zonefs_cli("umount", "--lazy", str(mount.path)).stdout
     assert "1 file(s) not yet uploaded stay journaled" in out
     assert not is_mounted(mount.path)
-    assert wait_for(lambda: mount.pid is None or not _running(mount.pid), 10)
+    assert wait_for(lambda: mount.pid is None or not alive(mount.pid), 10)
     mount.pid = None
     assert mount.store.get("later.txt") is None
     mount.start()
@@ -114,7 +102,7 @@ def test_directory_rename_cut_by_kill_9_is_finished_at_next_mount(mount: Mount) 
         # Kill as soon as a few objects are under the new name (the rename copies, then deletes).
         moving = wait_for(lambda: len(mount.store.keys("new/")) >= 5, 30, interval=0.005)
         left_at_kill = len(mount.store.keys("old/"))
-        _kill_and_detach(mount)
+        kill_and_detach(mount)
         mv.wait(timeout=10)
     finally:
         if mv.poll() is None:

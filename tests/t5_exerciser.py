@@ -25,7 +25,6 @@ import contextlib
 import errno
 import os
 import random
-import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -33,7 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from mounts import Mount, fuse_unavailable_reason, is_mounted, wait_for, zonefs_cli
+from mounts import (
+    Mount,
+    fuse_unavailable_reason,
+    kill_and_detach,
+)
 
 pytestmark = pytest.mark.skipif(
     fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason())
@@ -713,26 +716,6 @@ class Exerciser:
         self.remount("kill -9")
         self.check_tree("at the end, after a kill -9 and remount")
         self.check_bucket("at the end, after a kill -9 and remount")
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def kill_and_detach(mount: Mount) -> None:
-    """kill -9 of our daemon, then what an admin does: `zonefs umount` of the dead mount."""
-    pid = mount.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: not _running(pid), 10)
-    out = zonefs_cli("umount", str(mount.path))
-    assert "its daemon was not running" in out.stdout, out.stdout
-    assert not is_mounted(mount.path)
-    mount.pid = None
 
 
 @pytest.mark.unversioned_on_moto

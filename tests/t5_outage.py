@@ -34,7 +34,16 @@ from typing import Any
 
 import pytest
 from conftest import MotoServer, free_port, s3_test_client
-from mounts import Mount, S3Store, fuse_unavailable_reason, is_mounted, run, wait_for, zonefs_cli
+from mounts import (
+    Mount,
+    S3Store,
+    alive,
+    fuse_unavailable_reason,
+    is_mounted,
+    run,
+    wait_for,
+    zonefs_cli,
+)
 
 pytestmark = pytest.mark.skipif(
     fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason())
@@ -291,13 +300,6 @@ def test_uncached_reads_fail_with_eio_instead_of_hanging(
         mount.cleanup()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
 
 def test_kill_9_mid_multipart_upload_is_aborted_and_uploaded_again(
     s3_endpoint: str, s3_client: Any, bucket: str, tmp_path: Path
@@ -326,7 +328,7 @@ def test_kill_9_mid_multipart_upload_is_aborted_and_uploaded_again(
         pid = mount.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: not _alive(pid), 10)
+        assert wait_for(lambda: not alive(pid), 10)
         zonefs_cli("umount", str(mount.path))  # detach the dead mount
         assert not is_mounted(mount.path)
         mount.pid = None
