@@ -22,7 +22,14 @@ import time
 from typing import Any
 
 from . import __version__, control, zones
-from .config import MountOptions, ZoneConfig, format_size, parse_mount_options, parse_time
+from .config import (
+    MountOptions,
+    ZoneConfig,
+    format_size,
+    format_utc,
+    parse_mount_options,
+    parse_time,
+)
 from .errors import ConfigError, ZonefsError
 
 log = logging.getLogger("zonefs")
@@ -402,11 +409,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 # -- history ----------------------------------------------------------------------------------
 
 
-def _utc(seconds: float) -> str:
-    ms = int(round(seconds * 1000))
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
-
-
 def cmd_versions(args: argparse.Namespace) -> int:
     mountpoint, rel = _mount_of(args.path)
     versions = control.request(mountpoint, "versions", path=rel, timeout=120)["versions"]
@@ -420,7 +422,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
             state = "current, deleted" if v["deleted"] else "current"
         sha = (v["sha256"] or "-")[:16]
         size = "-" if v["deleted"] else format_size(v["size"])
-        print(f"{_utc(v['time']):24}  {v['version_id']:36}  {size:>10}  {sha:16}  {state}")
+        print(f"{format_utc(v['time']):24}  {v['version_id']:36}  {size:>10}  {sha:16}  {state}")
     return 0
 
 
@@ -429,7 +431,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     at = None if args.at is None else parse_time(args.at)
     done = control.request(mountpoint, "restore", path=rel, version=args.version, at=at,
                            timeout=600)
-    print(f"zonefs: {args.path}: version {done['restored']} of {_utc(done['from_time'])} is "
+    print(f"zonefs: {args.path}: version {done['restored']} of {format_utc(done['from_time'])} is "
           f"current again (new version {done['new_version']}, {format_size(done['size'])})")
     return 0
 

@@ -186,6 +186,16 @@ def format_size(n: float) -> str:
     return str(n)
 
 
+def format_utc(seconds: float) -> str:
+    """A time as ISO 8601 UTC to the millisecond.
+
+    >>> format_utc(1795176000.25)
+    '2026-11-20T12:00:00.250Z'
+    """
+    ms = int(round(seconds * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
 def _parse_seconds(name: str, text: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", text)
     if not m:

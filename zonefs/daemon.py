@@ -257,7 +257,7 @@ class Daemon:
             async for signum in signals:
                 log.info("%s: draining uploads, then unmounting", signal.Signals(signum).name)
                 assert self.vfs is not None
-                _sd_notify(f"STOPPING=1\nSTATUS=uploading {self.vfs.status()['dirty_files']} "
+                _sd_notify(f"STOPPING=1\nSTATUS=uploading {len(self.vfs.dirty)} "
                            "pending file(s), then unmounting")
                 await self._drain(signal.Signals(signum).name)
                 pyfuse3.terminate()
@@ -361,7 +361,7 @@ class Daemon:
                     await _send(stream, {"progress": {
                         "done": done, "total": total,
                         "bytes": self.vfs.uploaded_bytes - before,
-                        "pending_bytes": self.vfs.status()["dirty_bytes"],
+                        "pending_bytes": self.vfs.dirty_bytes,
                         "seconds": round(time.monotonic() - started, 3)}})
 
             retry_scope = trio.CancelScope()

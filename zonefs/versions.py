@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from cachetools import TTLCache
 
 from . import keys
-from .config import parse_time
+from .config import format_utc, parse_time
 from .errors import (
     AccessDenied,
     ConfigError,
@@ -67,10 +67,8 @@ def version_name(v: VersionInfo) -> str:
     >>> version_name(VersionInfo("k", 0, "", 0.0, "a/b", is_delete_marker=True))
     '1970-01-01T00:00:00.000Z_a%2Fb.deleted'
     """
-    ms = int(round(v.mtime * 1000))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
     vid = (v.version_id or "null").replace("%", "%25").replace("/", "%2F")
-    return f"{stamp}_{vid}" + (DELETED_SUFFIX if v.is_delete_marker else "")
+    return f"{format_utc(v.mtime)}_{vid}" + (DELETED_SUFFIX if v.is_delete_marker else "")
 
 
 def version_at(versions: list[VersionInfo], when: float) -> VersionInfo | None:
@@ -398,7 +396,7 @@ class History:
 
     def _require_versions(self, what: str) -> None:
         state = self._capabilities().versioning
-        if state not in ("enabled", "suspended"):
+        if not self._capabilities().keeps_versions:
             why = ("the store has no versioning" if state == "unsupported"
                    else "versioning is not enabled on the bucket")
             raise NotSupported(f"cannot {what}: {why}, so no older version is kept")

@@ -747,8 +747,13 @@ class Vfs:
     def open_for_write(self) -> int:
         return self.pending.open_for_write()
 
+    @property
+    def dirty_bytes(self) -> int:
+        """Bytes of local data waiting for upload."""
+        return sum(df.row.size for df in self.dirty.values() if df.row.data)
+
     def status(self) -> dict[str, Any]:
-        dirty_bytes = sum(df.row.size for df in self.dirty.values() if df.row.data)
+        dirty_bytes = self.dirty_bytes
         return {
             "zone": self.remote.description,
             "dirty_files": len(self.dirty),

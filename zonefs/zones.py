@@ -155,11 +155,12 @@ def parse_zone(name: str, table: dict[str, Any], source: str) -> NamedZone:
     options = []
     for key in sorted(set(table) & _OPTIONS):
         value = table[key]
-        if value is True:
-            options.append(key if key not in ("checksums",) else f"{key}=on")
-        elif value is False:
+        if isinstance(value, bool):
+            # Flags: `true` names the option, `false` leaves it off; checksums takes on/off.
             if key == "checksums":
-                options.append("checksums=off")
+                options.append(f"checksums={'on' if value else 'off'}")
+            elif value:
+                options.append(key)
         elif isinstance(value, int | float | str):
             options.append(f"{key}={value}")
         else:
