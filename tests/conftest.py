@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from botocore.config import Config
 
 from zonefs.config import ZoneConfig
+from zonefs.remote import open_remote
 from zonefs.remote.local import LocalRemote
 
 # -- S3 endpoint ------------------------------------------------------------------------------
@@ -179,6 +181,7 @@ def local_zone(tmp_path: Path) -> ZoneConfig:
 # Everything below serves the real-mount layer; tests/mounts.py holds the helpers.
 
 from mounts import LocalStore, Mount, S3Store, fuse_unavailable_reason  # noqa: E402
+from vfs_harness import Env, Store, unversioned_bucket  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -263,3 +266,31 @@ def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mount]:
     finally:
         # After a failure, do not wait for a drain that may be what went wrong.
         m.cleanup(drain=not _test_failed(request.node))
+
+
+@pytest.fixture(params=["local", "s3"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """A zone to run the `vfs` core on (t3). `@pytest.mark.unversioned_on_moto` (see `mount`):
+    moto lists a prefix whose keys are all delete markers as a CommonPrefix (AWS does not), so
+    tests that remove or move directories use an unversioned bucket on the tests' own moto."""
+    with ExitStack() as stack:
+        if request.param == "s3":
+            client = request.getfixturevalue("s3_client")
+            if (request.node.get_closest_marker("unversioned_on_moto")
+                    and not os.environ.get("ZONEFS_TEST_S3_ENDPOINT")):
+                bucket = stack.enter_context(unversioned_bucket(client))
+                zone = ZoneConfig.parse(f"s3://{bucket}",
+                                        endpoint_url=request.getfixturevalue("s3_endpoint"))
+            else:
+                bucket = request.getfixturevalue("bucket")
+                zone = request.getfixturevalue("s3_zone")
+            store = Store("s3", open_remote(zone), client, bucket)
+        else:
+            zone = request.getfixturevalue("local_zone")
+            store = Store("local", open_remote(zone))
+        closer = getattr(store.remote, "close", None)
+        if closer is not None:
+            stack.callback(closer)
+        cache = tmp_path / "cache"
+        cache.mkdir(mode=0o700)
+        yield Env(request.param, zone, cache, store)

@@ -9,30 +9,32 @@ import os
 import random
 import re
 import stat as st
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 from vfs_harness import (
+    GID,
+    HOLD,
+    UID,
     Env,
     SlowAckRemote,
     Store,
     check_invariants,
     close,
     drain,
+    names,
     read_file,
     requests,
     sha1,
     sha256,
-    unversioned_bucket,
+    wait_until,
     write_all,
     write_file,
 )
 
-from zonefs.config import ZoneConfig
 from zonefs.errors import (
     Exists,
     InvalidArgument,
@@ -52,50 +54,7 @@ from zonefs.remote import ObjectInfo, Remote, open_remote
 from zonefs.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 MiB = 1 << 20
-UID, GID = 1234, 5678
 MTIME_RE = re.compile(r"^\d+\.\d{9}$")
-#: With this write-back delay nothing uploads during a test unless fsync or drain asks for it.
-HOLD = 60.0
-
-
-@pytest.fixture(params=["local", "s3"])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
-    """A zone to run the core on. `@pytest.mark.unversioned_on_moto` (see conftest's `mount`):
-    moto lists a prefix whose keys are all delete markers as a CommonPrefix (AWS does not), so
-    tests that remove or move directories use an unversioned bucket on the tests' own moto."""
-    with ExitStack() as stack:
-        if request.param == "s3":
-            client = request.getfixturevalue("s3_client")
-            if (request.node.get_closest_marker("unversioned_on_moto")
-                    and not os.environ.get("ZONEFS_TEST_S3_ENDPOINT")):
-                bucket = stack.enter_context(unversioned_bucket(client))
-                zone = ZoneConfig.parse(f"s3://{bucket}",
-                                        endpoint_url=request.getfixturevalue("s3_endpoint"))
-            else:
-                bucket = request.getfixturevalue("bucket")
-                zone = request.getfixturevalue("s3_zone")
-            store = Store("s3", open_remote(zone), client, bucket)
-        else:
-            zone = request.getfixturevalue("local_zone")
-            store = Store("local", open_remote(zone))
-        closer = getattr(store.remote, "close", None)
-        if closer is not None:
-            stack.callback(closer)
-        cache = tmp_path / "cache"
-        cache.mkdir(mode=0o700)
-        yield Env(request.param, zone, cache, store)
-
-
-def names(listing: list[tuple[str, object]]) -> list[str]:
-    return [name for name, _ in listing]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `predicate()` every millisecond: catches short states such as an upload in flight
-    without sleeping a fixed time."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.001)
 
 
 def mtime_ns_of(header: str) -> int:
@@ -501,12 +460,14 @@ async def test_metadata_of_directories_and_symlinks(env: Env) -> None:
     async with env.vfs() as vfs:
         await vfs.mkdir("d", 0o755, UID, GID)
         await vfs.setattr("d", mode=0o700)
+        await drain(vfs)
         info = await env.store.head("d/")
         assert info is not None and info.metadata is not None
         assert info.metadata["mode"] == str(st.S_IFDIR | 0o700)
         assert (await vfs.stat("d")).meta.mode == st.S_IFDIR | 0o700
         await vfs.symlink("l", "target", UID, GID)
         await vfs.setattr("l", uid=99)  # lchown
+        await drain(vfs)
         info = await env.store.head("l")
         assert info is not None and info.metadata is not None
         assert info.metadata["uid"] == "99"
@@ -597,6 +558,9 @@ async def test_mkdir_and_rmdir(env: Env) -> None:
     async with env.vfs(writeback_delay=HOLD) as vfs:
         s = await vfs.mkdir("d", 0o750, UID, GID)
         assert s.is_dir
+        assert (await vfs.stat("d")).state == "dirty"  # journaled; the marker is put later
+        assert await env.store.head("d/") is None
+        await drain(vfs)
         info = await env.store.head("d/")
         assert info is not None and info.size == 0 and info.metadata is not None
         assert info.content_type == "application/x-directory"
@@ -631,11 +595,16 @@ async def test_mkdir_and_rmdir(env: Env) -> None:
             await vfs.open("d", os.O_RDONLY)
         await vfs.unlink("d/pending")
         await vfs.rmdir("d")
-        assert await env.store.keys() == set()
         with pytest.raises(NotFound):
             await vfs.stat("d")
         with pytest.raises(NotFound):
             await vfs.listdir("d")
+        assert names(await vfs.listdir("")) == []
+        assert [k for k, _ in vfs.journal.deletes()] == ["d/"]  # pending, journaled
+        await drain(vfs)
+        assert await env.store.keys() == set()
+        with pytest.raises(NotFound):
+            await vfs.stat("d")
         with pytest.raises(NotPermitted):
             await vfs.rmdir("")
         await check_invariants(vfs)
@@ -658,6 +627,8 @@ async def test_symlink_and_readlink(env: Env, tmp_path: Path) -> None:
         s = await vfs.symlink("link", target, UID, GID)
         assert st.S_ISLNK(s.meta.mode) and s.size == len(target.encode())
         assert await vfs.readlink("link") == target
+        assert st.S_ISLNK(dict(await vfs.listdir(""))["link"].meta.mode)  # pending, shown
+        await drain(vfs)
         assert await env.store.read("link") == target.encode()
         info = await env.store.head("link")
         assert info is not None and info.metadata is not None
@@ -698,16 +669,23 @@ async def test_unlink_of_pending_file_leaves_no_object(env: Env) -> None:
         await check_invariants(vfs)
 
 
-async def test_unlink_of_uploaded_file_deletes_object_at_once(env: Env) -> None:
-    async with env.vfs() as vfs:
+async def test_unlink_of_uploaded_file_is_a_pending_delete(env: Env) -> None:
+    async with env.vfs(writeback_delay=HOLD) as vfs:
         await write_file(vfs, "u", b"bytes")
         await drain(vfs)
-        assert await env.store.head("u") is not None
+        info = await env.store.head("u")
+        assert info is not None
         await vfs.unlink("u")
-        assert await env.store.head("u") is None, "namespace changes reach the bucket first"
+        # Journaled and hidden at once; the store hears of it through the write-back queue.
+        assert vfs.journal.deletes() == [("u", info.etag)]
         with pytest.raises(NotFound):
             await vfs.stat("u")
         assert await vfs.listdir("") == []
+        assert await env.store.head("u") is not None
+        await drain(vfs)
+        assert await env.store.head("u") is None
+        with pytest.raises(NotFound):
+            await vfs.stat("u")
         await check_invariants(vfs)
 
 
@@ -718,7 +696,6 @@ async def test_unlink_of_locally_modified_remote_file(env: Env) -> None:
         await vfs.write(handle, 0, b"REMOTE")
         await close(vfs, handle)
         await vfs.unlink("f")
-        assert await env.store.head("f") is None
         await drain(vfs)
         assert await env.store.head("f") is None, "the pending upload must not resurrect it"
         await check_invariants(vfs)
@@ -769,7 +746,9 @@ async def test_rename_locally_modified_remote_file(env: Env) -> None:
         await vfs.write(handle, 0, b"NEW")
         await close(vfs, handle)
         await vfs.rename("a", "b")
-        assert await env.store.head("a") is None
+        assert requests(vfs, "copy") == requests(vfs, "delete") == 0  # all local: no request
+        with pytest.raises(NotFound):
+            await vfs.stat("a")
         await drain(vfs)
         assert await env.store.keys() == {"b"}
         assert await env.store.read("b") == b"NEW content"
@@ -1338,7 +1317,7 @@ async def test_restart_uploads_what_the_journal_holds(env: Env) -> None:
     assert await env.store.head("f1") is None
     other = Journal(str(env.cache_dir / "journal.sqlite"))
     try:
-        assert [r.path for r in other.dirty_rows()] == ["d/f2", "f1", "g"]
+        assert [r.path for r in other.dirty_rows()] == ["d", "d/f2", "f1", "g"]
     finally:
         other.close()
 

@@ -788,9 +788,12 @@ def test_pending_files_are_visible_and_sync_waits_for_the_bucket(mount: Mount) -
     assert os.stat(root / "dir" / "p2.bin").st_size == 50_000
     assert (root / "p1.txt").read_bytes() == b"pending one\n"
     assert mount.store.get("p1.txt") is None and mount.store.get("dir/p2.bin") is None
-    assert mount.status()["dirty_files"] == 2
+    assert mount.store.get("dir/") is None  # mkdir is journaled and put by write-back too
+    status = mount.status()
+    assert (status["dirty_files"], status["pending_dirs"], status["pending"]) == (2, 1, 3)
     human = zonefs_cli("status", str(root)).stdout
     assert re.search(r"dirty files\s+2\b", human), human
+    assert re.search(r"pending\s+1 directories to create or change, 0 deletes", human), human
 
     # Within the delay, rewrites and attribute changes are coalesced into one upload.
     (root / "p1.txt").write_bytes(b"pending one, rewritten\n")
@@ -798,11 +801,12 @@ def test_pending_files_are_visible_and_sync_waits_for_the_bucket(mount: Mount) -
     (root / "p1.txt").write_bytes(b"pending one\n")
 
     out = mount.sync()
-    assert "2 file(s)" in out, out
+    assert "3 change(s)" in out, out
     # `zonefs sync` has returned: the objects must be there now, without waiting further.
     check_file_object(mount.store.must_get("p1.txt"), b"pending one\n", mode=0o100640)
     check_file_object(mount.store.must_get("dir/p2.bin"), b"2" * 50_000)
-    assert mount.status()["dirty_files"] == 0
+    assert mount.status()["pending"] == 0
+    assert mount.store.get("dir/") is not None
     if mount.kind == "local" or mount.store.versions("p1.txt") > 0:  # a versioned store
         assert mount.store.versions("p1.txt") == 1
 
@@ -871,7 +875,7 @@ def test_umount_uploads_pending_files(mount: Mount) -> None:
     (mount.path / "sub" / "b.bin").write_bytes(b"b" * 100_000)
     assert mount.store.get("a.txt") is None
     out = mount.umount()
-    assert "uploaded 2 file(s)" in out, out
+    assert "uploaded 3 change(s)" in out, out  # two files and a directory
     check_file_object(mount.store.must_get("a.txt"), b"uploaded at unmount\n")
     check_file_object(mount.store.must_get("sub/b.bin"), b"b" * 100_000)
 

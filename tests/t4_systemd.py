@@ -80,7 +80,7 @@ def test_daemon_as_the_unit_starts_it(
         (mountpoint / "queued.txt").write_bytes(b"uploaded by the drain at stop")
         while "waiting for upload" not in messages[-1]:
             messages.append(sock.recv(4096).decode())
-        assert "STATUS=1 file(s)" in messages[-1]
+        assert "STATUS=1 change(s)" in messages[-1]
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
         sock.settimeout(0.5)

@@ -51,6 +51,38 @@ def test_closed_files_survive_kill_9_and_upload_at_next_mount(mount: Mount) -> N
     assert mount.store.get("gone.txt") is None and mount.store.get("old-name.txt") is None
 
 
+@pytest.mark.unversioned_on_moto
+@pytest.mark.mount_options(writeback_delay="60")
+def test_namespace_changes_survive_kill_9(mount: Mount) -> None:
+    """mkdir, symlink, rm, rm -r, rmdir and chmod of a directory returned before the crash,
+    none of them sent: the next mount shows them at once and applies each exactly once."""
+    mount.store.put_many({"old/f.txt": b"in a tree removed before the crash",
+                          "old/sub/g.txt": b"deeper", "rm.txt": b"removed before the crash",
+                          "keep.txt": b"kept"})
+    mount.store.put("emptydir/", b"", content_type="application/x-directory")
+    root = mount.path
+    assert sorted(os.listdir(root)) == ["emptydir", "keep.txt", "old", "rm.txt"]
+    (root / "new" / "sub").mkdir(parents=True)
+    os.symlink("../keep.txt", root / "new" / "link")
+    (root / "rm.txt").unlink()
+    subprocess.run(["rm", "-r", str(root / "old")], check=True)
+    (root / "emptydir").rmdir()
+    os.chmod(root / "new", 0o700)
+    assert mount.store.get("rm.txt") is not None, "nothing is sent before the delay"
+
+    kill_and_detach(mount)
+    mount.start()
+    assert sorted(os.listdir(root)) == ["keep.txt", "new"]
+    assert sorted(os.listdir(root / "new")) == ["link", "sub"]
+    assert os.readlink(root / "new" / "link") == "../keep.txt"
+    assert (root / "new" / "link").read_bytes() == b"kept"
+    assert os.stat(root / "new").st_mode & 0o777 == 0o700
+    mount.sync()
+    assert sorted(mount.store.keys()) == ["keep.txt", "new/", "new/link", "new/sub/"]
+    assert mount.store.must_get("new/link").body == b"../keep.txt"
+    assert mount.store.must_get("new/").metadata.get("mode") == str(0o40700)
+
+
 @pytest.mark.mount_options(writeback_delay="60")
 def test_file_open_for_writing_at_the_crash_keeps_its_last_close(mount: Mount) -> None:
     f = mount.path / "log.txt"
@@ -74,7 +106,7 @@ def test_file_open_for_writing_at_the_crash_keeps_its_last_close(mount: Mount) -
 def test_lazy_umount_leaves_pending_uploads_for_the_next_mount(mount: Mount) -> None:
     (mount.path / "later.txt").write_bytes(b"uploaded by the next mount")
     out = zonefs_cli("umount", "--lazy", str(mount.path)).stdout
-    assert "1 file(s) not yet uploaded stay journaled" in out
+    assert "1 change(s) not yet in the bucket stay journaled" in out
     assert not is_mounted(mount.path)
     assert wait_for(lambda: mount.pid is None or not alive(mount.pid), 10)
     mount.pid = None

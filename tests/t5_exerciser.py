@@ -71,11 +71,13 @@ ENABLE_RENAMES_OVER_FILES = True
 #: a kill -9 remount and at ordinary checkpoints, on both backends. True: such a check waits
 #: 1.5 s and, if every such file then reads right, warns (pytest's warnings summary) instead of
 #: failing. Set False to make it fail.
-TOLERATE_STALE_READS_WITHIN_TTL = True
+TOLERATE_STALE_READS_WITHIN_TTL = not os.environ.get("ZONEFS_EXERCISER_STRICT")
 
 KiB, MiB = 1 << 10, 1 << 20
 DIR_NAMES = [f"d{i}" for i in range(5)]
 FILE_NAMES = [f"f{i}" for i in range(10)]
+LINK_NAMES = [f"l{i}" for i in range(3)]
+LINK_TARGETS = ["f0", "../f1", "d0/f2", "/etc/hostname", "no such file", "ü" * 40]
 MAX_DEPTH = 3  # directory nesting, root = 0
 MAX_FILE = 4 * MiB
 MAX_LARGE = 3  # files over LARGE at a time
@@ -101,6 +103,7 @@ class Model:
     inodes: dict[int, bytearray] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
+    links: dict[str, str] = field(default_factory=dict)  # symlink path → target
     next_inode: int = 1
 
     def new_inode(self, data: bytes = b"") -> int:
@@ -114,7 +117,7 @@ class Model:
 
     def children(self, d: str) -> list[str]:
         prefix = d + "/"
-        return [p for p in [*self.files, *self.dirs] if p.startswith(prefix)]
+        return [p for p in [*self.files, *self.dirs, *self.links] if p.startswith(prefix)]
 
 
 def _parent(path: str) -> str:
@@ -359,6 +362,8 @@ class Exerciser:
             if p in self.model.dirs:
                 self.model.dirs.remove(p)
                 self.model.dirs.add(new)
+            elif p in self.model.links:
+                self.model.links[new] = self.model.links.pop(p)
             else:
                 self.model.files[new] = self.model.files.pop(p)
 
@@ -371,6 +376,33 @@ class Exerciser:
         os.unlink(self.path(rel))
         del self.model.files[rel]
         self.forget_if_orphan(ino)
+
+    def op_symlink(self) -> None:
+        rel = _join(self.pick_dir(), self.rng.choice(LINK_NAMES))
+        if rel in self.model.links:
+            return
+        target = self.rng.choice(LINK_TARGETS)
+        self.note(f"symlink {rel!r} -> {target!r}")
+        os.symlink(target, self.path(rel))
+        self.model.links[rel] = target
+
+    def op_unlink_symlink(self) -> None:
+        if not self.model.links:
+            return
+        rel = self.rng.choice(sorted(self.model.links))
+        self.note(f"unlink symlink {rel!r}")
+        os.unlink(self.path(rel))
+        del self.model.links[rel]
+
+    def op_rename_symlink(self) -> None:
+        if not self.model.links:
+            return
+        src = self.rng.choice(sorted(self.model.links))
+        dst = _join(self.pick_dir(), self.rng.choice(LINK_NAMES))
+        self.note(f"rename symlink {src!r} to {dst!r}"
+                  f"{' (replacing one)' if dst in self.model.links and dst != src else ''}")
+        os.rename(self.path(src), self.path(dst))
+        self.model.links[dst] = self.model.links.pop(src)
 
     def op_mkdir(self) -> None:
         rel = _join(self.pick_dir(), self.rng.choice(DIR_NAMES))
@@ -555,6 +587,9 @@ class Exerciser:
             self.op_mkdir: 4 if len(self.model.dirs) < 12 else 0.5,
             self.op_rmdir: 2,
             self.op_read: 10,
+            self.op_symlink: 1.5 if len(self.model.links) < 8 else 0.2,
+            self.op_unlink_symlink: 0.7,
+            self.op_rename_symlink: 0.7,
         }
         if ENABLE_DIR_RENAMES:
             w[self.op_rename_dir] = 2
@@ -594,18 +629,25 @@ class Exerciser:
     def _check_tree(self, when: str) -> None:
         files: dict[str, bytes] = {}
         dirs: set[str] = set()
+        links: dict[str, str] = {}
         pending = [""]
         while pending:
             d = pending.pop()
             for entry in os.scandir(self.path(d) if d else self.root):
                 rel = _join(d, entry.name)
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_symlink():
+                    links[rel] = os.readlink(entry.path)
+                elif entry.is_dir(follow_symlinks=False):
                     dirs.add(rel)
                     pending.append(rel)
                 else:
                     files[rel] = Path(entry.path).read_bytes()
         want_files, want_dirs = self.model.tree()
         problems = []
+        if links != self.model.links:
+            want, got = set(self.model.links.items()), set(links.items())
+            problems.append(f"symlinks differ: missing or changed {sorted(want - got)}, "
+                            f"unexpected {sorted(got - want)}")
         if dirs != want_dirs:
             problems.append(f"directories missing: {sorted(want_dirs - dirs)}, "
                             f"unexpected: {sorted(dirs - want_dirs)}")
@@ -661,12 +703,15 @@ class Exerciser:
         self.note(f"zonefs sync ({time.monotonic() - started:.1f} s); compare the bucket")
         store = self.mount.store
         want_files, want_dirs = self.model.tree()
-        want_keys = sorted([*want_files, *(d + "/" for d in want_dirs)])
+        want_keys = sorted([*want_files, *(d + "/" for d in want_dirs), *self.model.links])
         keys = store.keys()
         if keys != want_keys:
             self.fail(f"{when}: bucket keys differ from the model; missing "
                       f"{sorted(set(want_keys) - set(keys))}, unexpected "
                       f"{sorted(set(keys) - set(want_keys))}")
+        for key, target in sorted(self.model.links.items()):
+            if store.must_get(key).body != os.fsencode(target):
+                self.fail(f"{when}: symlink object {key!r} does not hold {target!r}")
         for key, want in sorted(want_files.items()):
             body = store.must_get(key).body
             if body != want:

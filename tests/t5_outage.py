@@ -436,3 +436,54 @@ def test_new_files_in_known_directories_during_an_outage(own_store: Any, tmp_pat
         assert store.must_get("d/old.txt").body == b"uploaded before"
     finally:
         mount.cleanup()
+
+
+def test_namespace_changes_during_an_outage(own_store: Any, tmp_path: Path) -> None:
+    """While the store refuses connections: `mkdir -p`, `cp -r` into a new directory, an
+    editor's save (write a temporary file, rename it over the document), `rm`, `rm -r` of a
+    directory listed before, `ln -s` and `chmod` all succeed; everything is in the bucket,
+    exactly, once the store is back."""
+    _server, gate, store = own_store
+    store.put_many({"doc.txt": b"version 1\n", "old/a.txt": b"a", "old/b.txt": b"b",
+                    "rm.txt": b"removed during the outage"})
+    files = make_tree(tmp_path / "src", 30)
+    mount = own_mount(tmp_path, gate, store, writeback_delay="0.2")
+    try:
+        mount.start()
+        root = mount.path
+        assert sorted(os.listdir(root)) == ["doc.txt", "old", "rm.txt"]
+        assert sorted(os.listdir(root / "old")) == ["a.txt", "b.txt"]
+        gate.close()
+        time.sleep(1.5)  # past the metadata TTL: what the mount knows is its last listing
+        (root / "new" / "deeper").mkdir(parents=True)
+        run("cp", "-r", tmp_path / "src", root / "new" / "copy")
+        (root / ".doc.txt.swp").write_bytes(b"version 2\n")
+        os.rename(root / ".doc.txt.swp", root / "doc.txt")
+        (root / "rm.txt").unlink()
+        run("rm", "-r", root / "old")
+        os.symlink("../doc.txt", root / "new" / "link")
+        os.chmod(root / "new" / "deeper", 0o750)
+        assert sorted(os.listdir(root)) == ["doc.txt", "new"]
+        assert (root / "doc.txt").read_bytes() == b"version 2\n"
+        assert (root / "new" / "link").read_bytes() == b"version 2\n"
+        assert wait_for(lambda: mount.status()["writeback"]["last_error"], 20)
+        status = mount.status()
+        # rm.txt, old/a.txt, old/b.txt, old/ (and the temporary file's name, checked first,
+        # when an upload of it was tried before the rename)
+        assert status["pending_deletes"] >= 4
+        assert status["pending"] > len(files)
+        gate.open()
+        mount.sync()
+        want = {"doc.txt", "new/", "new/deeper/", "new/link", "new/copy/"}
+        want |= {f"new/copy/{rel}" for rel in files}
+        want |= {f"new/copy/d{i}/" for i in range(10)}
+        assert set(store.keys()) == want
+        assert store.must_get("doc.txt").body == b"version 2\n"
+        assert store.must_get("new/link").body == b"../doc.txt"
+        assert store.must_get("new/deeper/").metadata.get("mode") == str(0o40750)
+        for rel, body in files.items():
+            assert store.must_get(f"new/copy/{rel}").body == body, rel
+        assert mount.status()["conflicts"] == 0
+        mount.umount()
+    finally:
+        mount.cleanup()

@@ -14,7 +14,7 @@ import os
 import stat as st
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,13 +24,16 @@ import trio
 
 from zonefs.blobs import BlobStore
 from zonefs.config import MountOptions, ZoneConfig
-from zonefs.errors import NotFound
+from zonefs.errors import NotFound, RemoteError
 from zonefs.journal import Journal
 from zonefs.remote import ListPage, ObjectInfo, Remote, VersionPage, open_remote
 from zonefs.vfs import Handle, Vfs
 
 #: Longest a drain may take in a test: uploads here are small, so more means a stuck retry loop.
 DRAIN_TIMEOUT = 15.0
+#: With this write-back delay nothing uploads during a test unless fsync or drain asks for it.
+HOLD = 60.0
+UID, GID = 1234, 5678
 
 
 @dataclass
@@ -151,12 +154,28 @@ def _watch_schedules(core: Vfs) -> None:
     seen = _UNJOURNALED[id(core)] = []
     schedule = core.writeback.schedule
 
-    def checked(path: str, *, delay: float | None = None) -> None:
-        if all(r.path != path for r in core.journal.dirty_rows()):
-            seen.append(path)
-        schedule(path, delay=delay)
+    def checked(key: str, *, delay: float | None = None) -> None:
+        # Queue names are zone keys: a file's path, a directory's marker key, a deleted key.
+        journaled = {f"{r.path}/" if st.S_ISDIR(r.meta.mode) else r.path
+                     for r in core.journal.dirty_rows()}
+        journaled.update(k for k, _ in core.journal.deletes())
+        if key not in journaled:
+            seen.append(key)
+        schedule(key, delay=delay)
 
     core.writeback.schedule = checked  # type: ignore[method-assign]
+
+
+def names(listing: list[tuple[str, object]]) -> list[str]:
+    return [name for name, _ in listing]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `predicate()` every millisecond: catches short states such as an upload in flight
+    without sleeping a fixed time."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.001)
 
 
 # -- file operations as a program does them ----------------------------------------------------
@@ -234,6 +253,17 @@ def _check_dirty_state(vfs: Vfs) -> None:
         assert path in vfs.dirty, f"journal row {path!r} is not a dirty file of the core"
         if r.data is not None:
             assert os.path.isfile(vfs.blobs.abspath(r.data)), f"journal row {path!r}: no data"
+    # Pending deletes: memory and journal agree (a delete taken over by a row not yet
+    # journaled stays in the journal until that row is), and no key has two pending changes.
+    deletes = dict(vfs.journal.deletes())
+    claimed = {df.claimed for df in vfs.dirty.values() if df.claimed is not None}
+    for key in vfs.deletes.by_key:
+        assert key in deletes, f"pending delete {key!r} is not in the journal"
+    for key in deletes:
+        assert key in vfs.deletes.by_key or key in claimed, (
+            f"journaled delete {key!r} is neither pending nor taken over")
+    for df in vfs.dirty.values():
+        assert df.queue_key not in vfs.deletes.by_key, f"{df.queue_key!r}: row and delete"
 
 
 def _check_blobs(vfs: Vfs, *, handles_open: bool) -> None:
@@ -274,26 +304,28 @@ async def check_invariants(vfs: Vfs, *, handles_open: bool = False) -> None:
     if not handles_open:
         assert not vfs.dirty, f"still dirty after drain: {sorted(vfs.dirty)}"
         assert list(vfs.journal.dirty_rows()) == []
+        assert not vfs.deletes.by_key, f"deletes still pending: {sorted(vfs.deletes.by_key)}"
+        assert vfs.journal.deletes() == []
     named = {df.row.data for df in vfs.dirty.values() if df.row.data is not None}
     for name in os.listdir(os.path.join(vfs.blobs.root, "staging")):
         assert f"staging/{name}" in named, f"staging/{name} has no dirty row"
     _check_blobs(vfs, handles_open=handles_open)
 
 
-# -- a Remote that answers slowly -------------------------------------------------------------
+# -- Remotes that wrap another one -------------------------------------------------------------
 
 
-class SlowAckRemote(Remote):
-    """Delegates to `inner`; an upload stores its object, then waits `ack_delay` seconds before
-    returning. That is S3 after the last byte was sent: the object exists, the response is on
-    its way, and a cancel can no longer stop it. `stored` is set when the object exists."""
+class DelegatingRemote(Remote):
+    """Delegates every blocking call to `inner` through `_call`, which subclasses wrap to
+    change what the store does (answer late, fail, record)."""
 
-    def __init__(self, inner: Remote, ack_delay: float) -> None:
+    def __init__(self, inner: Remote) -> None:
         super().__init__()
         self.inner = inner
         self.description = inner.description
-        self.ack_delay = ack_delay
-        self.stored = threading.Event()
+
+    def _call(self, kind: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)
@@ -301,22 +333,64 @@ class SlowAckRemote(Remote):
             close()
 
     def _check(self) -> None:
-        self.inner._check()
+        self._call("check", self.inner._check)
 
     def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
-        return self.inner._head(key, version_id)
+        return self._call("head", self.inner._head, key, version_id)
 
     def _list(self, prefix: str, delimiter: str | None, token: str | None,
               max_keys: int) -> ListPage:
-        return self.inner._list(prefix, delimiter, token, max_keys)
+        return self._call("list", self.inner._list, prefix, delimiter, token, max_keys)
 
     def _get_range(self, key: str, start: int, length: int, version_id: str | None = None,
                    if_match: str | None = None) -> bytes:
-        return self.inner._get_range(key, start, length, version_id, if_match)
+        return self._call("get", self.inner._get_range, key, start, length, version_id,
+                          if_match)
 
     def _download(self, key: str, dest: str, version_id: str | None = None,
                   if_match: str | None = None) -> ObjectInfo:
-        return self.inner._download(key, dest, version_id, if_match)
+        return self._call("get", self.inner._download, key, dest, version_id, if_match)
+
+    def _upload(self, key: str, src: str, metadata: Mapping[str, str],
+                content_type: str | None, cancel: threading.Event | None = None,
+                **conditions: Any) -> ObjectInfo:
+        return self._call("put", self.inner._upload, key, src, metadata, content_type, cancel,
+                          **conditions)
+
+    def _put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
+                   content_type: str | None, **conditions: Any) -> ObjectInfo:
+        return self._call("put", self.inner._put_bytes, key, data, metadata, content_type,
+                          **conditions)
+
+    def _copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None,
+              content_type: str | None = None, src_version_id: str | None = None) -> ObjectInfo:
+        return self._call("copy", self.inner._copy, src_key, dst_key, metadata, content_type,
+                          src_version_id)
+
+    def _delete(self, key: str) -> None:
+        self._call("delete", self.inner._delete, key)
+
+    def _bucket_versioning(self) -> str:
+        return self._call("versioning", self.inner._bucket_versioning)
+
+    def _list_versions(self, prefix: str, delimiter: str | None,
+                       marker: tuple[str, str] | None, max_keys: int) -> VersionPage:
+        return self._call("list_versions", self.inner._list_versions, prefix, delimiter,
+                          marker, max_keys)
+
+    def _delete_version(self, key: str, version_id: str) -> None:
+        self._call("delete", self.inner._delete_version, key, version_id)
+
+
+class SlowAckRemote(DelegatingRemote):
+    """An upload stores its object, then waits `ack_delay` seconds before returning. That is
+    S3 after the last byte was sent: the object exists, the response is on its way, and a
+    cancel can no longer stop it. `stored` is set when the object exists."""
+
+    def __init__(self, inner: Remote, ack_delay: float) -> None:
+        super().__init__(inner)
+        self.ack_delay = ack_delay
+        self.stored = threading.Event()
 
     def _upload(self, key: str, src: str, metadata: Mapping[str, str],
                 content_type: str | None, cancel: threading.Event | None = None,
@@ -326,23 +400,19 @@ class SlowAckRemote(Remote):
         threading.Event().wait(self.ack_delay)
         return info
 
-    def _put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
-                   content_type: str | None, **conditions: Any) -> ObjectInfo:
-        return self.inner._put_bytes(key, data, metadata, content_type, **conditions)
 
-    def _copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None,
-              content_type: str | None = None, src_version_id: str | None = None) -> ObjectInfo:
-        return self.inner._copy(src_key, dst_key, metadata, content_type, src_version_id)
+class OutageRemote(DelegatingRemote):
+    """A store that can be taken down: while `down` is set every request fails at once, as
+    when connections are refused (a transient error). `calls` records (kind, first argument)
+    of every request that reached the store, in order."""
 
-    def _delete(self, key: str) -> None:
-        self.inner._delete(key)
+    def __init__(self, inner: Remote) -> None:
+        super().__init__(inner)
+        self.down = False
+        self.calls: list[tuple[str, str]] = []
 
-    def _bucket_versioning(self) -> str:
-        return self.inner._bucket_versioning()
-
-    def _list_versions(self, prefix: str, delimiter: str | None,
-                       marker: tuple[str, str] | None, max_keys: int) -> VersionPage:
-        return self.inner._list_versions(prefix, delimiter, marker, max_keys)
-
-    def _delete_version(self, key: str, version_id: str) -> None:
-        self.inner._delete_version(key, version_id)
+    def _call(self, kind: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            raise RemoteError(f"{kind}: connection refused (test outage)", transient=True)
+        self.calls.append((kind, str(args[0]) if args else ""))
+        return fn(*args, **kwargs)

@@ -310,7 +310,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     progress = _Progress()
     answer = control.request(args.mountpoint, "sync", on_progress=progress)
     progress.end()
-    print(f"zonefs: {answer['files']} file(s), {format_size(answer['bytes'])} uploaded "
+    print(f"zonefs: {answer['files']} change(s), {format_size(answer['bytes'])} uploaded "
           f"in {answer['seconds']} s; everything is in the bucket")
     return 0
 
@@ -321,8 +321,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
     try:
         if args.lazy:
             answer = control.request(mountpoint, "unmount", lazy=True)
-            print(f"zonefs: unmounted {mountpoint}; {answer['pending']} file(s) not yet "
-                  "uploaded stay journaled and upload at the next mount of this zone")
+            print(f"zonefs: unmounted {mountpoint}; {answer['pending']} change(s) not yet "
+                  "in the bucket stay journaled and are applied at the next mount of this zone")
             return 0
         answer = control.request(mountpoint, "unmount", on_progress=progress)
     except control.Unreachable:
@@ -343,7 +343,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
               "resume at the next mount)")
         return 0
     progress.end()
-    print(f"zonefs: uploaded {answer['files']} file(s), {format_size(answer['bytes'])}; "
+    print(f"zonefs: uploaded {answer['files']} change(s), {format_size(answer['bytes'])}; "
           f"unmounted {mountpoint}")
     return 0
 
@@ -359,6 +359,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("zone", status["zone"]),
         ("mount point", status["mountpoint"]),
         ("dirty files", f"{status['dirty_files']} ({format_size(status['dirty_bytes'])})"),
+        ("pending", f"{status.get('pending_dirs', 0)} directories to create or change, "
+                    f"{status.get('pending_deletes', 0)} deletes"),
         ("uploads", f"{wb.get('in_flight', 0)} in flight, {wb.get('queued', 0)} queued, "
                     f"{wb.get('uploaded', 0)} done, {wb.get('retries', 0)} retries"),
         ("last error", wb.get("last_error") or "-"),

@@ -183,7 +183,7 @@ class Daemon:
                     log.info("%d rename(s) from an earlier mount finished", resumed)
                 pending = vfs.requeue_dirty()
                 if pending:
-                    log.info("%d file(s) from an earlier mount are queued for upload", pending)
+                    log.info("%d change(s) from an earlier mount are queued for upload", pending)
                 options = _fuse_options(self.opts, self.zone)
                 if debug_fuse:
                     options.add("debug")
@@ -226,7 +226,7 @@ class Daemon:
         assert self.vfs is not None
         pending = len(self.vfs.writeback.pending_paths())
         if pending:
-            log.info("%s: uploading %d pending file(s)", why, pending)
+            log.info("%s: uploading %d pending change(s)", why, pending)
         done = await self.vfs.writeback.drain(progress)
         if pending:
             log.info("%s: all uploads done", why)
@@ -241,8 +241,8 @@ class Daemon:
                 continue
             status = self.vfs.status()
             wb = status["writeback"]
-            if status["dirty_files"]:
-                text = (f"{status['dirty_files']} file(s), {format_size(status['dirty_bytes'])} "
+            if status["pending"]:
+                text = (f"{status['pending']} change(s), {format_size(status['dirty_bytes'])} "
                         f"waiting for upload; {wb.get('in_flight', 0)} uploading")
                 if wb.get("last_error"):
                     text += f"; last error: {wb['last_error']}"
@@ -257,8 +257,8 @@ class Daemon:
             async for signum in signals:
                 log.info("%s: draining uploads, then unmounting", signal.Signals(signum).name)
                 assert self.vfs is not None
-                _sd_notify(f"STOPPING=1\nSTATUS=uploading {len(self.vfs.dirty)} "
-                           "pending file(s), then unmounting")
+                _sd_notify(f"STOPPING=1\nSTATUS=uploading {self.vfs.pending_count} "
+                           "pending change(s), then unmounting")
                 await self._drain(signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
@@ -332,8 +332,8 @@ class Daemon:
                           capabilities=self.capabilities.to_dict())
             await _send(stream, {"ok": True, "status": status})
         elif cmd == "unmount" and message.get("lazy"):
-            pending = len(self.vfs.dirty)
-            log.info("unmount without upload: %d pending file(s) stay in the journal", pending)
+            pending = self.vfs.pending_count
+            log.info("unmount without upload: %d pending change(s) stay in the journal", pending)
             self._lazy = self._unmount_requested = True
             self.vfs.writeback.close()  # no new upload; one in flight is cut off and retried
             pyfuse3.terminate()

@@ -5,6 +5,12 @@ journal and are laid over these by `vfs`. Every entry expires after the metadata
 made by other clients show within it. After a local mutation, `vfs` calls `invalidate` (or
 `put_entry` with what it now knows), which also drops the parent's listing: a listing is cached
 whole or not at all.
+
+A listing or lookup that was in flight while such a local change was made must not bring back
+what the store said before it (an upload that landed while a listing was on its way: the
+listing still shows the old size and ETag). Reads of the store are bracketed by `begin_fetch`
+and `end_fetch`; while one is in flight every local change is stamped, and `put_listing` and
+`put_fetched` let the newer local facts win over what the fetch brought.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ class Entry:
     mtime: float = 0.0  # LastModified
     meta: PosixMeta | None = None
     version_id: str | None = None
+    # A directory's entry that hides an object of the same name (`x` and `x/y` both exist):
+    # that object, shown if the directory's delete is pending.
+    shadowed: Entry | None = None
 
 
 #: What `DirCache.entry` returns when it knows nothing (distinct from None: "known missing").
@@ -44,11 +53,65 @@ class DirCache:
         # local changes stay current; any invalidation drops it (then lookups fail instead).
         self._last: LRUCache[str, dict[str, Entry]] = LRUCache(max_dirs)
         self._last_entries: LRUCache[str, Entry | None] = LRUCache(max_entries)
+        # Local changes stamped while fetches are in flight: path -> (stamp, whole tree).
+        self._stamp = 0
+        self._fetches = 0
+        self._changed: dict[str, tuple[int, bool]] = {}
+
+    # -- fetches racing local changes ---------------------------------------------------------
+
+    def begin_fetch(self) -> int:
+        """A read of the store starts; returns the stamp to pass to `put_listing` or
+        `put_fetched`. Pair it with `end_fetch`."""
+        self._fetches += 1
+        return self._stamp
+
+    def end_fetch(self) -> None:
+        self._fetches -= 1
+        if self._fetches <= 0:
+            self._fetches = 0
+            self._changed.clear()  # no fetch left that a stamp could matter to
+
+    def _touch(self, path: str, *, tree: bool = False) -> None:
+        self._stamp += 1
+        if self._fetches:
+            self._changed[path] = (self._stamp, tree)
+
+    def _changes_since(self, since: int) -> list[tuple[str, bool]]:
+        return [(p, tree) for p, (stamp, tree) in self._changed.items() if stamp > since]
+
+    def put_fetched(self, path: str, entry: Entry | None, since: int) -> Entry | None:
+        """Cache what a lookup that began at stamp `since` found at `path`, unless a local
+        change of `path` came meanwhile: then that newer fact is returned instead."""
+        for p, tree in self._changes_since(since):
+            if p == path or (tree and is_within(path, p)):
+                known = self.entry(path)
+                return entry if known is UNKNOWN else known  # type: ignore[return-value]
+        self.put_entry(path, entry)
+        return entry
 
     def listing(self, path: str) -> dict[str, Entry] | None:
         return self._listings.get(path)
 
-    def put_listing(self, path: str, names: dict[str, Entry]) -> None:
+    def put_listing(self, path: str, names: dict[str, Entry], since: int | None = None) -> None:
+        """Cache the listing of `path`. With `since` (the stamp of `begin_fetch`), entries
+        changed locally while it was fetched are first set to what is known now (in `names`
+        too); after a change nothing is known of, the listing is not cached."""
+        if since is not None:
+            keep = True
+            for p, tree in self._changes_since(since):
+                if tree and is_within(path, p):
+                    keep = False
+                elif split(p)[0] == path and p:
+                    known = self._entries.get(p, UNKNOWN)
+                    if known is UNKNOWN:
+                        keep = False
+                    elif known is None:
+                        names.pop(split(p)[1], None)
+                    else:
+                        names[split(p)[1]] = known  # type: ignore[assignment]
+            if not keep:
+                return
         self._listings[path] = names
         self._last[path] = names
 
@@ -77,6 +140,7 @@ class DirCache:
         return UNKNOWN
 
     def put_entry(self, path: str, entry: Entry | None) -> None:
+        self._touch(path)
         self._entries[path] = entry
         self._last_entries[path] = entry
         parent, name = split(path)
@@ -89,6 +153,7 @@ class DirCache:
 
     def invalidate(self, path: str) -> None:
         """Forget `path` and its parent's listing."""
+        self._touch(path)
         self._entries.pop(path, None)
         self._last_entries.pop(path, None)
         self._listings.pop(split(path)[0], None)
@@ -96,11 +161,21 @@ class DirCache:
 
     def invalidate_tree(self, top: str) -> None:
         """Forget `top`, everything below it, and its parent's listing."""
+        self._touch(top, tree=True)
         for cache in (self._entries, self._listings, self._last, self._last_entries):
             for path in [p for p in cache if is_within(p, top)]:
                 cache.pop(path, None)
         self._listings.pop(split(top)[0], None)
         self._last.pop(split(top)[0], None)
+
+    def expire_tree(self, top: str) -> None:
+        """Ask the store again about `top` and everything below it, but keep their last
+        listings to answer from while it cannot be reached."""
+        self._touch(top, tree=True)
+        for cache in (self._entries, self._listings):
+            for path in [p for p in cache if is_within(p, top)]:
+                cache.pop(path, None)
+        self._listings.pop(split(top)[0], None)
 
     def clear(self) -> None:
         self._entries.clear()

@@ -294,7 +294,8 @@ class ZonefsOperations(pyfuse3.Operations):
         self._dir_paths.pop(fh, None)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # directory changes reach the bucket before their call returns
+        async with _errors("fsyncdir", fh):
+            await self.vfs.sync_dir(self._dir_paths[fh])
 
     # -- extended attributes: the read-only user.zonefs.* content identity -------------------
 

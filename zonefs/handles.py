@@ -1,8 +1,9 @@
 """The state a mount keeps per path and per open file, shared by `vfs` and `objects`.
 
 - `Stat`: what stat shows for a path.
-- `DirtyFile`: a file whose local state is not yet in the bucket: its journal row plus what
-  lives only while mounted (open writers, whether the bytes or only the metadata changed).
+- `DirtyFile`: a path whose local state is not yet in the bucket (a file, a symlink, or a
+  directory marker to put): its journal row plus what lives only while mounted (open writers,
+  whether the bytes or only the metadata changed).
 - `Handle`: an open file; it reads from a local file descriptor (staging file or blob) or,
   for a large object not yet cached, from a `RangeFetcher`.
 """
@@ -46,6 +47,23 @@ class DirtyFile:
     meta_changed: bool = False
     uploaded_generation: int = -1
     uploaded: tuple[ObjectInfo, Digest | None] | None = None
+    # True while the store holds no object under this name as far as this mount knows: the
+    # file was created where nothing was, and no upload of it has started since. Removing
+    # such a file needs no delete in the store.
+    absent: bool = False
+    # The key of a pending delete this row took over (a file created where one was just
+    # removed): its journal row leaves in the transaction that first journals this one.
+    claimed: str | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        """A directory whose marker is to be put (mkdir, or chmod/chown/touch of one)."""
+        return st.S_ISDIR(self.row.meta.mode)
+
+    @property
+    def queue_key(self) -> str:
+        """Its name in the write-back queue: the zone key it writes."""
+        return f"{self.row.path}/" if self.is_dir else self.row.path
 
 
 @dataclass(slots=True)
@@ -67,3 +85,9 @@ class Handle:
 def has_new_bytes(df: DirtyFile) -> bool:
     """Whether the file's local bytes differ from its object (a data upload is due)."""
     return df.row.data is not None and df.data_changed
+
+
+def moves_as_row(df: DirtyFile) -> bool:
+    """Whether a rename moves this pending row to the new name (it is uploaded there), rather
+    than copying an object: new bytes, or a directory marker still to be put."""
+    return has_new_bytes(df) or df.is_dir

@@ -2,9 +2,16 @@
 survive a crash.
 
 Tables:
-- `dirty`: one row per file whose local state is not yet in the bucket (new or changed bytes,
-  or metadata-only changes). A row is committed *before* the path is handed to the write-back
-  queue, and deleted only in the same transaction that records the uploaded object.
+- `dirty`: one row per path whose local state is not yet in the bucket: a file or symlink with
+  new or changed bytes, a metadata-only change of a file, or a directory whose marker is to be
+  put (`mkdir`, `chmod` of a directory: a row with a directory mode and no data). A row is
+  committed *before* the path is handed to the write-back queue, and deleted only in the same
+  transaction that records the uploaded object.
+- `deletes`: zone keys to DELETE (`unlink`, `rmdir`, the old name of a renamed pending file),
+  with the ETag the object had when the delete was asked for (NULL: not known to exist). A row
+  is committed before the call returns; it leaves the journal once the store confirmed the
+  delete, or in the same transaction as a row that writes the key again (a file created where
+  one was just removed).
 - `objects`: what zonefs remembers about remote objects, by key and ETag: POSIX metadata from
   their headers (so a listing need not HEAD them again, across remounts too) and the SHA-256 of
   the bytes when known (the key → blob index of the blob cache). A hash there may be a claim:
@@ -28,7 +35,8 @@ Tables:
 
 All calls are synchronous and short; callers on the trio thread rely on that: code between two
 awaits sees the journal atomically. Every write commits before returning. Writes that
-acknowledge user data (`put_dirty`, `move_dirty`, `drop_dirty`) or order a rename's steps
+acknowledge user data (`put_dirty`, `move_dirty`, `drop_dirty`, `move_pending`, `put_delete`)
+or order a rename's steps
 (`seal_rename`, `apply_pending_moves`) are fsync'ed (WAL with
 `synchronous=FULL`); writes of what can be recomputed (remembered objects, the end of an upload,
 whose loss only repeats it) skip the fsync and become durable with the next fsync'ed commit.
@@ -56,6 +64,10 @@ CREATE TABLE IF NOT EXISTS dirty (
     base_etag  TEXT,              -- ETag of the remote object this edit started from; NULL: new
     generation INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deletes (
+    key  TEXT PRIMARY KEY,       -- zone key: 'a/b' for a file, 'a/b/' for a directory marker
+    etag TEXT                    -- ETag when the delete was asked for; NULL: not known to exist
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects (
     key      TEXT PRIMARY KEY,
     etag     TEXT NOT NULL,
@@ -185,8 +197,16 @@ class Journal:
 
     # -- dirty files ---------------------------------------------------------------------------
 
-    def put_dirty(self, row: DirtyRow) -> None:
+    def put_dirty(self, row: DirtyRow, *, replaces_delete: str | None = None) -> None:
+        """Write a dirty row (fsync'ed). `replaces_delete`: a pending delete of that key is
+        forgotten in the same transaction (the row writes the key again)."""
         self._set_durable(True)
+        with self._tx():
+            self._put_dirty(row)
+            if replaces_delete is not None:
+                self._db.execute("DELETE FROM deletes WHERE key = ?", (replaces_delete,))
+
+    def _put_dirty(self, row: DirtyRow) -> None:
         m = row.meta
         self._db.execute(
             "INSERT OR REPLACE INTO dirty VALUES (?,?,?,?,?,?,?,?,?)",
@@ -197,6 +217,48 @@ class Journal:
     def drop_dirty(self, path: str) -> None:
         self._set_durable(True)
         self._db.execute("DELETE FROM dirty WHERE path = ?", (path,))
+
+    def move_pending(self, old: str, new: str, *, base_etag: str | None,
+                     delete: tuple[str, str | None] | None,
+                     replaces_delete: str | None) -> None:
+        """A pending file's rename, in one fsync'ed transaction: the row `old` becomes `new`
+        (replacing a row there) with `base_etag`; `delete` (key, ETag) is added to the pending
+        deletes (the object under the old name); a pending delete of `replaces_delete` is
+        forgotten (the moved row writes that key)."""
+        self._set_durable(True)
+        with self._tx():
+            if old != new:
+                self._db.execute("DELETE FROM dirty WHERE path = ?", (new,))
+            self._db.execute("UPDATE dirty SET path = ?, base_etag = ? WHERE path = ?",
+                             (new, base_etag, old))
+            if delete is not None:
+                self._db.execute("INSERT OR REPLACE INTO deletes VALUES (?, ?)", delete)
+            if replaces_delete is not None:
+                self._db.execute("DELETE FROM deletes WHERE key = ?", (replaces_delete,))
+
+    # -- pending deletes -----------------------------------------------------------------------
+
+    def put_delete(self, key: str, etag: str | None, *, drop_dirty: str | None = None) -> None:
+        """Ask for `key` to be deleted (fsync'ed); `drop_dirty`: the dirty row of that path
+        goes in the same transaction (the file removed had local changes)."""
+        self._set_durable(True)
+        with self._tx():
+            if drop_dirty is not None:
+                self._db.execute("DELETE FROM dirty WHERE path = ?", (drop_dirty,))
+            self._db.execute("INSERT OR REPLACE INTO deletes VALUES (?, ?)", (key, etag))
+
+    def drop_delete(self, key: str) -> None:
+        """The delete of `key` is in the store, or a write replaced it. Not fsync'ed: a lost
+        forget repeats a delete that is done (the key is checked first when its ETag is not
+        known; otherwise a versioned bucket gets one more delete marker)."""
+        self._set_durable(False)
+        with self._tx():
+            self._db.execute("DELETE FROM deletes WHERE key = ?", (key,))
+            self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
+
+    def deletes(self) -> list[tuple[str, str | None]]:
+        """(key, ETag) of every pending delete."""
+        return [(k, e) for k, e in self._db.execute("SELECT key, etag FROM deletes ORDER BY key")]
 
     def move_dirty(self, old: str, new: str) -> None:
         """Rename a row; a row already at `new` is replaced."""

@@ -2,9 +2,12 @@
 
 S3 has no rename: a file is copied server-side and the old object deleted; a directory is
 moved one object at a time (not atomic to other clients). A pending file with new bytes is not
-copied: its journal row moves and its bytes are uploaded under the new name. A pending
-metadata change travels in the copy's headers; a file open for write but unchanged moves with
-its copy. The POSIX checks (flags, types, emptiness) are `vfs`'s; this module does the moving.
+copied: its journal row moves and its bytes are uploaded under the new name, and the object
+under the old name, if any, becomes a pending delete, all in one journal transaction and with
+no request (`move_pending_file`: an editor's save by rename works while the store is down).
+A pending metadata change travels in the copy's headers; a file open for write but unchanged
+moves with its copy. A pending delete of a key a copy is about to write is applied first. The
+POSIX checks (flags, types, emptiness) are `vfs`'s; this module does the moving.
 
 Every rename is journaled (`journal.renames`/`moves`) so a crash in the middle is finished at the
 next mount (`Renamer.resume`, before the mount answers). Invariants:
@@ -30,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from . import keys
 from .errors import NotFound, ZonefsError
-from .handles import DirtyFile, Stat, has_new_bytes
+from .handles import DirtyFile, Stat, moves_as_row
 from .journal import (
     MOVE_COPY,
     MOVE_DELETE,
@@ -61,11 +64,9 @@ class Renamer:
         journal: Journal,
         pending: PendingFiles,
         *,
-        remote_exists: Callable[[str], Awaitable[bool]],
         put_marker: Callable[[str, PosixMeta], Awaitable[None]],
     ) -> None:
         self.remote, self.journal, self.pending = remote, journal, pending
-        self._remote_exists = remote_exists
         self._put_marker = put_marker
 
     # -- planning -------------------------------------------------------------------------------
@@ -78,35 +79,72 @@ class Renamer:
             return None
         return keys.encode_meta(df.row.meta, **self.pending.hash_headers(key, etag))
 
-    async def move_file(self, old: str, new: str, src: Stat) -> None:
-        """Move the file `old` (whose stat is `src`) to `new`, replacing what is there."""
+    def moves_locally(self, old: str) -> bool:
+        """Whether renaming the file `old` only moves its pending row (new bytes)."""
+        df = self.pending.dirty.get(old)
+        return df is not None and moves_as_row(df)
+
+    async def move_pending_file(self, old: str, new: str, dst: Stat | None) -> bool:
+        """Move the pending file `old` (new bytes) to `new`, replacing `dst` (what `new`
+        shows now, if anything): one journal transaction, no request. False when its upload
+        landed meanwhile (it is clean now: a copy in the store moves it)."""
         await self.pending.writeback.cancel(old)
         await self.pending.writeback.cancel(new)
-        has_object = True
-        current = self.pending.dirty.get(old)
-        if current is not None and has_new_bytes(current):
-            # A base ETag means an object was there (uploaded by an fsync while open, or the
-            # one the edit started from): its delete is planned even if the cache has not
-            # heard of it; deleting a key that is gone is harmless.
-            has_object = (current.row.base_etag is not None
-                          or await self._remote_exists(old))
+        if not self.moves_locally(old):
+            return False
+        replaced = self.pending.dirty.pop(new, None)
+        df = self.pending.dirty.pop(old)
+        # The object the new name holds (its upload must expect it): what `new` showed, else
+        # the object of a delete pending there, which this upload replaces.
+        claimed, claimed_etag = await self.pending.claim(new)
+        base = dst.etag if dst is not None and dst.etag else claimed_etag
+        # A pending file replaced here may have an object already (an upload of it landed).
+        replaced_may_exist = replaced is not None and self.pending.presence(replaced, dst)[0]
+        maybe, etag = self.pending.presence(df, Stat(df.row.meta, df.row.size))
+        delete = (old, etag) if maybe else None
+        if df.persisted:
+            self.journal.move_pending(old, new, base_etag=base, delete=delete,
+                                      replaces_delete=new if claimed else None)
+        else:
+            # Never closed: its row is journaled at close, under the new name; what the
+            # rename removes is journaled now.
+            if replaced is not None and replaced.persisted:
+                self.journal.drop_dirty(new)
+            if delete is not None:
+                self.journal.put_delete(*delete)
+            if claimed:
+                df.claimed = new
+        if delete is not None:
+            self.pending.deletes.remember(*delete)
+        if replaced is not None:
+            replaced.persisted = False  # its row went with the move
+            self.pending.drop(new, replaced)
+        df.row.path, df.row.base_etag = new, base
+        df.absent = base is None and not claimed and not replaced_may_exist
+        # An upload made under the old name (by fsync while open) is not this name's: the
+        # last close must upload again rather than take it as done.
+        df.uploaded_generation, df.uploaded = -1, None
+        self.pending.dirty[new] = df
+        self.pending.schedule(df)
+        return True
+
+    async def move_file(self, old: str, new: str, src: Stat) -> None:
+        """Move the file `old` (whose stat is `src`; no pending bytes) to `new` by a copy in
+        the store, replacing what is there."""
+        await self.pending.writeback.cancel(old)
+        if new in self.pending.deletes:
+            await self.pending.flush([new])  # deleted first: the copy then lands after it
+        else:
+            await self.pending.writeback.cancel(new)
         replaced = self.pending.dirty.pop(new, None)
         df = self.pending.dirty.pop(old, None)
         plan: list[Move] = []
         # Only rows that are in the journal get steps: a file never closed has none to move.
         if replaced is not None and replaced.persisted:
             plan.append(Move(MOVE_DROP, new))  # first: the row moved to `new` must survive
-        if df is not None and has_new_bytes(df):
-            # The new bytes go up under the new name; the old key, if any, goes away.
-            if df.persisted:
-                plan.append(Move(MOVE_DIRTY, old, new))
-            if has_object:
-                plan.append(Move(MOVE_DELETE, old))
-        else:
-            plan.append(Move(MOVE_COPY, old, new, src.etag,
-                             self._copy_headers(old, src.etag, df)))
-            if df is not None and df.persisted:
-                plan.append(Move(MOVE_DROP, old, new))
+        plan.append(Move(MOVE_COPY, old, new, src.etag, self._copy_headers(old, src.etag, df)))
+        if df is not None and df.persisted:
+            plan.append(Move(MOVE_DROP, old, new))
         batch = self.journal.begin_rename(old, new)
         self.journal.plan_moves(batch, plan)
         self.journal.seal_rename(batch)
@@ -116,17 +154,25 @@ class Renamer:
             replaced.persisted = False  # its row went with the plan's `drop`
             self.pending.drop(new, replaced)
         if df is not None:
-            self._carry(old, new, df, has_object)
+            self._carry(old, new, df, True)
         await self._run_remote(batch, {old: df} if df is not None else {})
         self.journal.drop_object(old)
 
     async def move_dir(self, old: str, new: str, meta: PosixMeta) -> None:
         """Copy then delete every object below `old`, one by one (not atomic to others)."""
         moving: dict[str, DirtyFile] = {}
+        # Deletes pending where the copies go (`rm -r b; mv a b`) are applied first: they
+        # must not remove what the copies bring. So are those below the source (`rm a/x;
+        # mv a b`): the listing then shows only what moves, and no key of a deleted file
+        # keeps the old directory showing after the move.
+        await self.pending.flush([keys.dir_key(new), *self.pending.deletes.below(new),
+                                  *self.pending.deletes.below(old)])
         batch = self.journal.begin_rename(old, new)
         try:
-            for path in [p for p in self.pending.dirty if keys.is_within(p, old)]:
-                await self.pending.writeback.cancel(path)
+            below = [(p, df.queue_key) for p, df in self.pending.dirty.items()
+                     if keys.is_within(p, old)]
+            for path, queue_key in below:
+                await self.pending.writeback.cancel(queue_key)
                 df = self.pending.dirty.pop(path, None)
                 if df is not None:  # else its upload finished while we waited
                     moving[path] = df
@@ -137,7 +183,8 @@ class Renamer:
             self._put_back(moving)
             raise
         tail: list[Move] = []
-        if not has_marker:
+        moved_row = moving.get(old)
+        if not has_marker and (moved_row is None or not moved_row.is_dir):
             # The source existed only as a prefix: keep the moved directory even if it is empty.
             tail.append(Move(MOVE_MARKER, keys.dir_key(old), new,
                              headers=keys.encode_meta(meta)))
@@ -145,7 +192,7 @@ class Renamer:
             if not df.persisted:
                 continue
             target = keys.rebase(path, old, new)
-            if has_new_bytes(df):
+            if moves_as_row(df):
                 tail.append(Move(MOVE_DIRTY, path, target))
             else:
                 tail.append(Move(MOVE_DROP, path, target if path in listed else None))
@@ -169,10 +216,15 @@ class Renamer:
             plan: list[Move] = []
             for obj in page.objects:
                 has_marker = has_marker or obj.key == prefix
+                if obj.key in self.pending.deletes:
+                    continue  # deleted here: its pending delete removes it, nothing to move
                 df = moving.get(obj.key)
+                if df is None and obj.key.endswith("/"):
+                    row = moving.get(obj.key[:-1])
+                    df = row if row is not None and row.is_dir else None
                 if df is not None:
-                    listed.add(obj.key)
-                if df is not None and has_new_bytes(df):
+                    listed.add(df.row.path)
+                if df is not None and moves_as_row(df):
                     # Newer local bytes will be uploaded under the new name.
                     plan.append(Move(MOVE_DELETE, obj.key))
                 else:
@@ -200,13 +252,14 @@ class Renamer:
         object is dropped.
         """
         df.row.path = new
-        if has_new_bytes(df):
+        if moves_as_row(df):
             df.row.base_etag = None
+            df.absent = True
             # An upload made under the old name (by fsync while open) is not this name's:
             # the last close must upload again rather than take it as done.
             df.uploaded_generation, df.uploaded = -1, None
             self.pending.dirty[new] = df
-            self.pending.writeback.schedule(new)
+            self.pending.schedule(df)
             return
         df.persisted = False
         if not has_object:

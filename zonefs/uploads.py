@@ -1,8 +1,11 @@
-"""Files whose local state is not yet in the bucket, and the upload that puts it there.
+"""Paths whose local state is not yet in the bucket, and the uploads that put it there.
 
-`PendingFiles` owns the in-memory mirror of the journal's dirty rows (`dirty`), their data files
-under `staging/`, and the write-back queue, whose upload callable is `upload`. `vfs` decides
-when a file becomes dirty; this module decides how its state reaches the journal and the bucket.
+`PendingFiles` owns the in-memory mirror of the journal's dirty rows (`dirty`: files, symlinks
+and directory markers to put), their data files under `staging/`, the pending deletes
+(`deletes`, see `zonefs.deletes`), and the write-back queue, whose callable `_apply` uploads a
+file, puts a directory marker or applies a delete, by the zone key it is queued under. `vfs`
+decides when a path becomes dirty or deleted; this module decides how that reaches the journal
+and the bucket.
 
 Invariants:
 - A dirty row is in the journal (fsync'ed) before its path is handed to the write-back queue
@@ -12,6 +15,8 @@ Invariants:
   and never while it has writers (that happens at their last close).
 - At start, rows whose data file is gone are dropped with an error, and staging files no row
   names (never closed, so never acknowledged) are removed.
+- A key has at most one pending change: a row takes over a pending delete of its key
+  (`DirtyFile.claimed`), and a removal turns a row into a delete in one transaction.
 - Every multipart upload the remote starts is in the journal (fsync'ed) before its first part
   is sent, until it is completed or aborted (`_MultipartJournal`, installed as the remote's
   `multipart_log`); `abort_leftover_uploads` aborts those a dead process left, at mount.
@@ -23,6 +28,7 @@ import collections
 import contextlib
 import logging
 import os
+import stat as st
 import threading
 import time
 
@@ -31,10 +37,11 @@ import trio
 from . import keys
 from .blobs import BlobStore, Digest, hash_file
 from .config import MountOptions
+from .deletes import PendingDeletes
 from .dircache import DirCache, Entry
 from .errors import NotFound, PreconditionFailed, ZonefsError
-from .handles import DirtyFile, has_new_bytes
-from .journal import Journal, ObjectRow
+from .handles import DirtyFile, Stat, has_new_bytes
+from .journal import DirtyRow, Journal, ObjectRow
 from .keys import PosixMeta
 from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
 from .remote.base import ObjectInfo, Remote
@@ -76,7 +83,7 @@ class PendingFiles:
                  objects: RemoteObjects, opts: MountOptions) -> None:
         self.remote, self.journal, self.blobs, self.cache, self.objects = (
             remote, journal, blobs, cache, objects)
-        self.writeback = WriteBack(self.upload, delay=opts.writeback_delay)
+        self.writeback = WriteBack(self._apply, delay=opts.writeback_delay)
         self.dirty: dict[str, DirtyFile] = {}
         self.uploaded_bytes = 0
         self.budget = opts.cache_size  # dirty bytes beyond which writes wait for uploads
@@ -93,6 +100,8 @@ class PendingFiles:
         self._throttled = False
         self._estimate = 0
         remote.multipart_log = _MultipartJournal(journal)
+        self.deletes = PendingDeletes(remote, journal, cache, schedule=self.writeback.schedule,
+                                      progress=self._note_progress)
         for row in journal.dirty_rows():
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
@@ -162,10 +171,98 @@ class PendingFiles:
         return aborted
 
     def requeue(self) -> int:
-        """Hand every journaled dirty file to the write-back queue (at mount)."""
-        for path in self.dirty:
-            self.writeback.schedule(path)
-        return len(self.dirty)
+        """Hand every journaled change to the write-back queue (at mount)."""
+        for df in self.dirty.values():
+            self.writeback.schedule(df.queue_key)
+        return len(self.dirty) + self.deletes.requeue()
+
+    async def flush(self, queue_keys: list[str]) -> None:
+        """Apply the pending changes of `queue_keys` now and wait for them (deepest first, so a
+        directory's delete follows the deletes below it); raises the first failure."""
+        todo = set(queue_keys)
+        for key in queue_keys:
+            if key.endswith("/") and key in self.deletes:
+                todo.update(self.deletes.below(key[:-1]))
+        queue_keys = sorted(todo, key=lambda k: -k.rstrip("/").count("/"))
+        for key in queue_keys:
+            if self.writeback.is_pending(key):
+                self.writeback.schedule(key, delay=0)
+        for key in queue_keys:
+            await self.writeback.flush(key)
+
+    def schedule(self, df: DirtyFile, *, delay: float | None = None) -> None:
+        """Queue the upload of a dirty row (journaled by the caller)."""
+        self.writeback.schedule(df.queue_key, delay=delay)
+
+    @property
+    def count(self) -> int:
+        """Changes not yet in the bucket: dirty rows and deletes."""
+        return len(self.dirty) + len(self.deletes)
+
+    async def _apply(self, key: str, cancel: threading.Event) -> None:
+        """Write-back callable: bring the zone key `key` up to date in the store."""
+        if key in self.deletes:
+            await self.deletes.apply(key, cancel)
+        elif key.endswith("/"):
+            await self._put_dir(key[:-1])
+        else:
+            await self.upload(key, cancel)
+
+    # -- new rows and removals ---------------------------------------------------------------
+
+    async def claim(self, key: str) -> tuple[bool, str | None]:
+        """Take over a pending delete of `key`, for a write of that key about to be made:
+        (True, the ETag the deleted object had, None when unknown), or (False, None) when no
+        delete was pending."""
+        if key not in self.deletes:
+            return False, None
+        await self.writeback.cancel(key)
+        d = self.deletes.take(key)
+        return (False, None) if d is None else (True, d.etag)
+
+    async def add_row(self, row: DirtyRow) -> DirtyFile:
+        """A new pending path that is acknowledged at once (mkdir, symlink): journaled
+        (taking over a pending delete of its key) and queued."""
+        df = DirtyFile(row)
+        key = df.queue_key
+        claimed, etag = await self.claim(key)
+        if claimed:
+            df.claimed, row.base_etag = key, etag
+        else:
+            df.absent = True
+        self.dirty[row.path] = df
+        self.persist(df)
+        self.schedule(df)
+        return df
+
+    def presence(self, df: DirtyFile | None, s: Stat | None) -> tuple[bool, str | None]:
+        """Whether the store may hold an object under the name of `df` (a pending row, or
+        None for a clean path whose stat is `s`), and its ETag when known."""
+        if df is None:
+            return True, s.etag if s is not None else None
+        if df.absent and df.claimed is None and df.row.base_etag is None:
+            return False, None
+        return True, df.row.base_etag
+
+    async def remove(self, path: str, s: Stat) -> None:
+        """unlink or rmdir of `path` (whose stat is `s`): its pending row goes, and a delete
+        of its key is journaled unless the store cannot hold one."""
+        key = keys.dir_key(path) if s.is_dir else path
+        await self.writeback.cancel(key)
+        df = self.dirty.pop(path, None)
+        maybe, etag = self.presence(df, s)
+        if s.is_dir and self.deletes.any_below(key):
+            # Keys below it, whose deletes are pending, keep the directory in the store's
+            # listings until they are applied: its own delete hides it meanwhile.
+            maybe = True
+        if maybe:
+            self.deletes.add(key, etag, drop_dirty=path if df is not None and df.persisted
+                             else None)
+        elif df is not None and df.persisted:
+            self.journal.drop_dirty(path)
+        if df is not None:
+            self.discard_data(df)
+            self._note_progress()
 
     def _remove_orphans(self) -> None:
         """Staging files no journal row names were never closed: nothing acknowledged them."""
@@ -176,10 +273,12 @@ class PendingFiles:
                 os.unlink(entry.path)
 
     def persist(self, df: DirtyFile) -> None:
-        """Write the dirty row to the journal (fsync'ed) if it is still the path's current one."""
+        """Write the dirty row to the journal (fsync'ed) if it is still the path's current one;
+        a pending delete it took over leaves the journal in the same transaction."""
         if self.dirty.get(df.row.path) is df:
-            self.journal.put_dirty(df.row)
+            self.journal.put_dirty(df.row, replaces_delete=df.claimed)
             df.persisted = True
+            df.claimed = None
 
     def discard_data(self, df: DirtyFile) -> None:
         """Delete the file's local data file, if it has one."""
@@ -191,6 +290,10 @@ class PendingFiles:
         """Forget a dirty file (deleted or replaced): its journal row and its data."""
         if df.persisted:
             self.journal.drop_dirty(path)
+        elif df.claimed is not None:
+            # Its delete was taken over but its row never journaled: the delete still stands.
+            d = df.claimed
+            self.deletes.remember(d, df.row.base_etag)
         self.discard_data(df)
         self._note_progress()
 
@@ -222,13 +325,14 @@ class PendingFiles:
     async def upload(self, path: str, cancel: threading.Event) -> None:
         """Write-back callable: upload the dirty file at `path` as it is now."""
         df = self.dirty.get(path)
-        if df is None or df.writers and df.uploaded_generation == df.row.generation:
+        if df is None or df.is_dir or df.writers and df.uploaded_generation == df.row.generation:
             return
         row = df.row
         generation = row.generation
         digest: Digest | None = None
         if row.data is not None and not df.data_changed and not df.meta_changed:
             return  # an unchanged copy, still open: nothing to upload
+        df.absent = False  # from here on an object of ours may land under this name
         if row.data is None or not df.data_changed:
             md = keys.encode_meta(row.meta, **self.hash_headers(path, row.base_etag))
             info = await self.remote.copy(path, path, md)
@@ -253,7 +357,7 @@ class PendingFiles:
                 # (a rewrite, a rename): no other writer, so replace it.
                 info = await self._upload_if_unchanged(path, ours, src, md, cancel, checksum)
             self.uploaded_bytes += digest.size
-            if self.kachery_mirror:
+            if self.kachery_mirror and not st.S_ISLNK(row.meta.mode):
                 await self._mirror(path, digest, row.meta)
         if self.dirty.get(path) is not df:
             return
@@ -266,6 +370,29 @@ class PendingFiles:
             self.journal.put_dirty(row)
             return
         self.finish_clean(path, df, info, digest)
+
+    async def _put_dir(self, path: str) -> None:
+        """Put the marker of the pending directory `path` with its attributes."""
+        df = self.dirty.get(path)
+        if df is None or not df.is_dir:
+            return
+        row, generation = df.row, df.row.generation
+        df.absent = False
+        key = keys.dir_key(path)
+        info = await self.remote.put_bytes(key, b"", keys.encode_meta(row.meta),
+                                           keys.DIR_CONTENT_TYPE)
+        if self.dirty.get(path) is not df:
+            return
+        row.base_etag = info.etag
+        if row.generation != generation:
+            self.journal.put_dirty(row)
+            return
+        # Remembered: where the store drops a marker's metadata (the probe's
+        # dir_markers=dropped), this machine still shows the attributes it set.
+        self.journal.finish_upload(path, ObjectRow(key, info.etag, 0, row.meta))
+        del self.dirty[path]
+        self._note_progress()
+        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), row.meta))
 
     # -- concurrent writers ----------------------------------------------------------------------
 

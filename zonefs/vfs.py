@@ -2,21 +2,25 @@
 
 `Vfs` answers stat, listing, create/open/read/write, truncate, rename, unlink, mkdir, rmdir,
 symlink and sync for paths relative to the mount root ('' is the root). It combines the remote
-listing (cached in `DirCache`) with the local state of files not yet uploaded (the journal's
-dirty rows, mirrored in `self.dirty`). Two components do the work it delegates:
-`objects.RemoteObjects` (headers and bytes of remote objects through the blob cache) and
-`uploads.PendingFiles` (dirty files, their journal rows and their uploads).
+listing (cached in `DirCache`) with the local changes not yet in the bucket: the journal's
+dirty rows (files, symlinks and directories, mirrored in `self.dirty`) and pending deletes
+(`self.pending.deletes`). Two components do the work it delegates: `objects.RemoteObjects`
+(headers and bytes of remote objects through the blob cache) and `uploads.PendingFiles`
+(pending changes, their journal rows and their uploads).
 
 Invariants:
 - A dirty row is written to the journal before its path is handed to the write-back queue, and
   leaves the journal only in the transaction that records the uploaded object.
-- Files not yet uploaded appear in listings and stats whatever the remote listing says.
+- Files, directories and symlinks not yet uploaded appear in listings and stats whatever the
+  remote listing says; keys whose delete is pending are hidden.
 - While a file has writers, no upload of it is in flight: opening for write cancels one, and
   the upload is scheduled again when the last writer closes (or by fsync).
 - An upload marks a file clean only if nothing changed it while the upload ran (generation).
-- Namespace changes (mkdir, rmdir, unlink, rename, symlink) reach the bucket before they return.
-  A rename is journaled first; one a crash cut short is finished by `recover`, which runs
-  before the mount answers and before pending uploads are queued again.
+- mkdir, rmdir, unlink and symlink, and the rename of a file with pending bytes, are journaled
+  (fsync'ed) before they return and reach the bucket through the write-back queue, so they
+  work while the store is unreachable. Other renames copy objects in the store before they
+  return; they are journaled first, and one a crash cut short is finished by `recover`, which
+  runs before the mount answers and before pending changes are queued again.
 """
 
 from __future__ import annotations
@@ -68,6 +72,14 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
+def _write_synced(dest: str, data: bytes) -> None:
+    """Write `data` to the file `dest` and fsync it (blocking: run it in a thread)."""
+    with open(dest, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def _copy_fd_to(fd: int, dest: str) -> None:
     """Copy the whole file open at `fd` to the path `dest` (blocking: run it in a thread)."""
     with open(dest, "wb") as out:
@@ -96,8 +108,8 @@ class Vfs:
         self.pending = PendingFiles(remote, journal, blobs, self.cache, self.objects, opts)
         self.dirty = self.pending.dirty  # the same dict, for reading
         self.writeback = self.pending.writeback
-        self.renamer = Renamer(remote, journal, self.pending, remote_exists=self._remote_exists,
-                               put_marker=self._put_marker)
+        self.deletes = self.pending.deletes  # the same object, for reading
+        self.renamer = Renamer(remote, journal, self.pending, put_marker=self._put_marker)
         # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
         self._reported: dict[str, str] = {}
         self.mount_time_ns = time.time_ns()
@@ -139,7 +151,7 @@ class Vfs:
         return await self.renamer.resume()
 
     def requeue_dirty(self) -> int:
-        """Hand every journaled dirty file to the write-back queue (at mount)."""
+        """Hand every journaled change to the write-back queue (at mount)."""
         return self.pending.requeue()
 
     # -- attributes -------------------------------------------------------------------------------
@@ -163,21 +175,41 @@ class Vfs:
             return Stat(self._root_meta(), 0)
         df = self.dirty.get(path)
         if df is not None:
-            return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(path))
+            return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(df))
         entry = await self._entry(path)
-        await self.objects.ensure_meta(path, entry)
+        if entry.meta is None:
+            await self.objects.ensure_meta(path, entry)
+        # Awaited: the file may have been written meanwhile, or an upload of it landed.
+        df = self.dirty.get(path)
+        if df is not None:
+            return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(df))
+        entry = self._freshest(path, entry)
         assert entry.meta is not None
         return Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)
 
-    def _state(self, path: str) -> str:
-        return "uploading" if path in self.writeback.in_flight_paths() else "dirty"
+    def _state(self, df: DirtyFile) -> str:
+        return "uploading" if df.queue_key in self.writeback.in_flight_paths() else "dirty"
 
     async def _entry(self, path: str) -> Entry:
         """The remote entry at `path` (cached), or NotFound."""
         entry = self.cache.entry(path)
         if entry is UNKNOWN:
+            entry = await self._fetch_entry(path)
+        if entry is not None:
+            assert isinstance(entry, Entry)
+            entry = self._visible(path, entry)
+        if entry is None:
+            if self._has_dirty_below(path):
+                return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
+            raise NotFound(path)
+        return entry
+
+    async def _fetch_entry(self, path: str) -> Entry | None:
+        """Ask the store what `path` is; while it cannot be reached, what was last known."""
+        since = self.cache.begin_fetch()
+        try:
             try:
-                entry = await self._lookup_remote(path)
+                found = await self._lookup_remote(path)
             except RemoteError as exc:
                 stale = self.cache.last_entry(path) if exc.transient else UNKNOWN
                 if stale is UNKNOWN:
@@ -186,15 +218,21 @@ class Vfs:
                 # its directory's last listing), so that known names still resolve and files
                 # can still be created (their uploads wait, and are conditional).
                 log.debug("store unreachable; %r answered from what was last known", path)
-                entry = stale
-            else:
-                self.cache.put_entry(path, entry)
-        if entry is None:
-            if self._has_dirty_below(path):
-                return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
-            raise NotFound(path)
-        assert isinstance(entry, Entry)
-        return entry
+                return stale  # type: ignore[return-value]
+            # An upload that landed meanwhile knows better than the lookup.
+            return self.cache.put_fetched(path, found, since)
+        finally:
+            self.cache.end_fetch()
+
+    def _visible(self, path: str, entry: Entry) -> Entry | None:
+        """The remote entry at `path` as the mount shows it: None when its delete is pending
+        (a file the directory shadowed may show instead)."""
+        if not self.deletes.hides(path, entry.is_dir):
+            return entry
+        shadowed = entry.shadowed
+        if shadowed is not None and not self.deletes.hides(path, False):
+            return shadowed
+        return None
 
     async def _lookup_remote(self, path: str) -> Entry | None:
         """One LIST tells whether `path` is a file, a directory or nothing.
@@ -211,15 +249,18 @@ class Vfs:
                 if obj.key == path:
                     found = obj
             if any(p == path + "/" for p in page.prefixes):
-                return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
+                return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9,
+                             shadowed=None if found is None else self._file_entry(found))
             last = max([o.key for o in page.objects] + page.prefixes, default="")
             token = page.next_token
             if not token or last > path + "/":
                 break
-        if found is None:
-            return None
-        memo = self.journal.get_object(path, found.etag)
-        return Entry(False, found.size, found.etag, found.mtime, memo.meta if memo else None)
+        return None if found is None else self._file_entry(found)
+
+    def _file_entry(self, obj: ObjectInfo) -> Entry:
+        """The entry of a listed object, with its headers when the journal remembers them."""
+        memo = self.journal.get_object(obj.key, obj.etag)
+        return Entry(False, obj.size, obj.etag, obj.mtime, memo.meta if memo else None)
 
     # -- listing --------------------------------------------------------------------------------
 
@@ -232,6 +273,13 @@ class Vfs:
         if (await self.stat(path)).is_dir is False:
             raise NotADirectory(path)
         names = dict(await self._remote_listing(path))
+        if self.deletes:
+            for name, entry in list(names.items()):
+                shown = self._visible(keys.join(path, name), entry)
+                if shown is None:
+                    del names[name]  # a pending row below brings a directory back (next loop)
+                else:
+                    names[name] = shown
         for dpath in self.dirty:
             parent, name = keys.split(dpath)
             if parent == path:
@@ -248,13 +296,32 @@ class Vfs:
             if df is not None:
                 out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")))
                 continue
-            entry = names[name]
-            # The kernel caches the file type an entry is listed with, and a symlink object is
-            # told from a file only by its headers: every entry waits for its (prefetched) ones.
-            await self.objects.ensure_meta(child, entry)
+            entry = self._freshest(child, names[name])
+            if entry.meta is None:
+                # The kernel caches the file type an entry is listed with, and a symlink
+                # object is told from a file only by its headers: wait for its (prefetched)
+                # ones. An upload of it may land meanwhile: what it left is newer.
+                await self.objects.ensure_meta(child, entry)
+                df = self.dirty.get(child)
+                if df is not None:
+                    out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag,
+                                           "dirty")))
+                    continue
+                entry = self._freshest(child, entry)
             assert entry.meta is not None
             out.append((name, Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)))
         return out
+
+    def _freshest(self, path: str, entry: Entry) -> Entry:
+        """`entry` (a file or directory from a listing), or what the dircache learnt of the
+        file since: an upload that left the dirty rows while a listing was being answered
+        put its object there, and the kernel must not be told the older size."""
+        if entry.is_dir:
+            return entry
+        known = self.cache.entry(path)
+        if isinstance(known, Entry) and not known.is_dir and known.meta is not None:
+            return known
+        return entry
 
     async def _remote_listing(self, path: str) -> dict[str, Entry]:
         cached = self.cache.listing(path)
@@ -270,6 +337,17 @@ class Vfs:
             return stale
 
     async def _list_remote(self, path: str) -> dict[str, Entry]:
+        since = self.cache.begin_fetch()
+        try:
+            names = await self._list_pages(path)
+            # An upload that landed while the pages came knows better than they do.
+            self.cache.put_listing(path, names, since)
+        finally:
+            self.cache.end_fetch()
+        self._prefetch_meta(path, names)
+        return names
+
+    async def _list_pages(self, path: str) -> dict[str, Entry]:
         prefix = keys.dir_key(path)
         names: dict[str, Entry] = {}
         token: str | None = None
@@ -279,27 +357,24 @@ class Vfs:
                 name = obj.key[len(prefix):]
                 if name == "":
                     continue  # the directory's own marker
-                if not self._visible(path, name):
+                if not self._showable(path, name):
                     continue
-                memo = self.journal.get_object(obj.key, obj.etag)
-                names[name] = Entry(False, obj.size, obj.etag, obj.mtime,
-                                    memo.meta if memo else None)
+                names[name] = self._file_entry(obj)
             for pre in page.prefixes:
                 name = pre[len(prefix):-1]
-                if not self._visible(path, name):
+                if not self._showable(path, name):
                     continue
-                if name in names:
+                shadowed = names.get(name)
+                if shadowed is not None:
                     self._report(keys.join(path, name), "is both a file and a directory; "
                                  "showing the directory")
-                names[name] = Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
+                names[name] = Entry(is_dir=True, mtime=self.mount_time_ns / 1e9,
+                                    shadowed=shadowed)
             token = page.next_token
             if not token:
-                break
-        self.cache.put_listing(path, names)
-        self._prefetch_meta(path, names)
-        return names
+                return names
 
-    def _visible(self, parent: str, name: str) -> bool:
+    def _showable(self, parent: str, name: str) -> bool:
         if parent == "" and name == RESERVED:
             self._report(RESERVED, "is reserved for zonefs and hidden")
             return False
@@ -357,18 +432,21 @@ class Vfs:
             return None
 
     async def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Stat:
+        """A pending directory: its marker is put by the write-back queue."""
         self._check_writable(path)
         keys.check_name(keys.split(path)[1])
         await self._parent_dir(path)
         if await self._exists(path) is not None:
             raise Exists(path)
         meta = PosixMeta(st.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
-        await self._put_marker(path, meta)
-        # A new directory is empty: lookups in it need not ask the bucket until the TTL passes.
+        await self.pending.add_row(DirtyRow(path, None, 0, meta, None, 1))
+        # A new directory is empty: lookups in it need not ask the bucket (and work while it
+        # cannot be reached).
         self.cache.put_listing(path, {})
-        return Stat(meta, 0)
+        return Stat(meta, 0, None, "dirty")
 
     async def _put_marker(self, path: str, meta: PosixMeta) -> None:
+        """Put the marker of `path` now (a rename's step; mkdir goes through write-back)."""
         info = await self.remote.put_bytes(keys.dir_key(path), b"", keys.encode_meta(meta),
                                            keys.DIR_CONTENT_TYPE)
         self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), meta))
@@ -377,19 +455,22 @@ class Vfs:
         self.journal.put_object(ObjectRow(keys.dir_key(path), info.etag, 0, meta))
 
     async def rmdir(self, path: str) -> None:
+        """A pending delete of the directory's marker (once nothing below it is pending)."""
         self._check_writable(path)
         if path == "":
             raise NotPermitted("cannot remove the mount root")
-        if not (await self.stat(path)).is_dir:
+        s = await self.stat(path)
+        if not s.is_dir:
             raise NotADirectory(path)
-        self.cache.invalidate_tree(path)
+        # Look at the store again (it may have new keys from other clients), but keep the
+        # last listing to answer from while it cannot be reached.
+        self.cache.expire_tree(path)
         if await self.listdir(path):
             raise NotEmpty(path)
-        await self.remote.delete(keys.dir_key(path))
-        self.journal.drop_object(keys.dir_key(path))
-        self.cache.put_entry(path, None)
+        await self.pending.remove(path, s)
 
     async def symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
+        """A pending symlink: a small object whose body is the target, put by write-back."""
         self._check_writable(path)
         keys.check_name(keys.split(path)[1])
         await self._parent_dir(path)
@@ -397,15 +478,11 @@ class Vfs:
             raise Exists(path)
         meta = PosixMeta(st.S_IFLNK | 0o777, uid, gid, time.time_ns())
         body = os.fsencode(target)
-        info = await self.remote.put_bytes(path, body, keys.encode_meta(meta), None)
-        self._remember_small(path, info, len(body), meta)
-        return Stat(meta, len(body), info.etag)
-
-    def _remember_small(self, path: str, info: ObjectInfo, size: int, meta: PosixMeta) -> None:
-        """A small object we just wrote: its headers are known, no listing should fetch them."""
-        self.journal.put_object(ObjectRow(path, info.etag, size, meta))
-        self.cache.put_entry(path, Entry(False, size, info.etag, time.time(), meta,
-                                         info.version_id))
+        staging = self.blobs.new_staging()
+        await trio.to_thread.run_sync(_write_synced, staging, body)
+        await self.pending.add_row(DirtyRow(path, self.blobs.relpath(staging), len(body), meta,
+                                            None, 1))
+        return Stat(meta, len(body), None, "dirty")
 
     async def readlink(self, path: str) -> str:
         s = await self.stat(path)
@@ -418,27 +495,13 @@ class Vfs:
         return os.fsdecode(await self.remote.get_range(path, 0, max(s.size, 1)))
 
     async def unlink(self, path: str) -> None:
+        """A pending delete of the object (none when the store cannot hold one); a pending
+        upload of the file is cancelled."""
         self._check_writable(path)
         s = await self.stat(path)
         if s.is_dir:
             raise IsADirectory(path)
-        await self.writeback.cancel(path)
-        df = self.dirty.pop(path, None)
-        remote_known = df is None or df.row.base_etag is not None
-        if df is not None:
-            self.pending.drop(path, df)
-            if not remote_known:
-                remote_known = await self._remote_exists(path)
-        if remote_known:
-            await self.remote.delete(path)
-        self.journal.drop_object(path)
-        self.cache.put_entry(path, None)
-
-    async def _remote_exists(self, path: str) -> bool:
-        entry = self.cache.entry(path)
-        if entry is UNKNOWN:
-            entry = await self._lookup_remote(path)
-        return isinstance(entry, Entry) and not entry.is_dir
+        await self.pending.remove(path, s)
 
     async def rename(self, old: str, new: str, flags: int = 0) -> None:
         self._check_writable(old)
@@ -465,20 +528,19 @@ class Vfs:
             if dst.is_dir:
                 if await self.listdir(new):
                     raise NotEmpty(new)
-                await self.remote.delete(keys.dir_key(new))
+                # A pending delete of its marker, which the move applies before it copies.
+                await self.pending.remove(new, dst)
+        if not src.is_dir and self.renamer.moves_locally(old):
+            # Pending bytes go up under the new name: no request now, none of the caches'
+            # remote facts change (the overlay of pending changes shows the move).
+            if await self.renamer.move_pending_file(old, new, dst):
+                return
+            src = await self.stat(old)  # uploaded meanwhile: moved by a copy in the store
         try:
             if src.is_dir:
                 await self.renamer.move_dir(old, new, src.meta)
             else:
                 await self.renamer.move_file(old, new, src)
-                moved = self.dirty.get(new)
-                if (moved is not None and moved.row.base_etag is None and dst is not None
-                        and dst.etag):
-                    # Its upload replaces the object it was renamed over: a conditional write
-                    # must expect that one, not "no object".
-                    moved.row.base_etag = dst.etag
-                    if moved.persisted:
-                        self.journal.put_dirty(moved.row)
         finally:
             # Also after a rename that failed part-way: objects may be under both names.
             self.cache.invalidate_tree(old)
@@ -509,9 +571,8 @@ class Vfs:
         )
         if size is None and meta == s.meta:
             return s  # nothing changes: no new object version for `touch -a` or a same chmod
-        if s.is_dir or st.S_ISLNK(s.meta.mode):
-            await self._rewrite_small(path, s, meta)
-            return await self.stat(path)
+        if path == "":
+            raise NotPermitted("the mount root's attributes come from the mount options")
         if size is not None:
             df = handle.dirty if handle is not None and handle.dirty else None
             if df is None:
@@ -528,19 +589,8 @@ class Vfs:
         df.row.generation += 1
         self.pending.persist(df)
         if df.writers == 0:
-            self.writeback.schedule(path)
+            self.pending.schedule(df)
         return await self.stat(path)
-
-    async def _rewrite_small(self, path: str, s: Stat, meta: PosixMeta) -> None:
-        """Directories and symlinks change metadata by a new PUT of their small object."""
-        if s.is_dir:
-            if path == "":
-                raise NotPermitted("the mount root's attributes come from the mount options")
-            await self._put_marker(path, meta)
-        else:
-            target = os.fsencode(await self.readlink(path))
-            info = await self.remote.put_bytes(path, target, keys.encode_meta(meta), None)
-            self._remember_small(path, info, len(target), meta)
 
     def _meta_dirty(self, path: str, s: Stat) -> DirtyFile:
         row = DirtyRow(path, None, s.size, s.meta, s.etag, 0)
@@ -596,13 +646,18 @@ class Vfs:
         old = self.dirty.pop(path, None)
         if old is not None:
             self.pending.drop(path, old)
+        # A file just removed here is still in the store until its delete runs: the new one
+        # replaces that object instead (its upload expects it), and the delete is dropped.
+        claimed, claimed_etag = await self.pending.claim(path)
+        base = existing.etag if existing else claimed_etag
         staging = self.blobs.new_staging()
         meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
-        row = DirtyRow(path, self.blobs.relpath(staging), 0, meta,
-                       existing.etag if existing else None, 1)
+        row = DirtyRow(path, self.blobs.relpath(staging), 0, meta, base, 1)
         # Journaled at close (flush): nothing is acknowledged before that, unless it replaces
         # a pending file whose row must not outlive its bytes: then the empty file takes over.
-        df = self.dirty[path] = DirtyFile(row, writers=1)
+        df = self.dirty[path] = DirtyFile(row, writers=1,
+                                          absent=existing is None and not claimed,
+                                          claimed=path if claimed else None)
         if old is not None and old.persisted:
             self.pending.persist(df)
         fd = os.open(staging, os.O_RDWR)
@@ -711,7 +766,7 @@ class Vfs:
         bucket's latest, and a later upload must not undo it."""
         self._check_writable(path)
         self._check_history_path(path)
-        if path in self.dirty:
+        if self.writeback.is_pending(path):  # new bytes, or a delete
             self.writeback.schedule(path, delay=0)
             await self.writeback.flush(path)
 
@@ -748,6 +803,20 @@ class Vfs:
         return self.pending.open_for_write()
 
     @property
+    def pending_count(self) -> int:
+        """Changes not yet in the bucket: files, directories and symlinks to put, deletes."""
+        return self.pending.count
+
+    async def sync_dir(self, path: str) -> None:
+        """fsync of a directory: return once every pending change of its entries (files,
+        directories and symlinks created or changed in it, deletes, renames into it) is in
+        the bucket."""
+        todo = [df.queue_key for p, df in list(self.dirty.items()) if keys.split(p)[0] == path]
+        todo += [k for k in list(self.deletes.by_key)
+                 if keys.split(k[:-1] if k.endswith("/") else k)[0] == path]
+        await self.pending.flush(todo)
+
+    @property
     def dirty_bytes(self) -> int:
         """Bytes of local data waiting for upload."""
         return sum(df.row.size for df in self.dirty.values() if df.row.data)
@@ -756,8 +825,11 @@ class Vfs:
         dirty_bytes = self.dirty_bytes
         return {
             "zone": self.remote.description,
-            "dirty_files": len(self.dirty),
+            "dirty_files": sum(1 for df in self.dirty.values() if not df.is_dir),
             "dirty_bytes": dirty_bytes,
+            "pending_dirs": sum(1 for df in self.dirty.values() if df.is_dir),
+            "pending_deletes": len(self.deletes),
+            "pending": self.pending_count,
             "uploaded_bytes": self.uploaded_bytes,
             "downloaded_bytes": self.remote.requests.downloaded_bytes,
             "writeback": self.writeback.stats_dict(),

@@ -1,0 +1,272 @@
+"""t3: namespace changes (mkdir, rmdir, unlink, symlink, renames of pending files) are journaled
+and reach the store through the write-back queue: what a user sees at once, what the bucket
+holds after a drain, what a crash keeps, and what works while the store cannot be reached."""
+
+from __future__ import annotations
+
+import os
+import stat as st
+
+import pytest
+from vfs_harness import (
+    GID,
+    HOLD,
+    UID,
+    Env,
+    OutageRemote,
+    check_invariants,
+    close,
+    drain,
+    names,
+    read_file,
+    requests,
+    write_file,
+)
+
+from zonefs.errors import NotEmpty, NotFound, RemoteError
+from zonefs.remote import open_remote
+
+
+async def test_unlink_then_create_replaces_the_object(env: Env) -> None:
+    """`rm f; echo new > f` before the delete ran: one new version, no conflict copy."""
+    old = await env.store.put("f", b"old")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.unlink("f")
+        assert vfs.journal.deletes() == [("f", old.etag)]
+        await write_file(vfs, "f", b"new bytes")
+        # The new file took the delete over: one pending change for the key, in one row.
+        assert vfs.journal.deletes() == []
+        assert vfs.dirty["f"].row.base_etag == old.etag
+        await drain(vfs)
+        assert await env.store.keys() == {"f"}
+        assert await env.store.read("f") == b"new bytes"
+        assert vfs.pending.conflicts == 0
+        assert requests(vfs, "delete") == 0
+        await check_invariants(vfs)
+
+
+async def test_a_file_never_uploaded_is_removed_without_a_request(env: Env) -> None:
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await write_file(vfs, "tmp", b"scratch")
+        await vfs.unlink("tmp")
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.rmdir("d")
+        await vfs.symlink("l", "t", UID, GID)
+        await vfs.unlink("l")
+        assert vfs.journal.deletes() == [] and list(vfs.journal.dirty_rows()) == []
+        await drain(vfs)
+        sent = {k: n for k, n in vfs.remote.requests.counts.items() if k != "list"}
+        assert sent == {}, "only lookups (is the name free?) reach the store"
+        await check_invariants(vfs)
+
+
+@pytest.mark.unversioned_on_moto
+async def test_removed_tree_stays_hidden_and_markers_go_last(env: Env) -> None:
+    remote = OutageRemote(open_remote(env.zone))
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.mkdir("d/s", 0o755, UID, GID)
+        await write_file(vfs, "d/a", b"a")
+        await write_file(vfs, "d/s/b", b"b")
+        await drain(vfs)
+        assert await env.store.keys() == {"d/", "d/s/", "d/a", "d/s/b"}
+        # rm -r d
+        await vfs.unlink("d/s/b")
+        with pytest.raises(NotEmpty):
+            await vfs.rmdir("d")
+        await vfs.rmdir("d/s")
+        await vfs.unlink("d/a")
+        await vfs.rmdir("d")
+        assert names(await vfs.listdir("")) == []
+        with pytest.raises(NotFound):
+            await vfs.stat("d")
+        assert sorted(k for k, _ in vfs.journal.deletes()) == ["d/", "d/a", "d/s/", "d/s/b"]
+        assert len(await env.store.keys()) == 4, "nothing is sent before the write-back delay"
+        remote.calls.clear()
+        await drain(vfs)
+        assert await env.store.keys() == set()
+        deleted = [key for kind, key in remote.calls if kind == "delete"]
+        assert sorted(deleted) == ["d/", "d/a", "d/s/", "d/s/b"]
+        # A marker goes only once nothing below it is pending: the tree never shows again as
+        # an empty directory while its files are being deleted.
+        assert deleted.index("d/s/") > deleted.index("d/s/b")
+        assert deleted.index("d/") > max(deleted.index("d/a"), deleted.index("d/s/"))
+        assert names(await vfs.listdir("")) == []
+        await check_invariants(vfs)
+
+
+async def test_namespace_changes_survive_a_crash(env: Env) -> None:
+    await env.store.put("gone", b"deleted before the crash")
+    await env.store.put("empty/", b"", content_type="application/x-directory")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o750, UID, GID)
+        await vfs.symlink("d/link", "../target", UID, GID)
+        await vfs.unlink("gone")
+        await vfs.rmdir("empty")
+        await write_file(vfs, "draft", b"saved by rename")
+        await vfs.rename("draft", "d/final")
+        # The process dies here: nothing was sent, everything is in the journal.
+    assert await env.store.keys() == {"gone", "empty/"}
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        assert names(await vfs.listdir("")) == ["d"]
+        assert names(await vfs.listdir("d")) == ["final", "link"]
+        assert (await vfs.stat("d")).meta.mode == st.S_IFDIR | 0o750
+        assert await vfs.readlink("d/link") == "../target"
+        assert await read_file(vfs, "d/final") == b"saved by rename"
+        await drain(vfs)
+        assert await env.store.keys() == {"d/", "d/link", "d/final"}
+        assert await env.store.read("d/link") == b"../target"
+        info = await env.store.head("d/")
+        assert info is not None and info.metadata is not None
+        assert info.metadata["mode"] == str(st.S_IFDIR | 0o750)
+        await check_invariants(vfs)
+
+
+async def test_namespace_changes_while_the_store_is_down(env: Env) -> None:
+    """Connections refused: creating, saving by rename, removing and linking all work, and
+    reach the bucket once the store is back."""
+    await env.store.put("doc.txt", b"version 1")
+    await env.store.put("old.log", b"to remove")
+    await env.store.put("olddir/", b"", content_type="application/x-directory")
+    remote = OutageRemote(open_remote(env.zone))
+    async with env.vfs(remote=remote, writeback_delay=0.05) as vfs:
+        assert names(await vfs.listdir("")) == ["doc.txt", "old.log", "olddir"]
+        assert await vfs.listdir("olddir") == []
+        remote.down = True
+        await vfs.mkdir("new", 0o755, UID, GID)
+        await write_file(vfs, "new/a", b"written during the outage")
+        await vfs.symlink("new/link", "a", UID, GID)
+        # An editor's save: write a temporary file, rename it over the document.
+        await write_file(vfs, ".doc.txt.swp", b"version 2")
+        await vfs.rename(".doc.txt.swp", "doc.txt")
+        await vfs.unlink("old.log")
+        await vfs.rmdir("olddir")
+        assert names(await vfs.listdir("")) == ["doc.txt", "new"]
+        assert names(await vfs.listdir("new")) == ["a", "link"]
+        assert await read_file(vfs, "doc.txt") == b"version 2"
+        with pytest.raises(RemoteError):
+            await vfs.writeback.flush("new/a")  # the upload fails, and stays queued
+        assert vfs.pending_count == 6  # 4 rows to put, 2 deletes
+        remote.down = False
+        await drain(vfs)
+        assert await env.store.keys() == {"doc.txt", "new/", "new/a", "new/link"}
+        assert await env.store.read("doc.txt") == b"version 2"
+        assert await env.store.read("new/a") == b"written during the outage"
+        assert vfs.pending.conflicts == 0
+        await check_invariants(vfs)
+
+
+@pytest.mark.unversioned_on_moto
+async def test_rename_onto_a_removed_tree(env: Env) -> None:
+    """`rm -r b; mv a b` before the deletes ran: b holds a's files and none of its own."""
+    await env.store.put("a/x", b"x")
+    await env.store.put("b/y", b"y")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.unlink("b/y")
+        await vfs.rmdir("b")
+        await vfs.rename("a", "b")
+        assert names(await vfs.listdir("")) == ["b"]
+        assert names(await vfs.listdir("b")) == ["x"]
+        await drain(vfs)
+        keys = await env.store.keys()
+        assert "b/x" in keys and not {"a/x", "b/y"} & keys
+        assert await env.store.read("b/x") == b"x"
+        await check_invariants(vfs)
+
+
+@pytest.mark.unversioned_on_moto
+async def test_file_where_a_directory_was_removed(env: Env) -> None:
+    await env.store.put("x/f", b"f")
+    await env.store.put("plain", b"plain bytes")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.unlink("x/f")
+        await vfs.rmdir("x")
+        await write_file(vfs, "x", b"now a file")
+        listing = dict(await vfs.listdir(""))
+        assert not listing["x"].is_dir and listing["x"].size == len(b"now a file")
+        await drain(vfs)
+        assert await env.store.keys() == {"x", "plain"}
+        # The same with a clean file moved there by a copy in the store.
+        await vfs.mkdir("y", 0o755, UID, GID)
+        await write_file(vfs, "y/f", b"f")
+        await drain(vfs)
+        await vfs.unlink("y/f")
+        await vfs.rmdir("y")
+        await vfs.rename("plain", "y")
+        listing = dict(await vfs.listdir(""))
+        assert not listing["y"].is_dir and listing["y"].size == len(b"plain bytes")
+        await drain(vfs)
+        assert await env.store.keys() == {"x", "y"}
+        assert await read_file(vfs, "y") == b"plain bytes"
+        await check_invariants(vfs)
+
+
+async def test_fsync_of_a_directory_applies_its_changes(env: Env) -> None:
+    await env.store.put("u", b"uploaded")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.unlink("u")
+        await write_file(vfs, "d/inner", b"not this directory's entry")
+        await vfs.sync_dir("")
+        assert await env.store.keys() == {"d/"}
+        await vfs.sync_dir("d")
+        assert await env.store.keys() == {"d/", "d/inner"}
+        await check_invariants(vfs)
+
+
+async def test_chmod_of_a_directory_and_symlink_is_batched(env: Env) -> None:
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.setattr("d", mode=0o700)
+        await vfs.setattr("d", uid=7)
+        await vfs.symlink("l", "target", UID, GID)
+        await vfs.setattr("l", uid=8)
+        await drain(vfs)
+        assert requests(vfs, "put") == 2, "one PUT each, with the last attributes"
+        d = await env.store.head("d/")
+        link = await env.store.head("l")
+        assert d is not None and d.metadata is not None
+        assert link is not None and link.metadata is not None
+        assert (d.metadata["mode"], d.metadata["uid"]) == (str(st.S_IFDIR | 0o700), "7")
+        assert link.metadata["uid"] == "8"
+        await check_invariants(vfs)
+
+
+async def test_write_handle_kept_across_unlink_and_recreate(env: Env) -> None:
+    """A file open for writing, unlinked, and a new file of the same name: each keeps its
+    own bytes; only the new one reaches the bucket."""
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        first, _ = await vfs.create("f", 0o644, UID, GID)
+        await vfs.write(first, 0, b"first")
+        await vfs.unlink("f")
+        await write_file(vfs, "f", b"second")
+        await vfs.write(first, 5, b" more")
+        await close(vfs, first)
+        await drain(vfs)
+        assert await env.store.keys() == {"f"}
+        assert await env.store.read("f") == b"second"
+        assert os.listdir(os.path.join(vfs.blobs.root, "staging")) == []
+        await check_invariants(vfs)
+
+
+async def test_directory_removed_and_made_again_before_its_deletes(env: Env) -> None:
+    """A directory whose marker never reached the store, holding a file that did (fsync):
+    `rm -r` hides it at once, and a new `mkdir` of the name works and starts empty."""
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        handle, _ = await vfs.create("d/f", 0o644, UID, GID)
+        await vfs.write(handle, 0, b"durable")
+        await vfs.fsync(handle)
+        await close(vfs, handle)
+        assert await env.store.keys() == {"d/f"}
+        await vfs.unlink("d/f")
+        await vfs.rmdir("d")
+        assert names(await vfs.listdir("")) == []
+        with pytest.raises(NotFound):
+            await vfs.stat("d")
+        await vfs.mkdir("d", 0o700, UID, GID)
+        assert await vfs.listdir("d") == []
+        await drain(vfs)
+        assert await env.store.keys() == {"d/"}
+        assert names(await vfs.listdir("")) == ["d"]
+        await check_invariants(vfs)
