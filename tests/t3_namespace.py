@@ -270,3 +270,41 @@ async def test_directory_removed_and_made_again_before_its_deletes(env: Env) -> 
         assert await env.store.keys() == {"d/"}
         assert names(await vfs.listdir("")) == ["d"]
         await check_invariants(vfs)
+
+
+async def test_name_reused_after_a_delete_of_an_unknown_object(env: Env) -> None:
+    """A pending file whose upload may have landed before a crash (the journal cannot say) is
+    renamed away, and another file is renamed to its old name: that file replaces whatever
+    the name holds, without a conflict copy."""
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await write_file(vfs, "doc", b"first draft")
+    await env.store.put("doc", b"first draft")  # its upload landed; the crash came first
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.rename("doc", "doc.bak")
+        assert vfs.journal.deletes() == [("doc", None)]  # the object's ETag is not known
+        await write_file(vfs, ".doc.swp", b"second draft")
+        await vfs.rename(".doc.swp", "doc")
+        assert vfs.journal.deletes() == []
+        await drain(vfs)
+        assert await env.store.keys() == {"doc", "doc.bak"}
+        assert await env.store.read("doc") == b"second draft"
+        assert await env.store.read("doc.bak") == b"first draft"
+        assert vfs.pending.conflicts == 0
+        await check_invariants(vfs)
+
+
+async def test_flush_applies_a_delete_whose_queue_entry_went(env: Env) -> None:
+    """A rename that flushes the delete pending at its target (so that its copy lands after
+    it) applies that delete even when nothing has it queued any more."""
+    await env.store.put("target", b"old")
+    await env.store.put("src", b"moved")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        assert names(await vfs.listdir("")) == ["src", "target"]
+        await vfs.unlink("target")
+        await vfs.writeback.cancel("target")  # as a rename that looked at it first does
+        await vfs.rename("src", "target")
+        assert vfs.journal.deletes() == [], "the delete ran before the copy, not after it"
+        await drain(vfs)
+        assert await env.store.keys() == {"target"}
+        assert await env.store.read("target") == b"moved"
+        await check_invariants(vfs)

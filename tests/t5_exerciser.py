@@ -132,6 +132,14 @@ def _join(d: str, name: str) -> str:
     return f"{d}/{name}" if d else name
 
 
+def _lstat_text(path: str) -> str:
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return repr(exc)
+    return f"mode {info.st_mode:o}, size {info.st_size}"
+
+
 def _first_difference(a: bytes, b: bytes) -> int:
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
@@ -641,7 +649,11 @@ class Exerciser:
                     dirs.add(rel)
                     pending.append(rel)
                 else:
-                    files[rel] = Path(entry.path).read_bytes()
+                    try:
+                        files[rel] = Path(entry.path).read_bytes()
+                    except OSError as exc:
+                        self.fail(f"{when}: reading {rel!r} (listed as a file, "
+                                  f"lstat {_lstat_text(entry.path)}) failed: {exc!r}")
         want_files, want_dirs = self.model.tree()
         problems = []
         if links != self.model.links:

@@ -50,9 +50,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 MiB = 1 << 20
-#: How long the outages last. The issue's scenario stalls the store for 30 s; 8 s is enough
-#: for uploads to fail and back off several times (1, 2, 4 s …) and keeps CI time down.
-OUTAGE_SECONDS = 8.0
+#: How long the outages last: the store stalled for 30 s during a `cp -r` (lookups wait for
+#: it: the mount's io_timeout is raised above it), refused for 8 s (enough for uploads to fail
+#: and back off several times: 1, 2, 4 s …).
+OUTAGE_SECONDS = {"stalled": 30.0, "refused": 8.0}
 
 
 class Gate:
@@ -169,17 +170,19 @@ def test_cp_r_outlives_an_outage(own_store: Any, tmp_path: Path, outage: str) ->
     """200 files copied in, the store down in the middle of their uploads: every file lands
     byte-exact once it is back, and `zonefs status` tells the backlog meanwhile.
 
-    refused: connections refused and reset once `cp -r` has written its last file (while the
-    store is unreachable, a lookup of a name not cached fails with EIO, so a `cp` running then
-    would fail; a 2 s write-back delay keeps the uploads behind the copy) and the first few
-    files were uploaded. Uploads fail and back off, and the status names the last error.
-    stalled: moto frozen while `cp -r` still runs; its lookups and the uploads in flight wait
-    (the pause is shorter than io_timeout) and go on when it thaws: `cp` itself succeeds.
+    refused: connections refused and reset once `cp -r` has written its last file (a 2 s
+    write-back delay keeps the uploads behind the copy) and the first few files were
+    uploaded, for 8 s. Uploads fail and back off, and the status names the last error
+    (test_namespace_changes_during_an_outage copies a tree while the store refuses).
+    stalled: moto frozen for 30 s while `cp -r` still runs; the uploads in flight wait (the
+    pause is shorter than the mount's io_timeout) and go on when it thaws: `cp` itself
+    succeeds.
     """
     server, gate, store = own_store
     files = make_tree(tmp_path / "src", 200)
     mount = own_mount(tmp_path, gate, store,
-                      **({"writeback_delay": "2"} if outage == "refused" else {}))
+                      **({"writeback_delay": "2"} if outage == "refused" else
+                         {"io_timeout": "90"}))
     try:
         mount.start()
         cp = subprocess.Popen(["cp", "-r", str(tmp_path / "src"), str(mount.path / "dst")],
@@ -206,7 +209,7 @@ def test_cp_r_outlives_an_outage(own_store: Any, tmp_path: Path, outage: str) ->
                     print("during the outage:", wb)
                     assert "cannot reach" in wb["last_error"] and wb["retries"] > 0
                     assert mount.status()["dirty_files"] > 0
-                time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - began)))
+                time.sleep(max(0.0, OUTAGE_SECONDS[outage] - (time.monotonic() - began)))
                 if outage == "refused":
                     gate.open()
             assert cp.wait(timeout=60) == 0, cp.stderr.read() if cp.stderr else ""

@@ -19,6 +19,11 @@ from .journal import DirtyRow
 from .keys import PosixMeta
 from .remote.base import ObjectInfo
 
+#: The base ETag of an edit that replaces whatever object its name holds: the name's delete
+#: was pending with the object's ETag unknown (an upload of ours may have landed there). Its
+#: upload is unconditional. Never a real ETag (those are hex digits).
+ANY_OBJECT = "*"
+
 
 @dataclass(slots=True)
 class Stat:

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from . import keys
 from .errors import NotFound, ZonefsError
-from .handles import DirtyFile, Stat, moves_as_row
+from .handles import ANY_OBJECT, DirtyFile, Stat, moves_as_row
 from .journal import (
     MOVE_COPY,
     MOVE_DELETE,
@@ -89,17 +89,23 @@ class Renamer:
         shows now, if anything): one journal transaction, no request. False when its upload
         landed meanwhile (it is clean now: a copy in the store moves it)."""
         await self.pending.writeback.cancel(old)
-        await self.pending.writeback.cancel(new)
         if not self.moves_locally(old):
-            return False
+            return False  # before touching `new`: a delete pending there must stay queued
+        if new not in self.pending.deletes:
+            await self.pending.writeback.cancel(new)  # a pending file the move replaces
         replaced = self.pending.dirty.pop(new, None)
         df = self.pending.dirty.pop(old)
         # The object the new name holds (its upload must expect it): what `new` showed, else
         # the object of a delete pending there, which this upload replaces.
         claimed, claimed_etag = await self.pending.claim(new)
-        base = dst.etag if dst is not None and dst.etag else claimed_etag
-        # A pending file replaced here may have an object already (an upload of it landed).
-        replaced_may_exist = replaced is not None and self.pending.presence(replaced, dst)[0]
+        if dst is not None and dst.etag:
+            base: str | None = dst.etag
+        elif claimed:
+            base = claimed_etag or ANY_OBJECT
+        elif replaced is not None and self.pending.presence(replaced, dst)[0]:
+            base = ANY_OBJECT  # a pending file replaced here, an upload of which may have landed
+        else:
+            base = None
         maybe, etag = self.pending.presence(df, Stat(df.row.meta, df.row.size))
         delete = (old, etag) if maybe else None
         if df.persisted:
@@ -120,7 +126,7 @@ class Renamer:
             replaced.persisted = False  # its row went with the move
             self.pending.drop(new, replaced)
         df.row.path, df.row.base_etag = new, base
-        df.absent = base is None and not claimed and not replaced_may_exist
+        df.absent = base is None
         # An upload made under the old name (by fsync while open) is not this name's: the
         # last close must upload again rather than take it as done.
         df.uploaded_generation, df.uploaded = -1, None

@@ -40,7 +40,7 @@ from .config import MountOptions
 from .deletes import PendingDeletes
 from .dircache import DirCache, Entry
 from .errors import NotFound, PreconditionFailed, ZonefsError
-from .handles import DirtyFile, Stat, has_new_bytes
+from .handles import ANY_OBJECT, DirtyFile, Stat, has_new_bytes
 from .journal import DirtyRow, Journal, ObjectRow
 from .keys import PosixMeta
 from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
@@ -185,10 +185,19 @@ class PendingFiles:
                 todo.update(self.deletes.below(key[:-1]))
         queue_keys = sorted(todo, key=lambda k: -k.rstrip("/").count("/"))
         for key in queue_keys:
-            if self.writeback.is_pending(key):
+            # Also a change whose queue entry is gone (a directory's delete that waited for
+            # those below it): flushing must apply it, not find it "not queued".
+            if self.writeback.is_pending(key) or self._has_change(key):
                 self.writeback.schedule(key, delay=0)
         for key in queue_keys:
             await self.writeback.flush(key)
+
+    def _has_change(self, key: str) -> bool:
+        """Whether the zone key `key` has a pending change (a row to put, or a delete)."""
+        if key in self.deletes:
+            return True
+        df = self.dirty.get(key[:-1] if key.endswith("/") else key)
+        return df is not None and df.queue_key == key
 
     def schedule(self, df: DirtyFile, *, delay: float | None = None) -> None:
         """Queue the upload of a dirty row (journaled by the caller)."""
@@ -227,7 +236,7 @@ class PendingFiles:
         key = df.queue_key
         claimed, etag = await self.claim(key)
         if claimed:
-            df.claimed, row.base_etag = key, etag
+            df.claimed, row.base_etag = key, etag or ANY_OBJECT
         else:
             df.absent = True
         self.dirty[row.path] = df
@@ -406,7 +415,11 @@ class PendingFiles:
         With conditional writes the store decides (If-Match / If-None-Match: *), atomically.
         Without them (the probe found them ignored, unimplemented, or refusing every If-Match),
         the current ETag is compared first and the PUT follows: a writer landing in between
-        is not detected. A file deleted in the bucket meanwhile is written again."""
+        is not detected. A file deleted in the bucket meanwhile is written again. `base`
+        ANY_OBJECT replaces whatever is there."""
+        if base == ANY_OBJECT:
+            return await self.remote.upload(path, src, md, None, cancel,
+                                            checksum_sha256=checksum)
         if self.capabilities.conditional_writes == "enforced":
             try:
                 return await self.remote.upload(

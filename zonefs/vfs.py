@@ -52,7 +52,7 @@ from .errors import (
     RemoteError,
 )
 from .fetch import Spawn
-from .handles import DirtyFile, Handle, Stat
+from .handles import ANY_OBJECT, DirtyFile, Handle, Stat
 from .journal import DirtyRow, Journal, ObjectRow
 from .keys import RESERVED, PosixMeta
 from .objects import RemoteObjects
@@ -280,10 +280,11 @@ class Vfs:
                     del names[name]  # a pending row below brings a directory back (next loop)
                 else:
                     names[name] = shown
-        for dpath in self.dirty:
+        for dpath, df in self.dirty.items():
             parent, name = keys.split(dpath)
             if parent == path:
-                names.setdefault(name, Entry(is_dir=False))
+                # Shown from its row below; this stands in if its upload lands meanwhile.
+                names.setdefault(name, Entry(is_dir=df.is_dir))
             elif keys.is_within(dpath, path) and dpath != path:
                 sub = dpath[len(path) + 1 if path else 0:].split("/", 1)[0]
                 names.setdefault(sub, Entry(is_dir=True, mtime=self.mount_time_ns / 1e9))
@@ -313,13 +314,13 @@ class Vfs:
         return out
 
     def _freshest(self, path: str, entry: Entry) -> Entry:
-        """`entry` (a file or directory from a listing), or what the dircache learnt of the
-        file since: an upload that left the dirty rows while a listing was being answered
-        put its object there, and the kernel must not be told the older size."""
-        if entry.is_dir:
-            return entry
+        """`entry` (from a listing, or standing in for a pending row), or what the dircache
+        learnt of the same name since, when that is of the same type and has its headers: an
+        upload that left the dirty rows while a listing was being answered put its object
+        there, and the kernel must not be told the older size (or a made-up type)."""
         known = self.cache.entry(path)
-        if isinstance(known, Entry) and not known.is_dir and known.meta is not None:
+        if (isinstance(known, Entry) and known.is_dir == entry.is_dir
+                and known.meta is not None and (not entry.is_dir or entry.meta is None)):
             return known
         return entry
 
@@ -649,7 +650,14 @@ class Vfs:
         # A file just removed here is still in the store until its delete runs: the new one
         # replaces that object instead (its upload expects it), and the delete is dropped.
         claimed, claimed_etag = await self.pending.claim(path)
-        base = existing.etag if existing else claimed_etag
+        if existing is not None:
+            base = existing.etag
+        elif claimed:
+            base = claimed_etag or ANY_OBJECT
+        else:
+            base = None
+        if base is None and old is not None and self.pending.presence(old, None)[0]:
+            base = ANY_OBJECT  # the file it replaces may have reached the store
         staging = self.blobs.new_staging()
         meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
         row = DirtyRow(path, self.blobs.relpath(staging), 0, meta, base, 1)
