@@ -1,6 +1,8 @@
 """The journal (SQLite, WAL): dirty rows survive a reopen, rows move and finish atomically,
 remembered objects are filtered by ETag, rename plans count only once sealed and their steps
-are idempotent, and the database is private to its owner."""
+are idempotent, multipart uploads and the intents journaled before their creation stay until
+settled (a journal from before intents existed opens and keeps its uploads), and the database
+is private to its owner."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from zonefs.journal import (
     DirtyRow,
     Journal,
     Move,
+    MultipartIntent,
     ObjectRow,
 )
 from zonefs.keys import PosixMeta
@@ -303,3 +306,61 @@ def test_multipart_uploads_are_kept_until_dropped(journal: Journal, db_path: str
         assert other.multipart_uploads() == [("dir/other.bin", "upload-2")]
     finally:
         other.close()
+
+
+def test_multipart_intents_are_settled_by_the_upload_id_in_one_transaction(
+    journal: Journal, db_path: str
+) -> None:
+    first = journal.add_multipart_intent("big.bin", 1_000)
+    second = journal.add_multipart_intent("big.bin", 2_000)
+    third = journal.add_multipart_intent("dir/copy.bin", 3_000)
+    assert len({first, second, third}) == 3
+    journal.add_multipart("big.bin", "upload-1", replaces=first)  # the create answered
+    journal.add_multipart("dir/copy.bin", "upload-2")  # answered after a retry: intent stays
+    other = Journal(db_path)  # what the next mount finds after a crash
+    try:
+        assert other.multipart_uploads() == [("big.bin", "upload-1"),
+                                             ("dir/copy.bin", "upload-2")]
+        assert other.multipart_intents() == [MultipartIntent(second, "big.bin", 2_000),
+                                             MultipartIntent(third, "dir/copy.bin", 3_000)]
+        other.drop_multipart_intents([second, third, 12345])  # an unknown id is fine
+        assert other.multipart_intents() == []
+    finally:
+        other.close()
+
+
+# The journal's `multipart` table as zonefs wrote it before intents were journaled.
+OLD_MULTIPART_SCHEMA = """
+CREATE TABLE multipart (
+    key       TEXT NOT NULL,     -- zone key
+    upload_id TEXT NOT NULL,
+    PRIMARY KEY (key, upload_id)
+) WITHOUT ROWID;
+"""
+
+
+def test_a_journal_from_before_multipart_intents_opens_and_keeps_its_uploads(
+    db_path: str,
+) -> None:
+    old = sqlite3.connect(db_path)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(OLD_MULTIPART_SCHEMA)
+    old.execute("INSERT INTO multipart VALUES ('big.bin', 'upload-1')")
+    old.commit()
+    old.close()
+    journal = Journal(db_path)
+    try:
+        assert journal.multipart_uploads() == [("big.bin", "upload-1")]
+        assert journal.multipart_intents() == []
+        intent = journal.add_multipart_intent("big.bin", 5)
+        journal.add_multipart("big.bin", "upload-2", replaces=intent)
+        assert journal.multipart_uploads() == [("big.bin", "upload-1"),
+                                               ("big.bin", "upload-2")]
+        assert journal.multipart_intents() == []
+    finally:
+        journal.close()
+    reopened = Journal(db_path)  # and it opens again as it is now
+    try:
+        assert len(reopened.multipart_uploads()) == 2
+    finally:
+        reopened.close()

@@ -567,19 +567,33 @@ def test_local_zone_format_1_is_migrated(local_zone: ZoneConfig) -> None:
 
 
 class RecordingLog:
-    """A `multipart_log` that remembers what it heard, in order (called from worker threads)."""
+    """A `multipart_log` that remembers what it heard, in order (called from worker threads).
+    Events are (what, key, upload id or "", intent); `sole` is kept by upload id."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, str, str]] = []
+        self.events: list[tuple[str, str, str, int]] = []
+        self.sole: dict[str, bool] = {}
         self._lock = threading.Lock()
+        self._next = 0
 
-    def started(self, key: str, upload_id: str) -> None:
+    def intend(self, key: str) -> int:
         with self._lock:
-            self.events.append(("started", key, upload_id))
+            self._next += 1
+            self.events.append(("intend", key, "", self._next))
+            return self._next
+
+    def started(self, key: str, upload_id: str, intent: int, *, sole: bool) -> None:
+        with self._lock:
+            self.events.append(("started", key, upload_id, intent))
+            self.sole[upload_id] = sole
+
+    def refused(self, intent: int) -> None:
+        with self._lock:
+            self.events.append(("refused", "", "", intent))
 
     def ended(self, key: str, upload_id: str) -> None:
         with self._lock:
-            self.events.append(("ended", key, upload_id))
+            self.events.append(("ended", key, upload_id, 0))
 
 
 def small_parts(remote: Remote) -> S3Remote:
@@ -598,15 +612,17 @@ async def test_multipart_log_hears_every_upload_begin_and_end(
     src.write_bytes(os.urandom(12 * MiB))
     info = await remote.upload("big.bin", str(src), {})
     assert info.etag.endswith("-3")
-    [(start, key, upload_id), (end, key2, upload_id2)] = heard.events
-    assert (start, end, key, key2) == ("started", "ended", "big.bin", "big.bin")
-    assert upload_id == upload_id2 and upload_id
+    [intend, start, end] = heard.events
+    assert intend == ("intend", "big.bin", "", 1)  # before the create, so before any id
+    assert (start[0], start[1], start[3]) == ("started", "big.bin", 1)
+    assert end[:3] == ("ended", "big.bin", start[2]) and start[2]
+    assert heard.sole[start[2]]  # answered at the first attempt: the intent is settled
     # A cancelled upload is aborted, and its end is reported too.
     heard.events.clear()
     with pytest.raises(RemoteError, match="cancelled"):
         await remote.upload("cut.bin", str(src), {}, cancel=CancelAfter(4))
-    assert [e[0] for e in heard.events] == ["started", "ended"]
-    assert heard.events[0][2] == heard.events[1][2]
+    assert [e[0] for e in heard.events] == ["intend", "started", "ended"]
+    assert heard.events[1][2] == heard.events[2][2]
     assert s3_client.list_multipart_uploads(Bucket=s3_zone.bucket).get("Uploads", []) == []
     # Small files go in one PUT: nothing to report.
     heard.events.clear()

@@ -28,16 +28,25 @@ Tables:
   repeats only steps whose progress was not yet on disk, and every step is idempotent (a copy
   whose source is gone but whose destination exists is done). A rename not yet sealed changed
   nothing and is simply forgotten.
-- `multipart`: multipart uploads started and not yet completed or aborted, by zone key and
-  upload id. A row is fsync'ed before the first part is sent and dropped once the upload is
-  completed or aborted; rows left by a process that died name uploads to abort at the next
-  mount (the file's dirty row is still there, so it is uploaded again whole).
+- `multipart_intents` and `multipart`: multipart uploads (and multipart copies) on their way.
+  An intent (zone key, local wall-clock time) is fsync'ed *before* CreateMultipartUpload is
+  sent; once the store answers, the upload id is written to `multipart`, fsync'ed before the
+  first part is sent, and the intent is dropped in the same transaction (it stays when the
+  answer came after a retry, or when the create failed without a clear refusal: an earlier
+  attempt may have created an upload whose answer was lost). A `multipart` row is dropped
+  once the upload is completed or aborted. So at any instant, every upload zonefs created and
+  did not finish is named either by its id or by an intent for its key, made before the store
+  initiated it; rows left by a process that died are what the next mount aborts (the file's
+  dirty row is still there, so it is uploaded again whole). Journals written before
+  `multipart_intents` existed gain the table when opened (`CREATE TABLE IF NOT EXISTS`);
+  their `multipart` rows are kept as they are.
 
 All calls are synchronous and short; callers on the trio thread rely on that: code between two
 awaits sees the journal atomically. Every write commits before returning. Writes that
 acknowledge user data (`put_dirty`, `move_dirty`, `drop_dirty`, `move_pending`, `put_delete`)
 or order a rename's steps
-(`seal_rename`, `apply_pending_moves`) are fsync'ed (WAL with
+(`seal_rename`, `apply_pending_moves`), and the records of multipart uploads about to be created
+or sent (`add_multipart_intent`, `add_multipart`) are fsync'ed (WAL with
 `synchronous=FULL`); writes of what can be recomputed (remembered objects, the end of an upload,
 whose loss only repeats it) skip the fsync and become durable with the next fsync'ed commit.
 """
@@ -102,6 +111,11 @@ CREATE TABLE IF NOT EXISTS multipart (
     upload_id TEXT NOT NULL,
     PRIMARY KEY (key, upload_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS multipart_intents (
+    id      INTEGER PRIMARY KEY,
+    key     TEXT NOT NULL,     -- zone key
+    time_ns INTEGER NOT NULL   -- local wall-clock time (ns since the epoch) before the create
+);
 CREATE TABLE IF NOT EXISTS seen (
     sha256 TEXT NOT NULL,
     etag   TEXT NOT NULL,
@@ -163,6 +177,16 @@ class Move:
     headers: Mapping[str, str] | None = None
     copied: bool = False
     id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartIntent:
+    """A multipart upload of `key` that was about to be created at local time `time_ns` (ns
+    since the epoch), and whose upload id the journal may never have heard."""
+
+    id: int
+    key: str
+    time_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,11 +456,40 @@ class Journal:
 
     # -- multipart uploads in progress --------------------------------------------------------
 
-    def add_multipart(self, key: str, upload_id: str) -> None:
-        """A multipart upload of `key` was created: durable (fsync'ed) before its first part
-        is sent, so that no crash can leave its parts in the bucket unrecorded."""
+    def add_multipart_intent(self, key: str, time_ns: int) -> int:
+        """A multipart upload of `key` is about to be created, at local time `time_ns`: durable
+        (fsync'ed) before CreateMultipartUpload is sent, so that an upload whose id never
+        reaches the journal (a crash before it is written) is still looked for at the next
+        mount. Returns the intent's id."""
         self._set_durable(True)
-        self._db.execute("INSERT OR IGNORE INTO multipart VALUES (?, ?)", (key, upload_id))
+        cur = self._db.execute("INSERT INTO multipart_intents (key, time_ns) VALUES (?, ?)",
+                               (key, time_ns))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def add_multipart(self, key: str, upload_id: str, *, replaces: int | None = None) -> None:
+        """A multipart upload of `key` was created: durable (fsync'ed) before its first part
+        is sent, so that no crash can leave its parts in the bucket unrecorded. `replaces`:
+        the intent this upload settles, dropped in the same transaction."""
+        self._set_durable(True)
+        with self._tx():
+            self._db.execute("INSERT OR IGNORE INTO multipart VALUES (?, ?)", (key, upload_id))
+            if replaces is not None:
+                self._db.execute("DELETE FROM multipart_intents WHERE id = ?", (replaces,))
+
+    def drop_multipart_intents(self, ids: Iterable[int]) -> None:
+        """These intents are settled (the store refused the create, or the uploads they may
+        have created were looked for and aborted). Not fsync'ed: a lost drop only repeats
+        that search at the next mount."""
+        self._set_durable(False)
+        with self._tx():
+            self._db.executemany("DELETE FROM multipart_intents WHERE id = ?",
+                                 ((i,) for i in ids))
+
+    def multipart_intents(self) -> list[MultipartIntent]:
+        """Every intent not yet settled, by key, oldest first."""
+        return [MultipartIntent(*row) for row in self._db.execute(
+            "SELECT id, key, time_ns FROM multipart_intents ORDER BY key, id")]
 
     def drop_multipart(self, key: str, upload_id: str) -> None:
         """The upload was completed or aborted. Not fsync'ed: a lost drop only repeats the

@@ -135,17 +135,19 @@ class Vfs:
 
     async def recover(self) -> int:
         """Finish what a crash cut short, before the mount answers and before `requeue_dirty`:
-        multipart uploads left unfinished are aborted (their files are still dirty and go up
-        again whole), and renames in progress are finished (their pending rows move first).
-        Returns how many renames were resumed."""
+        multipart uploads left unfinished are aborted, those whose id was never recorded too
+        (their files are still dirty and go up again whole), and renames in progress are
+        finished (their pending rows move first). Returns how many renames were resumed."""
         if self.opts.read_only:
             left = len(self.journal.renames())
             if left:
                 log.warning("%d rename(s) cut short by a crash wait for a writable mount", left)
             uploads = len(self.journal.multipart_uploads())
-            if uploads:
-                log.warning("%d unfinished multipart upload(s) left by a crash are aborted by "
-                            "the next writable mount", uploads)
+            unrecorded = len({i.key for i in self.journal.multipart_intents()})
+            if uploads or unrecorded:
+                log.warning("%d unfinished multipart upload(s) left by a crash, and those of %d "
+                            "key(s) whose upload id was never recorded, are aborted by the next "
+                            "writable mount", uploads, unrecorded)
             return 0
         await self.pending.abort_leftover_uploads()
         return await self.renamer.resume()

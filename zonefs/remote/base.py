@@ -12,18 +12,23 @@ Invariants:
 - `ObjectInfo.etag` is the bare ETag, without quotes. `ObjectInfo.metadata` holds the user
   metadata with lowercase names and without the `x-amz-meta-` prefix; it is None when the call
   that produced the info does not return metadata (listings).
-- Reads and lookups (`head`, `list`, `get_range`, `download`, `list_versions`, `head_checksum`)
-  are bounded by `io_timeout` (when set): a call whose answer does not come within it, or a
-  transfer that receives nothing new for that long, fails with a transient `RemoteError` and
-  its worker thread is abandoned (it still holds its limiter slot until it ends, so a stalled
-  store never gets more than `max_requests` threads). Backends call `report_progress()` as bytes
-  arrive; in an abandoned call it raises, so the thread stops writing soon. Writes (`upload`,
-  `put_bytes`, `copy`, `delete`) are not bounded here: they end by the backend's own timeouts,
-  and the write-back queue retries them.
-- `multipart_log`, when set, hears of every multipart upload this remote starts before any
-  part is sent (`started`) and of its end (`ended`, after it was completed or aborted), so
-  that its owner can abort uploads left by a process that died; backends without multipart
-  uploads never call it.
+- Reads and lookups (`head`, `list`, `get_range`, `download`, `list_versions`, `head_checksum`,
+  `list_multipart_uploads`, `multipart_has_parts`) are bounded by `io_timeout` (when set): a
+  call whose answer does not come within it, or a transfer that receives nothing new for that
+  long, fails with a transient `RemoteError` and its worker thread is abandoned (it still holds
+  its limiter slot until it ends, so a stalled store never gets more than `max_requests`
+  threads). Backends call `report_progress()` as bytes arrive; in an abandoned call it raises,
+  so the thread stops writing soon. Writes (`upload`, `put_bytes`, `copy`, `delete`,
+  `abort_multipart`) are not bounded here: they end by the backend's own timeouts, and the
+  write-back queue retries them.
+- `multipart_log`, when set, hears of every multipart upload (or multipart copy) this remote
+  creates: `intend` before CreateMultipartUpload is sent, `started` with the upload id before
+  any part is sent, `refused` when the store refused the create outright (nothing was
+  created), and `ended` after the upload was completed or aborted; so that its owner can find
+  and abort the uploads a process that died left, even one whose id it never heard
+  (`list_multipart_uploads`, `multipart_has_parts`, `abort_multipart`). Parts are sent only
+  to an upload whose `started` returned. Backends without multipart uploads never call it,
+  and list none.
 """
 
 from __future__ import annotations
@@ -46,12 +51,38 @@ log = logging.getLogger(__name__)
 class MultipartLog(Protocol):
     """Who hears of multipart uploads in progress (the uploads layer, which journals them).
 
-    Called from worker threads; `started` returns only once the record is durable, and an
-    exception from it fails the upload before any part is sent."""
+    Called from worker threads. `intend` and `started` return only once their record is
+    durable; an exception from either fails the upload before any part is sent."""
 
-    def started(self, key: str, upload_id: str) -> None: ...
+    def intend(self, key: str) -> int:
+        """An upload of `key` is about to be created (CreateMultipartUpload not sent yet);
+        returns the intent's id."""
+        ...
 
-    def ended(self, key: str, upload_id: str) -> None: ...
+    def started(self, key: str, upload_id: str, intent: int, *, sole: bool) -> None:
+        """The create of `intent` answered `upload_id`. `sole`: the store answered its first
+        attempt, so that intent created no other upload and is settled by this one; otherwise
+        (an attempt before was retried: its upload may exist, unanswered) it stays."""
+        ...
+
+    def refused(self, intent: int) -> None:
+        """The store refused the create of `intent` at its first attempt: nothing was
+        created. (A create that failed any other way leaves its intent as it is.)"""
+        ...
+
+    def ended(self, key: str, upload_id: str) -> None:
+        """The upload was completed or aborted."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartUpload:
+    """An unfinished multipart upload the store lists: its zone key, its id, and when the
+    store initiated it (seconds since the epoch, by the store's clock; None if not said)."""
+
+    key: str
+    upload_id: str
+    initiated: float | None
 
 
 class _Progress(threading.local):
@@ -420,8 +451,26 @@ class Remote(ABC):
         aborted already) is fine. Backends without multipart uploads have none to abort."""
         return None
 
+    def _list_multipart_uploads(self, key: str) -> list[MultipartUpload]:
+        """Every unfinished multipart upload of exactly `key` (not of longer keys that start
+        with it), by anyone. Backends without multipart uploads have none."""
+        return []
+
+    def _multipart_has_parts(self, key: str, upload_id: str) -> bool:
+        """Whether the store holds any part of the upload `upload_id` of `key` (one that is
+        gone has none)."""
+        return False
+
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._run("abort", self._abort_multipart, key, upload_id)
+
+    async def list_multipart_uploads(self, key: str) -> list[MultipartUpload]:
+        uploads: list[MultipartUpload] = await self._run_bounded(
+            "list", self._list_multipart_uploads, key)
+        return uploads
+
+    async def multipart_has_parts(self, key: str, upload_id: str) -> bool:
+        return bool(await self._run_bounded("list", self._multipart_has_parts, key, upload_id))
 
     def object_uri(self, key: str) -> str:
         """Where `key` lives, as a URI a user can paste into another S3 tool (no credentials)."""

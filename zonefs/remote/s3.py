@@ -11,9 +11,12 @@ Invariants:
 - Every botocore error is translated by `translate_error`; nothing else escapes, and no message
   carries a credential (messages are built here from error codes, never from the request).
 - A multipart upload or copy that fails or is cancelled is aborted, so no unfinished upload is
-  left in the bucket. `multipart_log` hears of each upload id before its first part is sent and
-  of its end once it is completed or aborted, so uploads a killed process left are aborted by
-  the next mount.
+  left in the bucket. `multipart_log` hears of each upload before CreateMultipartUpload is
+  sent (`intend`), of its id before its first part is sent, and of its end once it is
+  completed or aborted, so that the next mount can abort what a killed process left, whether
+  or not its id was recorded. An intent is settled by the id only when the create was answered
+  at its first attempt: after a botocore retry an earlier attempt may have created an upload
+  whose answer was lost.
 - Reads and lookups use `_read_client`, whose timeouts fit within `io_timeout`; uploads, copies
   and deletes use `_client` (60 s reads, 3 attempts), as they are retried, not abandoned.
 - The client is created once and shared by every worker thread (botocore clients are
@@ -71,6 +74,7 @@ from .base import (
     VERSIONING_UNSUPPORTED,
     VERSIONING_UNVERSIONED,
     ListPage,
+    MultipartUpload,
     ObjectInfo,
     Remote,
     VersionInfo,
@@ -569,22 +573,31 @@ class S3Remote(Remote):
         """Create, send every (number, offset, length) part in parallel, complete (with
         `complete_args`: the write's conditions); or abort.
 
-        `multipart_log` hears of the upload id before the first part is sent, and of its end
-        once it is completed or aborted; an upload whose abort failed is not reported ended,
-        so that its owner aborts it later (at the next mount)."""
+        `multipart_log` hears of the intent before CreateMultipartUpload is sent, of the upload
+        id before the first part is sent, and of its end once it is completed or aborted; an
+        upload whose abort failed is not reported ended, so that its owner aborts it later (at
+        the next mount)."""
         full = self._full(key)
-        upload_id = self._client.create_multipart_upload(
-            Bucket=self.bucket, Key=full, **create_args
-        )["UploadId"]
-        failure = threading.Event()
         journal = self.multipart_log
+        # Durable before the request goes out: a crash after the store created the upload but
+        # before its id is recorded leaves the intent, by which the next mount finds it.
+        intent = journal.intend(key) if journal is not None else 0
+        try:
+            created = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, **create_args)
+        except ClientError as exc:
+            if journal is not None and _refused_at_first_attempt(exc):
+                journal.refused(intent)
+            raise
+        upload_id = created["UploadId"]
+        failure = threading.Event()
 
         def failed() -> bool:
             return failure.is_set() or cancelled()
 
         try:
             if journal is not None:
-                journal.started(key, upload_id)
+                journal.started(key, upload_id, intent, sole=_attempts(created) == 1)
             workers = max(1, min(self.PART_THREADS, len(ranges)))
             with ThreadPoolExecutor(workers, thread_name_prefix="zonefs-part") as pool:
                 futures = [pool.submit(send, failed, upload_id, *r) for r in ranges]
@@ -619,15 +632,55 @@ class S3Remote(Remote):
             self._client.abort_multipart_upload(
                 Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code == "NoSuchUpload" or status == 404:
+            if _upload_gone(exc):
                 return  # completed or aborted already: nothing left in the bucket
             raise translate_error(exc, self.object_uri(key), self.bucket,
                                   self._endpoint) from exc
         except BotoCoreError as exc:
             raise translate_error(exc, self.object_uri(key), self.bucket,
                                   self._endpoint) from exc
+
+    def _list_multipart_uploads(self, key: str) -> list[MultipartUpload]:
+        full = self._full(key)
+        args: dict[str, Any] = {"Prefix": full}
+        found: list[MultipartUpload] = []
+        with self._translated(key, "multipart upload listing"):
+            while True:
+                resp = self._read_client.list_multipart_uploads(Bucket=self.bucket, **args)
+                report_progress()
+                for up in resp.get("Uploads", []):
+                    if up.get("Key") != full:
+                        continue  # the prefix matches longer keys too
+                    initiated = up.get("Initiated")
+                    found.append(MultipartUpload(
+                        key, up["UploadId"],
+                        None if initiated is None else initiated.timestamp()))
+                next_key = resp.get("NextKeyMarker") or ""
+                next_id = resp.get("NextUploadIdMarker") or ""
+                # Uploads are listed by key: once past `full`, none of its are left.
+                if (not resp.get("IsTruncated") or not next_key or next_key > full
+                        or (next_key, next_id) == (args.get("KeyMarker"),
+                                                   args.get("UploadIdMarker", ""))):
+                    return found
+                args["KeyMarker"] = next_key
+                if next_id:
+                    args["UploadIdMarker"] = next_id
+                else:
+                    args.pop("UploadIdMarker", None)
+
+    def _multipart_has_parts(self, key: str, upload_id: str) -> bool:
+        try:
+            resp = self._read_client.list_parts(
+                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id, MaxParts=1)
+        except ClientError as exc:
+            if _upload_gone(exc):
+                return False
+            raise translate_error(exc, self.object_uri(key), self.bucket,
+                                  self._endpoint) from exc
+        except BotoCoreError as exc:
+            raise translate_error(exc, self.object_uri(key), self.bucket,
+                                  self._endpoint) from exc
+        return bool(resp.get("Parts"))
 
     def _put_bytes(
         self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None,
@@ -778,6 +831,25 @@ class S3Remote(Remote):
         with self._translated(key):
             self._client.delete_object(Bucket=self.bucket, Key=self._full(key),
                                        VersionId=version_id)
+
+
+def _attempts(resp: Mapping[str, Any]) -> int:
+    """How many attempts botocore made for the request that got `resp` (1 without a retry)."""
+    return 1 + int(resp.get("ResponseMetadata", {}).get("RetryAttempts") or 0)
+
+
+def _refused_at_first_attempt(exc: ClientError) -> bool:
+    """The store answered the first and only attempt with a client error (4xx): it created
+    nothing. A 5xx, or any answer after a retry, leaves that open."""
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return 400 <= status < 500 and _attempts(exc.response) == 1
+
+
+def _upload_gone(exc: ClientError) -> bool:
+    """The multipart upload named in the request no longer exists (completed or aborted)."""
+    code = exc.response.get("Error", {}).get("Code")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code == "NoSuchUpload" or status == 404
 
 
 def _first_error(futures: list[Future[Any]]) -> BaseException:
