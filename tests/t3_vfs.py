@@ -48,7 +48,7 @@ from zonefs.errors import (
     ReadOnly,
     RemoteError,
 )
-from zonefs.fetch import CHUNK
+from zonefs.fetch import CHUNK, PAGE
 from zonefs.journal import MOVE_COPY, MOVE_DELETE, Journal, Move
 from zonefs.remote import ObjectInfo, Remote, open_remote
 from zonefs.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE
@@ -189,13 +189,29 @@ async def test_large_object_reads_by_ranges(env: Env, tmp_path: Path) -> None:
         while chunk := await vfs.read(handle, len(out), MiB):
             out += chunk
         assert out == data
-        assert requests(vfs, "get") == 3, "each chunk is fetched once"
+        # Random reads fetched their pages, the sequential one the rest: no byte twice.
+        assert vfs.remote.requests.downloaded_bytes == size
         # Once every chunk is present the copy is hashed and becomes a blob.
         await wait_until(lambda: vfs.blobs.has(sha256(data)))
         await vfs.release(handle)
         gets = requests(vfs, "get")
         assert await read_file(vfs, "large") == data
         assert requests(vfs, "get") == gets, "a complete object is read from the blob cache"
+        await check_invariants(vfs)
+
+
+async def test_random_reads_fetch_about_what_they_ask(env: Env, tmp_path: Path) -> None:
+    size = 3 * CHUNK
+    data = await put_large(env, tmp_path, size, seed=3)
+    async with env.vfs() as vfs:
+        handle = await vfs.open("large", os.O_RDONLY)
+        rng = random.Random(4)
+        offsets = [rng.randrange(1, size - 4096) for _ in range(20)]
+        for offset in offsets:
+            assert await vfs.read(handle, offset, 4096) == data[offset:offset + 4096]
+        # Each fetched its page or two, not a whole chunk.
+        assert vfs.remote.requests.downloaded_bytes <= 20 * 2 * PAGE
+        await vfs.release(handle)
         await check_invariants(vfs)
 
 
@@ -246,7 +262,9 @@ async def test_large_read_handle_keeps_its_version(env: Env, tmp_path: Path) -> 
         src.write_bytes(new)
         await env.store.upload("big", str(src))  # another client replaces it
         assert await vfs.read(handle, CHUNK, 4096) == old[CHUNK:]
-        # Every chunk is present: the copy is hashed and becomes a blob of the old version.
+        # The rest, read on from the first read: still the old version.
+        assert await vfs.read(handle, 110, CHUNK - 110) == old[110:CHUNK]
+        # Every page is present: the copy is hashed and becomes a blob of the old version.
         await wait_until(lambda: vfs.blobs.has(sha256(old)))
         await vfs.release(handle)
         await check_invariants(vfs)
@@ -270,7 +288,9 @@ async def test_large_read_handle_keeps_its_version_after_restart(
         src.write_bytes(new)
         await env.store.upload("big", str(src))
         assert await vfs.read(handle, CHUNK, 4096) == old[CHUNK:]
-        # Every chunk is present: the copy is hashed and becomes a blob of the old version.
+        # The rest, read on from the first read: still the old version.
+        assert await vfs.read(handle, 110, CHUNK - 110) == old[110:CHUNK]
+        # Every page is present: the copy is hashed and becomes a blob of the old version.
         await wait_until(lambda: vfs.blobs.has(sha256(old)))
         await vfs.release(handle)
         await check_invariants(vfs)

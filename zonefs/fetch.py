@@ -1,8 +1,8 @@
 """Reading remote objects into the blob cache.
 
-Small objects are downloaded whole. Large ones fill a sparse local file chunk by chunk with
-ranged GETs: random reads fetch only the chunks they touch, sequential reads start read-ahead of
-the next chunks, and a file whose chunks are all present is hashed and becomes a blob.
+Small objects are downloaded whole. Large ones fill a sparse local file with ranged GETs:
+sequential reads fetch whole chunks and start read-ahead of the next ones, random reads fetch
+only the pages they touch, and a file whose pages are all present is hashed and becomes a blob.
 
 Invariants:
 - Every ranged GET carries If-Match with the ETag the reader opened (or asks for its version),
@@ -26,8 +26,14 @@ from .remote.base import Remote
 
 log = logging.getLogger(__name__)
 
+#: The unit of what is fetched and remembered as present: a read that does not follow on from
+#: what was read before fetches only the pages it touches (random reads cost about what they
+#: ask for, not a whole chunk each).
+PAGE = 128 << 10
+#: A sequential reader fetches whole chunks, with READAHEAD more in flight ahead of it.
 CHUNK = 8 << 20
-READAHEAD = 4  # chunks in flight ahead of a sequential reader
+READAHEAD = 4
+PAGES_PER_CHUNK = CHUNK // PAGE
 
 Spawn = Callable[[Callable[[], Awaitable[Any]]], None]
 
@@ -41,7 +47,13 @@ def _write_at(path: str, data: bytes, offset: int) -> None:
 
 
 class RangeFetcher:
-    """A sparse local copy of one object version, filled on demand. Shared by its readers."""
+    """A sparse local copy of one object version, filled on demand. Shared by its readers.
+
+    What is present is kept by page (`PAGE`). A read that starts the object, starts where the
+    last read ended, or follows on from a page in flight or a run of present pages is taken as
+    sequential: the whole chunks it touches are fetched, and READAHEAD more; any other read
+    fetches only its own pages. A fetch covers a
+    run of pages that are neither present nor in flight, so no byte is fetched twice."""
 
     def __init__(
         self,
@@ -61,9 +73,9 @@ class RangeFetcher:
         self.path = blobs.new_tmp()
         os.truncate(self.path, size)
         self._fd = os.open(self.path, os.O_RDWR)
-        self._nchunks = (size + CHUNK - 1) // CHUNK
-        self._have: set[int] = set()
-        self._events: dict[int, trio.Event] = {}
+        self._npages = (size + PAGE - 1) // PAGE
+        self._have: set[int] = set()  # pages present
+        self._events: dict[int, trio.Event] = {}  # pages in flight (or failed, until read)
         self._errors: dict[int, BaseException] = {}
         self._next_offset = -1
         self.users = 0
@@ -74,49 +86,69 @@ class RangeFetcher:
         if offset >= self.size or length <= 0:
             return b""
         end = min(offset + length, self.size)
-        first, last = offset // CHUNK, (end - 1) // CHUNK
-        for i in range(first, last + 1):
-            self._start(i)
-        if offset == self._next_offset or offset == 0:
-            for i in range(last + 1, min(last + 1 + READAHEAD, self._nchunks)):
-                self._start(i)
-        for i in range(first, last + 1):
-            await self._events[i].wait()
-            if i in self._errors:
-                err = self._errors.pop(i)
-                del self._events[i]  # let a later read try again
-                raise err
+        first, last = offset // PAGE, (end - 1) // PAGE
+        before = first - 1
+        if (offset == 0 or offset == self._next_offset or before in self._events
+                or (before in self._have and before - 1 in self._have)):
+            chunk, last_chunk = first // PAGES_PER_CHUNK, last // PAGES_PER_CHUNK
+            for c in range(chunk, last_chunk + 1 + READAHEAD):
+                self._start(c * PAGES_PER_CHUNK, (c + 1) * PAGES_PER_CHUNK)
+        else:
+            self._start(first, last + 1)
+        for p in range(first, last + 1):
+            while p not in self._have:
+                event = self._events.get(p)
+                if event is None:  # failed meanwhile, and that error went to another reader
+                    self._start(p, p + 1)
+                    event = self._events[p]
+                await event.wait()
+                if p in self._errors:
+                    err = self._errors.pop(p)
+                    del self._events[p]  # let a later read try again
+                    raise err
         self._next_offset = end
         return os.pread(self._fd, end - offset, offset)
 
-    def _start(self, i: int) -> None:
-        if i in self._have or i in self._events:
-            return
-        self._events[i] = trio.Event()
-        self._spawn(lambda: self._fetch(i))
+    def _start(self, first: int, stop: int) -> None:
+        """Fetch every run of pages in [first, stop) neither present nor in flight."""
+        run: int | None = None
+        for p in range(first, min(stop, self._npages) + 1):
+            free = p < min(stop, self._npages) and p not in self._have and p not in self._events
+            if free and run is None:
+                run = p
+            elif not free and run is not None:
+                event = trio.Event()
+                for q in range(run, p):
+                    self._events[q] = event
+                self._spawn(lambda a=run, b=p, e=event: self._fetch(a, b, e))
+                run = None
 
-    async def _fetch(self, i: int) -> None:
-        event = self._events[i]
+    async def _fetch(self, first: int, stop: int, event: trio.Event) -> None:
         try:
-            start = i * CHUNK
-            want = min(CHUNK, self.size - start)
+            start = first * PAGE
+            want = min(stop * PAGE, self.size) - start
             data = await self._remote.get_range(
                 self.key, start, want, self.version_id, None if self.version_id else self.etag
             )
             if len(data) != want:
                 raise RemoteError(f"short read of {self.key} at {start}: the object changed")
             if self.closed:
-                return
+                raise RemoteError(f"{self.key}: read after close")
             # A descriptor of its own: close() may close the readers' one meanwhile.
             await trio.to_thread.run_sync(_write_at, self.path, data, start)
-            self._have.add(i)
-        except BaseException as exc:  # reported to the reader waiting on this chunk
-            self._errors[i] = exc if isinstance(exc, Exception) else RemoteError("cancelled")
+            self._have.update(range(first, stop))
+            for p in range(first, stop):
+                if self._events.get(p) is event:
+                    del self._events[p]
+        except BaseException as exc:  # reported to the reader waiting on these pages
+            error = exc if isinstance(exc, Exception) else RemoteError("cancelled")
+            for p in range(first, stop):
+                self._errors[p] = error
             if not isinstance(exc, Exception):
                 raise
         finally:
             event.set()
-        if len(self._have) == self._nchunks and not self.complete:
+        if len(self._have) == self._npages and not self.complete:
             # Whole now, even if its readers are gone: worth keeping as a blob. Readers still
             # open keep using their descriptor after the file moves into blobs/.
             self.complete = True
