@@ -178,6 +178,7 @@ class Daemon:
                 vfs.capabilities = caps
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
                 await nursery.start(vfs.writeback.run)
+                nursery.start_soon(vfs.keep_journal_synced)
                 # Renames a crash cut short finish first: they move pending rows to new names.
                 if resumed := await vfs.recover():
                     log.info("%d rename(s) from an earlier mount finished", resumed)

@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import stat as st
+from collections import Counter
 from dataclasses import dataclass
 
 from .blobs import Digest
 from .fetch import RangeFetcher
 from .journal import DirtyRow
-from .keys import PosixMeta
+from .keys import PosixMeta, parents
 from .remote.base import ObjectInfo
 
 #: The base ETag of an edit that replaces whatever object its name holds: the name's delete
@@ -85,6 +86,45 @@ class Handle:
     wrote: bool = False
     etag: str | None = None
     keep_cache: bool = False
+
+
+class PendingRows(dict[str, DirtyFile]):
+    """The dirty files by path, counting for every directory how many lie below it, so that
+    "is anything pending below this directory" costs O(1), not a scan (`tar` asks it of each
+    new name). Only item assignment, `del`, `pop` and `setdefault` change it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._below: Counter[str] = Counter()
+
+    def has_below(self, path: str) -> bool:
+        """Whether a pending row lies strictly below the directory `path`."""
+        return self._below[path] > 0
+
+    def _count(self, path: str, step: int) -> None:
+        for parent in parents(path):
+            self._below[parent] += step
+            if self._below[parent] <= 0:
+                del self._below[parent]
+
+    def __setitem__(self, path: str, df: DirtyFile) -> None:
+        if path not in self:
+            self._count(path, 1)
+        super().__setitem__(path, df)
+
+    def __delitem__(self, path: str) -> None:
+        super().__delitem__(path)
+        self._count(path, -1)
+
+    def pop(self, path: str, *default: DirtyFile | None) -> DirtyFile | None:  # type: ignore[override]
+        if path in self:
+            self._count(path, -1)
+        return super().pop(path, *default)
+
+    def setdefault(self, path: str, df: DirtyFile) -> DirtyFile:  # type: ignore[override]
+        if path not in self:
+            self[path] = df
+        return self[path]
 
 
 def has_new_bytes(df: DirtyFile) -> bool:

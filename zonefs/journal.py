@@ -208,23 +208,52 @@ class Journal:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._wal = path + "-wal"
         self._durable = False
+        self._lazy = False  # a commit since the last `sync` was not fsync'ed
         self._set_durable(True)
 
     def _set_durable(self, durable: bool) -> None:
         if durable != self._durable:
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
+        if not durable:
+            self._lazy = True
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether a commit since the last `sync` was not fsync'ed (a power loss could undo
+        it; a crash of the process cannot: it is in the WAL file)."""
+        return self._lazy
+
+    def sync(self) -> None:
+        """Make every commit so far durable: fsync the WAL file, where SQLite's WAL mode has
+        written them (what a `synchronous=FULL` commit does). Cheap when nothing is lazy."""
+        if not self._lazy:
+            return
+        self._lazy = False
+        try:
+            fd = os.open(self._wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # checkpointed and removed: the database file holds (and synced) it all
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
+        self.sync()
         self._db.close()
 
     # -- dirty files ---------------------------------------------------------------------------
 
-    def put_dirty(self, row: DirtyRow, *, replaces_delete: str | None = None) -> None:
-        """Write a dirty row (fsync'ed). `replaces_delete`: a pending delete of that key is
-        forgotten in the same transaction (the row writes the key again)."""
-        self._set_durable(True)
+    def put_dirty(self, row: DirtyRow, *, replaces_delete: str | None = None,
+                  durable: bool = True) -> None:
+        """Write a dirty row (fsync'ed unless `durable` is False: an attribute change of a row
+        whose bytes are journaled, made durable by the next `sync`). `replaces_delete`: a
+        pending delete of that key is forgotten in the same transaction (the row writes the
+        key again)."""
+        self._set_durable(durable)
         with self._tx():
             self._put_dirty(row)
             if replaces_delete is not None:

@@ -47,7 +47,7 @@ from .config import MountOptions
 from .deletes import PendingDeletes
 from .dircache import DirCache, Entry
 from .errors import NotFound, PreconditionFailed, ZonefsError
-from .handles import ANY_OBJECT, DirtyFile, Stat, has_new_bytes
+from .handles import ANY_OBJECT, DirtyFile, PendingRows, Stat, has_new_bytes
 from .journal import DirtyRow, Journal, MultipartIntent, ObjectRow
 from .keys import PosixMeta
 from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
@@ -56,6 +56,9 @@ from .remote.probe import Capabilities
 from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
+
+#: Longest time a lazy journal commit (an attribute change) waits for its fsync.
+JOURNAL_SYNC_INTERVAL = 1.0
 
 
 class _Conflict(Exception):
@@ -113,7 +116,7 @@ class PendingFiles:
         self.remote, self.journal, self.blobs, self.cache, self.objects = (
             remote, journal, blobs, cache, objects)
         self.writeback = WriteBack(self._apply, delay=opts.writeback_delay)
-        self.dirty: dict[str, DirtyFile] = {}
+        self.dirty = PendingRows()
         self.uploaded_bytes = 0
         self.budget = opts.cache_size  # dirty bytes beyond which writes wait for uploads
         self.kachery_mirror = opts.kachery_mirror
@@ -142,6 +145,16 @@ class PendingFiles:
                 row.size = os.stat(blobs.abspath(row.data)).st_size
             self.dirty[row.path] = DirtyFile(row, persisted=True)
         self._remove_orphans()
+
+    async def keep_journal_synced(self) -> None:
+        """Run by the daemon: fsync lazy journal commits (attribute changes, the end of
+        uploads) every JOURNAL_SYNC_INTERVAL, so that a power loss undoes at most that much."""
+        while True:
+            await trio.sleep(JOURNAL_SYNC_INTERVAL)
+            self.sync_journal()
+
+    def sync_journal(self) -> None:
+        self.journal.sync()
 
     def dirty_bytes(self) -> int:
         """Bytes of local data waiting for upload."""
@@ -346,11 +359,13 @@ class PendingFiles:
             if self.blobs.relpath(entry.path) not in used:
                 os.unlink(entry.path)
 
-    def persist(self, df: DirtyFile) -> None:
-        """Write the dirty row to the journal (fsync'ed) if it is still the path's current one;
-        a pending delete it took over leaves the journal in the same transaction."""
+    def persist(self, df: DirtyFile, *, durable: bool = True) -> None:
+        """Write the dirty row to the journal if it is still the path's current one; a pending
+        delete it took over leaves the journal in the same transaction. Fsync'ed, unless
+        `durable` is False (attribute changes): then at the next `sync_journal`, within
+        JOURNAL_SYNC_INTERVAL."""
         if self.dirty.get(df.row.path) is df:
-            self.journal.put_dirty(df.row, replaces_delete=df.claimed)
+            self.journal.put_dirty(df.row, replaces_delete=df.claimed, durable=durable)
             df.persisted = True
             df.claimed = None
 
@@ -387,7 +402,7 @@ class PendingFiles:
         self.discard_data(df)
         if df.meta_changed:
             df.row.data = None
-            self.persist(df)
+            self.persist(df, durable=False)
             self.writeback.schedule(path)
         else:
             del self.dirty[path]
