@@ -729,7 +729,10 @@ class Vfs:
     async def fsync(self, handle: Handle) -> None:
         """fsync(): return once the file is durable in the bucket."""
         await self.flush(handle)
-        path = handle.dirty.row.path if handle.dirty else handle.path
+        df = handle.dirty
+        if df is not None and self.dirty.get(df.row.path) is not df:
+            return  # unlinked or renamed over while open: none of it goes to the bucket
+        path = df.row.path if df else handle.path
         if path in self.dirty:
             self.writeback.schedule(path, delay=0)
             await self.writeback.flush(path)
