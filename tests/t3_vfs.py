@@ -709,6 +709,46 @@ async def test_unlink_of_uploaded_file_is_a_pending_delete(env: Env) -> None:
         await check_invariants(vfs)
 
 
+async def test_open_file_whose_name_is_gone_is_served_by_its_handles(env: Env) -> None:
+    """unlink, and a rename over it, while open: stat_open and setattr_open work on the
+    handles' own state, and nothing of the file reaches the journal or the store."""
+    await env.store.put("r", b"read me")
+    async with env.vfs() as vfs:
+        reader = await vfs.open("r", os.O_RDONLY)
+        writer, _ = await vfs.create("w", 0o640, UID, GID)
+        await write_all(vfs, writer, b"0123456789")
+        await vfs.flush(writer)  # journaled: the unlink must take the row with it
+        second = await vfs.open("w", os.O_RDWR)
+        await vfs.unlink("w")
+        await write_file(vfs, "x", b"replacement")
+        await vfs.rename("x", "r")
+        s = vfs.stat_open([reader])
+        assert (s.size, st.S_IMODE(s.meta.mode)) == (7, 0o644)
+        s = vfs.stat_open([reader, writer, second])  # a writer's state wins
+        assert (s.size, st.S_IMODE(s.meta.mode), s.meta.uid) == (10, 0o640, UID)
+        s = vfs.setattr_open([writer, second], size=4, handle=second)
+        assert s.size == 4 and await vfs.read(writer, 0, 100) == b"0123"
+        assert await vfs.write(writer, 6, b"ab") == 2
+        s = vfs.setattr_open([writer, second], mode=0o600, mtime_ns=5)
+        assert (s.size, st.S_IMODE(s.meta.mode), s.meta.mtime_ns) == (8, 0o600, 5)
+        assert await vfs.read(second, 0, 100) == b"0123\0\0ab"
+        vfs.setattr_open([reader], uid=UID + 1)
+        assert vfs.stat_open([reader]).meta.uid == UID + 1
+        with pytest.raises(InvalidArgument):
+            vfs.setattr_open([reader], size=0)
+        assert await vfs.read(reader, 0, 100) == b"read me"
+        await vfs.fsync(writer)
+        for handle in (writer, second):
+            await close(vfs, handle)
+        await vfs.release(reader)
+        assert [r.path for r in vfs.journal.dirty_rows()] in ([], ["r"])
+        await drain(vfs)
+        assert await env.store.keys() == {"r"}
+        assert await env.store.read("r") == b"replacement"
+        assert (await vfs.stat("r")).size == 11
+        await check_invariants(vfs)
+
+
 async def test_unlink_of_locally_modified_remote_file(env: Env) -> None:
     await env.store.put("f", b"remote")
     async with env.vfs(writeback_delay=HOLD) as vfs:

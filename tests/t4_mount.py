@@ -382,6 +382,149 @@ def test_open_files_survive_unlink_and_rename(mount: Mount) -> None:
     check_file_object(mount.store.must_get("app.log.1"), b"line 1\nline 2\n")
 
 
+def uncached_pread(fd: int, size: int, offset: int = 0) -> bytes:
+    """pread after dropping the kernel's cached pages of the file: the bytes come from zonefs."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return os.pread(fd, size, offset)
+
+
+def check_unlinked_writer(fd: int, before: bytes, mode: int) -> None:
+    """What a descriptor open for writing on a file whose name is gone must still do: fstat,
+    pwrite/pread of its own bytes, ftruncate (shrink and grow), fchmod, futimens, fsync."""
+    s = os.fstat(fd)
+    assert (s.st_size, s.st_nlink, stat.S_IMODE(s.st_mode)) == (len(before), 0, mode)
+    assert uncached_pread(fd, len(before) + 10) == before
+    assert os.pwrite(fd, b"patch", 5) == 5
+    data = before[:5] + b"patch" + before[10:]
+    assert uncached_pread(fd, 1 << 20) == data
+    assert os.pwrite(fd, b"tail", len(data)) == 4
+    data += b"tail"
+    assert os.fstat(fd).st_size == len(data)
+    assert uncached_pread(fd, 1 << 20) == data
+    os.ftruncate(fd, 8)
+    assert os.fstat(fd).st_size == 8
+    assert uncached_pread(fd, 1 << 20) == data[:8]
+    os.ftruncate(fd, 3000)
+    assert os.fstat(fd).st_size == 3000
+    assert uncached_pread(fd, 1 << 20) == data[:8] + bytes(2992)
+    os.fchmod(fd, 0o600)
+    assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+    when = 1_600_000_000_123_456_789
+    os.utime(fd, ns=(when, when))
+    assert os.fstat(fd).st_mtime_ns == when
+    os.fsync(fd)  # only the local file: there is nothing to upload
+    assert uncached_pread(fd, 10) == data[:8] + bytes(2)
+
+
+def test_a_writer_keeps_working_after_unlink(mount: Mount) -> None:
+    root = mount.path
+    (root / "keep.txt").write_bytes(b"kept\n")
+    # Never closed: nothing of it was journaled or uploaded.
+    fresh = os.urandom(100_000)
+    fd = os.open(root / "fresh.bin", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        assert os.write(fd, fresh) == len(fresh)
+        os.unlink(root / "fresh.bin")
+        check_unlinked_writer(fd, fresh, 0o640)
+    finally:
+        os.close(fd)
+    # Uploaded, then opened for write, written, and removed: a delete, and nothing after it.
+    (root / "old.bin").write_bytes(b"uploaded once\n")
+    mount.sync()
+    fd = os.open(root / "old.bin", os.O_RDWR)
+    try:
+        assert os.pwrite(fd, b"UPLOADED", 0) == 8
+        os.unlink(root / "old.bin")
+        assert not (root / "old.bin").exists()
+        check_unlinked_writer(fd, b"UPLOADED once\n", 0o644)
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(root)) == ["keep.txt"]
+    mount.sync()
+    assert mount.store.keys() == ["keep.txt"]
+    check_file_object(mount.store.must_get("keep.txt"), b"kept\n")
+
+
+def test_a_writer_keeps_working_after_a_rename_over_its_file(mount: Mount) -> None:
+    root = mount.path
+    (root / "target.txt").write_bytes(b"old contents\n")
+    mount.sync()
+    fd = os.open(root / "target.txt", os.O_RDWR)
+    try:
+        assert os.pwrite(fd, b"OLD", 0) == 3
+        (root / "new.txt").write_bytes(b"the replacement\n")
+        os.rename(root / "new.txt", root / "target.txt")
+        check_unlinked_writer(fd, b"OLD contents\n", 0o644)
+        # The name shows the file that replaced it, untouched by the descriptor.
+        assert (root / "target.txt").read_bytes() == b"the replacement\n"
+        s = os.stat(root / "target.txt")
+        assert (s.st_size, s.st_nlink, stat.S_IMODE(s.st_mode)) == (16, 1, 0o644)
+    finally:
+        os.close(fd)
+    # A pending file (closed, not yet uploaded) renamed over while open for write.
+    (root / "log.txt").write_bytes(b"pending bytes\n")
+    fd = os.open(root / "log.txt", os.O_RDWR | os.O_APPEND)
+    try:
+        (root / "log.new").write_bytes(b"rotated\n")
+        os.rename(root / "log.new", root / "log.txt")
+        assert os.write(fd, b"more\n") == 5
+        assert os.fstat(fd).st_size == 19
+        assert uncached_pread(fd, 100) == b"pending bytes\nmore\n"
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(root)) == ["log.txt", "target.txt"]
+    assert (root / "log.txt").read_bytes() == b"rotated\n"
+    mount.sync()
+    assert mount.store.keys() == ["log.txt", "target.txt"]
+    check_file_object(mount.store.must_get("target.txt"), b"the replacement\n")
+    check_file_object(mount.store.must_get("log.txt"), b"rotated\n")
+
+
+def test_a_reader_keeps_its_file_after_unlink(mount: Mount) -> None:
+    root = mount.path
+    small = os.urandom(50_000)
+    (root / "small.bin").write_bytes(small)
+    mount.sync()
+    fd = os.open(root / "small.bin", os.O_RDONLY)
+    try:
+        os.unlink(root / "small.bin")
+        mount.sync()  # the delete is applied: the bucket no longer has it
+        assert mount.store.get("small.bin") is None
+        s = os.fstat(fd)
+        assert (s.st_size, s.st_nlink, stat.S_IMODE(s.st_mode)) == (len(small), 0, 0o644)
+        assert uncached_pread(fd, 1 << 20) == small
+        assert uncached_pread(fd, 100, 40_000) == small[40_000:40_100]
+        os.fchmod(fd, 0o400)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o400
+        assert errno_of(os.ftruncate, fd, 0) == errno.EINVAL  # the kernel: not open for writing
+        assert os.fstat(fd).st_size == len(small)
+    finally:
+        os.close(fd)
+    assert os.listdir(root) == []
+    mount.sync()
+    assert mount.store.keys() == []
+
+
+def test_a_reader_of_a_large_object_keeps_reading_ranges_after_unlink(mount: Mount) -> None:
+    # Written by another tool, so nothing of it is cached: reads fetch ranges from the store,
+    # by the version that was opened (the bucket is versioned; the local zone always is).
+    big = os.urandom(9 * MiB)
+    mount.store.put("big.bin", big)
+    time.sleep(METADATA_TTL + 0.2)
+    fd = os.open(mount.path / "big.bin", os.O_RDONLY)
+    try:
+        os.unlink(mount.path / "big.bin")
+        mount.sync()
+        assert mount.store.get("big.bin") is None
+        assert os.fstat(fd).st_size == len(big)
+        # Nothing was read before the delete (a read at 0 would fetch ahead): these ranges
+        # come from the version that was opened, now behind a delete marker.
+        assert uncached_pread(fd, 4096, 8 * MiB + 100) == big[8 * MiB + 100:8 * MiB + 4196]
+        assert uncached_pread(fd, 4096, 0) == big[:4096]
+    finally:
+        os.close(fd)
+
+
 def test_rewrite_while_the_upload_runs_keeps_the_last_bytes(mount: Mount) -> None:
     first, second = os.urandom(20 * MiB), os.urandom(20 * MiB)
     f = mount.path / "busy.bin"

@@ -55,10 +55,10 @@ CHECK_EVERY = 200
 ENABLE_DIR_RENAMES = True
 ENABLE_HELD_HANDLES = True
 ENABLE_FSYNC_CHECKS = True
-#: Bug found by this exerciser: on an fd whose file was unlinked (by unlink, or by a rename over
-#: it), fstat, ftruncate and pread of data not in the page cache fail with ENOENT (getattr and
-#: setattr resolve the inode to its vanished path). Off: those calls only go to linked files.
-ENABLE_OPS_ON_UNLINKED_HANDLES = False
+#: ftruncate, pread and fsync on held fds whose file was unlinked, or renamed over (ENOENT:
+#: getattr and setattr resolved the inode to its vanished path; found by this exerciser and
+#: fixed): on.
+ENABLE_OPS_ON_UNLINKED_HANDLES = True
 #: fsync on a held fd, then a rename of its file while the fd is still open, then close (a
 #: file lost from the bucket, found by this exerciser and fixed): on.
 ENABLE_FSYNC_ON_HELD_HANDLES = True

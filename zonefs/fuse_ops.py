@@ -8,6 +8,12 @@ handler; `forget` never raises.
 
 Lookup counts follow pyfuse3's contract: lookup, create, mkdir, symlink and mknod add one, and so
 does every `readdir_reply` that returns True. Unlinked inodes live until the kernel forgets them.
+
+Open files whose name is gone: `_open` maps every inode with open file handles to them (added
+by open and create, removed by release; it does not touch lookup counts). An inode that
+`InodeTable` has detached (unlinked, or renamed over) has no path for `Vfs`, so getattr and
+setattr of one that is still open answer from its handles (`Vfs.stat_open`,
+`Vfs.setattr_open`), with st_nlink 0; one with no handle left is ENOENT, as before.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class ZonefsOperations(pyfuse3.Operations):
         self.inodes = InodeTable()
         self.content = ContentIds(vfs)
         self._handles: dict[int, Handle] = {}
+        self._open: dict[int, dict[int, Handle]] = {}  # inode -> its open fh -> Handle
+        self._handle_inode: dict[int, int] = {}  # fh -> inode
         self._dirs: dict[int, list[tuple[str, Stat]]] = {}
         self._dir_paths: dict[int, str] = {}
         self._next_fh = 1
@@ -86,14 +94,15 @@ class ZonefsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL if new else errno.ENOENT) from None
         return join(self._path(parent_inode), text)
 
-    def _attr(self, inode: int, s: Stat) -> pyfuse3.EntryAttributes:
+    def _attr(self, inode: int, s: Stat, *, linked: bool = True) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode
         a.generation = 0
         a.entry_timeout = self.opts.metadata_ttl
         a.attr_timeout = self.opts.metadata_ttl
         a.st_mode = s.meta.mode
-        a.st_nlink = 2 if st.S_ISDIR(s.meta.mode) else 1
+        # An unlinked file has no link left (the kernel counted it down itself at unlink).
+        a.st_nlink = 0 if not linked else 2 if st.S_ISDIR(s.meta.mode) else 1
         a.st_uid = s.meta.uid
         a.st_gid = s.meta.gid
         a.st_rdev = 0
@@ -110,6 +119,21 @@ class ZonefsOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         return fh
+
+    def _add_handle(self, inode: int, handle: Handle) -> int:
+        """A new file handle number for `handle`, an open file of `inode`."""
+        fh = self._new_fh()
+        self._handles[fh] = handle
+        self._open.setdefault(inode, {})[fh] = handle
+        self._handle_inode[fh] = inode
+        return fh
+
+    def _unlinked_handles(self, inode: int) -> list[Handle]:
+        """The open handles of `inode` when its name is gone (unlinked or renamed over);
+        empty while it has a path, or when nothing holds it open."""
+        if self.inodes.is_live(inode):
+            return []
+        return list(self._open.get(inode, {}).values())
 
     async def changed_behind_kernel(self, path: str) -> None:
         """`path` changed by a route the kernel did not see (a restore, an undelete): drop
@@ -143,24 +167,30 @@ class ZonefsOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
         async with _errors("getattr", inode):
+            handles = self._unlinked_handles(inode)
+            if handles:
+                # fstat of a descriptor whose file is gone: no path to stat by.
+                return self._attr(inode, self.vfs.stat_open(handles), linked=False)
             return self._attr(inode, await self.vfs.stat(self._path(inode)))
 
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None,
                       ctx: Any) -> Any:
         async with _errors("setattr", inode):
-            path = self._path(inode)
-            mtime_ns = None
-            if fields.update_mtime:
-                mtime_ns = attr.st_mtime_ns
-            s = await self.vfs.setattr(
-                path,
-                mode=attr.st_mode if fields.update_mode else None,
-                uid=attr.st_uid if fields.update_uid else None,
-                gid=attr.st_gid if fields.update_gid else None,
-                size=attr.st_size if fields.update_size else None,
-                mtime_ns=mtime_ns,
-                handle=self._handles.get(fh) if fh is not None else None,
-            )
+            changes: dict[str, Any] = {
+                "mode": attr.st_mode if fields.update_mode else None,
+                "uid": attr.st_uid if fields.update_uid else None,
+                "gid": attr.st_gid if fields.update_gid else None,
+                "size": attr.st_size if fields.update_size else None,
+                "mtime_ns": attr.st_mtime_ns if fields.update_mtime else None,
+                "handle": self._handles.get(fh) if fh is not None else None,
+            }
+            handles = self._unlinked_handles(inode)
+            if handles:
+                # ftruncate, fchmod, futimens of a descriptor whose file is gone. The kernel
+                # names the fh for ftruncate only: the others reach the inode's handles.
+                s = self.vfs.setattr_open(handles, **changes)
+                return self._attr(inode, s, linked=False)
+            s = await self.vfs.setattr(self._path(inode), **changes)
             return self._attr(inode, s)
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -232,15 +262,14 @@ class ZonefsOperations(pyfuse3.Operations):
             path = self._child(parent_inode, name, new=True)
             handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid)
             handle.append = bool(flags & os.O_APPEND)
-            fh = self._new_fh()
-            self._handles[fh] = handle
-            return pyfuse3.FileInfo(fh=fh), self._entry(path, s)
+            entry = self._entry(path, s)
+            fh = self._add_handle(entry.st_ino, handle)
+            return pyfuse3.FileInfo(fh=fh), entry
 
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         async with _errors("open", inode):
             handle = await self.vfs.open(self._path(inode), flags)
-            fh = self._new_fh()
-            self._handles[fh] = handle
+            fh = self._add_handle(inode, handle)
             return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -262,6 +291,11 @@ class ZonefsOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         async with _errors("release", fh):
             handle = self._handles.pop(fh)
+            inode = self._handle_inode.pop(fh)
+            others = self._open[inode]
+            del others[fh]
+            if not others:
+                del self._open[inode]
             await self.vfs.release(handle)
 
     # -- directories --------------------------------------------------------------------------
@@ -304,6 +338,8 @@ class ZonefsOperations(pyfuse3.Operations):
             # `ls -l` asks every file for security.selinux: answer before any other work.
             raise pyfuse3.FUSEError(errno.ENODATA)
         async with _errors("getxattr", inode, name):
+            if self._unlinked_handles(inode):
+                raise pyfuse3.FUSEError(errno.ENODATA)  # no object: no content identity
             text = name.decode("utf-8", "replace")
             path = self._path(inode)
             if not await self._is_file(path):
@@ -315,6 +351,8 @@ class ZonefsOperations(pyfuse3.Operations):
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         async with _errors("listxattr", inode):
+            if self._unlinked_handles(inode):
+                return []
             path = self._path(inode)
             if not await self._is_file(path):
                 return []

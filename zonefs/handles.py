@@ -5,7 +5,9 @@
   directory marker to put): its journal row plus what lives only while mounted (open writers,
   whether the bytes or only the metadata changed).
 - `Handle`: an open file; it reads from a local file descriptor (staging file or blob) or,
-  for a large object not yet cached, from a `RangeFetcher`.
+  for a large object not yet cached, from a `RangeFetcher`. It keeps the `Stat` it was opened
+  with, and a writer its `DirtyFile`, so that a file whose name is gone (unlinked, or renamed
+  over) while it is open is still described by its handles alone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class Stat:
     meta: PosixMeta
     size: int
     etag: str | None = None
-    state: str = "clean"  # clean, dirty or uploading
+    # clean, dirty or uploading; unlinked for an open file whose name is gone
+    state: str = "clean"
 
     @property
     def is_dir(self) -> bool:
@@ -86,6 +89,10 @@ class Handle:
     wrote: bool = False
     etag: str | None = None
     keep_cache: bool = False
+    # What stat showed when it was opened; for a reader, what an fstat answers once the name
+    # is gone (a writer answers from `dirty`). Replaced, never changed in place: a Stat may be
+    # shared with a cache.
+    opened: Stat | None = None
 
 
 class PendingRows(dict[str, DirtyFile]):

@@ -21,6 +21,9 @@ Invariants:
   work while the store is unreachable. Other renames copy objects in the store before they
   return; they are journaled first, and one a crash cut short is finished by `recover`, which
   runs before the mount answers and before pending changes are queued again.
+- A file unlinked or renamed over while open lives on in its handles only: reads, writes,
+  `stat_open` and `setattr_open` work on its local file, and nothing of it reaches the journal
+  or the bucket once its name is gone.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import logging
 import os
 import stat as st
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -676,7 +681,8 @@ class Vfs:
                                           claimed=path if claimed else None)
         if old is not None and old.persisted:
             self.pending.persist(df)
-        return Handle(path, True, fd=fd, dirty=df), Stat(meta, 0, None, "dirty")
+        s = Stat(meta, 0, None, "dirty")
+        return Handle(path, True, fd=fd, dirty=df, opened=s), s
 
     async def open(self, path: str, flags: int) -> Handle:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
@@ -687,6 +693,12 @@ class Vfs:
             raise IsADirectory(path)
         if st.S_ISLNK(s.meta.mode):
             raise NotSupported("symlinks are followed by the kernel")
+        handle = await self._open_file(path, flags, s, writable)
+        handle.opened = s  # describes the file once its name is gone (stat_open)
+        return handle
+
+    async def _open_file(self, path: str, flags: int, s: Stat, writable: bool) -> Handle:
+        """A handle on the regular file `path`, whose stat is `s`."""
         if keys.is_within(path, RESERVED):
             return await self.history.open(path)
         if self.opts.at is not None:
@@ -744,7 +756,10 @@ class Vfs:
     async def fsync(self, handle: Handle) -> None:
         """fsync(): return once the file is durable in the bucket."""
         await self.flush(handle)
-        path = handle.dirty.row.path if handle.dirty else handle.path
+        df = handle.dirty
+        if df is not None and self.dirty.get(df.row.path) is not df:
+            return  # unlinked or renamed over while open: none of it goes to the bucket
+        path = df.row.path if df else handle.path
         if path in self.dirty:
             self.writeback.schedule(path, delay=0)
             await self.writeback.flush(path)
@@ -764,6 +779,83 @@ class Vfs:
             self.pending.finish_clean(path, df, *df.uploaded)
         else:
             self.writeback.schedule(path)
+
+    # -- open files whose name is gone ----------------------------------------------------
+
+    def stat_open(self, handles: Sequence[Handle]) -> Stat:
+        """What stat shows for a file that is open but has no name any more (unlinked, or
+        renamed over), from its open `handles` alone: no request, no journal.
+
+        A writer's `DirtyFile` (all writers of a file share it) holds its size and attributes.
+        Without one, a reader's: the attributes it was opened with, and the size of what it
+        reads (its local file, else the object version its ranges come from).
+        """
+        for handle in handles:
+            if handle.dirty is not None:
+                row = handle.dirty.row
+                return Stat(row.meta, row.size, row.base_etag, "unlinked")
+        for handle in handles:
+            opened = handle.opened
+            if opened is None:
+                continue
+            if handle.fd >= 0:
+                size = os.fstat(handle.fd).st_size
+            elif handle.fetcher is not None:
+                size = handle.fetcher.size
+            else:
+                size = opened.size
+            return replace(opened, size=size, state="unlinked")
+        raise NotFound("a file with no name and no handle that describes it")
+
+    def setattr_open(
+        self,
+        handles: Sequence[Handle],
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+        handle: Handle | None = None,
+    ) -> Stat:
+        """setattr of a file that is open but has no name any more, through its open
+        `handles` (`handle`: the one the call came through, when the kernel names it).
+
+        Only what the open file holds changes: a size (ftruncate) truncates a writer's own
+        local file, and mode, owner and mtime change what `stat_open` shows. Nothing reaches
+        the journal or the bucket: the file's pending upload went with its name, and
+        `PendingFiles.persist` never journals a row that is not its path's current one.
+        """
+        if self.opts.read_only:
+            raise ReadOnly("the mount is read-only")
+        s = self.stat_open(handles)
+        meta = PosixMeta(
+            (s.meta.mode & ~0o7777) | (mode & 0o7777) if mode is not None else s.meta.mode,
+            s.meta.uid if uid is None else uid,
+            s.meta.gid if gid is None else gid,
+            s.meta.mtime_ns if mtime_ns is None else mtime_ns,
+        )
+        if size is not None:
+            candidates = [handle] if handle is not None else handles
+            writer = next((h for h in candidates if h.writable and h.dirty is not None), None)
+            if writer is None or writer.dirty is None:
+                raise InvalidArgument("a file with no name is truncated only through a "
+                                      "descriptor open for writing")
+            # On the trio thread, as writes are: no write can land between the truncate and
+            # the size it records.
+            os.ftruncate(writer.fd, size)
+            df = writer.dirty
+            df.row.size = size
+            df.row.generation += 1
+            df.data_changed = True
+            if mtime_ns is None:
+                meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+        for h in handles:
+            if h.dirty is not None:
+                h.dirty.row.meta = meta
+            elif h.opened is not None:
+                h.opened = replace(h.opened, meta=meta)
+        return self.stat_open(handles)
 
     # -- history: `zonefs versions`, `restore`, `undelete` ----------------------------------
 
