@@ -20,6 +20,7 @@ from vfs_harness import (
     names,
     read_file,
     requests,
+    sha256,
     write_file,
 )
 
@@ -308,3 +309,23 @@ async def test_flush_applies_a_delete_whose_queue_entry_went(env: Env) -> None:
         assert await env.store.keys() == {"target"}
         assert await env.store.read("target") == b"moved"
         await check_invariants(vfs)
+
+
+async def test_own_upload_that_landed_before_a_crash_is_no_conflict(env: Env) -> None:
+    """An upload of the first bytes of a file was sent just before the process died and
+    landed; the file had been written again meanwhile. The next mount uploads the new bytes
+    and finds that object: its bytes are this cache dir's own, so it is replaced, with no
+    conflict copy."""
+    first, second = b"sent, then the process died", b"written again before the crash"
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await write_file(vfs, "f", first)
+        vfs.journal.add_attempt("f", sha256(first))  # what an upload records before it sends
+        await write_file(vfs, "f", second)
+    await env.store.put("f", first, {"zonefs-sha256": sha256(first)})  # and it landed
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await drain(vfs)
+        assert vfs.pending.conflicts == 0
+        assert await env.store.keys() == {"f"}
+        assert await env.store.read("f") == second
+        await check_invariants(vfs)
+        assert vfs.journal.attempts() == {}

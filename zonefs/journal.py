@@ -7,6 +7,10 @@ Tables:
   put (`mkdir`, `chmod` of a directory: a row with a directory mode and no data). A row is
   committed *before* the path is handed to the write-back queue, and deleted only in the same
   transaction that records the uploaded object.
+- `attempts`: the SHA-256 of the bytes each upload of a dirty file was started with, so that
+  an upload that lands after it was cancelled, or after the process died, is told from another
+  writer's object (it carries the same `zonefs-sha256`). Forgotten with the upload's end, and
+  at start for paths that are no longer dirty.
 - `deletes`: zone keys to DELETE (`unlink`, `rmdir`, the old name of a renamed pending file),
   with the ETag the object had when the delete was asked for (NULL: not known to exist). A row
   is committed before the call returns; it leaves the journal once the store confirmed the
@@ -73,6 +77,11 @@ CREATE TABLE IF NOT EXISTS dirty (
     base_etag  TEXT,              -- ETag of the remote object this edit started from; NULL: new
     generation INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    path   TEXT NOT NULL,        -- a dirty file's path
+    sha256 TEXT NOT NULL,        -- the bytes an upload of it was started with
+    PRIMARY KEY (path, sha256)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS deletes (
     key  TEXT PRIMARY KEY,       -- zone key: 'a/b' for a file, 'a/b/' for a directory marker
     etag TEXT                    -- ETag when the delete was asked for; NULL: not known to exist
@@ -329,14 +338,32 @@ class Journal:
             yield DirtyRow(path, data, size, PosixMeta(mode, uid, gid, mtime_ns), base, gen)
 
     def finish_upload(self, path: str, obj: ObjectRow) -> None:
-        """The upload of `path` landed as `obj`: forget the dirty row, remember the object.
+        """The upload of `path` landed as `obj`: forget the dirty row and its upload attempts,
+        remember the object.
 
         Durable, because the caller moves the row's data file away right after.
         """
         self._set_durable(True)
         with self._tx():
             self._db.execute("DELETE FROM dirty WHERE path = ?", (path,))
+            self._db.execute("DELETE FROM attempts WHERE path = ?", (path,))
             self._put_object(obj)
+
+    def add_attempt(self, path: str, sha256: str) -> None:
+        """An upload of `path` with these bytes is about to be sent. Not fsync'ed: it only
+        spares a conflict copy of this mount's own late upload, and a crash of the process
+        keeps it."""
+        self._set_durable(False)
+        self._db.execute("INSERT OR IGNORE INTO attempts VALUES (?, ?)", (path, sha256))
+
+    def attempts(self) -> dict[str, list[str]]:
+        """Upload attempts by path, after dropping those of paths no longer dirty."""
+        self._set_durable(False)
+        self._db.execute("DELETE FROM attempts WHERE path NOT IN (SELECT path FROM dirty)")
+        out: dict[str, list[str]] = {}
+        for path, sha256 in self._db.execute("SELECT path, sha256 FROM attempts"):
+            out.setdefault(path, []).append(sha256)
+        return out
 
     # -- remembered objects --------------------------------------------------------------------
 

@@ -127,7 +127,8 @@ class PendingFiles:
         self.conflicts = 0  # conflict copies made (see _keep_conflict)
         # SHA-256 of the last uploads started per path: an object holding one of them is
         # this mount's own (see _own_landed_upload), not another writer's.
-        self._attempted: dict[str, collections.deque[str]] = {}
+        self._attempted: dict[str, collections.deque[str]] = {
+            path: collections.deque(shas, maxlen=8) for path, shas in journal.attempts().items()}
         self._progress = trio.Event()  # set whenever a dirty file leaves (uploaded, dropped)
         self._throttled = False
         self._estimate = 0
@@ -434,6 +435,7 @@ class PendingFiles:
             checksum = digest.sha256 if self.capabilities.checksums else None
             # Before sending: an upload cancelled too late lands without telling us.
             self._attempted.setdefault(path, collections.deque(maxlen=8)).append(digest.sha256)
+            self.journal.add_attempt(path, digest.sha256)
             try:
                 info = await self._upload_if_unchanged(path, row.base_etag, src, md, cancel,
                                                        checksum)
