@@ -306,6 +306,9 @@ async def check_invariants(vfs: Vfs, *, handles_open: bool = False) -> None:
         assert list(vfs.journal.dirty_rows()) == []
         assert not vfs.deletes.by_key, f"deletes still pending: {sorted(vfs.deletes.by_key)}"
         assert vfs.journal.deletes() == []
+    # Uploaded rows' staging files go once their journal commit is durable (the daemon's
+    # timer; here at once).
+    vfs.pending.sync_journal()
     named = {df.row.data for df in vfs.dirty.values() if df.row.data is not None}
     for name in os.listdir(os.path.join(vfs.blobs.root, "staging")):
         assert f"staging/{name}" in named, f"staging/{name} has no dirty row"

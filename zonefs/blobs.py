@@ -203,6 +203,22 @@ class BlobStore:
 
     # -- blobs ---------------------------------------------------------------------------------
 
+    def drop_source(self, path: str, sha256: str) -> None:
+        """Remove the staging file `ingest(keep_source=True)` left. Dropping a link changes
+        the inode's ctime, so the blob's stamp is taken again, if it is still that inode
+        with the same size and mtime (nothing else touched it)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        stamp = self._stamps.get(sha256)
+        if stamp is None:
+            return
+        try:
+            now = _stamp(os.stat(self.blob_path(sha256)))
+        except FileNotFoundError:
+            return
+        if (now[0], now[1], now[3], now[4]) == (stamp[0], stamp[1], stamp[3], stamp[4]):
+            self._stamps[sha256] = now
+
     def has(self, sha256: str | None) -> bool:
         """Whether a blob is listed (it may still fail verification at `open_verified`)."""
         return sha256 is not None and sha256 in self._lru and sha256 not in self._doomed
@@ -220,20 +236,28 @@ class BlobStore:
         except FileNotFoundError:
             return False
 
-    def ingest(self, path: str, digest: Digest) -> str:
+    def ingest(self, path: str, digest: Digest, *, keep_source: bool = False) -> str:
         """Move the file `path`, whose bytes hash to `digest`, into the store; return its path.
 
         When the blob is already there and known good, `path` is deleted; an existing blob not
         known good (unverified, touched since, or doomed) is replaced by `path`, hashed just now.
+        With `keep_source`, `path` stays where it is (the blob is a hard link to it) until
+        `drop_source`; it must not be written meanwhile.
         """
         sha = digest.sha256
         dest = self.blob_path(sha)
         if sha in self._lru and self._stamp_matches(sha):
-            os.unlink(path)
+            if not keep_source:
+                os.unlink(path)
         else:
             os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
             os.chmod(path, 0o600)
-            os.replace(path, dest)  # readers of a replaced blob keep their descriptor
+            if keep_source:
+                link = f"{dest}.{os.getpid()}-{next(self._counter)}"
+                os.link(path, link)
+                os.replace(link, dest)
+            else:
+                os.replace(path, dest)  # readers of a replaced blob keep their descriptor
             self._used += digest.size - self._lru.get(sha, 0)
             self._lru[sha] = digest.size
             self._doomed.discard(sha)

@@ -60,7 +60,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .keys import PosixMeta
@@ -220,6 +220,7 @@ class Journal:
         self._wal = path + "-wal"
         self._durable = False
         self._lazy = False  # a commit since the last `sync` was not fsync'ed
+        self._after_sync: list[Callable[[], None]] = []
         self._set_durable(True)
 
     def _set_durable(self, durable: bool) -> None:
@@ -238,17 +239,25 @@ class Journal:
     def sync(self) -> None:
         """Make every commit so far durable: fsync the WAL file, where SQLite's WAL mode has
         written them (what a `synchronous=FULL` commit does). Cheap when nothing is lazy."""
-        if not self._lazy:
-            return
-        self._lazy = False
-        try:
-            fd = os.open(self._wal, os.O_RDONLY)
-        except FileNotFoundError:
-            return  # checkpointed and removed: the database file holds (and synced) it all
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self._lazy:
+            self._lazy = False
+            try:
+                fd = os.open(self._wal, os.O_RDONLY)
+            except FileNotFoundError:
+                pass  # checkpointed and removed: the database file holds (and synced) it all
+            else:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        callbacks, self._after_sync = self._after_sync, []
+        for fn in callbacks:
+            fn()
+
+    def after_sync(self, fn: Callable[[], None]) -> None:
+        """Call `fn` once every commit so far is durable (at the next `sync`): what must not
+        happen before a lazy commit can no longer be undone."""
+        self._after_sync.append(fn)
 
     def close(self) -> None:
         self.sync()
@@ -341,9 +350,11 @@ class Journal:
         """The upload of `path` landed as `obj`: forget the dirty row and its upload attempts,
         remember the object.
 
-        Durable, because the caller moves the row's data file away right after.
+        Not fsync'ed (one per upload, on the loop's thread, was the cost of every upload): the
+        caller keeps the row's data file until `sync` (`after_sync`), so a power loss that
+        undoes this commit leaves the row with its bytes, uploaded once more.
         """
-        self._set_durable(True)
+        self._set_durable(False)
         with self._tx():
             self._db.execute("DELETE FROM dirty WHERE path = ?", (path,))
             self._db.execute("DELETE FROM attempts WHERE path = ?", (path,))

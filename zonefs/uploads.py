@@ -604,7 +604,9 @@ class PendingFiles:
         sha256 = digest.sha256 if digest else (memo.sha256 if memo else None)
         sha1 = digest.sha1 if digest else (memo.sha1 if memo else None)
         obj = ObjectRow(path, info.etag, row.size, row.meta, sha256, sha1)
-        # Journal first: a crash between the two leaves an orphan staging file (removed at the
+        # Journal first, not fsync'ed: the data file stays in staging/ (the blob is a second
+        # link to it) until the commit is durable, so that a power loss undoing it finds the
+        # row's bytes again; a crash in between leaves an orphan staging file (removed at the
         # next start), never a row whose bytes are gone.
         self.journal.finish_upload(path, obj)
         if digest is not None:
@@ -612,7 +614,10 @@ class PendingFiles:
         elif memo is not None:  # a copy in place with new headers: the same bytes
             self.journal.saw_copy(sha256, memo.etag, info.etag)
         if digest is not None and row.data is not None:
-            self.blobs.ingest(self.blobs.abspath(row.data), digest)
+            staging = self.blobs.abspath(row.data)
+            self.blobs.ingest(staging, digest, keep_source=True)
+            self.journal.after_sync(
+                lambda: self.blobs.drop_source(staging, digest.sha256))
         del self.dirty[path]
         self._estimate = self.blobs.reserved = max(0, self._estimate - row.size)
         self._note_progress()
