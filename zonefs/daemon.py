@@ -213,6 +213,9 @@ class Daemon:
                         await self._answered.wait()  # let `zonefs umount` read its answer
                 nursery.cancel_scope.cancel()
         finally:
+            # First: lazy commits made durable, and the staging files of uploads they cover
+            # removed (which touches their blobs' stamps), before the stamps are saved.
+            journal.sync()
             try:
                 blobs.close()
             except OSError as exc:  # only costs a re-hash of cached blobs at the next mount
