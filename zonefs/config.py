@@ -147,6 +147,9 @@ class MountOptions:
     # Store capabilities set by -o instead of the probe: sorted (name, value) pairs.
     store_overrides: tuple[tuple[str, str], ...] = ()
     reprobe: bool = False  # probe the store again instead of using the cached answers
+    # Hot S3 reads (HEAD, listings, small GETs) signed and sent by zonefs itself rather than
+    # through boto3 (remote/lean.py); off: every request through boto3.
+    lean_requests: bool = True
 
     @property
     def file_mode(self) -> int:
@@ -252,6 +255,8 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
     1073741824
     >>> parse_mount_options(["io_timeout=500ms"]).io_timeout, MountOptions().io_timeout
     (0.5, 30.0)
+    >>> parse_mount_options(["lean_requests=off"]).lean_requests, MountOptions().lean_requests
+    (False, True)
     """
     opts = base or MountOptions()
     changes: dict[str, object] = {}
@@ -278,6 +283,10 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["store_overrides"] = tuple(sorted(store.items()))
             elif name == "reprobe":
                 changes["reprobe"] = True
+            elif name == "lean_requests":
+                if value not in ("on", "off"):
+                    raise ConfigError(f"lean_requests= takes on|off, not {value!r}")
+                changes["lean_requests"] = value == "on"
             elif name in ("uid", "gid"):
                 changes[name] = _parse_id(name, value)
             elif name == "umask":

@@ -149,7 +149,8 @@ class Daemon:
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
         # A file:///DIR zone is created when DIR is missing or empty.
         remote = open_remote(self.zone, max_requests=self.opts.max_requests, create=True,
-                             io_timeout=self.opts.io_timeout)
+                             io_timeout=self.opts.io_timeout,
+                             lean_requests=self.opts.lean_requests)
         try:
             with trio.fail_after(CHECK_TIMEOUT):
                 await remote.check()

@@ -45,6 +45,7 @@ _WHERE = {"url", "bucket", "prefix", "local_dir", "endpoint_url", "region", "pro
 #: Keys passed on as mount options (`-o name=value`; true for a flag, false to leave it off).
 _OPTIONS = {"ro", "allow_other", "uid", "gid", "umask", "cache_dir", "cache_size",
             "writeback_delay", "metadata_ttl", "io_timeout", "max_requests", "kachery_mirror",
+            "lean_requests",
             # answers of the store probe, overriding it
             "versioning", "conditional_writes", "checksums", "dir_markers"}
 
@@ -156,9 +157,10 @@ def parse_zone(name: str, table: dict[str, Any], source: str) -> NamedZone:
     for key in sorted(set(table) & _OPTIONS):
         value = table[key]
         if isinstance(value, bool):
-            # Flags: `true` names the option, `false` leaves it off; checksums takes on/off.
-            if key == "checksums":
-                options.append(f"checksums={'on' if value else 'off'}")
+            # Flags: `true` names the option, `false` leaves it off; checksums and
+            # lean_requests take on/off.
+            if key in ("checksums", "lean_requests"):
+                options.append(f"{key}={'on' if value else 'off'}")
             elif value:
                 options.append(key)
         elif isinstance(value, int | float | str):

@@ -16,12 +16,13 @@ __all__ = ["ListPage", "LocalRemote", "ObjectInfo", "Remote", "VersionInfo", "Ve
 
 
 def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = False,
-                io_timeout: float | None = None) -> Remote:
+                io_timeout: float | None = None, lean_requests: bool = True) -> Remote:
     """The `Remote` for `zone`; at most `max_requests` requests run at once, and reads and
     lookups give up after `io_timeout` seconds without an answer (None: no such bound).
 
     `create` makes a missing local zone; it has no effect on S3 zones (buckets are made with
-    the store's own tools).
+    the store's own tools). `lean_requests` False sends every S3 request through boto3 (see
+    `remote/lean.py`); local zones have no such path.
     """
     if zone.scheme == "file":
         local = LocalRemote(zone, max_requests=max_requests, create=create)
@@ -30,5 +31,6 @@ def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = Fals
     if zone.scheme == "s3":
         from .s3 import S3Remote
 
-        return S3Remote(zone, max_requests=max_requests, io_timeout=io_timeout)
+        return S3Remote(zone, max_requests=max_requests, io_timeout=io_timeout,
+                        lean_requests=lean_requests)
     raise ConfigError(f"unknown zone scheme {zone.scheme!r} in {zone.url!r}")

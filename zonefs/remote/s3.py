@@ -2,14 +2,25 @@
 
 This is the only module of zonefs that imports boto3 or botocore. It owns the client
 configuration (timeouts, retries, checksum behaviour for non-AWS stores), the mapping between
-zone keys and bucket keys, large uploads and copies (multipart, parallel parts), and the one
-table that turns botocore errors into `zonefs.errors`.
+zone keys and bucket keys, large uploads and copies (multipart, parallel parts), the one
+table that turns the store's errors into `zonefs.errors`, and the set-up of the lean path.
+
+The lean path (`remote/lean.py` over `remote/signed.py`) makes the hottest reads (HEAD,
+ListObjectsV2, GETs of up to `LEAN_BODY_LIMIT` bytes) without botocore's per-request cost. It
+is set up from this module's own boto3 read client: a dry run of a HEAD and a listing, stopped
+just before sending, shows the URL, addressing style and signing region boto3 would use; the
+credentials are the session's (refreshed as botocore refreshes them), the TLS verification and
+timeouts the read client's. `lean_requests=False` or `ZONEFS_LEAN_REQUESTS=off` turns it off.
 
 Invariants:
 - Zone keys go out with `zone.prefix` prepended and come back with it stripped; the zone's own
   root marker (the key equal to the prefix) is never reported as an object.
-- Every botocore error is translated by `translate_error`; nothing else escapes, and no message
-  carries a credential (messages are built here from error codes, never from the request).
+- Every botocore error is translated by `translate_error`, and every error answer of the lean
+  path by the same table (`answer_error`); nothing else escapes, and no message carries a
+  credential (messages are built here from error codes, never from the request).
+- A lean read gives the same value or error as the boto3 call it replaces; an answer it does
+  not understand makes that boto3 call instead (each kind logged once, at DEBUG, and counted
+  in `lean_fallbacks`); after a redirect the lean path ends for the remote.
 - A multipart upload or copy that fails or is cancelled is aborted, so no unfinished upload is
   left in the bucket. `multipart_log` hears of each upload before CreateMultipartUpload is
   sent (`intend`), of its id before its first part is sent, and of its end once it is
@@ -31,12 +42,14 @@ import configparser
 import email.utils
 import errno
 import logging
+import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any
 
 import boto3
@@ -54,7 +67,10 @@ from botocore.exceptions import (
     ReadTimeoutError,
     SSLError,
 )
+from botocore.httpsession import get_cert_path
+from botocore.utils import get_environ_proxies
 
+from .. import __version__
 from ..config import ZoneConfig
 from ..errors import (
     AccessDenied,
@@ -81,12 +97,22 @@ from .base import (
     VersionPage,
     report_progress,
 )
+from .lean import LeanReads, StoreAnswer, bare_etag, version_or_none
+from .signed import Credentials, NotUnderstood, SignedTransport, Target, Unreachable
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 GiB = 1 << 30
 _MAX_PARTS = 10_000
+
+#: The environment switch of the lean request path: "off" (or 0, no, false) sends every
+#: request through boto3, like the mount option `lean_requests=off`.
+LEAN_ENV = "ZONEFS_LEAN_REQUESTS"
+#: Bodies up to this size (small objects whole, ranges of large ones) come by the lean path.
+LEAN_BODY_LIMIT = 8 * MiB
+#: The key of the dry-run requests that show where boto3 sends a bucket's requests.
+_DRY_RUN_KEY = "zonefs-lean-path-target"
 
 # Error code (or HTTP status as a string) → (zonefs error class, transient). HEAD answers have
 # no body, so their only "code" is the status; both forms are listed.
@@ -136,37 +162,48 @@ def _reason(exc: BaseException) -> str:
     return type(inner).__name__
 
 
+def answer_error(
+    code: str, status: str, target: str, bucket: str, endpoint: str, *,
+    delete_marker: bool = False, message: str = "",
+) -> ZonefsError:
+    """The zonefs error for an error answer of the store: its error code (the HTTP status
+    when the answer had no body), status and `x-amz-delete-marker` header. Shared by the
+    boto3 path (`translate_error`) and the lean one, so both raise the same errors."""
+    if delete_marker:
+        # A delete marker (HEAD/GET by its version id answers 405 on AWS): nothing to read.
+        return NotFound(f"{target}: deleted (delete marker)")
+    cls, transient = _ERRORS.get(code) or _ERRORS.get(status) or (RemoteError, False)
+    label = code or status
+    if cls is NotFound:
+        return NotFound(f"{target}: no such object")
+    if cls is BucketMissing:
+        return BucketMissing(f"bucket {bucket!r} does not exist at {endpoint}")
+    if cls is AccessDenied:
+        return AccessDenied(f"access denied to {target}: check the credentials ({label})")
+    if cls is PreconditionFailed:
+        return PreconditionFailed(f"{target} changed on the store ({label})")
+    if cls is StoreUnsupported:
+        return StoreUnsupported(f"{target}: the store does not implement this request "
+                                f"({label})")
+    if cls is ChecksumMismatch:
+        return ChecksumMismatch(f"{target}: the store got other bytes than were sent "
+                                f"({label})")
+    if transient:
+        return RemoteError(f"{target}: the store is busy or failing ({label})", transient=True)
+    return RemoteError(f"{target}: {label} {_one_line(message)}".rstrip())
+
+
 def translate_error(exc: BaseException, target: str, bucket: str, endpoint: str) -> ZonefsError:
     """The one botocore → zonefs error table. `target` names what was asked for (a URI)."""
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
-        code = str(err.get("Code") or "")
         meta = exc.response.get("ResponseMetadata", {})
-        status = str(meta.get("HTTPStatusCode") or "")
         headers = meta.get("HTTPHeaders", {})
-        if headers.get("x-amz-delete-marker") == "true":
-            # A delete marker (HEAD/GET by its version id answers 405 on AWS): nothing to read.
-            return NotFound(f"{target}: deleted (delete marker)")
-        cls, transient = _ERRORS.get(code) or _ERRORS.get(status) or (RemoteError, False)
-        label = code or status
-        if cls is NotFound:
-            return NotFound(f"{target}: no such object")
-        if cls is BucketMissing:
-            return BucketMissing(f"bucket {bucket!r} does not exist at {endpoint}")
-        if cls is AccessDenied:
-            return AccessDenied(f"access denied to {target}: check the credentials ({label})")
-        if cls is PreconditionFailed:
-            return PreconditionFailed(f"{target} changed on the store ({label})")
-        if cls is StoreUnsupported:
-            return StoreUnsupported(f"{target}: the store does not implement this request "
-                                    f"({label})")
-        if cls is ChecksumMismatch:
-            return ChecksumMismatch(f"{target}: the store got other bytes than were sent "
-                                    f"({label})")
-        if transient:
-            return RemoteError(f"{target}: the store is busy or failing ({label})", transient=True)
-        message = _one_line(str(err.get("Message") or ""))
-        return RemoteError(f"{target}: {label} {message}".rstrip())
+        return answer_error(
+            str(err.get("Code") or ""), str(meta.get("HTTPStatusCode") or ""), target, bucket,
+            endpoint, delete_marker=headers.get("x-amz-delete-marker") == "true",
+            message=str(err.get("Message") or ""),
+        )
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return AccessDenied(
             "no usable AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
@@ -174,11 +211,22 @@ def translate_error(exc: BaseException, target: str, bucket: str, endpoint: str)
         )
     if isinstance(exc, _TRANSPORT):
         return RemoteError(f"cannot reach {endpoint}: {_reason(exc)}", transient=True)
+    if isinstance(exc, Unreachable):
+        return RemoteError(f"cannot reach {endpoint}: {exc.reason}", transient=True)
     if isinstance(exc, OSError):
         # Local file trouble while streaming to or from the cache: not the store's fault.
         cls_local = NoSpace if exc.errno == errno.ENOSPC else RemoteError
         return cls_local(f"{target}: local file error: {exc.strerror or exc}")
     return RemoteError(f"{target}: {type(exc).__name__}: {_one_line(str(exc))}")
+
+
+def lean_requests_allowed() -> bool:
+    """False when the environment switch turns the lean path off (ZONEFS_LEAN_REQUESTS=off)."""
+    return os.environ.get(LEAN_ENV, "").strip().lower() not in ("0", "off", "no", "false")
+
+
+class _DryRun(Exception):
+    """Raised by the hook that sees a request just before it would be sent: it is not sent."""
 
 
 class _Cancelled(BaseException):
@@ -217,17 +265,12 @@ class _FileWindow:
 
 
 def _etag(value: str | None) -> str:
-    return (value or "").strip('"')
+    return bare_etag(value)
 
 
 def _version(resp: Mapping[str, Any]) -> str | None:
-    """The version id, None on a store without versioning.
-
-    "null" is S3's id of an object written while versioning was off; some stores answer it
-    even when they have no versioning API at all, where `?versionId=null` would fail.
-    """
-    vid = resp.get("VersionId")
-    return None if vid in (None, "", "null") else str(vid)
+    """The version id of a boto3 answer, None on a store without versioning."""
+    return version_or_none(resp.get("VersionId"))
 
 
 def _mtime(resp: Mapping[str, Any]) -> float:
@@ -285,7 +328,7 @@ class S3Remote(Remote):
     COPY_PART_SIZE = 512 * MiB
 
     def __init__(self, zone: ZoneConfig, *, max_requests: int = 16,
-                 io_timeout: float | None = None) -> None:
+                 io_timeout: float | None = None, lean_requests: bool = True) -> None:
         super().__init__(max_requests=max_requests, io_timeout=io_timeout)
         self.zone = zone
         self.bucket = zone.bucket
@@ -306,19 +349,31 @@ class S3Remote(Remote):
             max_pool_connections=max_requests * 2 + self.PART_THREADS,
         )
         self._read_client = self._client
+        self._read_timeouts = (5.0, 60.0)  # (connect, read) of the reads' client
         if io_timeout is not None:
             # Reads and lookups get their own client whose timeouts fit in io_timeout: the
             # Remote abandons a read that takes longer, and its thread (which holds a limiter
             # slot) should then end soon, not after the data client's 60 s per attempt.
+            self._read_timeouts = (min(5.0, io_timeout), min(60.0, io_timeout))
             self._read_client = self._make_client(
-                connect_timeout=min(5.0, io_timeout),
-                read_timeout=min(60.0, io_timeout),
+                connect_timeout=self._read_timeouts[0],
+                read_timeout=self._read_timeouts[1],
                 retries={"mode": "standard", "max_attempts": 3},
                 max_pool_connections=max_requests * 2,
             )
         self._endpoint: str = zone.endpoint_url or self._client.meta.endpoint_url
         self._check_client: Any = None
-        self._check_lock = threading.Lock()
+        # Clients made after this constructor (the check's, the lean path's dry run) are made
+        # one at a time: a boto3 session is not safe for concurrent client creation.
+        self._client_lock = threading.Lock()
+        self._max_requests = max_requests
+        # The lean path (remote/lean.py): set up at the first read that wants it, in a worker
+        # thread, since it resolves credentials. None until then, False where it cannot work.
+        self._lean_wanted = lean_requests and lean_requests_allowed()
+        self._lean: LeanReads | None | bool = None if self._lean_wanted else False
+        self._lean_lock = threading.Lock()
+        #: Requests the lean path handed to boto3, by kind of answer it did not understand.
+        self.lean_fallbacks: Counter[str] = Counter()
 
     def _make_client(self, **options: Any) -> Any:
         region = self.zone.region or ("us-east-1" if self.zone.endpoint_url else None)
@@ -335,6 +390,127 @@ class S3Remote(Remote):
             "s3", endpoint_url=self.zone.endpoint_url, config=config,
             verify=self.zone.ca_bundle or None,
         )
+
+    def close(self) -> None:
+        """Close the lean path's idle connections (boto3's close with their client)."""
+        if isinstance(self._lean, LeanReads):
+            self._lean.transport.close()
+
+    # -- the lean path ------------------------------------------------------------------------
+
+    def _lean_reads(self) -> LeanReads | None:
+        """The lean path, set up on first use; None when it is off or cannot work here."""
+        lean = self._lean
+        if lean is None:
+            with self._lean_lock:
+                if self._lean is None:
+                    self._lean = self._start_lean() or False
+                lean = self._lean
+        return lean if isinstance(lean, LeanReads) else None
+
+    def _start_lean(self) -> LeanReads | None:
+        """A lean path that sends what the boto3 read client would send, or None (logged at
+        DEBUG) where it cannot: no credentials, a proxy, no SigV4, an odd endpoint."""
+        try:
+            creds = self._session.get_credentials()
+            if creds is None:
+                raise NotUnderstood("setup", "no credentials (boto3 reports that itself)")
+            target = self._lean_target()
+            proxies = get_environ_proxies(f"{target.scheme}://{target.host_header}/")
+            if proxies.get(target.scheme):
+                raise NotUnderstood("setup", "a proxy is configured for the endpoint")
+        except NotUnderstood as exc:
+            log.debug("lean requests off for %s: %s", self.description, exc)
+            return None
+        except (BotoCoreError, ClientError, ValueError) as exc:
+            log.debug("lean requests off for %s: %s", self.description, type(exc).__name__)
+            return None
+
+        def credentials() -> Credentials | None:
+            try:
+                frozen = creds.get_frozen_credentials()  # refreshes ones about to expire
+            except Exception:  # a failed refresh: boto3 reports it, translated, instead
+                return None
+            if not frozen.access_key or not frozen.secret_key:
+                return None
+            return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
+
+        connect, read = self._read_timeouts
+        transport = SignedTransport(
+            target, credentials, verify=self._verify_setting(), connect_timeout=connect,
+            read_timeout=read, max_attempts=3, max_idle=self._max_requests * 2,
+            user_agent=f"zonefs/{__version__}",
+        )
+        log.debug("lean requests on for %s: %s://%s, region %s", self.description,
+                  target.scheme, target.host_header, target.region)
+        return LeanReads(transport, self.prefix, body_limit=LEAN_BODY_LIMIT, chunk=MiB)
+
+    def _lean_target(self) -> Target:
+        """Where the read client sends this bucket's requests and how it signs them, seen by
+        building a HEAD and a listing with it and stopping each just before it is sent: the
+        endpoint, addressing style and region are then boto3's own, whatever configured
+        them. NotUnderstood when they are not SigV4 header-signed S3 requests."""
+        with self._client_lock:
+            client = self._make_client(connect_timeout=1, read_timeout=1,
+                                       retries={"mode": "standard", "max_attempts": 1})
+        seen: dict[str, tuple[str, str]] = {}
+
+        def capture(request: Any, **_: Any) -> None:
+            auth = request.headers.get("Authorization", b"")
+            seen[request.method] = (request.url, auth.decode() if isinstance(auth, bytes)
+                                    else str(auth))
+            raise _DryRun
+
+        client.meta.events.register("before-send.s3", capture)
+        try:
+            for call in (lambda: client.head_object(Bucket=self.bucket, Key=_DRY_RUN_KEY),
+                         lambda: client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)):
+                with suppress(_DryRun):
+                    call()
+        finally:
+            client.close()
+        if "HEAD" not in seen or "GET" not in seen:
+            raise NotUnderstood("setup", "the dry run did not reach the transport")
+        auth = seen["HEAD"][1]
+        m = re.match(r"AWS4-HMAC-SHA256 Credential=[^/]*/\d{8}/([^/]+)/s3/aws4_request,", auth)
+        if m is None:
+            raise NotUnderstood("setup", "the client does not sign with SigV4 headers")
+        return Target.from_urls(seen["HEAD"][0], _DRY_RUN_KEY, seen["GET"][0], m.group(1))
+
+    def _verify_setting(self) -> bool | str:
+        """TLS verification as botocore resolves it for the clients: the zone's ca_bundle,
+        else the profile's or AWS_CA_BUNDLE, else REQUESTS_CA_BUNDLE, else its default bundle."""
+        verify: Any = self.zone.ca_bundle or self._session._session.get_config_variable(
+            "ca_bundle") or os.environ.get("REQUESTS_CA_BUNDLE") or True
+        return get_cert_path(verify) if verify is True else verify
+
+    def _lean_call(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` of the lean path, its errors as zonefs errors (NotUnderstood passes)."""
+        try:
+            return fn(*args)
+        except StoreAnswer as answer:
+            raise answer_error(answer.code, str(answer.status), self.object_uri(key),
+                               self.bucket, self._endpoint, delete_marker=answer.delete_marker,
+                               message=answer.message) from None
+        except (Unreachable, OSError) as exc:
+            raise translate_error(exc, self.object_uri(key), self.bucket,
+                                  self._endpoint) from None
+
+    def _fell_back(self, what: str, exc: NotUnderstood) -> None:
+        """Note a request handed to boto3; the first of each kind is logged (DEBUG). After a
+        redirect (the bucket is in another region, or elsewhere) every lean request would be
+        one more round trip before boto3's, so the lean path ends for this remote."""
+        lean = None
+        with self._lean_lock:
+            self.lean_fallbacks[exc.kind] += 1
+            first = self.lean_fallbacks[exc.kind] == 1
+            if exc.kind == "redirect" and isinstance(self._lean, LeanReads):
+                lean, self._lean = self._lean, False
+        if first:
+            log.debug("lean %s of %s not understood (%s); boto3 makes such requests%s", what,
+                      self.description, exc, ", from now on" if lean is not None else "")
+        if lean is not None:
+            lean.transport.close()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -403,7 +579,7 @@ class S3Remote(Remote):
     # -- Remote -------------------------------------------------------------------------------
 
     def _check(self) -> None:
-        with self._check_lock:
+        with self._client_lock:
             if self._check_client is None:
                 # A separate impatient client: an unreachable endpoint must fail within seconds,
                 # not after the data client's retries and 60 s read timeout.
@@ -420,6 +596,14 @@ class S3Remote(Remote):
             raise err from exc
 
     def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        lean = self._lean_reads()
+        if lean is not None:
+            try:
+                info: ObjectInfo = self._lean_call(key, lean.head, key, self._full(key),
+                                                   version_id)
+                return info
+            except NotUnderstood as exc:
+                self._fell_back("HEAD", exc)
         with self._translated(key):
             args = {"VersionId": version_id} if version_id else {}
             resp = self._read_client.head_object(Bucket=self.bucket, Key=self._full(key),
@@ -429,6 +613,14 @@ class S3Remote(Remote):
     def _list(
         self, prefix: str, delimiter: str | None, token: str | None, max_keys: int
     ) -> ListPage:
+        lean = self._lean_reads()
+        if lean is not None:
+            try:
+                page: ListPage = self._lean_call(prefix, lean.list, self._full(prefix),
+                                                 delimiter, token, max_keys)
+                return page
+            except NotUnderstood as exc:
+                self._fell_back("listing", exc)
         args: dict[str, Any] = {"Prefix": self._full(prefix), "MaxKeys": max_keys}
         if delimiter:
             args["Delimiter"] = delimiter
@@ -462,6 +654,14 @@ class S3Remote(Remote):
     ) -> bytes:
         if length <= 0:
             return b""
+        lean = self._lean_reads() if length <= LEAN_BODY_LIMIT else None
+        if lean is not None:
+            try:
+                data: bytes = self._lean_call(key, lean.get_range, self._full(key), start,
+                                              length, version_id, if_match)
+                return data
+            except NotUnderstood as exc:
+                self._fell_back("ranged GET", exc)
         args = self._get_args(version_id, if_match)
         with self._translated(key):
             try:
@@ -491,6 +691,15 @@ class S3Remote(Remote):
     def _download(
         self, key: str, dest: str, version_id: str | None = None, if_match: str | None = None
     ) -> ObjectInfo:
+        lean = self._lean_reads()
+        if lean is not None:
+            try:
+                info: ObjectInfo = self._lean_call(key, lean.download, key, self._full(key),
+                                                   dest, version_id, if_match)
+                return info
+            except NotUnderstood as exc:
+                if exc.kind != "large body":  # larger objects take boto3's path by design
+                    self._fell_back("GET", exc)
         args = self._get_args(version_id, if_match)
         with self._translated(key):
             resp = self._read_client.get_object(Bucket=self.bucket, Key=self._full(key), **args)

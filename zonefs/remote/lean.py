@@ -1,0 +1,349 @@
+"""The hottest S3 reads on the lean path: HEAD, ListObjectsV2 and GETs of small bodies, sent
+by `signed.SignedTransport`, their answers turned into the `ObjectInfo` and `ListPage` values
+that `S3Remote`'s boto3 path builds from the same answers.
+
+`S3Remote` (remote/s3.py) tries these first and turns what they raise into zonefs errors:
+- `StoreAnswer`: an error answer understood here (403, 404, 412, a delete marker, or 500, 502,
+  503, 504 once the transport's retries are spent), with the error code and status that
+  s3.py's one error table reads, exactly as it reads botocore's;
+- `signed.Unreachable`: every attempt failed in transport;
+- `signed.NotUnderstood`: anything else (a redirect, any other status, an answer that is not
+  what S3 sends, a signature the store refused, a body too large for this path): s3.py then
+  makes the same request through boto3, which knows redirects, regions and odd stores.
+
+Invariants:
+- Callers pass full keys (zone prefix included); listings give zone keys, without the zone
+  root's own marker, as `S3Remote._list` does.
+- Values are what botocore parses from the same answer: ETags without quotes, a "null" or
+  empty version id as None, user metadata with lowercase names and no `x-amz-meta-`,
+  LastModified as a timestamp (the Date header, else now, when there is none), listing keys
+  URL-decoded when, and only when, the answer says EncodingType=url.
+- `report_progress()` runs after each piece of a body arrives, so io_timeout bounds a slow
+  read and an abandoned one stops at its next piece.
+- No more than `body_limit` bytes of a body are read here: a longer whole object is left
+  (NotUnderstood before its first byte is read) to boto3's streaming.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import http.client
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from urllib.parse import unquote_plus
+
+from .base import ListPage, ObjectInfo, report_progress
+from .signed import RETRY_STATUSES, NotUnderstood, SignedTransport, read_chunks, transport_errors
+
+MiB = 1 << 20
+#: The largest listing answer read (1,000 keys of 1 KiB each are about 1.3 MB).
+_LISTING_LIMIT = 64 * MiB
+#: How much of an error answer's body is read for its code.
+_ERROR_BODY_LIMIT = 64 << 10
+_META = "x-amz-meta-"
+
+
+class StoreAnswer(Exception):
+    """The store answered with an error understood here; s3.py's table names the error.
+
+    `code` is the S3 error code of the body, or the HTTP status when there was none (as
+    botocore reports it); `message` is the store's own message (shown for unknown codes)."""
+
+    def __init__(self, status: int, code: str, message: str = "",
+                 delete_marker: bool = False) -> None:
+        super().__init__(code)
+        self.status, self.code, self.message = status, code, message
+        self.delete_marker = delete_marker
+
+
+def bare_etag(value: str | None) -> str:
+    """An ETag without its quotes.
+
+    >>> bare_etag('"abc"'), bare_etag(None)
+    ('abc', '')
+    """
+    return (value or "").strip('"')
+
+
+def version_or_none(value: str | None) -> str | None:
+    """The version id, None on a store without versioning.
+
+    "null" is S3's id of an object written while versioning was off; some stores answer it
+    even when they have no versioning API at all, where `?versionId=null` would fail.
+    """
+    return None if value in (None, "", "null") else str(value)
+
+
+def http_date(value: str) -> float:
+    """An HTTP date (Last-Modified, Date) as seconds since the epoch; NotUnderstood when it is
+    not one or names no time zone.
+
+    >>> http_date("Wed, 02 Dec 2026 03:53:08 GMT")
+    1796183588.0
+    """
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        raise NotUnderstood("header", "a date that is not an HTTP date") from None
+    if when.tzinfo is None:
+        raise NotUnderstood("header", "a date without a time zone")
+    return when.timestamp()
+
+
+def object_info(key: str, headers: http.client.HTTPMessage) -> ObjectInfo:
+    """The `ObjectInfo` of a HEAD or GET answer's headers (`key`: the zone key)."""
+    meta: dict[str, str] = {}
+    size = 0
+    etag = version = content_type = modified = date = None
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith(_META):
+            field = lower[len(_META):]
+            meta[field] = f"{meta[field]}, {value}" if field in meta else value
+        elif lower == "content-length":
+            try:
+                size = int(value)
+            except ValueError:
+                raise NotUnderstood("header", "a Content-Length that is not a number") from None
+        elif lower == "etag":
+            etag = value
+        elif lower == "last-modified":
+            modified = value
+        elif lower == "date":
+            date = value
+        elif lower == "x-amz-version-id":
+            version = value
+        elif lower == "content-type":
+            content_type = value
+    if modified is not None:
+        mtime = http_date(modified)
+    else:
+        try:
+            mtime = http_date(date) if date is not None else time.time()
+        except NotUnderstood:
+            mtime = time.time()
+    return ObjectInfo(key=key, size=size, etag=bare_etag(etag), mtime=mtime,
+                      version_id=version_or_none(version), metadata=meta,
+                      content_type=content_type)
+
+
+def _tag(element: ET.Element) -> str:
+    """An element's name without its namespace (botocore ignores namespaces too)."""
+    tag = element.tag
+    return tag.rpartition("}")[2] if tag[:1] == "{" else tag
+
+
+def _parse_xml(body: bytes, what: str) -> ET.Element:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError:
+        raise NotUnderstood("xml", f"{what} is not XML") from None
+
+
+def _iso_time(text: str) -> float:
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise NotUnderstood("xml", "a LastModified that is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise NotUnderstood("xml", "a LastModified without a time zone")
+    return when.timestamp()
+
+
+def parse_listing(body: bytes, prefix: str) -> ListPage:
+    """A ListObjectsV2 answer as a `ListPage` of zone keys (`prefix`: the zone prefix).
+
+    >>> page = parse_listing(b'<ListBucketResult><IsTruncated>true</IsTruncated>'
+    ...     b'<NextContinuationToken>t1</NextContinuationToken><EncodingType>url'
+    ...     b'</EncodingType><Contents><Key>z/a+b%2Bc</Key><Size>3</Size><ETag>"e"</ETag>'
+    ...     b'<LastModified>2026-12-02T03:53:08.000Z</LastModified></Contents>'
+    ...     b'<CommonPrefixes><Prefix>z/d%25/</Prefix></CommonPrefixes></ListBucketResult>',
+    ...     "z/")
+    >>> page.objects[0].key, page.objects[0].size, page.prefixes, page.next_token
+    ('a b+c', 3, ['d%/'], 't1')
+    """
+    root = _parse_xml(body, "the listing")
+    if _tag(root) != "ListBucketResult":
+        raise NotUnderstood("xml", f"a listing answer of <{_tag(root)}>")
+    entries: list[tuple[str, str, str, str]] = []
+    raw_prefixes: list[str] = []
+    truncated = encoded = False
+    token = None
+    for child in root:
+        tag = _tag(child)
+        if tag == "Contents":
+            key = size = etag = modified = None
+            for field in child:
+                name = _tag(field)
+                if name == "Key":
+                    key = field.text or ""
+                elif name == "Size":
+                    size = field.text or ""
+                elif name == "ETag":
+                    etag = field.text or ""
+                elif name == "LastModified":
+                    modified = field.text or ""
+            if key is None or modified is None:
+                raise NotUnderstood("xml", "a listed object without Key or LastModified")
+            entries.append((key, size or "0", etag or "", modified))
+        elif tag == "CommonPrefixes":
+            for field in child:
+                if _tag(field) == "Prefix":
+                    raw_prefixes.append(field.text or "")
+        elif tag == "IsTruncated":
+            truncated = child.text == "true"
+        elif tag == "NextContinuationToken":
+            token = child.text or ""
+        elif tag == "EncodingType":
+            encoded = child.text == "url"
+    objects = []
+    for key, size, etag, modified in entries:
+        if encoded:
+            key = unquote_plus(key)
+        if key == prefix:
+            continue  # the zone root's own marker is not an entry
+        try:
+            length = int(size)
+        except ValueError:
+            raise NotUnderstood("xml", "a listed Size that is not a number") from None
+        objects.append(ObjectInfo(key=key[len(prefix):], size=length, etag=bare_etag(etag),
+                                  mtime=_iso_time(modified)))
+    prefixes = [(unquote_plus(p) if encoded else p)[len(prefix):] for p in raw_prefixes]
+    return ListPage(objects=objects, prefixes=prefixes, next_token=token if truncated else None)
+
+
+def _error_code(body: bytes) -> tuple[str, str]:
+    """(Code, Message) of an S3 error body; empty strings when there is no such body."""
+    if not body:
+        return "", ""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return "", ""
+    code = message = ""
+    for child in root if _tag(root) == "Error" else ():
+        if _tag(child) == "Code":
+            code = child.text or ""
+        elif _tag(child) == "Message":
+            message = child.text or ""
+    return code, message
+
+
+def _error(resp: http.client.HTTPResponse) -> Exception:
+    """What an answer other than success means: a StoreAnswer, or NotUnderstood."""
+    status = resp.status
+    if 300 <= status < 400:
+        return NotUnderstood("redirect", f"HTTP {status}")
+    with transport_errors():
+        body = resp.read(_ERROR_BODY_LIMIT) if resp.length != 0 else b""
+    code, message = _error_code(body)
+    if status == 400 and (resp.getheader("x-amz-bucket-region")
+                          or code == "AuthorizationHeaderMalformed"):
+        # AWS's answer to a request signed for another region than the bucket's.
+        return NotUnderstood("redirect", "the bucket is in another region")
+    delete_marker = resp.getheader("x-amz-delete-marker") == "true"
+    if status == 403 and code == "SignatureDoesNotMatch":
+        # Wrong keys, or a store that canonicalises a request unlike S3: boto3 tells which.
+        return NotUnderstood("signature refused", "SignatureDoesNotMatch")
+    if status in (403, 404, 412) or status in RETRY_STATUSES or delete_marker:
+        return StoreAnswer(status, code or str(status), message, delete_marker)
+    return NotUnderstood("status", f"HTTP {status}")
+
+
+class LeanReads:
+    """HEAD, ListObjectsV2 and small GETs of one bucket over a `SignedTransport`."""
+
+    def __init__(self, transport: SignedTransport, prefix: str, *, body_limit: int = 8 * MiB,
+                 chunk: int = MiB) -> None:
+        self.transport = transport
+        self.prefix = prefix
+        self.body_limit = body_limit
+        self.chunk = chunk
+
+    @staticmethod
+    def _version(version_id: str | None) -> Sequence[tuple[str, str]]:
+        return (("versionId", version_id),) if version_id else ()
+
+    def head(self, key: str, full_key: str, version_id: str | None = None) -> ObjectInfo:
+        t = self.transport
+        with t.request("HEAD", t.target.object_path(full_key), self._version(version_id)) as r:
+            if r.status == 200:
+                return object_info(key, r.headers)
+            error = _error(r)  # raised once the answer is done with: the connection stays
+        raise error
+
+    def list(self, full_prefix: str, delimiter: str | None, token: str | None,
+             max_keys: int) -> ListPage:
+        params = [("list-type", "2"), ("prefix", full_prefix), ("max-keys", str(max_keys)),
+                  ("encoding-type", "url")]
+        if delimiter:
+            params.append(("delimiter", delimiter))
+        if token:
+            params.append(("continuation-token", token))
+        t = self.transport
+        with t.request("GET", t.target.bucket_path, params) as r:
+            if r.status != 200:
+                error = _error(r)
+            elif r.length is not None and r.length > _LISTING_LIMIT:
+                raise NotUnderstood("large body", "a listing answer over 64 MiB")
+            else:
+                pieces = []
+                for piece in read_chunks(r, self.chunk):
+                    pieces.append(piece)
+                    report_progress()
+                return parse_listing(b"".join(pieces), self.prefix)
+        raise error
+
+    def get_range(self, full_key: str, start: int, length: int, version_id: str | None,
+                  if_match: str | None) -> bytes:
+        """Bytes [start, start+length) (the caller checked 0 < length <= body_limit)."""
+        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        if if_match:
+            headers["If-Match"] = f'"{bare_etag(if_match)}"'
+        t = self.transport
+        with t.request("GET", t.target.object_path(full_key), self._version(version_id),
+                       headers) as r:
+            if r.status == 416:
+                return b""  # the range starts at or past the end of the object
+            if r.status in (200, 206):
+                # Sliced here when a store ignored the Range header (200 with no range).
+                whole = r.status == 200 and r.getheader("content-range") is None
+                return self._read_range(r, start, length, whole)
+            error = _error(r)  # raised once the answer is done with: the connection stays
+        raise error
+
+    def _read_range(self, r: http.client.HTTPResponse, start: int, length: int,
+                    whole: bool) -> bytes:
+        want = start + length if whole else length
+        if want > self.body_limit:
+            raise NotUnderstood("large body", "a whole object in answer to a range")
+        pieces, got = [], 0
+        for piece in read_chunks(r, min(self.chunk, want)):
+            pieces.append(piece)
+            got += len(piece)
+            report_progress()
+            if whole and got >= want:
+                break  # the rest of an object sent whole is not needed
+        data = b"".join(pieces)
+        return data[start:start + length] if whole else data
+
+    def download(self, key: str, full_key: str, dest: str, version_id: str | None,
+                 if_match: str | None) -> ObjectInfo:
+        """The whole object into the file `dest`; OSError for local file trouble."""
+        headers = {"If-Match": f'"{bare_etag(if_match)}"'} if if_match else None
+        t = self.transport
+        with t.request("GET", t.target.object_path(full_key), self._version(version_id),
+                       headers) as r:
+            if r.status == 200:
+                if r.length is None or r.length > self.body_limit:
+                    raise NotUnderstood("large body", "an object over the lean path's limit")
+                info = object_info(key, r.headers)
+                with open(dest, "wb") as f:
+                    for piece in read_chunks(r, self.chunk):  # streamed: never whole in memory
+                        report_progress()  # before the write: an abandoned call stops here
+                        f.write(piece)
+                return info
+            error = _error(r)
+        raise error
