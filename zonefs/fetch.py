@@ -136,6 +136,8 @@ class RangeFetcher:
                 raise RemoteError(f"{self.key}: read after close")
             # A descriptor of its own: close() may close the readers' one meanwhile.
             await trio.to_thread.run_sync(_write_at, self.path, data, start)
+            if self.closed:
+                raise RemoteError(f"{self.key}: read after close")  # the file may be gone
             self._have.update(range(first, stop))
             for p in range(first, stop):
                 if self._events.get(p) is event:
@@ -152,7 +154,11 @@ class RangeFetcher:
             # Whole now, even if its readers are gone: worth keeping as a blob. Readers still
             # open keep using their descriptor after the file moves into blobs/.
             self.complete = True
-            digest = await trio.to_thread.run_sync(hash_file, self.path)
+            try:
+                digest = await trio.to_thread.run_sync(hash_file, self.path)
+            except OSError as exc:  # a background task must not take the mount down
+                log.warning("%s: not cached: %s", self.key, exc)
+                return
             try:
                 self._on_complete(digest, self.path)
             except Exception as exc:  # a background task must not take the mount down
