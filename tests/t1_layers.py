@@ -1,6 +1,7 @@
 """The layering of DESIGN.md §4, checked from the imports of every module (no import runs).
 
-cli → daemon → fuse_ops → vfs → {objects, uploads, dircache, writeback, blobs, journal, remote}
+cli → daemon → fuse_ops → vfs → {files → view, renames} → {objects, uploads → deletes, dircache,
+writeback, blobs, journal, remote}
 → {keys, config, errors}: a module may import only what sits below it.
 """
 
@@ -17,8 +18,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "zonefs"
 # only some modules may import.
 FORBIDDEN = {
     "vfs": {"fuse_ops", "daemon", "cli", "content"},
-    "objects": {"vfs", "uploads", "fuse_ops", "daemon", "cli"},
-    "uploads": {"vfs", "fuse_ops", "daemon", "cli"},
+    "view": {"vfs", "files", "renames", "fuse_ops", "daemon", "cli", "content"},
+    "files": {"vfs", "renames", "fuse_ops", "daemon", "cli", "content"},
+    "objects": {"vfs", "view", "files", "uploads", "fuse_ops", "daemon", "cli"},
+    "uploads": {"vfs", "view", "files", "fuse_ops", "daemon", "cli"},
+    "deletes": {"vfs", "view", "files", "uploads", "renames", "objects", "fuse_ops",
+                "daemon", "cli"},
     "renames": {"vfs", "fuse_ops", "daemon", "cli", "objects"},
     "writeback": {"remote", "vfs", "objects", "uploads", "blobs", "journal"},
     "blobs": {"vfs", "objects", "uploads", "remote", "journal"},

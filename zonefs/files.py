@@ -1,0 +1,312 @@
+"""Open files: create, open, read, write, close (flush), fsync and release, by path, with no
+knowledge of FUSE.
+
+`Files` gives a path local mutable data when it is opened for writing (a staging file, copied
+from the blob cache or downloaded, unless truncated), serves reads from a local file or a
+`fetch.RangeFetcher`, and hands what close acknowledges to `uploads.PendingFiles`.
+
+Invariants:
+- close() returns once the bytes are fsync'ed in their staging file and the row is in the
+  journal (fsync'ed); the upload is scheduled at the last writer's close (or by fsync).
+- While a file has writers, no upload of it is in flight: opening for write cancels one.
+- A file unlinked or renamed over while open lives on in its handles only: reads, writes,
+  `stat_open` and `setattr_open` work on its local file, and nothing of it reaches the journal
+  or the bucket once its name is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import trio
+
+from . import keys
+from .blobs import BlobStore
+from .config import MountOptions
+from .errors import (
+    InvalidArgument,
+    IsADirectory,
+    NoSpace,
+    NotFound,
+    NotSupported,
+    ReadOnly,
+)
+from .handles import ANY_OBJECT, DirtyFile, Handle, Stat
+from .journal import DirtyRow, Journal
+from .keys import RESERVED, PosixMeta
+from .objects import RemoteObjects
+from .remote.base import Remote
+from .uploads import PendingFiles
+from .versions import History
+from .view import View
+
+
+def _copy_fd_to(fd: int, dest: str) -> None:
+    """Copy the whole file open at `fd` to the path `dest` (blocking: run it in a thread)."""
+    with open(dest, "wb") as out:
+        offset = 0
+        while chunk := os.pread(fd, 1 << 20, offset):
+            out.write(chunk)
+            offset += len(chunk)
+
+
+class Files:
+    """Open files by path; see the module docstring for the invariants."""
+
+    def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore,
+                 objects: RemoteObjects, pending: PendingFiles, history: History, view: View,
+                 opts: MountOptions) -> None:
+        self.remote, self.journal, self.blobs, self.objects = remote, journal, blobs, objects
+        self.pending, self.history, self.view, self.opts = pending, history, view, opts
+        self.dirty = pending.dirty
+        self.writeback = pending.writeback
+
+
+    async def make_dirty(self, path: str, *, truncate: bool) -> DirtyFile:
+        """Give `path` local mutable data (copied or downloaded unless truncating)."""
+        await self.writeback.cancel(path)
+        df = self.dirty.get(path)
+        if df is not None and df.row.data is not None:
+            if truncate:
+                os.truncate(self.blobs.abspath(df.row.data), 0)
+                df.row.size = 0
+                df.row.generation += 1
+                df.data_changed = True
+            return df
+        s = await self.view.stat(path)
+        staging = self.blobs.new_staging()
+        if not truncate and s.size:
+            await self._copy_current(path, s, staging)
+        row = DirtyRow(path, self.blobs.relpath(staging), 0 if truncate else s.size, s.meta,
+                       s.etag, (df.row.generation + 1) if df else 1)
+        if df is None:
+            df = self.dirty[path] = DirtyFile(row, data_changed=truncate)
+        else:
+            df.row = row  # was a metadata-only change
+            df.data_changed, df.meta_changed = truncate, True
+        return df
+
+    async def _copy_current(self, path: str, s: Stat, dest: str) -> None:
+        memo = self.journal.get_object(path, s.etag)
+        if memo is not None and memo.sha256:
+            fd = await self.blobs.open_verified(memo.sha256, key=path)
+            if fd is not None:
+                try:
+                    await trio.to_thread.run_sync(_copy_fd_to, fd, dest)
+                finally:
+                    os.close(fd)
+                return
+        await self.remote.download(path, dest, None, s.etag)
+
+    async def create(self, path: str, mode: int, uid: int, gid: int) -> tuple[Handle, Stat]:
+        self.view.check_writable(path)
+        keys.check_name(keys.split(path)[1])
+        await self.view.parent_dir(path)
+        existing = await self.view.exists(path)
+        if existing is not None and existing.is_dir:
+            raise IsADirectory(path)
+        await self.writeback.cancel(path)
+        old = self.dirty.pop(path, None)
+        if old is not None:
+            self.pending.drop(path, old)
+        # A file just removed here is still in the store until its delete runs: the new one
+        # replaces that object instead (its upload expects it), and the delete is dropped.
+        claimed, claimed_etag = await self.pending.claim(path)
+        if existing is not None:
+            base = existing.etag
+        elif claimed:
+            base = claimed_etag or ANY_OBJECT
+        else:
+            base = None
+        if base is None and old is not None and self.pending.presence(old, None)[0]:
+            base = ANY_OBJECT  # the file it replaces may have reached the store
+        staging, fd = self.blobs.open_new_staging()
+        meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
+        row = DirtyRow(path, self.blobs.relpath(staging), 0, meta, base, 1)
+        # Journaled at close (flush): nothing is acknowledged before that, unless it replaces
+        # a pending file whose row must not outlive its bytes: then the empty file takes over.
+        df = self.dirty[path] = DirtyFile(row, writers=1,
+                                          absent=existing is None and not claimed,
+                                          claimed=path if claimed else None)
+        if old is not None and old.persisted:
+            self.pending.persist(df)
+        s = Stat(meta, 0, None, "dirty")
+        return Handle(path, True, fd=fd, dirty=df, opened=s), s
+
+    async def open(self, path: str, flags: int) -> Handle:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable or flags & os.O_TRUNC:
+            self.view.check_writable(path)
+        s = await self.view.stat(path)
+        if s.is_dir:
+            raise IsADirectory(path)
+        if st.S_ISLNK(s.meta.mode):
+            raise NotSupported("symlinks are followed by the kernel")
+        handle = await self._open_file(path, flags, s, writable)
+        handle.opened = s  # describes the file once its name is gone (stat_open)
+        return handle
+
+    async def _open_file(self, path: str, flags: int, s: Stat, writable: bool) -> Handle:
+        """A handle on the regular file `path`, whose stat is `s`."""
+        if keys.is_within(path, RESERVED):
+            return await self.history.open(path)
+        if self.opts.at is not None:
+            return await self.history.open_at(path, self.opts.at)
+        if writable or flags & os.O_TRUNC:
+            df = await self.make_dirty(path, truncate=bool(flags & os.O_TRUNC))
+            df.writers += 1
+            fd = os.open(self.blobs.abspath(df.row.data or ""), os.O_RDWR)
+            return Handle(path, True, append=bool(flags & os.O_APPEND), fd=fd, dirty=df)
+        df = self.dirty.get(path)
+        if df is not None and df.row.data is not None:
+            return Handle(path, False, fd=os.open(self.blobs.abspath(df.row.data), os.O_RDONLY))
+        return await self.objects.open(path, s)
+
+    async def read(self, handle: Handle, offset: int, size: int) -> bytes:
+        if handle.fetcher is not None:
+            return await handle.fetcher.read(offset, size)
+        return os.pread(handle.fd, size, offset)
+
+    async def write(self, handle: Handle, offset: int, data: bytes) -> int:
+        df = handle.dirty
+        if df is None or not handle.writable:
+            raise InvalidArgument("file not open for writing")
+        if handle.append:
+            offset = df.row.size
+        growth = max(0, offset + len(data) - df.row.size)
+        if growth:
+            await self.pending.wait_for_room(growth)
+            if handle.append:
+                offset = df.row.size  # another writer may have appended while we waited
+        try:
+            n = os.pwrite(handle.fd, data, offset)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NoSpace("the cache disk is full") from exc
+            raise
+        handle.wrote = True
+        df.data_changed = True
+        row = df.row
+        row.size = max(row.size, offset + n)
+        row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
+        row.generation += 1
+        return n
+
+    async def flush(self, handle: Handle) -> None:
+        """close(): make the handle's bytes safe in the journal (fsync'ed), not yet uploaded."""
+        df = handle.dirty
+        if df is None or not df.data_changed or not (handle.wrote or not df.persisted):
+            return
+        if handle.wrote:
+            await trio.to_thread.run_sync(os.fsync, handle.fd)
+        self.pending.persist(df)
+        handle.wrote = False
+
+    async def fsync(self, handle: Handle) -> None:
+        """fsync(): return once the file is durable in the bucket."""
+        await self.flush(handle)
+        df = handle.dirty
+        if df is not None and self.dirty.get(df.row.path) is not df:
+            return  # unlinked or renamed over while open: none of it goes to the bucket
+        path = df.row.path if df else handle.path
+        if path in self.dirty:
+            self.writeback.schedule(path, delay=0)
+            await self.writeback.flush(path)
+
+    async def release(self, handle: Handle) -> None:
+        self.objects.release(handle)
+        df = handle.dirty
+        if df is None or not handle.writable:
+            return
+        df.writers -= 1
+        path = df.row.path
+        if df.writers > 0 or self.dirty.get(path) is not df:
+            return
+        if not df.data_changed:
+            self.pending.revert_unchanged(path, df)
+        elif df.uploaded_generation == df.row.generation and df.uploaded is not None:
+            self.pending.finish_clean(path, df, *df.uploaded)
+        else:
+            self.writeback.schedule(path)
+
+    # -- open files whose name is gone ----------------------------------------------------
+
+    def stat_open(self, handles: Sequence[Handle]) -> Stat:
+        """What stat shows for a file that is open but has no name any more (unlinked, or
+        renamed over), from its open `handles` alone: no request, no journal.
+
+        A writer's `DirtyFile` (all writers of a file share it) holds its size and attributes.
+        Without one, a reader's: the attributes it was opened with, and the size of what it
+        reads (its local file, else the object version its ranges come from).
+        """
+        for handle in handles:
+            if handle.dirty is not None:
+                row = handle.dirty.row
+                return Stat(row.meta, row.size, row.base_etag, "unlinked")
+        for handle in handles:
+            opened = handle.opened
+            if opened is None:
+                continue
+            if handle.fd >= 0:
+                size = os.fstat(handle.fd).st_size
+            elif handle.fetcher is not None:
+                size = handle.fetcher.size
+            else:
+                size = opened.size
+            return replace(opened, size=size, state="unlinked")
+        raise NotFound("a file with no name and no handle that describes it")
+
+    def setattr_open(
+        self,
+        handles: Sequence[Handle],
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+        handle: Handle | None = None,
+    ) -> Stat:
+        """setattr of a file that is open but has no name any more, through its open
+        `handles` (`handle`: the one the call came through, when the kernel names it).
+
+        Only what the open file holds changes: a size (ftruncate) truncates a writer's own
+        local file, and mode, owner and mtime change what `stat_open` shows. Nothing reaches
+        the journal or the bucket: the file's pending upload went with its name, and
+        `PendingFiles.persist` never journals a row that is not its path's current one.
+        """
+        if self.opts.read_only:
+            raise ReadOnly("the mount is read-only")
+        s = self.stat_open(handles)
+        meta = PosixMeta(
+            (s.meta.mode & ~0o7777) | (mode & 0o7777) if mode is not None else s.meta.mode,
+            s.meta.uid if uid is None else uid,
+            s.meta.gid if gid is None else gid,
+            s.meta.mtime_ns if mtime_ns is None else mtime_ns,
+        )
+        if size is not None:
+            candidates = [handle] if handle is not None else handles
+            writer = next((h for h in candidates if h.writable and h.dirty is not None), None)
+            if writer is None or writer.dirty is None:
+                raise InvalidArgument("a file with no name is truncated only through a "
+                                      "descriptor open for writing")
+            # On the trio thread, as writes are: no write can land between the truncate and
+            # the size it records.
+            os.ftruncate(writer.fd, size)
+            df = writer.dirty
+            df.row.size = size
+            df.row.generation += 1
+            df.data_changed = True
+            if mtime_ns is None:
+                meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+        for h in handles:
+            if h.dirty is not None:
+                h.dirty.row.meta = meta
+            elif h.opened is not None:
+                h.opened = replace(h.opened, meta=meta)
+        return self.stat_open(handles)

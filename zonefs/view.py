@@ -1,0 +1,342 @@
+"""What the mount shows of a zone: the remote listing with the pending local changes laid over
+it, answered by path (`stat`, `listdir`), with no knowledge of FUSE or inodes.
+
+`View` combines the remote facts cached in `DirCache` (listings, entries, negative lookups)
+with the changes not yet in the bucket that `uploads.PendingFiles` holds: dirty rows (files,
+symlinks and directories to put) and pending deletes. `objects.RemoteObjects` supplies the
+POSIX attributes of remote objects (remembered by ETag, else one request); the `.zonefs` tree
+and `-o at=` views are `versions.History`'s.
+
+Invariants:
+- Files, directories and symlinks not yet uploaded appear in listings and stats whatever the
+  remote listing says; keys whose delete is pending are hidden (an object a hidden directory
+  shadowed shows instead), and a directory with pending rows below it exists.
+- What a listing or lookup brings back after awaiting the store never overrides a newer local
+  fact: an upload that landed meanwhile put its object in the dircache, and that is what is
+  answered (the kernel must not be told an older size, or a made-up type).
+- Keys that cannot be shown as they are (not valid names, `.zonefs` at the root, a file hidden
+  by a directory of the same name) are never a crash: each is reported once (`reported`, for
+  `zonefs status`) and hidden.
+- While the store cannot be reached, lookups and listings answer from what was last known.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat as st
+import time
+
+import trio
+
+from . import keys
+from .config import MountOptions
+from .dircache import UNKNOWN, DirCache, Entry
+from .errors import NotADirectory, NotFound, ReadOnly, RemoteError
+from .fetch import Spawn
+from .handles import DirtyFile, Stat
+from .journal import Journal
+from .keys import RESERVED, PosixMeta
+from .objects import RemoteObjects
+from .remote.base import ObjectInfo, Remote
+from .uploads import PendingFiles
+from .versions import History
+
+log = logging.getLogger(__name__)
+
+#: Header fetches started ahead of a listing's reader, at most this many at once.
+PREFETCH_TASKS = 64
+#: Odd keys remembered for `zonefs status` (each is still logged once, up to this many).
+MAX_REPORTED = 1000
+
+
+class View:
+    """Stat and listings of paths; see the module docstring for the invariants."""
+
+    def __init__(self, remote: Remote, journal: Journal, cache: DirCache,
+                 objects: RemoteObjects, pending: PendingFiles, history: History,
+                 opts: MountOptions, *, spawn: Spawn) -> None:
+        self.remote, self.journal, self.cache, self.objects = remote, journal, cache, objects
+        self.pending, self.history, self.opts = pending, history, opts
+        self.dirty = pending.dirty
+        self.deletes = pending.deletes
+        self.writeback = pending.writeback
+        self._spawn = spawn
+        self.mount_time_ns = time.time_ns()
+        # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
+        self.reported: dict[str, str] = {}
+
+    # -- stat -----------------------------------------------------------------------------------
+
+    def root_meta(self) -> PosixMeta:
+        return PosixMeta(st.S_IFDIR | self.opts.dir_mode, self.opts.uid, self.opts.gid,
+                         self.mount_time_ns)
+
+    def check_writable(self, path: str) -> None:
+        if self.opts.read_only:
+            raise ReadOnly(path)
+        if keys.is_within(path, RESERVED):
+            raise ReadOnly(f"{RESERVED} is read-only")
+
+    async def stat(self, path: str) -> Stat:
+        if path and keys.is_within(path, RESERVED):
+            return await self.history.stat(path)
+        if self.opts.at is not None:
+            return await self.history.stat_at(path, self.opts.at)
+        if path == "":
+            return Stat(self.root_meta(), 0)
+        df = self.dirty.get(path)
+        if df is not None:
+            return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(df))
+        entry = await self._entry(path)
+        if entry.meta is None:
+            await self.objects.ensure_meta(path, entry)
+        # Awaited: the file may have been written meanwhile, or an upload of it landed.
+        df = self.dirty.get(path)
+        if df is not None:
+            return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(df))
+        entry = self._freshest(path, entry)
+        assert entry.meta is not None
+        return Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)
+
+    def _state(self, df: DirtyFile) -> str:
+        return "uploading" if df.queue_key in self.writeback.in_flight_paths() else "dirty"
+
+    async def _entry(self, path: str) -> Entry:
+        """The remote entry at `path` (cached), or NotFound."""
+        entry = self.cache.entry(path)
+        if entry is UNKNOWN:
+            entry = await self._fetch_entry(path)
+        if entry is not None:
+            assert isinstance(entry, Entry)
+            entry = self._visible(path, entry)
+        if entry is None:
+            if self.has_pending_below(path):
+                return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
+            raise NotFound(path)
+        return entry
+
+    async def _fetch_entry(self, path: str) -> Entry | None:
+        """Ask the store what `path` is; while it cannot be reached, what was last known."""
+        since = self.cache.begin_fetch()
+        try:
+            try:
+                found = await self._lookup_remote(path)
+            except RemoteError as exc:
+                stale = self.cache.last_entry(path) if exc.transient else UNKNOWN
+                if stale is UNKNOWN:
+                    raise
+                # The store is unreachable: answer from what was last known (the entry, or
+                # its directory's last listing), so that known names still resolve and files
+                # can still be created (their uploads wait, and are conditional).
+                log.debug("store unreachable; %r answered from what was last known", path)
+                return stale  # type: ignore[return-value]
+            # An upload that landed meanwhile knows better than the lookup.
+            return self.cache.put_fetched(path, found, since)
+        finally:
+            self.cache.end_fetch()
+
+    def _visible(self, path: str, entry: Entry) -> Entry | None:
+        """The remote entry at `path` as the mount shows it: None when its delete is pending
+        (a file the directory shadowed may show instead)."""
+        if not self.deletes.hides(path, entry.is_dir):
+            return entry
+        shadowed = entry.shadowed
+        if shadowed is not None and not self.deletes.hides(path, False):
+            return shadowed
+        return None
+
+    async def _lookup_remote(self, path: str) -> Entry | None:
+        """One LIST tells whether `path` is a file, a directory or nothing.
+
+        Listing with the name itself as prefix returns the object `path` and the common prefix
+        `path/` together (siblings such as `path.txt` sort between them, hence the loop); a
+        file's headers then come from the journal when its ETag is remembered, else a HEAD.
+        """
+        token: str | None = None
+        found: ObjectInfo | None = None
+        while True:
+            page = await self.remote.list(path, "/", token, 100)
+            for obj in page.objects:
+                if obj.key == path:
+                    found = obj
+            if any(p == path + "/" for p in page.prefixes):
+                return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9,
+                             shadowed=None if found is None else self._file_entry(found))
+            last = max([o.key for o in page.objects] + page.prefixes, default="")
+            token = page.next_token
+            if not token or last > path + "/":
+                break
+        return None if found is None else self._file_entry(found)
+
+    def _file_entry(self, obj: ObjectInfo) -> Entry:
+        """The entry of a listed object, with its headers when the journal remembers them."""
+        memo = self.journal.get_object(obj.key, obj.etag)
+        return Entry(False, obj.size, obj.etag, obj.mtime, memo.meta if memo else None)
+
+    # -- listing --------------------------------------------------------------------------------
+
+    async def listdir(self, path: str) -> list[tuple[str, Stat]]:
+        """Sorted (name, Stat) of a directory, pending local files included."""
+        if path and keys.is_within(path, RESERVED):
+            return await self.history.listdir(path)
+        if self.opts.at is not None:
+            return await self.history.listdir_at(path, self.opts.at)
+        if (await self.stat(path)).is_dir is False:
+            raise NotADirectory(path)
+        names = dict(await self._remote_listing(path))
+        if self.deletes:
+            for name, entry in list(names.items()):
+                shown = self._visible(keys.join(path, name), entry)
+                if shown is None:
+                    del names[name]  # a pending row below brings a directory back (next loop)
+                else:
+                    names[name] = shown
+        for dpath, df in self.dirty.items():
+            parent, name = keys.split(dpath)
+            if parent == path:
+                # Shown from its row below; this stands in if its upload lands meanwhile.
+                names.setdefault(name, Entry(is_dir=df.is_dir))
+            elif keys.is_within(dpath, path) and dpath != path:
+                sub = dpath[len(path) + 1 if path else 0:].split("/", 1)[0]
+                names.setdefault(sub, Entry(is_dir=True, mtime=self.mount_time_ns / 1e9))
+        if path == "":
+            names.pop(RESERVED, None)
+        out = []
+        for name in sorted(names):
+            child = keys.join(path, name)
+            df = self.dirty.get(child)
+            if df is not None:
+                out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")))
+                continue
+            entry = self._freshest(child, names[name])
+            if entry.meta is None:
+                # The kernel caches the file type an entry is listed with, and a symlink
+                # object is told from a file only by its headers: wait for its (prefetched)
+                # ones. An upload of it may land meanwhile: what it left is newer.
+                await self.objects.ensure_meta(child, entry)
+                df = self.dirty.get(child)
+                if df is not None:
+                    out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag,
+                                           "dirty")))
+                    continue
+                entry = self._freshest(child, entry)
+            assert entry.meta is not None
+            out.append((name, Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)))
+        return out
+
+    def _freshest(self, path: str, entry: Entry) -> Entry:
+        """`entry` (from a listing, or standing in for a pending row), or what the dircache
+        learnt of the same name since, when that is of the same type and has its headers: an
+        upload that left the dirty rows while a listing was being answered put its object
+        there, and the kernel must not be told the older size (or a made-up type)."""
+        known = self.cache.entry(path)
+        if (isinstance(known, Entry) and known.is_dir == entry.is_dir
+                and known.meta is not None and (not entry.is_dir or entry.meta is None)):
+            return known
+        return entry
+
+    async def _remote_listing(self, path: str) -> dict[str, Entry]:
+        cached = self.cache.listing(path)
+        if cached is not None:
+            return cached
+        try:
+            return await self._list_remote(path)
+        except RemoteError as exc:
+            stale = self.cache.last_listing(path) if exc.transient else None
+            if stale is None:
+                raise
+            log.debug("store unreachable; listing of %r from its last listing", path)
+            return stale
+
+    async def _list_remote(self, path: str) -> dict[str, Entry]:
+        since = self.cache.begin_fetch()
+        try:
+            names = await self._list_pages(path)
+            # An upload that landed while the pages came knows better than they do.
+            self.cache.put_listing(path, names, since)
+        finally:
+            self.cache.end_fetch()
+        self._prefetch_meta(path, names)
+        return names
+
+    async def _list_pages(self, path: str) -> dict[str, Entry]:
+        prefix = keys.dir_key(path)
+        names: dict[str, Entry] = {}
+        token: str | None = None
+        while True:
+            page = await self.remote.list(prefix, "/", token)
+            for obj in page.objects:
+                name = obj.key[len(prefix):]
+                if name == "":
+                    continue  # the directory's own marker
+                if not self._showable(path, name):
+                    continue
+                names[name] = self._file_entry(obj)
+            for pre in page.prefixes:
+                name = pre[len(prefix):-1]
+                if not self._showable(path, name):
+                    continue
+                shadowed = names.get(name)
+                if shadowed is not None:
+                    self._report(keys.join(path, name), "is both a file and a directory; "
+                                 "showing the directory")
+                names[name] = Entry(is_dir=True, mtime=self.mount_time_ns / 1e9,
+                                    shadowed=shadowed)
+            token = page.next_token
+            if not token:
+                return names
+
+    def _showable(self, parent: str, name: str) -> bool:
+        if parent == "" and name == RESERVED:
+            self._report(RESERVED, "is reserved for zonefs and hidden")
+            return False
+        if not keys.is_valid_name(name):
+            self._report(keys.join(parent, name), "is not a valid file name; hidden")
+            return False
+        return True
+
+    def _report(self, path: str, what: str) -> None:
+        if path in self.reported or len(self.reported) >= MAX_REPORTED:
+            return
+        self.reported[path] = what
+        log.warning("key %r %s", path, what)
+
+    def _prefetch_meta(self, path: str, names: dict[str, Entry]) -> None:
+        """Read the headers of every entry not yet known, concurrently, in the background.
+
+        `ls -l` asks for each entry's attributes right after the listing; fetching them all at
+        once, bounded by the remote's request limit, beats one HEAD after another.
+        """
+        todo = [(keys.join(path, name), e) for name, e in names.items() if e.meta is None]
+        if todo:
+            self._spawn(lambda: self._prefetch_all(todo))
+
+    async def _prefetch_all(self, todo: list[tuple[str, Entry]]) -> None:
+        # One task per entry in flight at most PREFETCH_TASKS at a time, so that listing a
+        # directory of 100,000 keys does not hold 100,000 waiting tasks.
+        slots = trio.Semaphore(PREFETCH_TASKS)
+        for path, entry in todo:
+            await slots.acquire()
+            self._spawn(lambda p=path, e=entry: self._quiet_meta(p, e, slots))
+
+    async def _quiet_meta(self, path: str, entry: Entry, slots: trio.Semaphore) -> None:
+        try:
+            await self.objects.ensure_meta(path, entry)
+        except Exception as exc:  # the reader that needs it will see the error itself
+            log.debug("prefetch of %r failed: %s", path, exc)
+        finally:
+            slots.release()
+
+    def has_pending_below(self, path: str) -> bool:
+        return self.dirty.has_below(path)
+
+    async def parent_dir(self, path: str) -> None:
+        parent = keys.split(path)[0]
+        if not (await self.stat(parent)).is_dir:
+            raise NotADirectory(parent)
+
+    async def exists(self, path: str) -> Stat | None:
+        try:
+            return await self.stat(path)
+        except NotFound:
+            return None
