@@ -352,6 +352,36 @@ async def test_file_larger_than_cache_size_is_readable(env: Env) -> None:
         await check_invariants(vfs)
 
 
+async def test_listing_does_not_wait_for_headers_a_stat_fetches_them(env: Env) -> None:
+    """A listing of objects whose headers were never read makes one request (the LIST): the
+    entries show the mount's defaults, marked provisional (the kernel does not keep them),
+    with the right type for directories. The first stat of one reads its headers, and those
+    of its directory's other entries alongside; then the listing shows them all."""
+    for i in range(5):
+        await env.store.put(f"d/f{i}", b"x" * i, {"mode": str(st.S_IFREG | 0o600),
+                                                 "uid": "42", "gid": "43"})
+    await env.store.put("d/link", b"f0", {"mode": str(st.S_IFLNK | 0o777)})
+    await env.store.put("d/sub/inner", b"inner")
+    async with env.vfs() as vfs:
+        before = dict(vfs.remote.requests.counts)
+        listing = dict(await vfs.listdir("d"))
+        made = {k: n - before.get(k, 0) for k, n in vfs.remote.requests.counts.items()
+                if n != before.get(k, 0)}
+        assert made == {"list": 2}, made  # the lookup of d, and its listing
+        assert sorted(listing) == ["f0", "f1", "f2", "f3", "f4", "link", "sub"]
+        assert all(s.provisional for s in listing.values())
+        assert listing["sub"].is_dir and not listing["f3"].is_dir and listing["f3"].size == 3
+        s = await vfs.stat("d/f3")
+        assert not s.provisional and (s.meta.mode, s.meta.uid) == (st.S_IFREG | 0o600, 42)
+        assert st.S_ISLNK((await vfs.stat("d/link")).meta.mode)  # a symlink, once read
+        with trio.fail_after(10):  # the prefetch started by the first stat
+            while any(s.provisional for _, s in await vfs.listdir("d")):
+                await trio.sleep(0.01)
+        listing = dict(await vfs.listdir("d"))
+        assert st.S_ISLNK(listing["link"].meta.mode) and listing["f1"].meta.gid == 43
+        await check_invariants(vfs)
+
+
 async def test_small_object_with_wrong_checksum_header_is_listed(env: Env) -> None:
     await env.store.put("good", b"fine")
     await env.store.put("bad", b"actual bytes", {"zonefs-sha256": sha256(b"other bytes")})

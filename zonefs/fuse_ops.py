@@ -98,8 +98,8 @@ class ZonefsOperations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode
         a.generation = 0
-        a.entry_timeout = self.opts.metadata_ttl
-        a.attr_timeout = self.opts.metadata_ttl
+        # Stand-in attributes (a listing that did not wait for headers) are asked for again.
+        a.entry_timeout = a.attr_timeout = 0 if s.provisional else self.opts.metadata_ttl
         a.st_mode = s.meta.mode
         # An unlinked file has no link left (the kernel counted it down itself at unlink).
         a.st_nlink = 0 if not linked else 2 if st.S_ISDIR(s.meta.mode) else 1

@@ -37,6 +37,10 @@ class Stat:
     etag: str | None = None
     # clean, dirty or uploading; unlinked for an open file whose name is gone
     state: str = "clean"
+    # The attributes are the mount's defaults, standing in until the object's headers are
+    # read (a listing does not wait for them): not to be cached by the kernel. The type is
+    # right, but for an object small enough to be a symlink, which shows as a file until then.
+    provisional: bool = False
 
     @property
     def is_dir(self) -> bool:

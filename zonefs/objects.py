@@ -80,22 +80,31 @@ class RemoteObjects:
             ))
         return Entry(is_dir, info.size, info.etag, info.mtime, meta, info.version_id)
 
-    async def ensure_meta(self, path: str, entry: Entry) -> None:
-        """Fill `entry.meta` from memory, the journal or a HEAD (one at a time per path)."""
+    def remembered_meta(self, path: str, entry: Entry) -> bool:
+        """Fill `entry.meta` from what the journal remembers, without a request; whether it
+        could."""
         if entry.meta is not None:
-            return
+            return True
         if not entry.is_dir and entry.etag:
             memo = self.journal.get_object(path, entry.etag)
             if memo is not None:
                 entry.meta = memo.meta
-                return
+                return True
         if entry.is_dir and self.dir_markers_dropped:
             # The store keeps no metadata on `dir/` markers (SeaweedFS): what this machine
             # set last is the best answer there is; a HEAD would only give defaults.
             memo = self.journal.get_object(keys.dir_key(path))
             if memo is not None:
                 entry.meta = memo.meta
-                return
+                return True
+        return False
+
+    async def ensure_meta(self, path: str, entry: Entry, *, whole: bool = True) -> None:
+        """Fill `entry.meta` from memory, the journal or a request (one at a time per path):
+        a small object is fetched whole when `whole` (a stat is often followed by a read),
+        else only its headers (many at once, for a listing's entries)."""
+        if self.remembered_meta(path, entry):
+            return
         waiting = self._meta_waits.get(path)
         if waiting is not None:
             await waiting.wait()
@@ -106,7 +115,7 @@ class RemoteObjects:
             key = keys.dir_key(path) if entry.is_dir else path
             try:
                 info = None
-                if not entry.is_dir and entry.size <= SMALL_OBJECT:
+                if whole and not entry.is_dir and entry.size <= SMALL_OBJECT:
                     # As cheap as a HEAD, and a later read needs no request at all.
                     try:
                         info, _ = await self.download_whole(key, None)

@@ -18,6 +18,12 @@ Invariants:
   by a directory of the same name) are never a crash: each is reported once (`reported`, for
   `zonefs status`) and hidden.
 - While the store cannot be reached, lookups and listings answer from what was last known.
+- A listing never waits for headers (nor, while the store cannot be reached, does a stat of
+  an entry a listing showed): an entry whose headers are not remembered shows the
+  mount's defaults as a `provisional` Stat (the kernel is told not to keep it), with the type
+  the listing gives (a directory, else a file). `stat` always answers with the headers; the
+  first stat that has to fetch them starts fetching those of its directory's other unknown
+  entries (`ls -l`), once per listing.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class View:
         self.mount_time_ns = time.time_ns()
         # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
         self.reported: dict[str, str] = {}
+        self._prefetched: dict[str, int] = {}  # directory -> id() of the listing prefetched
 
     # -- stat -----------------------------------------------------------------------------------
 
@@ -88,8 +95,20 @@ class View:
         if df is not None:
             return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(df))
         entry = await self._entry(path)
-        if entry.meta is None:
-            await self.objects.ensure_meta(path, entry)
+        if entry.meta is None and not self.objects.remembered_meta(path, entry):
+            # `ls -l` stats every entry right after the listing: fetch the headers of the
+            # others too, concurrently, instead of one request after another.
+            self._prefetch_siblings(path)
+            try:
+                await self.objects.ensure_meta(path, entry)
+            except RemoteError as exc:
+                if not exc.transient:
+                    raise
+                # The store cannot be reached: the entry is known to exist (from a listing),
+                # only its headers are not. Show the defaults, not to be kept, rather than
+                # fail: `rm` and `mv` of it still work, and they are applied later.
+                return Stat(self.objects.default_meta(entry),
+                            0 if entry.is_dir else entry.size, entry.etag, provisional=True)
         # Awaited: the file may have been written meanwhile, or an upload of it landed.
         df = self.dirty.get(path)
         if df is not None:
@@ -97,6 +116,15 @@ class View:
         entry = self._freshest(path, entry)
         assert entry.meta is not None
         return Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)
+
+    async def _is_dir(self, path: str) -> bool:
+        """Whether `path` is a directory (NotFound if nothing): its type, not its headers."""
+        if path == "":
+            return True
+        df = self.dirty.get(path)
+        if df is not None:
+            return df.is_dir
+        return (await self._entry(path)).is_dir
 
     def _state(self, df: DirtyFile) -> str:
         return "uploading" if df.queue_key in self.writeback.in_flight_paths() else "dirty"
@@ -181,7 +209,7 @@ class View:
             return await self.history.listdir(path)
         if self.opts.at is not None:
             return await self.history.listdir_at(path, self.opts.at)
-        if (await self.stat(path)).is_dir is False:
+        if not await self._is_dir(path):
             raise NotADirectory(path)
         names = dict(await self._remote_listing(path))
         if self.deletes:
@@ -209,19 +237,16 @@ class View:
                 out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")))
                 continue
             entry = self._freshest(child, names[name])
-            if entry.meta is None:
-                # The kernel caches the file type an entry is listed with, and a symlink
-                # object is told from a file only by its headers: wait for its (prefetched)
-                # ones. An upload of it may land meanwhile: what it left is newer.
-                await self.objects.ensure_meta(child, entry)
-                df = self.dirty.get(child)
-                if df is not None:
-                    out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag,
-                                           "dirty")))
-                    continue
-                entry = self._freshest(child, entry)
+            size = 0 if entry.is_dir else entry.size
+            if not self.objects.remembered_meta(child, entry):
+                # Headers never seen: a listing does not wait for them (`find` and `ls`
+                # need only names and types). The entry shows the mount's defaults, which
+                # the kernel must not keep: the first stat of it asks for its headers.
+                out.append((name, Stat(self.objects.default_meta(entry), size, entry.etag,
+                                       provisional=True)))
+                continue
             assert entry.meta is not None
-            out.append((name, Stat(entry.meta, 0 if entry.is_dir else entry.size, entry.etag)))
+            out.append((name, Stat(entry.meta, size, entry.etag)))
         return out
 
     def _freshest(self, path: str, entry: Entry) -> Entry:
@@ -256,7 +281,6 @@ class View:
             self.cache.put_listing(path, names, since)
         finally:
             self.cache.end_fetch()
-        self._prefetch_meta(path, names)
         return names
 
     async def _list_pages(self, path: str) -> dict[str, Entry]:
@@ -301,13 +325,26 @@ class View:
         self.reported[path] = what
         log.warning("key %r %s", path, what)
 
+    def _prefetch_siblings(self, path: str) -> None:
+        """The headers of `path` are needed: start reading those of every entry of its
+        directory's listing not yet known, once per listing, in the background."""
+        parent = keys.split(path)[0]
+        listing = self.cache.listing(parent) or self.cache.last_listing(parent)
+        if listing is None or self._prefetched.get(parent) == id(listing):
+            return
+        if len(self._prefetched) > 4096:
+            self._prefetched.clear()
+        self._prefetched[parent] = id(listing)
+        self._prefetch_meta(parent, listing)
+
     def _prefetch_meta(self, path: str, names: dict[str, Entry]) -> None:
         """Read the headers of every entry not yet known, concurrently, in the background.
 
         `ls -l` asks for each entry's attributes right after the listing; fetching them all at
         once, bounded by the remote's request limit, beats one HEAD after another.
         """
-        todo = [(keys.join(path, name), e) for name, e in names.items() if e.meta is None]
+        todo = [(keys.join(path, name), e) for name, e in list(names.items())
+                if e.meta is None]
         if todo:
             self._spawn(lambda: self._prefetch_all(todo))
 
@@ -321,7 +358,7 @@ class View:
 
     async def _quiet_meta(self, path: str, entry: Entry, slots: trio.Semaphore) -> None:
         try:
-            await self.objects.ensure_meta(path, entry)
+            await self.objects.ensure_meta(path, entry, whole=False)
         except Exception as exc:  # the reader that needs it will see the error itself
             log.debug("prefetch of %r failed: %s", path, exc)
         finally:

@@ -21,7 +21,8 @@ Invariants:
 - A connection goes back to the pool only once its answer was read to the end and the server
   did not ask to close it; an error, or a body left unread, closes it. An idle connection the
   server closed meanwhile is noticed before reuse and dropped.
-- Connection failures and 500/502/503/504 answers are tried again, up to `max_attempts` in all,
+- Connection failures (but a refused connection: the store is down, the read fails at once)
+  and 500/502/503/504 answers are tried again, up to `max_attempts` in all,
   after a jittered exponential backoff (as botocore's standard retry mode does); every other
   answer is returned to the caller as it is.
 """
@@ -342,7 +343,9 @@ class SignedTransport:
             except (OSError, http.client.HTTPException) as exc:
                 if conn is not None:
                     conn.close()
-                if last:
+                # A refused connection means the store is down, not a glitch: the reader
+                # gets its EIO at once (uploads are retried by the write-back queue).
+                if last or (isinstance(exc, ConnectionRefusedError) and not reused):
                     raise Unreachable(reason(exc)) from None
                 if not reused:  # a kept-alive connection that just died: try at once
                     _backoff(attempt)
