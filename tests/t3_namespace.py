@@ -296,19 +296,16 @@ async def test_name_reused_after_a_delete_of_an_unknown_object(env: Env) -> None
 
 
 async def test_flush_applies_a_delete_whose_queue_entry_went(env: Env) -> None:
-    """A rename that flushes the delete pending at its target (so that its copy lands after
-    it) applies that delete even when nothing has it queued any more."""
+    """Flushing a key (a directory rename applies the deletes where it goes first) applies its
+    pending delete even when nothing has it queued any more."""
     await env.store.put("target", b"old")
-    await env.store.put("src", b"moved")
     async with env.vfs(writeback_delay=HOLD) as vfs:
-        assert names(await vfs.listdir("")) == ["src", "target"]
+        assert names(await vfs.listdir("")) == ["target"]
         await vfs.unlink("target")
         await vfs.writeback.cancel("target")  # as a rename that looked at it first does
-        await vfs.rename("src", "target")
-        assert vfs.journal.deletes() == [], "the delete ran before the copy, not after it"
-        await drain(vfs)
-        assert await env.store.keys() == {"target"}
-        assert await env.store.read("target") == b"moved"
+        await vfs.pending.flush(["target"])
+        assert vfs.journal.deletes() == []
+        assert await env.store.keys() == set()
         await check_invariants(vfs)
 
 
@@ -330,3 +327,159 @@ async def test_own_upload_that_landed_before_a_crash_is_no_conflict(env: Env) ->
         assert await env.store.read("f") == second
         await check_invariants(vfs)
         assert vfs.journal.attempts() == {}
+
+
+# -- renames of clean files: pending copies ---------------------------------------------------
+
+
+async def test_rename_of_a_clean_file_is_a_pending_copy(env: Env) -> None:
+    """`mv a b` of an uploaded file: no request before it returns; `b` reads the bytes at
+    once (from `a`'s object), `a` is gone from the mount; the store gets the copy, then the
+    delete of `a`."""
+    data = os.urandom(5000)
+    await env.store.put("a", data, {"mode": str(st.S_IFREG | 0o640), "uid": "7"})
+    remote = OutageRemote(open_remote(env.zone))
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        assert names(await vfs.listdir("")) == ["a"]
+        assert (await vfs.stat("a")).meta.uid == 7
+        remote.calls.clear()
+        await vfs.rename("a", "b")
+        assert remote.calls == [], "nothing is sent before the write-back delay"
+        assert names(await vfs.listdir("")) == ["b"]
+        s = await vfs.stat("b")
+        assert (s.size, s.meta.mode, s.meta.uid) == (len(data), st.S_IFREG | 0o640, 7)
+        assert await read_file(vfs, "b") == data
+        with pytest.raises(NotFound):
+            await vfs.stat("a")
+        await drain(vfs)
+        kinds = [kind for kind, _ in remote.calls]
+        assert kinds.index("copy") < kinds.index("delete"), "copied, then deleted"
+        assert await env.store.keys() == {"b"}
+        assert await env.store.read("b") == data
+        info = await env.store.head("b")
+        assert info is not None and info.metadata is not None and info.metadata["uid"] == "7"
+        await check_invariants(vfs)
+
+
+async def test_renames_of_clean_files_while_the_store_is_down(env: Env) -> None:
+    await env.store.put("a", b"first")
+    await env.store.put("b", b"second")
+    await env.store.put("c", b"third")
+    remote = OutageRemote(open_remote(env.zone))
+    async with env.vfs(remote=remote, writeback_delay=0.05) as vfs:
+        assert names(await vfs.listdir("")) == ["a", "b", "c"]
+        for name in "abc":
+            await vfs.stat(name)
+        remote.down = True
+        await vfs.rename("a", "x")          # a plain move
+        await vfs.rename("b", "c")          # over another clean file
+        await vfs.rename("x", "y")          # moved again before its copy
+        assert names(await vfs.listdir("")) == ["c", "y"]
+        assert (await vfs.stat("y")).size == len(b"first")
+        remote.down = False
+        await drain(vfs)
+        assert await env.store.keys() == {"c", "y"}
+        assert await env.store.read("y") == b"first"
+        assert await env.store.read("c") == b"second"
+        assert vfs.pending.conflicts == 0
+        await check_invariants(vfs)
+
+
+async def test_rename_of_a_clean_file_survives_a_crash(env: Env) -> None:
+    await env.store.put("old", b"moved across a crash")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.stat("old")
+        await vfs.rename("old", "new")
+    assert await env.store.keys() == {"old"}
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        assert names(await vfs.listdir("")) == ["new"]
+        assert await read_file(vfs, "new") == b"moved across a crash"
+        await drain(vfs)
+        assert await env.store.keys() == {"new"}
+        assert await env.store.read("new") == b"moved across a crash"
+        await check_invariants(vfs)
+
+
+async def test_renamed_file_written_or_removed_before_its_copy(env: Env) -> None:
+    await env.store.put("a", b"original")
+    await env.store.put("b", b"doomed")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.stat("a")
+        await vfs.stat("b")
+        await vfs.rename("a", "a2")
+        handle = await vfs.open("a2", os.O_WRONLY | os.O_APPEND)
+        await vfs.write(handle, 0, b" + more")
+        await close(vfs, handle)
+        await vfs.rename("b", "b2")
+        await vfs.unlink("b2")
+        await vfs.rename("a2", "a")  # and back under its old name
+        assert names(await vfs.listdir("")) == ["a"]
+        assert await read_file(vfs, "a") == b"original + more"
+        await drain(vfs)
+        assert await env.store.keys() == {"a"}
+        assert await env.store.read("a") == b"original + more"
+        await check_invariants(vfs)
+
+
+@pytest.mark.unversioned_on_moto
+async def test_object_a_pending_copy_reads_is_not_replaced_under_it(env: Env) -> None:
+    """`mv d/l x/l` (a pending copy reading d/l), then a new d/l, then `mv d y`: the copy
+    still gets the first object's bytes, though a new file took the name and the directory
+    moved (found by the random-operations test)."""
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.mkdir("x", 0o755, UID, GID)
+        await vfs.symlink("d/l", "first target", UID, GID)
+        await drain(vfs)
+        await vfs.rename("d/l", "x/l")
+        await vfs.symlink("d/l", "second target", UID, GID)
+        await drain(vfs)  # the new d/l waits for the copy that reads the old one
+        assert await env.store.read("x/l") == b"first target"
+        await vfs.rename("d/l", "d/m")
+        await vfs.rename("x/l", "x/n")
+        await vfs.symlink("x/l", "third target", UID, GID)
+        await vfs.rename("d", "y")
+        assert await vfs.readlink("x/n") == "first target"
+        assert await vfs.readlink("y/m") == "second target"
+        await drain(vfs)
+        assert await env.store.read("x/n") == b"first target"
+        assert await env.store.read("y/m") == b"second target"
+        assert await env.store.read("x/l") == b"third target"
+        assert {k for k in await env.store.keys() if not k.endswith("/")} == {
+            "x/n", "y/m", "x/l"}
+        await check_invariants(vfs)
+
+
+async def test_renamed_file_written_before_its_copy_frees_its_old_name(env: Env) -> None:
+    await env.store.put("a", b"original")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.stat("a")
+        await vfs.rename("a", "b")
+        handle = await vfs.open("b", os.O_WRONLY | os.O_APPEND)
+        await vfs.write(handle, 0, b"!")
+        await close(vfs, handle)
+        await drain(vfs)
+        assert await env.store.keys() == {"b"}, "the old name's delete no longer waits"
+        assert await env.store.read("b") == b"original!"
+        await check_invariants(vfs)
+
+
+@pytest.mark.unversioned_on_moto
+async def test_directory_renamed_over_the_one_its_pending_copy_reads(env: Env) -> None:
+    """`mv d/f x/f` (a pending copy reading d/f), then `mv x d` over the now empty d: the
+    copy is made first, d's old marker and d/f go, and d holds f with its marker (found by
+    the random-operations test)."""
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.mkdir("x", 0o700, UID, GID)
+        await write_file(vfs, "d/f", b"the bytes")
+        await drain(vfs)
+        await vfs.rename("d/f", "x/f")
+        assert await vfs.listdir("d") == []
+        await vfs.rename("x", "d")
+        assert names(await vfs.listdir("d")) == ["f"]
+        await drain(vfs)
+        assert await env.store.keys() == {"d/", "d/f"}
+        assert await env.store.read("d/f") == b"the bytes"
+        assert (await vfs.stat("d")).meta.mode == st.S_IFDIR | 0o700
+        await check_invariants(vfs)

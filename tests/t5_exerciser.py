@@ -644,7 +644,11 @@ class Exerciser:
             for entry in os.scandir(self.path(d) if d else self.root):
                 rel = _join(d, entry.name)
                 if entry.is_symlink():
-                    links[rel] = os.readlink(entry.path)
+                    try:
+                        links[rel] = os.readlink(entry.path)
+                    except OSError as exc:
+                        self.fail(f"{when}: readlink of {rel!r} (listed as a symlink) failed: "
+                                  f"{exc!r}")
                 elif entry.is_dir(follow_symlinks=False):
                     dirs.add(rel)
                     pending.append(rel)

@@ -55,6 +55,12 @@ class ContentIds:
         if df is not None and df.row.data is not None and df.data_changed:
             digest = await self._local_digest(path, df.row.data, df.row.generation)
             sha256, sha1, etag, version = digest.sha256, digest.sha1, None, None
+        elif df is not None and df.is_copy and df.row.source is not None:
+            # Renamed, its copy not made yet: the bytes are the old name's object's.
+            source = df.row.source
+            etag = vfs.files.source_etag(source)
+            sha256, sha1 = await self._remote_hashes(source, etag)
+            etag, version = None, None
         else:
             sha256, sha1 = await self._remote_hashes(path, s.etag)
             etag, version = s.etag, await self._version(path, s.etag)

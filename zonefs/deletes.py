@@ -15,6 +15,8 @@ Invariants:
   transaction that journals the write, so a crash in between applies the delete, never loses it.
 - A directory marker's delete waits until no delete below it is pending: a removed tree never
   shows again, as an empty directory, while its files are still being deleted.
+- The delete of a renamed clean file's old name waits until the copy that reads it has been
+  made (`still_needed`): a crash in between leaves the object under both names, never none.
 - A delete whose ETag is unknown looks first (HEAD): a versioned bucket gets no delete marker
   for an object that never existed. One with a known ETag deletes whatever version is current
   when it runs (S3 has no conditional DELETE that every store honours).
@@ -58,10 +60,12 @@ class PendingDeletes:
     """Pending deletes by zone key; see the module docstring for the invariants."""
 
     def __init__(self, remote: Remote, journal: Journal, cache: DirCache, *,
-                 schedule: Callable[[str], None], progress: Callable[[], None]) -> None:
+                 schedule: Callable[[str], None], progress: Callable[[], None],
+                 still_needed: Callable[[str], bool] = lambda key: False) -> None:
         self.remote, self.journal, self.cache = remote, journal, cache
         self._schedule = schedule
         self._progress = progress
+        self._still_needed = still_needed
         self.by_key: dict[str, PendingDelete] = {}
         self._below: Counter[str] = Counter()  # marker key -> pending deletes strictly below
         for key, etag in journal.deletes():
@@ -126,6 +130,8 @@ class PendingDeletes:
             return
         if key.endswith("/") and self._below[key]:
             return  # queued again when the last delete below it lands (see _remove)
+        if self._still_needed(key):
+            return  # a pending copy (a rename) reads it first; queued again when it is made
         exists = True
         if d.etag is None:
             try:

@@ -79,29 +79,45 @@ class Files:
                 df.data_changed = True
             return df
         s = await self.view.stat(path)
+        # A renamed file whose copy is not made yet: its bytes are still under the old name.
+        source = df.row.source if df is not None and df.is_copy else None
         staging = self.blobs.new_staging()
         if not truncate and s.size:
-            await self._copy_current(path, s, staging)
+            if source is not None:
+                await self._copy_current(source, self.source_etag(source), staging)
+            else:
+                await self._copy_current(path, s.etag, staging)
         row = DirtyRow(path, self.blobs.relpath(staging), 0 if truncate else s.size, s.meta,
                        s.etag, (df.row.generation + 1) if df else 1)
         if df is None:
             df = self.dirty[path] = DirtyFile(row, data_changed=truncate)
         else:
-            df.row = row  # was a metadata-only change
-            df.data_changed, df.meta_changed = truncate, True
+            df.row = row  # was a metadata-only change, or a copy still to be made
+            # A copy's bytes are new under this name: they are uploaded even if unwritten.
+            df.data_changed, df.meta_changed = truncate or source is not None, True
+            if source is not None:
+                self.pending.source_released(df, source)
         return df
 
-    async def _copy_current(self, path: str, s: Stat, dest: str) -> None:
-        memo = self.journal.get_object(path, s.etag)
+    def source_etag(self, source: str) -> str | None:
+        """The ETag of the object a pending copy reads (its name's delete remembers it)."""
+        d = self.pending.deletes.get(source)
+        if d is not None and d.etag:
+            return d.etag
+        memo = self.journal.get_object(source)
+        return memo.etag if memo is not None else None
+
+    async def _copy_current(self, key: str, etag: str | None, dest: str) -> None:
+        memo = self.journal.get_object(key, etag)
         if memo is not None and memo.sha256:
-            fd = await self.blobs.open_verified(memo.sha256, key=path)
+            fd = await self.blobs.open_verified(memo.sha256, key=key)
             if fd is not None:
                 try:
                     await trio.to_thread.run_sync(_copy_fd_to, fd, dest)
                 finally:
                     os.close(fd)
                 return
-        await self.remote.download(path, dest, None, s.etag)
+        await self.remote.download(key, dest, None, etag)
 
     async def create(self, path: str, mode: int, uid: int, gid: int) -> tuple[Handle, Stat]:
         self.view.check_writable(path)
@@ -165,6 +181,11 @@ class Files:
         df = self.dirty.get(path)
         if df is not None and df.row.data is not None:
             return Handle(path, False, fd=os.open(self.blobs.abspath(df.row.data), os.O_RDONLY))
+        if df is not None and df.is_copy and df.row.source is not None:
+            # Renamed, copy not made yet: read the object under its old name.
+            return await self.objects.open_version(path, df.row.source, None,
+                                                   self.source_etag(df.row.source) or "",
+                                                   df.row.size)
         return await self.objects.open(path, s)
 
     async def read(self, handle: Handle, offset: int, size: int) -> bytes:

@@ -335,8 +335,12 @@ class ZonefsOperations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if not name.startswith(_XATTR_PREFIX_BYTES):
-            # `ls -l` asks every file for security.selinux: answer before any other work.
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            # `ls -l` asks every file for security.selinux and system.posix_acl_access: answer
+            # before any other work. The mount has neither labels nor ACLs: saying so
+            # (ENOTSUP) lets `ls` stop asking for the rest of the device, where "no such
+            # attribute" (ENODATA) makes it ask for every file (two round trips each).
+            unsupported = name.startswith((b"security.", b"system."))
+            raise pyfuse3.FUSEError(errno.ENOTSUP if unsupported else errno.ENODATA)
         async with _errors("getxattr", inode, name):
             if self._unlinked_handles(inode):
                 raise pyfuse3.FUSEError(errno.ENODATA)  # no object: no content identity

@@ -74,6 +74,11 @@ class DirtyFile:
         return st.S_ISDIR(self.row.meta.mode)
 
     @property
+    def is_copy(self) -> bool:
+        """A renamed clean file: its object is to be a copy of `row.source`."""
+        return self.row.source is not None and self.row.data is None
+
+    @property
     def queue_key(self) -> str:
         """Its name in the write-back queue: the zone key it writes."""
         return f"{self.row.path}/" if self.is_dir else self.row.path
@@ -107,10 +112,36 @@ class PendingRows(dict[str, DirtyFile]):
     def __init__(self) -> None:
         super().__init__()
         self._below: Counter[str] = Counter()
+        self._copies: dict[str, set[str]] = {}  # source key -> paths of copy rows (a hint)
 
     def has_below(self, path: str) -> bool:
         """Whether a pending row lies strictly below the directory `path`."""
         return self._below[path] > 0
+
+    def copies_reading(self, key: str) -> list[str]:
+        """Paths of the pending copy rows that still read the object `key`. The index is
+        checked against the rows, so a row that stopped being a copy (written to, uploaded)
+        never holds anything back."""
+        paths = self._copies.get(key)
+        if not paths:
+            return []
+        for path in list(paths):
+            df = super().get(path)
+            if df is None or not df.is_copy or df.row.source != key:
+                paths.discard(path)
+        if not paths:
+            del self._copies[key]
+        return sorted(paths)
+
+    def copies_from(self, key: str, *, ignore: str | None = None) -> bool:
+        """Whether a pending copy row (other than the one at `ignore`) still reads the object
+        `key`: nothing may write or delete that object before it is made."""
+        return any(p != ignore for p in self.copies_reading(key))
+
+    def copies_reading_under(self, prefix: str) -> list[str]:
+        """Paths of the pending copy rows reading any object whose key starts with `prefix`."""
+        return [p for key in [k for k in self._copies if k.startswith(prefix)]
+                for p in self.copies_reading(key)]
 
     def _count(self, path: str, step: int) -> None:
         for parent in parents(path):
@@ -122,6 +153,9 @@ class PendingRows(dict[str, DirtyFile]):
         if path not in self:
             self._count(path, 1)
         super().__setitem__(path, df)
+        if df.is_copy:
+            assert df.row.source is not None
+            self._copies.setdefault(df.row.source, set()).add(path)
 
     def __delitem__(self, path: str) -> None:
         super().__delitem__(path)
@@ -145,5 +179,6 @@ def has_new_bytes(df: DirtyFile) -> bool:
 
 def moves_as_row(df: DirtyFile) -> bool:
     """Whether a rename moves this pending row to the new name (it is uploaded there), rather
-    than copying an object: new bytes, or a directory marker still to be put."""
-    return has_new_bytes(df) or df.is_dir
+    than copying an object: new bytes, a directory marker still to be put, or a copy still
+    to be made."""
+    return has_new_bytes(df) or df.is_dir or df.is_copy

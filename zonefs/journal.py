@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS dirty (
     gid        INTEGER NOT NULL,
     mtime_ns   INTEGER NOT NULL,
     base_etag  TEXT,              -- ETag of the remote object this edit started from; NULL: new
-    generation INTEGER NOT NULL
+    generation INTEGER NOT NULL,
+    source     TEXT               -- zone key to copy the object from (a renamed clean file)
 );
 CREATE TABLE IF NOT EXISTS attempts (
     path   TEXT NOT NULL,        -- a dirty file's path
@@ -135,7 +136,9 @@ CREATE TABLE IF NOT EXISTS seen (
 
 @dataclass(slots=True)
 class DirtyRow:
-    """A file with local changes. `data` None means only its metadata changed."""
+    """A path with local changes. `data` None means only its metadata changed; with `source`
+    set, the object is to be a server-side copy of the object `source` (a renamed clean file,
+    whose old name's delete waits for the copy)."""
 
     path: str
     data: str | None
@@ -143,6 +146,7 @@ class DirtyRow:
     meta: PosixMeta
     base_etag: str | None
     generation: int
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +221,9 @@ class Journal:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(dirty)")}
+        if "source" not in columns:  # a journal from before renames by pending copies
+            self._db.execute("ALTER TABLE dirty ADD COLUMN source TEXT")
         self._wal = path + "-wal"
         self._durable = False
         self._lazy = False  # a commit since the last `sync` was not fsync'ed
@@ -280,10 +287,24 @@ class Journal:
     def _put_dirty(self, row: DirtyRow) -> None:
         m = row.meta
         self._db.execute(
-            "INSERT OR REPLACE INTO dirty VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO dirty (path, data, size, mode, uid, gid, mtime_ns, "
+            "base_etag, generation, source) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (row.path, row.data, row.size, m.mode, m.uid, m.gid, m.mtime_ns, row.base_etag,
-             row.generation),
+             row.generation, row.source),
         )
+
+    def move_by_copy(self, row: DirtyRow, old: str, *, delete_etag: str | None,
+                     replaces_delete: str | None) -> None:
+        """A clean file's rename, in one fsync'ed transaction: the copy row `row` (replacing a
+        row at its path), the delete of the old name `old` (whose etag is `delete_etag`), the
+        old name's own pending row dropped, a pending delete of `replaces_delete` forgotten."""
+        self._set_durable(True)
+        with self._tx():
+            self._db.execute("DELETE FROM dirty WHERE path = ?", (old,))
+            self._put_dirty(row)
+            self._db.execute("INSERT OR REPLACE INTO deletes VALUES (?, ?)", (old, delete_etag))
+            if replaces_delete is not None:
+                self._db.execute("DELETE FROM deletes WHERE key = ?", (replaces_delete,))
 
     def drop_dirty(self, path: str) -> None:
         self._set_durable(True)
@@ -341,10 +362,12 @@ class Journal:
             self._db.execute("UPDATE dirty SET path = ? WHERE path = ?", (new, old))
 
     def dirty_rows(self) -> Iterator[DirtyRow]:
-        for path, data, size, mode, uid, gid, mtime_ns, base, gen in self._db.execute(
-            "SELECT * FROM dirty ORDER BY path"
+        for path, data, size, mode, uid, gid, mtime_ns, base, gen, source in self._db.execute(
+            "SELECT path, data, size, mode, uid, gid, mtime_ns, base_etag, generation, source "
+            "FROM dirty ORDER BY path"
         ):
-            yield DirtyRow(path, data, size, PosixMeta(mode, uid, gid, mtime_ns), base, gen)
+            yield DirtyRow(path, data, size, PosixMeta(mode, uid, gid, mtime_ns), base, gen,
+                           source)
 
     def finish_upload(self, path: str, obj: ObjectRow) -> None:
         """The upload of `path` landed as `obj`: forget the dirty row and its upload attempts,

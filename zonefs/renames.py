@@ -41,6 +41,7 @@ from .journal import (
     MOVE_DROP,
     MOVE_MARKER,
     RENAME_LISTING,
+    DirtyRow,
     Journal,
     Move,
     ObjectRow,
@@ -50,6 +51,12 @@ from .remote.base import Remote
 from .uploads import PendingFiles
 
 log = logging.getLogger(__name__)
+
+
+def moves_locally_row(df: DirtyFile) -> bool:
+    """A pending file whose rename moves only its row: new bytes, or a copy still to be made
+    (not a directory: those go through `move_dir`)."""
+    return not df.is_dir and moves_as_row(df)
 
 #: Steps read from the journal at a time: a directory of many keys is never all in memory.
 PAGE = 500
@@ -80,9 +87,10 @@ class Renamer:
         return keys.encode_meta(df.row.meta, **self.pending.hash_headers(key, etag))
 
     def moves_locally(self, old: str) -> bool:
-        """Whether renaming the file `old` only moves its pending row (new bytes)."""
+        """Whether renaming the file `old` only moves its pending row (new bytes, a copy
+        still to be made)."""
         df = self.pending.dirty.get(old)
-        return df is not None and moves_as_row(df)
+        return df is not None and moves_locally_row(df)
 
     async def move_pending_file(self, old: str, new: str, dst: Stat | None) -> bool:
         """Move the pending file `old` (new bytes) to `new`, replacing `dst` (what `new`
@@ -134,10 +142,54 @@ class Renamer:
         self.pending.schedule(df)
         return True
 
+    async def move_by_copy(self, old: str, new: str, src: Stat, dst: Stat | None) -> bool:
+        """Move the clean file `old` (whose stat is `src`) to `new`, replacing `dst` (what
+        `new` shows now, if anything), as a pending copy: one journal transaction, no request.
+        The copy row at `new` is made by the write-back queue, and the delete of `old` waits
+        for it. False when `old` is open for writing (then `move_file` moves it at once, with
+        its writer)."""
+        current = self.pending.dirty.get(old)
+        if current is not None and (current.writers or moves_locally_row(current)):
+            return False
+        await self.pending.writeback.cancel(old)  # a pending attribute change rides along
+        if new not in self.pending.deletes:
+            await self.pending.writeback.cancel(new)  # a pending file the move replaces
+        claimed, claimed_etag = await self.pending.claim(new)
+        current = self.pending.dirty.get(old)
+        if current is not None and (current.writers or moves_locally_row(current)):
+            if claimed:  # changed while we waited: give the delete back, untouched
+                self.pending.deletes.remember(new, claimed_etag)
+            return False
+        replaced = self.pending.dirty.pop(new, None)
+        df = self.pending.dirty.pop(old, None)
+        if dst is not None and dst.etag:
+            base: str | None = dst.etag
+        elif claimed:
+            base = claimed_etag or ANY_OBJECT
+        elif replaced is not None and self.pending.presence(replaced, dst)[0]:
+            base = ANY_OBJECT
+        else:
+            base = None
+        meta = df.row.meta if df is not None else src.meta
+        row = DirtyRow(new, None, src.size, meta, base, 1, source=old)
+        self.journal.move_by_copy(row, old, delete_etag=src.etag,
+                                  replaces_delete=new if claimed else None)
+        if replaced is not None:
+            replaced.persisted = False  # its row went with the move
+            self.pending.drop(new, replaced)
+        moved = DirtyFile(row, persisted=True, absent=base is None)
+        self.pending.dirty[new] = moved
+        self.pending.deletes.remember(old, src.etag)  # applied once the copy is made
+        self.pending.schedule(moved)
+        return True
+
     async def move_file(self, old: str, new: str, src: Stat) -> None:
         """Move the file `old` (whose stat is `src`; no pending bytes) to `new` by a copy in
-        the store, replacing what is there."""
+        the store now, replacing what is there (a file open for writing, unchanged so far,
+        whose writer follows it)."""
         await self.pending.writeback.cancel(old)
+        # Pending copies reading the object at `new` are made before this one replaces it.
+        await self.pending.flush(self.pending.dirty.copies_reading(new))
         if new in self.pending.deletes:
             await self.pending.flush([new])  # deleted first: the copy then lands after it
         else:
@@ -167,7 +219,10 @@ class Renamer:
     async def move_dir(self, old: str, new: str, meta: PosixMeta) -> None:
         """Copy then delete every object below `old`, one by one (not atomic to others)."""
         moving: dict[str, DirtyFile] = {}
-        # Deletes pending where the copies go (`rm -r b; mv a b`) are applied first: they
+        # Pending copies (renamed files) that read an object where the copies go are made
+        # first: those objects must not be replaced under them, and their deletes wait for them.
+        await self.pending.flush(self.pending.dirty.copies_reading_under(keys.dir_key(new)))
+        # Deletes pending where the copies go (`rm -r b; mv a b`) are applied next: they
         # must not remove what the copies bring. So are those below the source (`rm a/x;
         # mv a b`): the listing then shows only what moves, and no key of a deleted file
         # keeps the old directory showing after the move.
@@ -208,6 +263,23 @@ class Renamer:
         for path, df in moving.items():
             self._carry(path, keys.rebase(path, old, new), df, path in listed)
         await self._run_remote(batch, moving)
+        self._hide_what_stays(old)
+
+    def _hide_what_stays(self, old: str) -> None:
+        """Objects a pending copy still reads stay under the old name (their deletes wait for
+        those copies): the directories holding them must not show again meanwhile, so each
+        gets a pending delete of its marker (applied after the deletes below it)."""
+        dirs: set[str] = set()
+        for key in self.pending.deletes.below(old):
+            parent = keys.split(key[:-1] if key.endswith("/") else key)[0]
+            while keys.is_within(parent, old):
+                dirs.add(parent)
+                if parent == old:
+                    break
+                parent = keys.split(parent)[0]
+        for d in sorted(dirs, key=lambda p: -p.count("/")):
+            if keys.dir_key(d) not in self.pending.deletes:
+                self.pending.deletes.add(keys.dir_key(d), None)
 
     async def _plan_listing(self, batch: int, old: str, new: str,
                             moving: Mapping[str, DirtyFile]) -> tuple[set[str], bool]:
@@ -323,8 +395,14 @@ class Renamer:
                 self.journal.done_move(m.id)
         for page in self._steps(batch, (MOVE_COPY, MOVE_DELETE)):
             for m in page:
-                await self.remote.delete(m.src)  # a missing key is fine
-                self.journal.drop_object(m.src)
+                if self.pending.dirty.copies_from(m.src):
+                    # A pending copy (a renamed file) still reads it: the delete waits for
+                    # that copy, as a pending delete.
+                    if m.src not in self.pending.deletes:
+                        self.pending.deletes.add(m.src, m.etag)
+                else:
+                    await self.remote.delete(m.src)  # a missing key is fine
+                    self.journal.drop_object(m.src)
                 self.journal.done_move(m.id)
         self.journal.end_rename(batch)
 

@@ -46,7 +46,7 @@ from .blobs import BlobStore, Digest, hash_file
 from .config import MountOptions
 from .deletes import PendingDeletes
 from .dircache import DirCache, Entry
-from .errors import NotFound, PreconditionFailed, ZonefsError
+from .errors import NotFound, PreconditionFailed, RemoteError, ZonefsError
 from .handles import ANY_OBJECT, DirtyFile, PendingRows, Stat, has_new_bytes
 from .journal import DirtyRow, Journal, MultipartIntent, ObjectRow
 from .keys import PosixMeta
@@ -134,7 +134,8 @@ class PendingFiles:
         self._estimate = 0
         remote.multipart_log = _MultipartJournal(journal)
         self.deletes = PendingDeletes(remote, journal, cache, schedule=self.writeback.schedule,
-                                      progress=self._note_progress)
+                                      progress=self._note_progress,
+                                      still_needed=self.dirty.copies_from)
         for row in journal.dirty_rows():
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
@@ -256,20 +257,35 @@ class PendingFiles:
         return len(self.dirty) + self.deletes.requeue()
 
     async def flush(self, queue_keys: list[str]) -> None:
-        """Apply the pending changes of `queue_keys` now and wait for them (deepest first, so a
-        directory's delete follows the deletes below it); raises the first failure."""
+        """Apply the pending changes of `queue_keys` now and wait for them; raises the first
+        failure. What they wait for is applied first: the deletes below a directory's, and
+        the pending copies that read a key (and those that read them) before its own change.
+        Each round starts every change nothing holds back, deepest first."""
         todo = set(queue_keys)
         for key in queue_keys:
             if key.endswith("/") and key in self.deletes:
                 todo.update(self.deletes.below(key[:-1]))
-        queue_keys = sorted(todo, key=lambda k: -k.rstrip("/").count("/"))
-        for key in queue_keys:
-            # Also a change whose queue entry is gone (a directory's delete that waited for
-            # those below it): flushing must apply it, not find it "not queued".
-            if self.writeback.is_pending(key) or self._has_change(key):
-                self.writeback.schedule(key, delay=0)
-        for key in queue_keys:
-            await self.writeback.flush(key)
+        grown = list(todo)
+        while grown:  # the copies reading what is to be flushed, and those reading them
+            grown = [p for key in grown for p in self.dirty.copies_reading(key)
+                     if p not in todo]
+            todo.update(grown)
+        while todo:
+            ready = [k for k in todo if not self.dirty.copies_from(k, ignore=k)
+                     and not (k.endswith("/") and self.deletes.any_below(k)
+                              and any(d in todo and d != k
+                                      for d in self.deletes.below(k[:-1])))]
+            if not ready:
+                raise RemoteError(f"pending changes wait for each other: {sorted(todo)[:3]}")
+            ready.sort(key=lambda k: -k.rstrip("/").count("/"))
+            for key in ready:
+                # Also a change whose queue entry is gone (a directory's delete that waited
+                # for those below it): flushing must apply it, not find it "not queued".
+                if self.writeback.is_pending(key) or self._has_change(key):
+                    self.writeback.schedule(key, delay=0)
+            for key in ready:
+                await self.writeback.flush(key)
+            todo.difference_update(ready)
 
     def _has_change(self, key: str) -> bool:
         """Whether the zone key `key` has a pending change (a row to put, or a delete)."""
@@ -288,7 +304,11 @@ class PendingFiles:
         return len(self.dirty) + len(self.deletes)
 
     async def _apply(self, key: str, cancel: threading.Event) -> None:
-        """Write-back callable: bring the zone key `key` up to date in the store."""
+        """Write-back callable: bring the zone key `key` up to date in the store. Not while a
+        pending copy (a renamed file) still reads the object there: queued again when that
+        copy is made (`source_released`)."""
+        if key not in self.deletes and self.dirty.copies_from(key, ignore=key):
+            return
         if key in self.deletes:
             await self.deletes.apply(key, cancel)
         elif key.endswith("/"):
@@ -350,6 +370,7 @@ class PendingFiles:
             self.journal.drop_dirty(path)
         if df is not None:
             self.discard_data(df)
+            self.source_released(df)
             self._note_progress()
 
     def _remove_orphans(self) -> None:
@@ -385,7 +406,15 @@ class PendingFiles:
             d = df.claimed
             self.deletes.remember(d, df.row.base_etag)
         self.discard_data(df)
+        self.source_released(df)
         self._note_progress()
+
+    def source_released(self, df: DirtyFile, source: str | None = None) -> None:
+        """`df` no longer copies from its source (`source`, else its row's: copied, removed,
+        written to): what waited for that copy there (a delete, an upload) may go."""
+        source = source if source is not None else df.row.source
+        if source is not None and self._has_change(source):
+            self.writeback.schedule(source)
 
     def hash_headers(self, key: str, etag: str | None) -> dict[str, str]:
         """The content-ID headers of `key` at `etag`, when known, to keep them on a copy."""
@@ -423,7 +452,15 @@ class PendingFiles:
         if row.data is not None and not df.data_changed and not df.meta_changed:
             return  # an unchanged copy, still open: nothing to upload
         df.absent = False  # from here on an object of ours may land under this name
-        if row.data is None or not df.data_changed:
+        if df.is_copy:
+            # A renamed clean file: a server-side copy from its old name, with its attributes
+            # and content IDs (the old name's delete waits for this).
+            assert row.source is not None
+            memo = self.journal.get_object(row.source)
+            md = keys.encode_meta(row.meta, **self.hash_headers(
+                row.source, memo.etag if memo else None))
+            info = await self.remote.copy(row.source, path, md)
+        elif row.data is None or not df.data_changed:
             md = keys.encode_meta(row.meta, **self.hash_headers(path, row.base_etag))
             info = await self.remote.copy(path, path, md)
         else:
@@ -450,17 +487,25 @@ class PendingFiles:
             self.uploaded_bytes += digest.size
             if self.kachery_mirror and not st.S_ISLNK(row.meta.mode):
                 await self._mirror(path, digest, row.meta)
-        if self.dirty.get(path) is not df:
-            return
-        row.base_etag = info.etag
-        if row.generation != generation:
-            self.journal.put_dirty(row)
+        if not self._landed(path, df, info.etag, generation):
             return
         if df.writers:
             df.uploaded_generation, df.uploaded = generation, (info, digest)
             self.journal.put_dirty(row)
             return
         self.finish_clean(path, df, info, digest)
+
+    def _landed(self, path: str, df: DirtyFile, etag: str, generation: int) -> bool:
+        """An upload of `df` (begun at `generation`) landed as `etag`: the row now starts
+        from it. Whether it is clean: still the path's row, and not changed meanwhile (a
+        changed one is journaled with its new base and goes up again)."""
+        if self.dirty.get(path) is not df:
+            return False
+        df.row.base_etag = etag
+        if df.row.generation != generation:
+            self.journal.put_dirty(df.row)
+            return False
+        return True
 
     async def _put_dir(self, path: str) -> None:
         """Put the marker of the pending directory `path` with its attributes."""
@@ -472,11 +517,7 @@ class PendingFiles:
         key = keys.dir_key(path)
         info = await self.remote.put_bytes(key, b"", keys.encode_meta(row.meta),
                                            keys.DIR_CONTENT_TYPE)
-        if self.dirty.get(path) is not df:
-            return
-        row.base_etag = info.etag
-        if row.generation != generation:
-            self.journal.put_dirty(row)
+        if not self._landed(path, df, info.etag, generation):
             return
         # Remembered: where the store drops a marker's metadata (the probe's
         # dir_markers=dropped), this machine still shows the attributes it set.
@@ -600,7 +641,8 @@ class PendingFiles:
                      digest: Digest | None) -> None:
         """The upload of `df` landed as `info`: record the object, cache the bytes as a blob."""
         row = df.row
-        memo = self.journal.get_object(path)
+        # A copy in place, or of a renamed file's old name: the same bytes as that object.
+        memo = self.journal.get_object(row.source if df.is_copy and row.source else path)
         sha256 = digest.sha256 if digest else (memo.sha256 if memo else None)
         sha1 = digest.sha1 if digest else (memo.sha1 if memo else None)
         obj = ObjectRow(path, info.etag, row.size, row.meta, sha256, sha1)
@@ -619,6 +661,7 @@ class PendingFiles:
             self.journal.after_sync(
                 lambda: self.blobs.drop_source(staging, digest.sha256))
         del self.dirty[path]
+        self.source_released(df)
         self._estimate = self.blobs.reserved = max(0, self._estimate - row.size)
         self._note_progress()
         self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,

@@ -246,7 +246,8 @@ class Vfs:
         if df is not None and df.row.data is not None:
             with open(self.blobs.abspath(df.row.data), "rb") as f:
                 return os.fsdecode(f.read())
-        return os.fsdecode(await self.remote.get_range(path, 0, max(s.size, 1)))
+        key = df.row.source if df is not None and df.is_copy and df.row.source else path
+        return os.fsdecode(await self.remote.get_range(key, 0, max(s.size, 1)))
 
     async def unlink(self, path: str) -> None:
         """A pending delete of the object (none when the store cannot hold one); a pending
@@ -290,6 +291,8 @@ class Vfs:
             if await self.renamer.move_pending_file(old, new, dst):
                 return
             src = await self.stat(old)  # uploaded meanwhile: moved by a copy in the store
+        if not src.is_dir and await self.renamer.move_by_copy(old, new, src, dst):
+            return  # a pending copy, then the old name's delete: no request now either
         try:
             if src.is_dir:
                 await self.renamer.move_dir(old, new, src.meta)
