@@ -540,20 +540,20 @@ class PendingFiles:
         the current ETag is compared first and the PUT follows: a writer landing in between
         is not detected. A file deleted in the bucket meanwhile is written again. `base`
         ANY_OBJECT replaces whatever is there."""
+        # The file's SHA-256, hashed already: the remote need not hash it again to sign it.
+        upload = functools.partial(self.remote.upload, payload_sha256=md.get(SHA256_KEY))
         if base == ANY_OBJECT:
-            return await self.remote.upload(path, src, md, None, cancel,
-                                            checksum_sha256=checksum)
+            return await upload(path, src, md, None, cancel, checksum_sha256=checksum)
         if self.capabilities.conditional_writes == "enforced":
             try:
-                return await self.remote.upload(
-                    path, src, md, None, cancel, checksum_sha256=checksum,
-                    if_match=base, if_none_match=base is None)
+                return await upload(path, src, md, None, cancel, checksum_sha256=checksum,
+                                    if_match=base, if_none_match=base is None)
             except PreconditionFailed:
                 raise _Conflict from None
             except NotFound:  # If-Match on a key someone deleted: write it anew
                 try:
-                    return await self.remote.upload(path, src, md, None, cancel,
-                                                    checksum_sha256=checksum, if_none_match=True)
+                    return await upload(path, src, md, None, cancel,
+                                        checksum_sha256=checksum, if_none_match=True)
                 except PreconditionFailed:
                     raise _Conflict from None
         try:
@@ -562,7 +562,7 @@ class PendingFiles:
             current = None
         if current is not None and current != base:
             raise _Conflict
-        return await self.remote.upload(path, src, md, None, cancel, checksum_sha256=checksum)
+        return await upload(path, src, md, None, cancel, checksum_sha256=checksum)
 
     async def _own_landed_upload(self, path: str) -> str | None:
         """The ETag of the object at `path` when its bytes are ones this mount sent there

@@ -224,12 +224,16 @@ class Remote(ABC):
         if_match: str | None = None,
         if_none_match: bool = False,
         checksum_sha256: str | None = None,
+        payload_sha256: str | None = None,
     ) -> ObjectInfo:
         """Upload the file `src` as `key` (multipart with parallel parts when large).
 
         Setting `cancel` makes the upload fail with RemoteError soon, leaving no object and no
         unfinished multipart upload behind. The conditions and the checksum are those of
-        `_put_bytes`; a multipart upload may ignore them.
+        `_put_bytes`; a multipart upload may ignore them. `payload_sha256` (hex), when the
+        caller knows the file's SHA-256, spares a backend that signs the body's hash from
+        reading the file for it first; unlike `checksum_sha256` it asks the store for nothing
+        (a wrong one makes the request go another way, never store other bytes).
         """
 
     @abstractmethod
@@ -387,8 +391,10 @@ class Remote(ABC):
         if_match: str | None = None,
         if_none_match: bool = False,
         checksum_sha256: str | None = None,
+        payload_sha256: str | None = None,
     ) -> ObjectInfo:
-        fn = _with_conditions(self._upload, if_match, if_none_match, checksum_sha256)
+        fn = _with_conditions(self._upload, if_match, if_none_match, checksum_sha256,
+                              payload_sha256)
         info: ObjectInfo = await self._run("put", fn, key, src, metadata, content_type, cancel)
         self.requests.uploaded_bytes += info.size
         return info
@@ -482,11 +488,13 @@ class Remote(ABC):
 
 
 def _with_conditions(
-    fn: Any, if_match: str | None, if_none_match: bool, checksum_sha256: str | None
+    fn: Any, if_match: str | None, if_none_match: bool, checksum_sha256: str | None,
+    payload_sha256: str | None = None,
 ) -> Any:
-    """`fn` with the conditions and checksum bound, only those given: a backend (or a test's
-    wrapper) that never sees them keeps its plain signature."""
+    """`fn` with the conditions, checksum and payload hash bound, only those given: a backend
+    (or a test's wrapper) that never sees them keeps its plain signature."""
     given = {name: value for name, value in (("if_match", if_match),
                                              ("if_none_match", if_none_match),
-                                             ("checksum_sha256", checksum_sha256)) if value}
+                                             ("checksum_sha256", checksum_sha256),
+                                             ("payload_sha256", payload_sha256)) if value}
     return functools.partial(fn, **given) if given else fn

@@ -2,6 +2,10 @@
 by `signed.SignedTransport`, their answers turned into the `ObjectInfo` and `ListPage` values
 that `S3Remote`'s boto3 path builds from the same answers.
 
+The lean writes (`remote/lean_writes.py`) read their answers with this module's helpers
+(`error_of`, `StoreAnswer`, `parse_xml`, …), so that reads and writes understand an answer
+alike.
+
 `S3Remote` (remote/s3.py) tries these first and turns what they raise into zonefs errors:
 - `StoreAnswer`: an error answer understood here (403, 404, 412, a delete marker, or 500, 502,
   503, 504 once the transport's retries are spent), with the error code and status that
@@ -129,20 +133,22 @@ def object_info(key: str, headers: http.client.HTTPMessage) -> ObjectInfo:
                       content_type=content_type)
 
 
-def _tag(element: ET.Element) -> str:
+def local_name(element: ET.Element) -> str:
     """An element's name without its namespace (botocore ignores namespaces too)."""
     tag = element.tag
     return tag.rpartition("}")[2] if tag[:1] == "{" else tag
 
 
-def _parse_xml(body: bytes, what: str) -> ET.Element:
+def parse_xml(body: bytes, what: str) -> ET.Element:
+    """The root element of an XML answer; NotUnderstood when it is not XML."""
     try:
         return ET.fromstring(body)
     except ET.ParseError:
         raise NotUnderstood("xml", f"{what} is not XML") from None
 
 
-def _iso_time(text: str) -> float:
+def iso_time(text: str) -> float:
+    """An ISO 8601 time of an XML answer (LastModified) as seconds since the epoch."""
     try:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -164,19 +170,19 @@ def parse_listing(body: bytes, prefix: str) -> ListPage:
     >>> page.objects[0].key, page.objects[0].size, page.prefixes, page.next_token
     ('a b+c', 3, ['d%/'], 't1')
     """
-    root = _parse_xml(body, "the listing")
-    if _tag(root) != "ListBucketResult":
-        raise NotUnderstood("xml", f"a listing answer of <{_tag(root)}>")
+    root = parse_xml(body, "the listing")
+    if local_name(root) != "ListBucketResult":
+        raise NotUnderstood("xml", f"a listing answer of <{local_name(root)}>")
     entries: list[tuple[str, str, str, str]] = []
     raw_prefixes: list[str] = []
     truncated = encoded = False
     token = None
     for child in root:
-        tag = _tag(child)
+        tag = local_name(child)
         if tag == "Contents":
             key = size = etag = modified = None
             for field in child:
-                name = _tag(field)
+                name = local_name(field)
                 if name == "Key":
                     key = field.text or ""
                 elif name == "Size":
@@ -190,7 +196,7 @@ def parse_listing(body: bytes, prefix: str) -> ListPage:
             entries.append((key, size or "0", etag or "", modified))
         elif tag == "CommonPrefixes":
             for field in child:
-                if _tag(field) == "Prefix":
+                if local_name(field) == "Prefix":
                     raw_prefixes.append(field.text or "")
         elif tag == "IsTruncated":
             truncated = child.text == "true"
@@ -209,7 +215,7 @@ def parse_listing(body: bytes, prefix: str) -> ListPage:
         except ValueError:
             raise NotUnderstood("xml", "a listed Size that is not a number") from None
         objects.append(ObjectInfo(key=key[len(prefix):], size=length, etag=bare_etag(etag),
-                                  mtime=_iso_time(modified)))
+                                  mtime=iso_time(modified)))
     prefixes = [(unquote_plus(p) if encoded else p)[len(prefix):] for p in raw_prefixes]
     return ListPage(objects=objects, prefixes=prefixes, next_token=token if truncated else None)
 
@@ -223,16 +229,18 @@ def _error_code(body: bytes) -> tuple[str, str]:
     except ET.ParseError:
         return "", ""
     code = message = ""
-    for child in root if _tag(root) == "Error" else ():
-        if _tag(child) == "Code":
+    for child in root if local_name(root) == "Error" else ():
+        if local_name(child) == "Code":
             code = child.text or ""
-        elif _tag(child) == "Message":
+        elif local_name(child) == "Message":
             message = child.text or ""
     return code, message
 
 
-def _error(resp: http.client.HTTPResponse) -> Exception:
-    """What an answer other than success means: a StoreAnswer, or NotUnderstood."""
+def error_of(resp: http.client.HTTPResponse,
+             also: frozenset[tuple[int, str]] = frozenset()) -> Exception:
+    """What an answer other than success means: a StoreAnswer, or NotUnderstood. `also`:
+    more (status, error code) pairs that are StoreAnswers (those of writes)."""
     status = resp.status
     if 300 <= status < 400:
         return NotUnderstood("redirect", f"HTTP {status}")
@@ -247,7 +255,8 @@ def _error(resp: http.client.HTTPResponse) -> Exception:
     if status == 403 and code == "SignatureDoesNotMatch":
         # Wrong keys, or a store that canonicalises a request unlike S3: boto3 tells which.
         return NotUnderstood("signature refused", "SignatureDoesNotMatch")
-    if status in (403, 404, 412) or status in RETRY_STATUSES or delete_marker:
+    if (status in (403, 404, 412) or status in RETRY_STATUSES or delete_marker
+            or (status, code) in also):
         return StoreAnswer(status, code or str(status), message, delete_marker)
     return NotUnderstood("status", f"HTTP {status}")
 
@@ -271,7 +280,7 @@ class LeanReads:
         with t.request("HEAD", t.target.object_path(full_key), self._version(version_id)) as r:
             if r.status == 200:
                 return object_info(key, r.headers)
-            error = _error(r)  # raised once the answer is done with: the connection stays
+            error = error_of(r)  # raised once the answer is done with: the connection stays
         raise error
 
     def list(self, full_prefix: str, delimiter: str | None, token: str | None,
@@ -285,7 +294,7 @@ class LeanReads:
         t = self.transport
         with t.request("GET", t.target.bucket_path, params) as r:
             if r.status != 200:
-                error = _error(r)
+                error = error_of(r)
             elif r.length is not None and r.length > _LISTING_LIMIT:
                 raise NotUnderstood("large body", "a listing answer over 64 MiB")
             else:
@@ -311,7 +320,7 @@ class LeanReads:
                 # Sliced here when a store ignored the Range header (200 with no range).
                 whole = r.status == 200 and r.getheader("content-range") is None
                 return self._read_range(r, start, length, whole)
-            error = _error(r)  # raised once the answer is done with: the connection stays
+            error = error_of(r)  # raised once the answer is done with: the connection stays
         raise error
 
     def _read_range(self, r: http.client.HTTPResponse, start: int, length: int,
@@ -345,5 +354,5 @@ class LeanReads:
                         report_progress()  # before the write: an abandoned call stops here
                         f.write(piece)
                 return info
-            error = _error(r)
+            error = error_of(r)
         raise error

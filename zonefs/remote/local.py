@@ -520,6 +520,7 @@ class LocalRemote(Remote):
         if_match: str | None = None,
         if_none_match: bool = False,
         checksum_sha256: str | None = None,
+        payload_sha256: str | None = None,  # nothing is signed here: not needed
     ) -> ObjectInfo:
         def chunks() -> Iterator[bytes]:
             with open(src, "rb") as f:

@@ -5,12 +5,17 @@ configuration (timeouts, retries, checksum behaviour for non-AWS stores), the ma
 zone keys and bucket keys, large uploads and copies (multipart, parallel parts), the one
 table that turns the store's errors into `zonefs.errors`, and the set-up of the lean path.
 
-The lean path (`remote/lean.py` over `remote/signed.py`) makes the hottest reads (HEAD,
-ListObjectsV2, GETs of up to `LEAN_BODY_LIMIT` bytes) without botocore's per-request cost. It
-is set up from this module's own boto3 read client: a dry run of a HEAD and a listing, stopped
-just before sending, shows the URL, addressing style and signing region boto3 would use; the
-credentials are the session's (refreshed as botocore refreshes them), the TLS verification and
-timeouts the read client's. `lean_requests=False` or `ZONEFS_LEAN_REQUESTS=off` turns it off.
+The lean path (`remote/lean.py` and `remote/lean_writes.py` over `remote/signed.py`) makes
+the hottest requests without botocore's per-request cost: HEAD, ListObjectsV2 and GETs of up
+to `LEAN_BODY_LIMIT` bytes, and the single-part writes (PutObject of files up to
+`MULTIPART_THRESHOLD` and of bytes, CopyObject up to `COPY_MULTIPART_THRESHOLD`, DeleteObject
+with or without a version id); multipart uploads and copies stay on boto3. It is set up from
+this module's own boto3 client: a dry run of a HEAD, a listing and two PUTs (without and with
+a checksum), stopped just before sending, shows the URL, addressing style and signing region
+boto3 would use, and whether it would sign a PUT's body or send UNSIGNED-PAYLOAD; the
+credentials are the session's (refreshed as botocore refreshes them), the TLS verification the
+clients', the timeouts the read client's for reads and the write client's for writes.
+`lean_requests=False` or `ZONEFS_LEAN_REQUESTS=off` turns it off.
 
 Invariants:
 - Zone keys go out with `zone.prefix` prepended and come back with it stripped; the zone's own
@@ -18,9 +23,12 @@ Invariants:
 - Every botocore error is translated by `translate_error`, and every error answer of the lean
   path by the same table (`answer_error`); nothing else escapes, and no message carries a
   credential (messages are built here from error codes, never from the request).
-- A lean read gives the same value or error as the boto3 call it replaces; an answer it does
-  not understand makes that boto3 call instead (each kind logged once, at DEBUG, and counted
-  in `lean_fallbacks`); after a redirect the lean path ends for the remote.
+- A lean request gives the same value or error as the boto3 call it replaces; a request it
+  cannot send as boto3 would (metadata boto3 refuses or encodes its own way), or an answer it
+  does not understand, makes that boto3 call instead (each kind logged once, at DEBUG, and
+  counted in `lean_fallbacks`); after a redirect the lean path ends for the remote. A lean
+  upload honours its cancel as boto3's does (no more of the body is sent), and the payload
+  hash is the caller's `payload_sha256` when given.
 - A multipart upload or copy that fails or is cancelled is aborted, so no unfinished upload is
   left in the bucket. `multipart_log` hears of each upload before CreateMultipartUpload is
   sent (`intend`), of its id before its first part is sent, and of its end once it is
@@ -29,7 +37,8 @@ Invariants:
   at its first attempt: after a botocore retry an earlier attempt may have created an upload
   whose answer was lost.
 - Reads and lookups use `_read_client`, whose timeouts fit within `io_timeout`; uploads, copies
-  and deletes use `_client` (60 s reads, 3 attempts), as they are retried, not abandoned.
+  and deletes use `_client` (60 s reads, 3 attempts), as they are retried, not abandoned (the
+  lean writes use the same timeouts and attempts, on connections of their own).
 - The client is created once and shared by every worker thread (botocore clients are
   thread-safe; the session is only used while constructing).
 """
@@ -41,6 +50,7 @@ import binascii
 import configparser
 import email.utils
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -98,7 +108,15 @@ from .base import (
     report_progress,
 )
 from .lean import LeanReads, StoreAnswer, bare_etag, version_or_none
-from .signed import Credentials, NotUnderstood, SignedTransport, Target, Unreachable
+from .lean_writes import BytesBody, Cancelled, FileBody, LeanWrites, WriteAnswer
+from .signed import (
+    UNSIGNED_PAYLOAD,
+    Credentials,
+    NotUnderstood,
+    SignedTransport,
+    Target,
+    Unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +131,8 @@ LEAN_ENV = "ZONEFS_LEAN_REQUESTS"
 LEAN_BODY_LIMIT = 8 * MiB
 #: The key of the dry-run requests that show where boto3 sends a bucket's requests.
 _DRY_RUN_KEY = "zonefs-lean-path-target"
+#: (connect, read) timeouts of uploads, copies and deletes: `_client`'s, and the lean writes'.
+_WRITE_TIMEOUTS = (5.0, 60.0)
 
 # Error code (or HTTP status as a string) → (zonefs error class, transient). HEAD answers have
 # no body, so their only "code" is the status; both forms are listed.
@@ -218,6 +238,11 @@ def translate_error(exc: BaseException, target: str, bucket: str, endpoint: str)
         cls_local = NoSpace if exc.errno == errno.ENOSPC else RemoteError
         return cls_local(f"{target}: local file error: {exc.strerror or exc}")
     return RemoteError(f"{target}: {type(exc).__name__}: {_one_line(str(exc))}")
+
+
+def _text(value: bytes | str) -> str:
+    """A header value of a botocore request, as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def lean_requests_allowed() -> bool:
@@ -342,8 +367,8 @@ class S3Remote(Remote):
         except ProfileNotFound:
             raise ConfigError(f"AWS profile {zone.profile!r} not found") from None
         self._client = self._make_client(
-            connect_timeout=5,
-            read_timeout=60,
+            connect_timeout=_WRITE_TIMEOUTS[0],
+            read_timeout=_WRITE_TIMEOUTS[1],
             retries={"mode": "standard", "max_attempts": 3},
             # Every worker thread and every parallel part may hold a connection at once.
             max_pool_connections=max_requests * 2 + self.PART_THREADS,
@@ -367,10 +392,12 @@ class S3Remote(Remote):
         # one at a time: a boto3 session is not safe for concurrent client creation.
         self._client_lock = threading.Lock()
         self._max_requests = max_requests
-        # The lean path (remote/lean.py): set up at the first read that wants it, in a worker
-        # thread, since it resolves credentials. None until then, False where it cannot work.
+        # The lean path (remote/lean.py, remote/lean_writes.py): set up at the first request
+        # that wants it, in a worker thread, since it resolves credentials. None until then,
+        # False where it cannot work. Its writes are None where only its reads can work.
         self._lean_wanted = lean_requests and lean_requests_allowed()
         self._lean: LeanReads | None | bool = None if self._lean_wanted else False
+        self._lean_w: LeanWrites | None = None
         self._lean_lock = threading.Lock()
         #: Requests the lean path handed to boto3, by kind of answer it did not understand.
         self.lean_fallbacks: Counter[str] = Counter()
@@ -395,6 +422,8 @@ class S3Remote(Remote):
         """Close the lean path's idle connections (boto3's close with their client)."""
         if isinstance(self._lean, LeanReads):
             self._lean.transport.close()
+        if self._lean_w is not None:
+            self._lean_w.transport.close()
 
     # -- the lean path ------------------------------------------------------------------------
 
@@ -404,18 +433,27 @@ class S3Remote(Remote):
         if lean is None:
             with self._lean_lock:
                 if self._lean is None:
-                    self._lean = self._start_lean() or False
+                    started = self._start_lean()
+                    if started is None:
+                        self._lean = False
+                    else:
+                        self._lean, self._lean_w = started
                 lean = self._lean
         return lean if isinstance(lean, LeanReads) else None
 
-    def _start_lean(self) -> LeanReads | None:
-        """A lean path that sends what the boto3 read client would send, or None (logged at
-        DEBUG) where it cannot: no credentials, a proxy, no SigV4, an odd endpoint."""
+    def _lean_writes(self) -> LeanWrites | None:
+        """The lean path's writes, set up on first use; None when they are off."""
+        return self._lean_w if self._lean_reads() is not None else None
+
+    def _start_lean(self) -> tuple[LeanReads, LeanWrites | None] | None:
+        """A lean path that sends what the boto3 clients would send, or None (logged at
+        DEBUG) where it cannot: no credentials, a proxy, no SigV4, an odd endpoint. Its
+        writes are None (the reads work) where boto3 hashes PUT bodies in a way not seen."""
         try:
             creds = self._session.get_credentials()
             if creds is None:
                 raise NotUnderstood("setup", "no credentials (boto3 reports that itself)")
-            target = self._lean_target()
+            target, unsigned = self._lean_target()
             proxies = get_environ_proxies(f"{target.scheme}://{target.host_header}/")
             if proxies.get(target.scheme):
                 raise NotUnderstood("setup", "a proxy is configured for the endpoint")
@@ -435,47 +473,76 @@ class S3Remote(Remote):
                 return None
             return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
 
-        connect, read = self._read_timeouts
-        transport = SignedTransport(
-            target, credentials, verify=self._verify_setting(), connect_timeout=connect,
-            read_timeout=read, max_attempts=3, max_idle=self._max_requests * 2,
-            user_agent=f"zonefs/{__version__}",
-        )
-        log.debug("lean requests on for %s: %s://%s, region %s", self.description,
-                  target.scheme, target.host_header, target.region)
-        return LeanReads(transport, self.prefix, body_limit=LEAN_BODY_LIMIT, chunk=MiB)
+        def transport(timeouts: tuple[float, float]) -> SignedTransport:
+            return SignedTransport(
+                target, credentials, verify=verify, connect_timeout=timeouts[0],
+                read_timeout=timeouts[1], max_attempts=3, max_idle=self._max_requests * 2,
+                user_agent=f"zonefs/{__version__}",
+            )
 
-    def _lean_target(self) -> Target:
-        """Where the read client sends this bucket's requests and how it signs them, seen by
-        building a HEAD and a listing with it and stopping each just before it is sent: the
-        endpoint, addressing style and region are then boto3's own, whatever configured
-        them. NotUnderstood when they are not SigV4 header-signed S3 requests."""
+        verify = self._verify_setting()
+        reads = LeanReads(transport(self._read_timeouts), self.prefix,
+                          body_limit=LEAN_BODY_LIMIT, chunk=MiB)
+        # Writes get the write client's timeouts, and connections of their own.
+        writes = None
+        if unsigned is not None:
+            writes = LeanWrites(transport(_WRITE_TIMEOUTS), self.bucket,
+                                unsigned_payload=unsigned)
+        log.debug("lean requests on for %s: %s://%s, region %s%s", self.description,
+                  target.scheme, target.host_header, target.region,
+                  "" if writes else " (reads only: PUT payloads hashed in an unknown way)")
+        return reads, writes
+
+    def _lean_target(self) -> tuple[Target, tuple[bool, bool] | None]:
+        """Where the boto3 client sends this bucket's requests and how it signs them, seen by
+        building a HEAD, a listing and two PUTs (without and with a checksum) with it and
+        stopping each just before it is sent: the endpoint, addressing style and region are
+        then boto3's own, whatever configured them. NotUnderstood when they are not SigV4
+        header-signed S3 requests.
+
+        Also whether those PUTs' payload hash is UNSIGNED-PAYLOAD (botocore decides by the
+        scheme, the checksum header and its `payload_signing_enabled` setting), or None when
+        they are neither that nor a SHA-256 (a streaming signature): no lean writes then."""
         with self._client_lock:
             client = self._make_client(connect_timeout=1, read_timeout=1,
                                        retries={"mode": "standard", "max_attempts": 1})
-        seen: dict[str, tuple[str, str]] = {}
+        seen: list[tuple[str, str, str, str]] = []  # method, URL, Authorization, payload hash
 
         def capture(request: Any, **_: Any) -> None:
-            auth = request.headers.get("Authorization", b"")
-            seen[request.method] = (request.url, auth.decode() if isinstance(auth, bytes)
-                                    else str(auth))
+            headers = request.headers
+            seen.append((request.method, request.url,
+                         *(_text(headers.get(name, b""))
+                           for name in ("Authorization", "X-Amz-Content-SHA256"))))
             raise _DryRun
 
+        empty = base64.b64encode(hashlib.sha256(b"").digest()).decode()
         client.meta.events.register("before-send.s3", capture)
         try:
             for call in (lambda: client.head_object(Bucket=self.bucket, Key=_DRY_RUN_KEY),
-                         lambda: client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)):
+                         lambda: client.list_objects_v2(Bucket=self.bucket, MaxKeys=1),
+                         lambda: client.put_object(Bucket=self.bucket, Key=_DRY_RUN_KEY,
+                                                   Body=b""),
+                         lambda: client.put_object(Bucket=self.bucket, Key=_DRY_RUN_KEY,
+                                                   Body=b"", ChecksumAlgorithm="SHA256",
+                                                   ChecksumSHA256=empty)):
                 with suppress(_DryRun):
                     call()
         finally:
             client.close()
-        if "HEAD" not in seen or "GET" not in seen:
+        if [request[0] for request in seen] != ["HEAD", "GET", "PUT", "PUT"]:
             raise NotUnderstood("setup", "the dry run did not reach the transport")
-        auth = seen["HEAD"][1]
+        (_, head_url, auth, _), (_, list_url, _, _) = seen[:2]
         m = re.match(r"AWS4-HMAC-SHA256 Credential=[^/]*/\d{8}/([^/]+)/s3/aws4_request,", auth)
         if m is None:
             raise NotUnderstood("setup", "the client does not sign with SigV4 headers")
-        return Target.from_urls(seen["HEAD"][0], _DRY_RUN_KEY, seen["GET"][0], m.group(1))
+        target = Target.from_urls(head_url, _DRY_RUN_KEY, list_url, m.group(1))
+        unsigned: tuple[bool, bool] | None = None
+        puts = seen[2:]
+        if all(url == head_url and (payload == UNSIGNED_PAYLOAD
+                                    or re.fullmatch("[0-9a-f]{64}", payload))
+               for _, url, _, payload in puts):
+            unsigned = (puts[0][3] == UNSIGNED_PAYLOAD, puts[1][3] == UNSIGNED_PAYLOAD)
+        return target, unsigned
 
     def _verify_setting(self) -> bool | str:
         """TLS verification as botocore resolves it for the clients: the zone's ca_bundle,
@@ -484,10 +551,11 @@ class S3Remote(Remote):
             "ca_bundle") or os.environ.get("REQUESTS_CA_BUNDLE") or True
         return get_cert_path(verify) if verify is True else verify
 
-    def _lean_call(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(*args)` of the lean path, its errors as zonefs errors (NotUnderstood passes)."""
+    def _lean_call(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` of the lean path, its errors as zonefs errors (NotUnderstood
+        passes, and a cancel becomes `_Cancelled`)."""
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except StoreAnswer as answer:
             raise answer_error(answer.code, str(answer.status), self.object_uri(key),
                                self.bucket, self._endpoint, delete_marker=answer.delete_marker,
@@ -495,22 +563,27 @@ class S3Remote(Remote):
         except (Unreachable, OSError) as exc:
             raise translate_error(exc, self.object_uri(key), self.bucket,
                                   self._endpoint) from None
+        except Cancelled:
+            raise _Cancelled from None  # the caller's `_translated` says what was cancelled
 
     def _fell_back(self, what: str, exc: NotUnderstood) -> None:
         """Note a request handed to boto3; the first of each kind is logged (DEBUG). After a
         redirect (the bucket is in another region, or elsewhere) every lean request would be
         one more round trip before boto3's, so the lean path ends for this remote."""
-        lean = None
+        lean, writes = None, None
         with self._lean_lock:
             self.lean_fallbacks[exc.kind] += 1
             first = self.lean_fallbacks[exc.kind] == 1
             if exc.kind == "redirect" and isinstance(self._lean, LeanReads):
                 lean, self._lean = self._lean, False
+                writes, self._lean_w = self._lean_w, None
         if first:
             log.debug("lean %s of %s not understood (%s); boto3 makes such requests%s", what,
                       self.description, exc, ", from now on" if lean is not None else "")
         if lean is not None:
             lean.transport.close()
+        if writes is not None:
+            writes.transport.close()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -550,6 +623,15 @@ class S3Remote(Remote):
             metadata=None if meta is None else {k.lower(): v for k, v in meta.items()},
             content_type=resp.get("ContentType") if content_type is None else content_type,
         )
+
+    @staticmethod
+    def _written(key: str, answer: WriteAnswer, size: int, metadata: Mapping[str, str],
+                 content_type: str | None) -> ObjectInfo:
+        """The `ObjectInfo` of a lean write: what `_info` makes of boto3's answer to it."""
+        return ObjectInfo(key=key, size=size, etag=answer.etag, mtime=answer.mtime,
+                          version_id=answer.version_id,
+                          metadata={k.lower(): v for k, v in metadata.items()},
+                          content_type=content_type)
 
     @staticmethod
     def _put_args(metadata: Mapping[str, str], content_type: str | None) -> dict[str, Any]:
@@ -724,6 +806,7 @@ class S3Remote(Remote):
         if_match: str | None = None,
         if_none_match: bool = False,
         checksum_sha256: str | None = None,
+        payload_sha256: str | None = None,
     ) -> ObjectInfo:
         put_args = self._put_args(metadata, content_type)
         conditions = self._condition_args(if_match, if_none_match)
@@ -740,10 +823,23 @@ class S3Remote(Remote):
                 # object is a hash of part hashes, not the file's (zone-buckets.md §4.1): none.
                 resp = self._multipart_upload(key, f.name, size, put_args, stopped, conditions)
             else:
+                checksum = self._checksum_args(checksum_sha256)
+                lean = self._lean_writes()
+                if lean is not None:
+                    try:
+                        body = FileBody(f, size, stopped, payload_sha256)
+                        answer: WriteAnswer = self._lean_call(
+                            key, lean.put, self._full(key), body, put_args["Metadata"],
+                            content_type, if_match=if_match, if_none_match=if_none_match,
+                            checksum_b64=checksum.get("ChecksumSHA256"))
+                        return self._written(key, answer, body.length, put_args["Metadata"],
+                                             content_type)
+                    except NotUnderstood as exc:
+                        self._fell_back("PUT", exc)
                 resp = self._client.put_object(
                     Bucket=self.bucket, Key=self._full(key),
                     Body=_FileWindow(f, 0, size, stopped), ContentLength=size, **put_args,
-                    **conditions, **self._checksum_args(checksum_sha256),
+                    **conditions, **checksum,
                 )
         return self._info(key, resp, size, put_args["Metadata"], content_type)
 
@@ -897,11 +993,22 @@ class S3Remote(Remote):
         checksum_sha256: str | None = None,
     ) -> ObjectInfo:
         put_args = self._put_args(metadata, content_type)
+        checksum = self._checksum_args(checksum_sha256)
+        lean = self._lean_writes()
+        if lean is not None:
+            try:
+                answer: WriteAnswer = self._lean_call(
+                    key, lean.put, self._full(key), BytesBody(data), put_args["Metadata"],
+                    content_type, if_match=if_match, if_none_match=if_none_match,
+                    checksum_b64=checksum.get("ChecksumSHA256"))
+                return self._written(key, answer, len(data), put_args["Metadata"],
+                                     content_type)
+            except NotUnderstood as exc:
+                self._fell_back("PUT", exc)
         with self._translated(key):
             resp = self._client.put_object(
                 Bucket=self.bucket, Key=self._full(key), Body=data, **put_args,
-                **self._condition_args(if_match, if_none_match),
-                **self._checksum_args(checksum_sha256),
+                **self._condition_args(if_match, if_none_match), **checksum,
             )
         return self._info(key, resp, len(data), put_args["Metadata"], content_type)
 
@@ -935,6 +1042,15 @@ class S3Remote(Remote):
             if src.size > self.COPY_MULTIPART_THRESHOLD:
                 resp = self._multipart_copy(src, dst_key, new_meta, new_type)
             else:
+                lean = self._lean_writes()
+                if lean is not None:
+                    try:
+                        answer: WriteAnswer = self._lean_call(
+                            dst_key, lean.copy, self._full(dst_key), self._full(src_key),
+                            src_version_id, None if metadata is None else (new_meta, new_type))
+                        return self._written(dst_key, answer, src.size, new_meta, new_type)
+                    except NotUnderstood as exc:
+                        self._fell_back("copy", exc)
                 args: dict[str, Any] = {"MetadataDirective": "COPY"}
                 if metadata is not None:
                     args = {"MetadataDirective": "REPLACE", **self._put_args(new_meta, new_type)}
@@ -978,6 +1094,13 @@ class S3Remote(Remote):
 
     def _delete(self, key: str) -> None:
         try:
+            lean = self._lean_writes()
+            if lean is not None:
+                try:
+                    self._lean_call(key, lean.delete, self._full(key))
+                    return
+                except NotUnderstood as exc:
+                    self._fell_back("DELETE", exc)
             with self._translated(key):
                 self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
         except NotFound:
@@ -1037,6 +1160,13 @@ class S3Remote(Remote):
         return VersionPage(entries, prefixes, next_marker)
 
     def _delete_version(self, key: str, version_id: str) -> None:
+        lean = self._lean_writes()
+        if lean is not None:
+            try:
+                self._lean_call(key, lean.delete, self._full(key), version_id)
+                return
+            except NotUnderstood as exc:
+                self._fell_back("DELETE", exc)
         with self._translated(key):
             self._client.delete_object(Bucket=self.bucket, Key=self._full(key),
                                        VersionId=version_id)

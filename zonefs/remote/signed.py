@@ -1,27 +1,38 @@
-"""The lean request path: S3 GETs and HEADs signed here (SigV4) and sent over kept-alive
-connections, for the hottest reads of `S3Remote` (HEAD, ListObjectsV2, small GETs).
+"""The lean request path's transport: S3 requests signed here (SigV4) and sent over kept-alive
+connections, for the hottest requests of `S3Remote` (HEAD, ListObjectsV2, small GETs, and
+single-part PUTs, copies and DELETEs).
 
 botocore spends about 1 ms of CPU on each request (event hooks, its generic serializer and
 parser, urllib3), and zonefs runs every request under one GIL; a request signed here with a few
 HMACs and sent with `http.client` costs about a fifth of that. This module owns only the
-transport: SigV4 signing, a pool of kept-alive HTTP(S) connections, and retries. It knows
-nothing of boto3, zonefs errors or `ObjectInfo`: `remote/s3.py` hands in where requests go (a
-`Target` learned from its own boto3 client, so the region and addressing style are the
-client's), a credentials callable, TLS verification and timeouts, and it interprets every
-answer, falling back to boto3 for any it does not understand.
+transport: SigV4 signing, a pool of kept-alive HTTP(S) connections, request bodies, and
+retries. It knows nothing of boto3, zonefs errors or `ObjectInfo`: `remote/s3.py` hands in
+where requests go (a `Target` learned from its own boto3 client, so the region and addressing
+style are the client's), a credentials callable, TLS verification and timeouts, and
+`remote/lean.py` and `remote/lean_writes.py` interpret every answer, falling back to boto3 for
+any they do not understand.
 
 Invariants:
-- Only bodiless GET and HEAD requests are sent (safe to repeat), with the payload hash of the
-  empty body. The canonical URI is exactly the path sent: the key URI-encoded per RFC 3986
-  with '/' kept and no normalisation (as S3 wants); the canonical query string is exactly the
-  query sent. `host`, `x-amz-content-sha256`, `x-amz-date` and, with temporary credentials,
-  `x-amz-security-token` are signed.
+- Requests are GET, HEAD and DELETE without a body, and PUT with or without one; every one of
+  them is safe to send again (a PUT replaces the object with the same bytes). The canonical URI
+  is exactly the path sent: the key URI-encoded per RFC 3986 with '/' kept and no
+  normalisation (as S3 wants); the canonical query string is exactly the query sent. `host`,
+  `x-amz-content-sha256`, `x-amz-date`, with temporary credentials `x-amz-security-token`, and
+  every header the caller asks to sign are signed, values trimmed as botocore trims them.
+- The payload hash is the caller's (the body's SHA-256, or UNSIGNED-PAYLOAD where botocore
+  would send that); without a body it is the empty body's.
+- A body (`Body`) is sent from its start at every attempt. What its pieces raise (a cancel, a
+  local file error) ends the request at once: it is not a transport failure, and is not retried.
+  A body over `EXPECT_CONTINUE_OVER` bytes waits for the store's `100 Continue` (at most
+  `CONTINUE_WAIT` seconds, as botocore waits), so that a store refusing it (a failed condition)
+  answers before the body is sent.
 - Credentials are fetched for every request (the callable refreshes expiring ones) and never
   appear in an exception, a log line or a `repr`: `Unreachable` carries an OS reason only.
 - A connection goes back to the pool only once its answer was read to the end and the server
-  did not ask to close it; an error, or a body left unread, closes it. An idle connection the
-  server closed meanwhile is noticed before reuse and dropped.
-- Connection failures (but a refused connection: the store is down, the read fails at once)
+  did not ask to close it; an error, a body left unread, or an answer given before a body was
+  sent closes it. An idle connection the server closed meanwhile is noticed before reuse and
+  dropped.
+- Connection failures (but a refused connection: the store is down, the request fails at once)
   and 500/502/503/504 answers are tried again, up to `max_attempts` in all,
   after a jittered exponential backoff (as botocore's standard retry mode does); every other
   answer is returned to the caller as it is.
@@ -32,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import io
 import os
 import random
 import select
@@ -39,19 +51,28 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote, urlsplit
 
-#: SHA-256 of the empty payload: every request sent here has no body.
+#: SHA-256 of the empty payload: the payload hash of every request without a body.
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: The payload hash of a body that is not signed (only where botocore would send it so).
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 #: Answers that are tried again, as botocore's standard retry mode does.
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _MAX_BACKOFF = 20.0
 #: An unread rest of an answer up to this size is read to keep the connection; more is not.
 _DRAIN_LIMIT = 64 << 10
+#: Bodies longer than this ask for `100 Continue` first (shorter ones fit in the socket buffers,
+#: so a store that answers before reading them still gets them whole).
+EXPECT_CONTINUE_OVER = 64 << 10
+#: Seconds to wait for `100 Continue` before the body is sent anyway (botocore waits 1 s too).
+CONTINUE_WAIT = 1.0
+#: The longest interim answer read while waiting for `100 Continue`.
+_INTERIM_LIMIT = 64 << 10
 
 
 class Credentials(NamedTuple):
@@ -63,6 +84,28 @@ class Credentials(NamedTuple):
 
     def __repr__(self) -> str:  # never print a key, even in a traceback's locals
         return "Credentials(...)"
+
+
+class Body(Protocol):
+    """A request body that can be sent again from its start (each attempt sends it anew)."""
+
+    @property
+    def length(self) -> int:
+        """The number of bytes `chunks` yields (sent as Content-Length)."""
+        ...
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body from its start, in pieces; each piece is sent before the next is asked
+        for. What it raises ends the request (no retry)."""
+        ...
+
+
+class _BodyFailed(Exception):
+    """What a body's pieces raised, carried past the transport's own error handling."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
 
 
 class Unreachable(Exception):
@@ -232,20 +275,32 @@ class SignedTransport:
         return key
 
     def sign(self, method: str, path: str, query: str, creds: Credentials,
-             now: float | None = None) -> dict[str, str]:
-        """The headers that make `method path?query` a signed request."""
+             now: float | None = None, *, payload: str = EMPTY_SHA256,
+             signed: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The headers that make `method path?query` a signed request whose body hashes to
+        `payload`. `signed`: more headers to sign (lowercase names; the caller sends them)."""
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         date = amz_date[:8]
         host = self.target.host_header
-        if creds.token:
-            signed = "host;x-amz-content-sha256;x-amz-date;x-amz-security-token"
-            canonical_headers = (f"host:{host}\nx-amz-content-sha256:{EMPTY_SHA256}\n"
+        if signed:
+            values = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+            if creds.token:
+                values["x-amz-security-token"] = creds.token
+            for name, value in signed.items():
+                values[name] = " ".join(value.split())  # botocore's (and SigV4's) trim
+            names = sorted(values)
+            signed_names = ";".join(names)
+            canonical_headers = "".join(f"{name}:{values[name]}\n" for name in names)
+        elif creds.token:
+            signed_names = "host;x-amz-content-sha256;x-amz-date;x-amz-security-token"
+            canonical_headers = (f"host:{host}\nx-amz-content-sha256:{payload}\n"
                                  f"x-amz-date:{amz_date}\nx-amz-security-token:{creds.token}\n")
         else:
-            signed = "host;x-amz-content-sha256;x-amz-date"
-            canonical_headers = (f"host:{host}\nx-amz-content-sha256:{EMPTY_SHA256}\n"
+            signed_names = "host;x-amz-content-sha256;x-amz-date"
+            canonical_headers = (f"host:{host}\nx-amz-content-sha256:{payload}\n"
                                  f"x-amz-date:{amz_date}\n")
-        canonical = f"{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{EMPTY_SHA256}"
+        canonical = (f"{method}\n{path}\n{query}\n{canonical_headers}\n{signed_names}\n"
+                     f"{payload}")
         scope = date + self._scope_tail
         to_sign = (f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
                    + hashlib.sha256(canonical.encode()).hexdigest())
@@ -254,9 +309,9 @@ class SignedTransport:
         headers = {
             "Host": host,
             "X-Amz-Date": amz_date,
-            "X-Amz-Content-SHA256": EMPTY_SHA256,
+            "X-Amz-Content-SHA256": payload,
             "Authorization": (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
-                              f"SignedHeaders={signed}, Signature={signature}"),
+                              f"SignedHeaders={signed_names}, Signature={signature}"),
         }
         if creds.token:
             headers["X-Amz-Security-Token"] = creds.token
@@ -316,13 +371,16 @@ class SignedTransport:
     @contextmanager
     def request(
         self, method: str, path: str, params: Sequence[tuple[str, str]] = (),
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, *, signed: Mapping[str, str] | None = None,
+        body: Body | None = None, payload: str = EMPTY_SHA256,
     ) -> Iterator[http.client.HTTPResponse]:
         """Send a signed `method` of `path` (already encoded: `Target.object_path`) and yield
         the answer, whatever its status, once its headers have arrived; the caller reads the
-        body inside the `with`. Connection failures and 5xx answers are tried again first;
-        when every attempt failed in transport, Unreachable. NotUnderstood when there are no
-        credentials to sign with."""
+        body inside the `with`. `signed` headers (lowercase names) are signed and sent,
+        `headers` only sent; `body` is sent with `payload` as its hash. Connection failures
+        and 5xx answers are tried again first; when every attempt failed in transport,
+        Unreachable. NotUnderstood when there are no credentials to sign with. What the
+        body's pieces raise is raised as it is."""
         query = canonical_query(params)
         url = f"{path}?{query}" if query else path
         for attempt in range(1, self._max_attempts + 1):
@@ -330,16 +388,21 @@ class SignedTransport:
             creds = self._credentials()
             if creds is None:
                 raise NotUnderstood("no credentials")
-            all_headers = self.sign(method, path, query, creds)
+            all_headers = self.sign(method, path, query, creds, payload=payload, signed=signed)
             all_headers["User-Agent"] = self._user_agent
+            if signed:
+                all_headers.update(signed)
             if headers:
                 all_headers.update(headers)
             conn: http.client.HTTPConnection | None = None
             reused = False
             try:
                 conn, reused = self._take()
-                conn.request(method, url, headers=all_headers)
-                resp = conn.getresponse()
+                resp = self._exchange(conn, method, url, all_headers, body)
+            except _BodyFailed as failed:
+                if conn is not None:
+                    conn.close()  # half a body went out: the connection is unusable
+                raise failed.error from None
             except (OSError, http.client.HTTPException) as exc:
                 if conn is not None:
                     conn.close()
@@ -364,6 +427,100 @@ class SignedTransport:
                 else:
                     conn.close()  # the body may be half read: the connection is unusable
             return
+
+    @staticmethod
+    def _exchange(conn: http.client.HTTPConnection, method: str, url: str,
+                  headers: dict[str, str], body: Body | None) -> http.client.HTTPResponse:
+        """Send one request on `conn` and read the head of its answer. Transport failures
+        raise as OSError or HTTPException; what the body raises comes as _BodyFailed."""
+        if body is None:
+            conn.request(method, url, headers=headers)
+            return conn.getresponse()
+        conn.putrequest(method, url, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(body.length))
+        expect = body.length > EXPECT_CONTINUE_OVER
+        if expect:
+            conn.putheader("Expect", "100-continue")
+        conn.endheaders()
+        if expect:
+            early = _early_answer(conn, method)
+            if early is not None:
+                return early
+        pieces = body.chunks()
+        while True:
+            try:
+                piece = next(pieces, None)
+            except Exception as exc:  # a cancel or a local file error: not the transport's
+                raise _BodyFailed(exc) from exc
+            if piece is None:
+                break
+            conn.send(piece)
+        return conn.getresponse()
+
+
+def _early_answer(conn: http.client.HTTPConnection,
+                  method: str) -> http.client.HTTPResponse | None:
+    """After the head of a request that expects `100 Continue`: None when the store said
+    `100 Continue`, or nothing within CONTINUE_WAIT (the body is then sent anyway, as botocore
+    does); otherwise the store's final answer, given before the body was sent, parsed from
+    the bytes read here and marked so that the connection is closed after it."""
+    sock = conn.sock
+    assert sock is not None
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(int(CONTINUE_WAIT * 1000)):
+        return None
+    data = b""
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            piece = sock.recv(_INTERIM_LIMIT)
+            if not piece:
+                raise http.client.RemoteDisconnected("closed before answering")
+            data += piece
+            if len(data) > _INTERIM_LIMIT:
+                raise http.client.HTTPException("an over-long interim answer")
+            continue
+        if data.split(b" ", 2)[1:2] != [b"100"]:
+            break
+        # `100 Continue` (some servers send two): the body goes when nothing else came.
+        data = data[end + 4:]
+        if not data:
+            return None
+    # A final answer, given before the body was sent.
+    resp = http.client.HTTPResponse(_Replay(data, sock), method=method)  # type: ignore[arg-type]
+    resp.begin()
+    resp.will_close = True  # the body it did not wait for was never sent
+    return resp
+
+
+class _Replay:
+    """What `http.client.HTTPResponse` reads an answer from: bytes already received, then
+    the rest from the socket."""
+
+    def __init__(self, received: bytes, sock: socket.socket) -> None:
+        self._received, self._sock = received, sock
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_ReplayRaw(self._received, self._sock))
+
+
+class _ReplayRaw(io.RawIOBase):
+    def __init__(self, received: bytes, sock: socket.socket) -> None:
+        self._received, self._sock = memoryview(received), sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._received:
+            n = min(len(buffer), len(self._received))
+            buffer[:n] = self._received[:n]
+            self._received = self._received[n:]
+            return n
+        return self._sock.recv_into(buffer)
 
 
 def _finish(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
