@@ -147,8 +147,9 @@ class MountOptions:
     # Store capabilities set by -o instead of the probe: sorted (name, value) pairs.
     store_overrides: tuple[tuple[str, str], ...] = ()
     reprobe: bool = False  # probe the store again instead of using the cached answers
-    # Hot S3 reads (HEAD, listings, small GETs) signed and sent by zonefs itself rather than
-    # through boto3 (remote/lean.py); off: every request through boto3.
+    # Hot S3 requests (HEAD, listings, small GETs; single-part PUTs, copies, DELETEs) signed and
+    # sent by zonefs itself rather than through boto3 (remote/lean.py, remote/lean_writes.py);
+    # off: every request through boto3.
     lean_requests: bool = True
 
     @property
