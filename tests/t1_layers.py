@@ -24,6 +24,8 @@ FORBIDDEN = {
     "uploads": {"vfs", "view", "files", "fuse_ops", "daemon", "cli"},
     "deletes": {"vfs", "view", "files", "uploads", "renames", "objects", "fuse_ops",
                 "daemon", "cli"},
+    "leftovers": {"vfs", "view", "files", "uploads", "renames", "objects", "fuse_ops",
+                  "daemon", "cli"},
     "renames": {"vfs", "fuse_ops", "daemon", "cli", "objects"},
     "writeback": {"remote", "vfs", "objects", "uploads", "blobs", "journal"},
     "blobs": {"vfs", "objects", "uploads", "remote", "journal"},

@@ -32,10 +32,10 @@ from vfs_harness import Env, Store
 
 from zonefs.config import ZoneConfig
 from zonefs.errors import BucketMissing, RemoteError
+from zonefs.leftovers import INTENT_WINDOW
 from zonefs.remote import open_remote
 from zonefs.remote.base import Remote
 from zonefs.remote.s3 import S3Remote
-from zonefs.uploads import INTENT_WINDOW
 
 MiB = 1 << 20
 NS = 1_000_000_000

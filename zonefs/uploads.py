@@ -17,15 +17,10 @@ Invariants:
   names (never closed, so never acknowledged) are removed.
 - A key has at most one pending change: a row takes over a pending delete of its key
   (`DirtyFile.claimed`), and a removal turns a row into a delete in one transaction.
-- Every multipart upload (or copy) the remote creates is announced in the journal by an
-  intent (zone key, local time; fsync'ed) before CreateMultipartUpload is sent, and recorded
-  by its upload id (fsync'ed) before its first part is sent, until it is completed or aborted
-  (`_MultipartJournal`, installed as the remote's `multipart_log`). At mount, before anything
-  is uploaded, `abort_leftover_uploads` aborts the recorded uploads a dead process left, and
-  for each intent never settled by an id, every unfinished upload of exactly its key that the
-  store initiated within `INTENT_WINDOW` of the intent's time and that holds no part (zonefs
-  sends parts only to uploads whose id it recorded). A record whose abort or search fails
-  stays for the next mount; it never fails the mount.
+- Every multipart upload (or copy) the remote creates is journaled before it is created and
+  before its first part is sent (`leftovers.MultipartJournal`, installed as the remote's
+  `multipart_log`); at mount, before anything is uploaded, `leftovers` aborts those a dead
+  process left.
 """
 
 from __future__ import annotations
@@ -46,10 +41,11 @@ from .blobs import BlobStore, Digest, hash_file
 from .config import MountOptions
 from .deletes import PendingDeletes
 from .dircache import DirCache, Entry
-from .errors import NotFound, PreconditionFailed, RemoteError, ZonefsError
+from .errors import NotFound, PreconditionFailed, RemoteError
 from .handles import ANY_OBJECT, DirtyFile, PendingRows, Stat, has_new_bytes
-from .journal import DirtyRow, Journal, MultipartIntent, ObjectRow
+from .journal import DirtyRow, Journal, ObjectRow
 from .keys import PosixMeta
+from .leftovers import MultipartJournal, abort_leftover_uploads
 from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
 from .remote.base import ObjectInfo, Remote
 from .remote.probe import Capabilities
@@ -63,49 +59,6 @@ JOURNAL_SYNC_INTERVAL = 1.0
 
 class _Conflict(Exception):
     """The object changed in the bucket since the local edit began."""
-
-
-#: How far apart an intent's local time and an upload's initiation time (by the store's clock)
-#: may be for that upload to count as the one the intent may have created: room for clock skew
-#: between this machine and the store, and for botocore's retries of the create. Another
-#: client's upload of the very same key, initiated within it and holding no part yet, would be
-#: aborted too: the accepted risk (README, "Known limitations").
-INTENT_WINDOW = 15 * 60.0
-
-
-class _MultipartJournal:
-    """The remote's `multipart_log`: records multipart uploads in progress in the journal.
-
-    Called from the worker thread that runs an upload (or a large copy); every call hops to the
-    trio thread, where all journal calls are made, so the journal is never used from two
-    threads at once."""
-
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
-
-    def intend(self, key: str) -> int:
-        # Raises when the trio loop is gone: the upload then fails before anything is created.
-        intent: int = trio.from_thread.run_sync(self._journal.add_multipart_intent, key,
-                                                time.time_ns())
-        return intent
-
-    def started(self, key: str, upload_id: str, intent: int, *, sole: bool) -> None:
-        # Raises when the trio loop is gone: the upload then fails (and is aborted) with only
-        # its intent on record, which the next mount settles.
-        trio.from_thread.run_sync(functools.partial(
-            self._journal.add_multipart, key, upload_id, replaces=intent if sole else None))
-
-    def refused(self, intent: int) -> None:
-        try:
-            trio.from_thread.run_sync(self._journal.drop_multipart_intents, [intent])
-        except Exception as exc:  # the intent stays: the next mount looks and finds nothing
-            log.debug("multipart intent %d: refusal not recorded: %s", intent, exc)
-
-    def ended(self, key: str, upload_id: str) -> None:
-        try:
-            trio.from_thread.run_sync(self._journal.drop_multipart, key, upload_id)
-        except Exception as exc:  # the row stays: the next mount aborts an upload that is gone
-            log.debug("multipart upload %s of %r: end not recorded: %s", upload_id, key, exc)
 
 
 class PendingFiles:
@@ -132,7 +85,7 @@ class PendingFiles:
         self._progress = trio.Event()  # set whenever a dirty file leaves (uploaded, dropped)
         self._throttled = False
         self._estimate = 0
-        remote.multipart_log = _MultipartJournal(journal)
+        remote.multipart_log = MultipartJournal(journal)
         self.deletes = PendingDeletes(remote, journal, cache, schedule=self.writeback.schedule,
                                       progress=self._note_progress,
                                       still_needed=self.dirty.copies_from)
@@ -196,59 +149,9 @@ class PendingFiles:
         self._progress = trio.Event()
 
     async def abort_leftover_uploads(self) -> int:
-        """Abort the multipart uploads a process that died left in the bucket (at mount, before
-        `requeue`, so that no upload of this mount is under way): their files are still dirty,
-        so they are uploaded again whole. First those recorded by id; then, for each key with
-        intents never settled by an id, its uploads that may be theirs (`_abort_unrecorded`).
-        One that cannot be aborted or looked for now stays recorded for the next mount.
-        Returns how many uploads were aborted."""
-        aborted = 0
-        for key, upload_id in self.journal.multipart_uploads():
-            try:
-                await self.remote.abort_multipart(key, upload_id)
-            except ZonefsError as exc:
-                log.warning("could not abort the unfinished multipart upload of %r left by an "
-                            "earlier mount (tried again at the next mount): %s", key, exc)
-                continue
-            self.journal.drop_multipart(key, upload_id)
-            aborted += 1
-        intents: dict[str, list[MultipartIntent]] = {}
-        for intent in self.journal.multipart_intents():
-            intents.setdefault(intent.key, []).append(intent)
-        for key, group in intents.items():
-            try:
-                aborted += await self._abort_unrecorded(key, [i.time_ns / 1e9 for i in group])
-            except ZonefsError as exc:
-                log.warning("could not look for an unfinished multipart upload of %r whose "
-                            "id an earlier mount never recorded (tried again at the next "
-                            "mount): %s", key, exc)
-                continue
-            self.journal.drop_multipart_intents(i.id for i in group)
-        if aborted:
-            log.info("aborted %d unfinished multipart upload(s) left by an earlier mount",
-                     aborted)
-        return aborted
-
-    async def _abort_unrecorded(self, key: str, times: list[float]) -> int:
-        """Abort the unfinished uploads of exactly `key` that intents made at `times` (local
-        seconds since the epoch) may have created: initiated within INTENT_WINDOW of one of
-        them, and holding no part. Returns how many were aborted; raises on the first failure
-        (the intents then stay)."""
-        aborted = 0
-        for up in await self.remote.list_multipart_uploads(key):
-            if up.key != key or up.initiated is None:
-                continue  # another key, or no time to match: not provably ours
-            if not any(abs(up.initiated - t) <= INTENT_WINDOW for t in times):
-                continue
-            # Parts go only to an upload whose id is in the journal: one with parts is
-            # another writer's.
-            if await self.remote.multipart_has_parts(key, up.upload_id):
-                continue
-            await self.remote.abort_multipart(key, up.upload_id)
-            log.info("aborted the multipart upload %s of %r, created by an earlier mount that "
-                     "did not live to record it", up.upload_id, key)
-            aborted += 1
-        return aborted
+        """Abort the multipart uploads a process that died left in the bucket (at mount,
+        before `requeue`): see `leftovers.abort_leftover_uploads`."""
+        return await abort_leftover_uploads(self.remote, self.journal)
 
     def requeue(self) -> int:
         """Hand every journaled change to the write-back queue (at mount)."""
