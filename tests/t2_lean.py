@@ -518,7 +518,6 @@ class FakeStore(http.server.BaseHTTPRequestHandler):
     reset_first = 0  # close this many connections without an answer first
     refuse_expect: tuple[int, dict[str, str], bytes] | None = None  # answer instead of 100
     verify_payload = False  # refuse a body whose SHA-256 is not its x-amz-content-sha256
-    cut_body: int | None = None  # send only this many bytes of a body, then close
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -539,12 +538,7 @@ class FakeStore(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
-            cut = type(self).cut_body
-            self.wfile.write(body if cut is None else body[:cut])
-            if cut is not None:
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+            self.wfile.write(body)
 
     def _answer(self) -> None:
         cls = type(self)
@@ -576,7 +570,7 @@ def fake_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeStore]]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     handler = type("Store", (FakeStore,), {"answers": [], "seen": [], "requests": [],
                                            "reset_first": 0, "refuse_expect": None,
-                                           "verify_payload": False, "cut_body": None})
+                                           "verify_payload": False})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     handler.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -609,19 +603,6 @@ async def test_5xx_answers_are_retried_then_transient(fake_store: type[FakeStore
     assert (info.etag, info.version_id, info.metadata, info.content_type) == (
         "e1", "v1", {"mode": "33188"}, "text/plain")
     assert info.mtime == 1796183588.0 and len(fake_store.seen) == 3
-
-
-async def test_a_range_answer_cut_short_is_an_error_not_short_bytes(
-        fake_store: type[FakeStore]) -> None:
-    body = bytes(range(256)) * 1024
-    fake_store.answers = [(206, {"Content-Range": f"bytes 0-{len(body) - 1}/{len(body)}",
-                                 "ETag": '"e1"'}, body)]
-    remote = lean_remote(fake_zone(fake_store), io_timeout=10)
-    assert await remote.get_range("k", 0, len(body)) == body  # read in place, whole
-    fake_store.cut_body = 1000
-    kind, message, transient = await outcome(lambda: remote.get_range("k", 0, len(body)))
-    assert kind is RemoteError and transient, message
-    assert remote.lean_fallbacks == {}
 
 
 async def test_a_reset_connection_is_tried_again(fake_store: type[FakeStore]) -> None:

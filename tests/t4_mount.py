@@ -1090,26 +1090,6 @@ def test_large_file_multipart_and_cold_ranged_reads(mount: Mount, tmp_path: Path
         assert out.split()[0].decode() == digest
 
 
-def read_ahead_kb(path: Path) -> int:
-    """The kernel's read-ahead of the mount at `path` (its bdi's read_ahead_kb)."""
-    dev = os.stat(path).st_dev
-    knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
-    return int(knob.read_text())
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a mount's read-ahead")
-def test_the_kernel_reads_ahead_what_read_ahead_says(mount: Mount) -> None:
-    assert read_ahead_kb(mount.path) == 1024  # the default: 1 MiB FUSE reads
-    data = os.urandom(3 * MiB + 5)
-    (mount.path / "seq.bin").write_bytes(data)
-    assert (mount.path / "seq.bin").read_bytes() == data
-    mount.remount(options={"read_ahead": "256K"})
-    assert read_ahead_kb(mount.path) == 256
-    assert (mount.path / "seq.bin").read_bytes() == data
-    mount.remount(options={"read_ahead": "0"})  # the kernel's own value is left
-    assert read_ahead_kb(mount.path) not in (256, 1024)
-
-
 def test_sizes_around_the_read_and_upload_thresholds(mount: Mount, tmp_path: Path) -> None:
     # 8 MiB: objects above it are read by ranges (8 MiB chunks); 16 MiB: uploads above it are
     # multipart (16 MiB parts). Off-by-one mistakes live at these edges.

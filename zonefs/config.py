@@ -151,10 +151,6 @@ class MountOptions:
     # sent by zonefs itself rather than through boto3 (remote/lean.py, remote/lean_writes.py);
     # off: every request through boto3.
     lean_requests: bool = True
-    # The kernel's read-ahead for this mount (its bdi's read_ahead_kb), set after mounting when
-    # the daemon may (root): sequential reads then come as 1 MiB FUSE requests, a quarter of
-    # the calls of the kernel's 128 KiB default. 0 leaves the kernel's value.
-    read_ahead: int = 1 << 20
 
     @property
     def file_mode(self) -> int:
@@ -262,8 +258,6 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
     (0.5, 30.0)
     >>> parse_mount_options(["lean_requests=off"]).lean_requests, MountOptions().lean_requests
     (False, True)
-    >>> parse_mount_options(["read_ahead=256K"]).read_ahead, MountOptions().read_ahead
-    (262144, 1048576)
     """
     opts = base or MountOptions()
     changes: dict[str, object] = {}
@@ -306,8 +300,6 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["cache_dir"] = os.path.abspath(value)
             elif name == "cache_size":
                 changes["cache_size"] = parse_size(value)
-            elif name == "read_ahead":
-                changes["read_ahead"] = parse_size(value)
             elif name in ("writeback_delay", "metadata_ttl"):
                 changes[name] = _parse_seconds(name, value)
             elif name == "io_timeout":

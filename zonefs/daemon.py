@@ -18,7 +18,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -100,48 +99,6 @@ def _fuse_options(opts: MountOptions, zone: ZoneConfig) -> set[str]:
     if opts.read_only:
         options.add("ro")
     return options
-
-
-def _set_read_ahead(mountpoint: str, size: int) -> None:
-    """Set the kernel's read-ahead of the new mount to `size` bytes (0: leave it).
-
-    The kernel reads ahead up to this much in one FUSE request (capped by the request size
-    libfuse negotiated, 1 MiB), so sequential reads cost a quarter of the calls of the default
-    128 KiB. Only root may write the knob; anyone else keeps the default, said at debug level.
-    The device comes from /proc/self/mountinfo: a stat of the mount point would wait for this
-    daemon, which does not answer requests yet.
-    """
-    if size <= 0:
-        return
-    device = _mount_device(mountpoint)
-    if device is None:
-        log.debug("read-ahead left at the kernel's default: %s is not in mountinfo", mountpoint)
-        return
-    knob = f"/sys/class/bdi/{device}/read_ahead_kb"
-    try:
-        with open(knob, "w") as f:
-            f.write(str(max(4, size >> 10)))
-    except OSError as exc:
-        log.debug("read-ahead left at the kernel's default: %s: %s", knob, exc.strerror)
-
-
-def _mount_device(mountpoint: str) -> str | None:
-    """"major:minor" of the newest zonefs mount on `mountpoint`, from /proc/self/mountinfo."""
-    found = None
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                # ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS...] - FSTYPE SOURCE ...
-                if len(fields) < 5 or "-" not in fields:
-                    continue
-                fstype = fields[fields.index("-") + 1]
-                where = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                if where == mountpoint and fstype.startswith("fuse"):
-                    found = fields[2]
-    except OSError:
-        return None
-    return found
 
 
 def _lock_cache_dir(cache_dir: str) -> int:
@@ -232,8 +189,6 @@ class Daemon:
                 options = _fuse_options(self.opts, self.zone)
                 if debug_fuse:
                     options.add("debug")
-                mountpoint, read_ahead = self.mountpoint, self.opts.read_ahead
-                ops.after_init = lambda: _set_read_ahead(mountpoint, read_ahead)
                 try:
                     pyfuse3.init(ops, self.mountpoint, options)
                 except RuntimeError as exc:

@@ -77,8 +77,6 @@ class RangeFetcher:
         self._have: set[int] = set()  # pages present
         self._events: dict[int, trio.Event] = {}  # pages in flight (or failed, until read)
         self._errors: dict[int, BaseException] = {}
-        # Chunks a sequential read has asked for: each is scanned once, not at every read.
-        self._chunks_started: set[int] = set()
         self._next_offset = -1
         self.users = 0
         self.closed = False
@@ -94,9 +92,7 @@ class RangeFetcher:
                 or (before in self._have and before - 1 in self._have)):
             chunk, last_chunk = first // PAGES_PER_CHUNK, last // PAGES_PER_CHUNK
             for c in range(chunk, last_chunk + 1 + READAHEAD):
-                if c not in self._chunks_started:
-                    self._chunks_started.add(c)
-                    self._start(c * PAGES_PER_CHUNK, (c + 1) * PAGES_PER_CHUNK)
+                self._start(c * PAGES_PER_CHUNK, (c + 1) * PAGES_PER_CHUNK)
         else:
             self._start(first, last + 1)
         for p in range(first, last + 1):
@@ -150,9 +146,6 @@ class RangeFetcher:
             error = exc if isinstance(exc, Exception) else RemoteError("cancelled")
             for p in range(first, stop):
                 self._errors[p] = error
-            # A later sequential read fetches these chunks again.
-            self._chunks_started.difference_update(
-                range(first // PAGES_PER_CHUNK, (stop - 1) // PAGES_PER_CHUNK + 1))
             if not isinstance(exc, Exception):
                 raise
         finally:

@@ -23,7 +23,7 @@ import errno
 import logging
 import os
 import stat as st
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -79,14 +79,6 @@ class ZonefsOperations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[str, Stat]]] = {}
         self._dir_paths: dict[int, str] = {}
         self._next_fh = 1
-        #: Called on the trio thread once the kernel has taken the answer to FUSE's INIT
-        #: (what the kernel sets up from it, such as the read-ahead, is final by then).
-        self.after_init: Callable[[], None] | None = None
-
-    def init(self) -> None:
-        # libfuse sends the INIT answer when this returns; the callback runs after that.
-        if self.after_init is not None:
-            trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -247,7 +247,7 @@ class Vfs:
             with open(self.blobs.abspath(df.row.data), "rb") as f:
                 return os.fsdecode(f.read())
         key = df.row.source if df is not None and df.is_copy and df.row.source else path
-        return os.fsdecode(bytes(await self.remote.get_range(key, 0, max(s.size, 1))))
+        return os.fsdecode(await self.remote.get_range(key, 0, max(s.size, 1)))
 
     async def unlink(self, path: str) -> None:
         """A pending delete of the object (none when the store cannot hold one); a pending

@@ -39,14 +39,7 @@ from collections.abc import Sequence
 from urllib.parse import unquote_plus
 
 from .base import ListPage, ObjectInfo, report_progress
-from .signed import (
-    RETRY_STATUSES,
-    NotUnderstood,
-    SignedTransport,
-    Unreachable,
-    read_chunks,
-    transport_errors,
-)
+from .signed import RETRY_STATUSES, NotUnderstood, SignedTransport, read_chunks, transport_errors
 
 MiB = 1 << 20
 #: The largest listing answer read (1,000 keys of 1 KiB each are about 1.3 MB).
@@ -268,23 +261,6 @@ def error_of(resp: http.client.HTTPResponse,
     return NotUnderstood("status", f"HTTP {status}")
 
 
-def read_exactly(resp: http.client.HTTPResponse, length: int, piece: int) -> bytearray:
-    """The first `length` bytes of the body of `resp`, read in place (no pieces to join: one
-    copy from the socket), `piece` bytes at a time; transport errors, and a body shorter than
-    `length`, raise Unreachable."""
-    buf = bytearray(length)
-    view = memoryview(buf)
-    got = 0
-    with transport_errors():
-        while got < length:
-            n = resp.readinto(view[got:got + piece])
-            if not n:
-                raise Unreachable("the answer was cut short")
-            got += n
-            report_progress()
-    return buf
-
-
 class LeanReads:
     """HEAD, ListObjectsV2 and small GETs of one bucket over a `SignedTransport`."""
 
@@ -352,12 +328,6 @@ class LeanReads:
         want = start + length if whole else length
         if want > self.body_limit:
             raise NotUnderstood("large body", "a whole object in answer to a range")
-        if not whole and r.length is not None:
-            # A range past the end of the object is answered with what there is.
-            if r.length > length:
-                raise NotUnderstood("range", f"{r.length} bytes in answer to {length}")
-            # bytes-like: a bytearray read in place saves a copy and the join of the pieces.
-            return read_exactly(r, r.length, self.chunk)  # type: ignore[return-value]
         pieces, got = [], 0
         for piece in read_chunks(r, min(self.chunk, want)):
             pieces.append(piece)
