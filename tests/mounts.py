@@ -90,6 +90,10 @@ def subprocess_env(extra: dict[str, str | None] | None = None) -> dict[str, str]
     return env
 
 
+#: Set to DEBUG (or another level) to change the log level of every daemon the tests mount.
+LOG_LEVEL_ENV = "ZONEFS_TEST_LOG_LEVEL"
+
+
 def zonefs_cli(
     *args: str,
     timeout: float = CLI_TIMEOUT,
@@ -368,7 +372,9 @@ class Mount:
         args = ["mount", self.zone_url, str(self.path), "-o", spec, *self.extra_args]
         if self.endpoint_url:
             args += ["--endpoint-url", self.endpoint_url]
-        return args
+        # The daemon's log (cache_dir/zonefs.log) at DEBUG names every request and errno.
+        level = os.environ.get(LOG_LEVEL_ENV)
+        return ["--log-level", level, *args] if level else args
 
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
