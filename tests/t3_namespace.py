@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import os
 import stat as st
+import threading
+from typing import Any
 
 import pytest
+import trio
 from vfs_harness import (
+    DRAIN_TIMEOUT,
     GID,
     HOLD,
     UID,
+    DelegatingRemote,
     Env,
     OutageRemote,
     check_invariants,
@@ -25,7 +30,7 @@ from vfs_harness import (
 )
 
 from zonefs.errors import NotEmpty, NotFound, RemoteError
-from zonefs.remote import open_remote
+from zonefs.remote import Remote, open_remote
 
 
 async def test_unlink_then_create_replaces_the_object(env: Env) -> None:
@@ -482,4 +487,80 @@ async def test_directory_renamed_over_the_one_its_pending_copy_reads(env: Env) -
         assert await env.store.keys() == {"d/", "d/f"}
         assert await env.store.read("d/f") == b"the bytes"
         assert (await vfs.stat("d")).meta.mode == st.S_IFDIR | 0o700
+        await check_invariants(vfs)
+
+
+class _HeldListings(DelegatingRemote):
+    """Answers to listings under `prefix` wait, once `hold` is set, until `release` is: the
+    store answered, and the answer is slow to arrive. `waiting` is set when one waits."""
+
+    def __init__(self, inner: Remote, prefix: str) -> None:
+        super().__init__(inner)
+        self.prefix, self.hold = prefix, False
+        self.waiting, self.release = threading.Event(), threading.Event()
+
+    def _call(self, kind: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = fn(*args, **kwargs)
+        if kind == "list" and self.hold and str(args[0]).startswith(self.prefix):
+            self.waiting.set()
+            self.release.wait(DRAIN_TIMEOUT)
+        return answer
+
+
+async def test_rename_of_a_file_whose_upload_lands_meanwhile(env: Env) -> None:
+    """`mv a d/b` of a file with new bytes, whose upload lands while the rename looks `d/b`
+    up: the rename moves the object that upload left, so `d/b` reads the new bytes at once
+    (found by the random-operations test: EIO, the read asked for the replaced object)."""
+    await env.store.put("a", b"old bytes")
+    await env.store.put("d/x", b"x")
+    remote = _HeldListings(open_remote(env.zone), "d")
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        await vfs.stat("a")
+        handle = await vfs.open("a", os.O_WRONLY | os.O_TRUNC)
+        await vfs.write(handle, 0, b"new bytes")
+        await close(vfs, handle)
+        remote.hold = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(vfs.rename, "a", "d/b")
+            await trio.to_thread.run_sync(remote.waiting.wait, DRAIN_TIMEOUT)
+            vfs.writeback.schedule("a", delay=0)
+            await vfs.writeback.flush("a")  # lands while the rename waits for its lookup
+            assert await env.store.read("a") == b"new bytes"
+            remote.release.set()
+        assert names(await vfs.listdir("")) == ["d"]
+        assert await read_file(vfs, "d/b") == b"new bytes"
+        await drain(vfs)
+        assert await env.store.keys() == {"d/b", "d/x"}
+        assert await env.store.read("d/b") == b"new bytes"
+        await check_invariants(vfs)
+
+
+@pytest.mark.unversioned_on_moto
+async def test_listing_on_its_way_while_a_directory_delete_lands(env: Env) -> None:
+    """`rmdir d/e`, whose delete lands while a listing of `d` is on its way: that listing does
+    not show `e` again (found by the random-operations test: `find` listed a removed
+    directory, whose lookup then failed)."""
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.mkdir("d/e", 0o755, UID, GID)
+        await write_file(vfs, "d/f", b"f")
+        await drain(vfs)
+    remote = _HeldListings(open_remote(env.zone), "d/")
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        await vfs.rmdir("d/e")
+        remote.hold = True
+        listed: list[list[str]] = []
+
+        async def list_d() -> None:
+            listed.append(names(await vfs.listdir("d")))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(list_d)
+            await trio.to_thread.run_sync(remote.waiting.wait, DRAIN_TIMEOUT)
+            await vfs.pending.flush(["d/e/"])  # lands while the listing's answer is on its way
+            assert "d/e/" not in await env.store.keys()
+            remote.release.set()
+        assert listed == [["f"]]
+        with pytest.raises(NotFound):
+            await vfs.stat("d/e")
         await check_invariants(vfs)

@@ -10,7 +10,9 @@ A listing or lookup that was in flight while such a local change was made must n
 what the store said before it (an upload that landed while a listing was on its way: the
 listing still shows the old size and ETag). Reads of the store are bracketed by `begin_fetch`
 and `end_fetch`; while one is in flight every local change is stamped, and `put_listing` and
-`put_fetched` let the newer local facts win over what the fetch brought.
+`put_fetched` let the newer local facts win over what the fetch brought. After a local change
+nothing is known of (an invalidation: a directory marker deleted, a rename), they say so, and
+the caller asks the store again: what the fetch brought may show a name that is gone.
 """
 
 from __future__ import annotations
@@ -80,23 +82,24 @@ class DirCache:
     def _changes_since(self, since: int) -> list[tuple[str, bool]]:
         return [(p, tree) for p, (stamp, tree) in self._changed.items() if stamp > since]
 
-    def put_fetched(self, path: str, entry: Entry | None, since: int) -> Entry | None:
+    def put_fetched(self, path: str, entry: Entry | None, since: int) -> Entry | None | object:
         """Cache what a lookup that began at stamp `since` found at `path`, unless a local
-        change of `path` came meanwhile: then that newer fact is returned instead."""
+        change of `path` came meanwhile: then that newer fact is returned instead, or
+        UNKNOWN when nothing is known of it (`entry` may be out of date: look it up again)."""
         for p, tree in self._changes_since(since):
             if p == path or (tree and is_within(path, p)):
-                known = self.entry(path)
-                return entry if known is UNKNOWN else known  # type: ignore[return-value]
+                return self.entry(path)
         self.put_entry(path, entry)
         return entry
 
     def listing(self, path: str) -> dict[str, Entry] | None:
         return self._listings.get(path)
 
-    def put_listing(self, path: str, names: dict[str, Entry], since: int | None = None) -> None:
+    def put_listing(self, path: str, names: dict[str, Entry], since: int | None = None) -> bool:
         """Cache the listing of `path`. With `since` (the stamp of `begin_fetch`), entries
         changed locally while it was fetched are first set to what is known now (in `names`
-        too); after a change nothing is known of, the listing is not cached."""
+        too); after a change nothing is known of, the listing is not cached, and False says
+        that `names` may be out of date (list again)."""
         if since is not None:
             keep = True
             for p, tree in self._changes_since(since):
@@ -111,9 +114,10 @@ class DirCache:
                     else:
                         names[split(p)[1]] = known  # type: ignore[assignment]
             if not keep:
-                return
+                return False
         self._listings[path] = names
         self._last[path] = names
+        return True
 
     def last_listing(self, path: str) -> dict[str, Entry] | None:
         """The last listing of `path`, however old (None if there is none, or it was

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 #: Header fetches started ahead of a listing's reader, at most this many at once.
 PREFETCH_TASKS = 64
+#: Times a lookup or listing is asked again when a local change raced it (see `DirCache`); the
+#: last answer stands, uncached.
+FETCH_ATTEMPTS = 3
 #: Odd keys remembered for `zonefs status` (each is still logged once, up to this many).
 MAX_REPORTED = 1000
 
@@ -145,23 +148,30 @@ class View:
 
     async def _fetch_entry(self, path: str) -> Entry | None:
         """Ask the store what `path` is; while it cannot be reached, what was last known."""
-        since = self.cache.begin_fetch()
-        try:
+        for _ in range(FETCH_ATTEMPTS):
+            since = self.cache.begin_fetch()
             try:
-                found = await self._lookup_remote(path)
-            except RemoteError as exc:
-                stale = self.cache.last_entry(path) if exc.transient else UNKNOWN
-                if stale is UNKNOWN:
-                    raise
-                # The store is unreachable: answer from what was last known (the entry, or
-                # its directory's last listing), so that known names still resolve and files
-                # can still be created (their uploads wait, and are conditional).
-                log.debug("store unreachable; %r answered from what was last known", path)
-                return stale  # type: ignore[return-value]
-            # An upload that landed meanwhile knows better than the lookup.
-            return self.cache.put_fetched(path, found, since)
-        finally:
-            self.cache.end_fetch()
+                try:
+                    found = await self._lookup_remote(path)
+                except RemoteError as exc:
+                    stale = self.cache.last_entry(path) if exc.transient else UNKNOWN
+                    if stale is UNKNOWN:
+                        raise
+                    # The store is unreachable: answer from what was last known (the entry,
+                    # or its directory's last listing), so that known names still resolve
+                    # and files can still be created (their uploads wait, and are
+                    # conditional).
+                    log.debug("store unreachable; %r answered from what was last known", path)
+                    return stale  # type: ignore[return-value]
+                # An upload that landed meanwhile knows better than the lookup.
+                known = self.cache.put_fetched(path, found, since)
+            finally:
+                self.cache.end_fetch()
+            if known is not UNKNOWN:
+                return known  # type: ignore[return-value]
+            # Changed here meanwhile in a way nothing is known of (a delete of its
+            # directory marker landed): what the store said may already be gone.
+        return found
 
     def _visible(self, path: str, entry: Entry) -> Entry | None:
         """The remote entry at `path` as the mount shows it: None when its delete is pending
@@ -274,13 +284,18 @@ class View:
             return stale
 
     async def _list_remote(self, path: str) -> dict[str, Entry]:
-        since = self.cache.begin_fetch()
-        try:
-            names = await self._list_pages(path)
-            # An upload that landed while the pages came knows better than they do.
-            self.cache.put_listing(path, names, since)
-        finally:
-            self.cache.end_fetch()
+        for _ in range(FETCH_ATTEMPTS):
+            since = self.cache.begin_fetch()
+            try:
+                names = await self._list_pages(path)
+                # An upload that landed while the pages came knows better than they do.
+                kept = self.cache.put_listing(path, names, since)
+            finally:
+                self.cache.end_fetch()
+            if kept:
+                break
+            # A change here nothing is known of came meanwhile (a subdirectory's marker
+            # deleted): the pages may show a name that is gone. List again.
         return names
 
     async def _list_pages(self, path: str) -> dict[str, Entry]:
