@@ -954,6 +954,38 @@ async def test_rename_file_while_its_upload_is_acknowledged(env: Env) -> None:
         await check_invariants(vfs)
 
 
+@pytest.mark.parametrize("source", ["clean", "pending"])
+async def test_rename_over_a_file_whose_upload_lands_meanwhile(env: Env, source: str) -> None:
+    """`mv f x` over a new file `x` whose upload is acknowledged while the rename waits for
+    it, then a write and `mv x y`: the object that upload left at `x` is deleted, not leaked
+    (found by the random-operations test). `source` is `f` as a clean object (a pending
+    copy) or with pending bytes (its row moves)."""
+    await env.store.put("f", b"source bytes")
+    remote = SlowAckRemote(open_remote(env.zone), ack_delay=0.3)
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        await vfs.stat("f")
+        expected = b"source bytes"
+        if source == "pending":
+            handle = await vfs.open("f", os.O_WRONLY | os.O_APPEND)
+            await write_all(vfs, handle, b"+", offset=len(expected))
+            await close(vfs, handle)
+            expected += b"+"
+        await write_file(vfs, "x", b"first file")
+        vfs.writeback.schedule("x", delay=0)
+        await wait_until(remote.stored.is_set)  # stored; the answer is on its way
+        await vfs.rename("f", "x")
+        handle = await vfs.open("x", os.O_WRONLY)
+        await write_all(vfs, handle, b"W", offset=3)
+        await close(vfs, handle)
+        await vfs.rename("x", "y")
+        expected = expected[:3] + b"W" + expected[4:]
+        assert await read_file(vfs, "y") == expected
+        await drain(vfs)
+        assert await env.store.keys() == {"y"}
+        assert await env.store.read("y") == expected
+        await check_invariants(vfs)
+
+
 async def test_unlink_while_upload_is_acknowledged(env: Env) -> None:
     remote = SlowAckRemote(open_remote(env.zone), ack_delay=0.2)
     async with env.vfs(remote=remote, writeback_delay=0) as vfs:

@@ -99,21 +99,13 @@ class Renamer:
         await self.pending.writeback.cancel(old)
         if not self.moves_locally(old):
             return False  # before touching `new`: a delete pending there must stay queued
+        before = self.pending.dirty.get(new)
         if new not in self.pending.deletes:
             await self.pending.writeback.cancel(new)  # a pending file the move replaces
         replaced = self.pending.dirty.pop(new, None)
         df = self.pending.dirty.pop(old)
-        # The object the new name holds (its upload must expect it): what `new` showed, else
-        # the object of a delete pending there, which this upload replaces.
         claimed, claimed_etag = await self.pending.claim(new)
-        if dst is not None and dst.etag:
-            base: str | None = dst.etag
-        elif claimed:
-            base = claimed_etag or ANY_OBJECT
-        elif replaced is not None and self.pending.presence(replaced, dst)[0]:
-            base = ANY_OBJECT  # a pending file replaced here, an upload of which may have landed
-        else:
-            base = None
+        base = self._replaced_base(new, dst, before, replaced, claimed, claimed_etag)
         maybe, etag = self.pending.presence(df, Stat(df.row.meta, df.row.size))
         delete = (old, etag) if maybe else None
         if df.persisted:
@@ -146,30 +138,26 @@ class Renamer:
         """Move the clean file `old` (whose stat is `src`) to `new`, replacing `dst` (what
         `new` shows now, if anything), as a pending copy: one journal transaction, no request.
         The copy row at `new` is made by the write-back queue, and the delete of `old` waits
-        for it. False when `old` is open for writing (then `move_file` moves it at once, with
-        its writer)."""
-        current = self.pending.dirty.get(old)
-        if current is not None and (current.writers or moves_locally_row(current)):
+        for it. False when `old` is open for writing, or changed while this waited for
+        uploads to stop (then `move_file` moves it at once, as it is, with its writer)."""
+        before = self.pending.dirty.get(old)
+        if before is not None and (before.writers or moves_locally_row(before)):
             return False
+        replacing = self.pending.dirty.get(new)
         await self.pending.writeback.cancel(old)  # a pending attribute change rides along
         if new not in self.pending.deletes:
             await self.pending.writeback.cancel(new)  # a pending file the move replaces
         claimed, claimed_etag = await self.pending.claim(new)
-        current = self.pending.dirty.get(old)
-        if current is not None and (current.writers or moves_locally_row(current)):
-            if claimed:  # changed while we waited: give the delete back, untouched
+        if self.pending.dirty.get(old) is not before:
+            # Changed while we waited (written to, or its attribute change landed, which
+            # may have given the object a new ETag): `src` is out of date. Give the delete
+            # back, untouched; `move_file` moves it as it is now.
+            if claimed:
                 self.pending.deletes.remember(new, claimed_etag)
             return False
         replaced = self.pending.dirty.pop(new, None)
         df = self.pending.dirty.pop(old, None)
-        if dst is not None and dst.etag:
-            base: str | None = dst.etag
-        elif claimed:
-            base = claimed_etag or ANY_OBJECT
-        elif replaced is not None and self.pending.presence(replaced, dst)[0]:
-            base = ANY_OBJECT
-        else:
-            base = None
+        base = self._replaced_base(new, dst, replacing, replaced, claimed, claimed_etag)
         meta = df.row.meta if df is not None else src.meta
         row = DirtyRow(new, None, src.size, meta, base, 1, source=old)
         self.journal.move_by_copy(row, old, delete_etag=src.etag,
@@ -182,6 +170,29 @@ class Renamer:
         self.pending.deletes.remember(old, src.etag)  # applied once the copy is made
         self.pending.schedule(moved)
         return True
+
+    def _replaced_base(self, new: str, dst: Stat | None, before: DirtyFile | None,
+                       replaced: DirtyFile | None, claimed: bool,
+                       claimed_etag: str | None) -> str | None:
+        """The ETag the write that a rename makes at `new` must expect there (None: that no
+        object is there), from what is known after the rename waited for uploads at `new` to
+        stop. `dst` is what `new` showed before that wait, `before` its pending row then, and
+        `replaced` its pending row now (taken out); `claimed` says whether a pending delete
+        of `new` was taken over (with the ETag it named)."""
+        if before is not None and replaced is None:
+            # The pending file at `new` was uploaded while the rename waited: its object is
+            # there now, which `dst` (its stat from before) does not show.
+            memo = self.journal.get_object(new)
+            return memo.etag if memo is not None and memo.etag else ANY_OBJECT
+        if replaced is not None and replaced.row.base_etag:
+            return replaced.row.base_etag  # fresher than `dst`: an upload may have landed
+        if dst is not None and dst.etag:
+            return dst.etag
+        if claimed:
+            return claimed_etag or ANY_OBJECT  # the object of the delete this write replaces
+        if replaced is not None and self.pending.presence(replaced, dst)[0]:
+            return ANY_OBJECT  # a pending file replaced here, an upload of which may have landed
+        return None
 
     async def move_file(self, old: str, new: str, src: Stat) -> None:
         """Move the file `old` (whose stat is `src`; no pending bytes) to `new` by a copy in

@@ -285,6 +285,11 @@ class Vfs:
                     raise NotEmpty(new)
                 # A pending delete of its marker, which the move applies before it copies.
                 await self.pending.remove(new, dst)
+        if not src.is_dir:
+            # Looked at again, with nothing awaited before the move decides: an upload of
+            # `old` that landed while `new` was looked up changed the object the move starts
+            # from, and the copy's reads and the old name's delete ask for its ETag.
+            src = await self.stat(old)
         if not src.is_dir and self.renamer.moves_locally(old):
             # Pending bytes go up under the new name: no request now, none of the caches'
             # remote facts change (the overlay of pending changes shows the move).
