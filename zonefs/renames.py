@@ -99,13 +99,13 @@ class Renamer:
         await self.pending.writeback.cancel(old)
         if not self.moves_locally(old):
             return False  # before touching `new`: a delete pending there must stay queued
-        before = self.pending.dirty.get(new)
+        replacing = self.pending.dirty.get(new)
         if new not in self.pending.deletes:
             await self.pending.writeback.cancel(new)  # a pending file the move replaces
         replaced = self.pending.dirty.pop(new, None)
         df = self.pending.dirty.pop(old)
         claimed, claimed_etag = await self.pending.claim(new)
-        base = self._replaced_base(new, dst, before, replaced, claimed, claimed_etag)
+        base = self._replaced_base(new, dst, replacing, replaced, claimed, claimed_etag)
         maybe, etag = self.pending.presence(df, Stat(df.row.meta, df.row.size))
         delete = (old, etag) if maybe else None
         if df.persisted:
@@ -171,15 +171,15 @@ class Renamer:
         self.pending.schedule(moved)
         return True
 
-    def _replaced_base(self, new: str, dst: Stat | None, before: DirtyFile | None,
+    def _replaced_base(self, new: str, dst: Stat | None, replacing: DirtyFile | None,
                        replaced: DirtyFile | None, claimed: bool,
                        claimed_etag: str | None) -> str | None:
         """The ETag the write that a rename makes at `new` must expect there (None: that no
         object is there), from what is known after the rename waited for uploads at `new` to
-        stop. `dst` is what `new` showed before that wait, `before` its pending row then, and
+        stop. `dst` is what `new` showed before that wait, `replacing` its pending row then, and
         `replaced` its pending row now (taken out); `claimed` says whether a pending delete
         of `new` was taken over (with the ETag it named)."""
-        if before is not None and replaced is None:
+        if replacing is not None and replaced is None:
             # The pending file at `new` was uploaded while the rename waited: its object is
             # there now, which `dst` (its stat from before) does not show.
             memo = self.journal.get_object(new)

@@ -149,29 +149,33 @@ class View:
     async def _fetch_entry(self, path: str) -> Entry | None:
         """Ask the store what `path` is; while it cannot be reached, what was last known."""
         for _ in range(FETCH_ATTEMPTS):
-            since = self.cache.begin_fetch()
-            try:
-                try:
-                    found = await self._lookup_remote(path)
-                except RemoteError as exc:
-                    stale = self.cache.last_entry(path) if exc.transient else UNKNOWN
-                    if stale is UNKNOWN:
-                        raise
-                    # The store is unreachable: answer from what was last known (the entry,
-                    # or its directory's last listing), so that known names still resolve
-                    # and files can still be created (their uploads wait, and are
-                    # conditional).
-                    log.debug("store unreachable; %r answered from what was last known", path)
-                    return stale  # type: ignore[return-value]
-                # An upload that landed meanwhile knows better than the lookup.
-                known = self.cache.put_fetched(path, found, since)
-            finally:
-                self.cache.end_fetch()
+            found, known = await self._fetch_entry_once(path)
             if known is not UNKNOWN:
                 return known  # type: ignore[return-value]
             # Changed here meanwhile in a way nothing is known of (a delete of its
             # directory marker landed): what the store said may already be gone.
         return found
+
+    async def _fetch_entry_once(self, path: str) -> tuple[Entry | None, Entry | None | object]:
+        """One lookup of `path`: what the store said, and what the mount knows now (UNKNOWN
+        when a local change raced the lookup)."""
+        since = self.cache.begin_fetch()
+        try:
+            try:
+                found = await self._lookup_remote(path)
+            except RemoteError as exc:
+                stale = self.cache.last_entry(path) if exc.transient else UNKNOWN
+                if stale is UNKNOWN:
+                    raise
+                # The store is unreachable: answer from what was last known (the entry, or
+                # its directory's last listing), so that known names still resolve and files
+                # can still be created (their uploads wait, and are conditional).
+                log.debug("store unreachable; %r answered from what was last known", path)
+                return stale, stale  # type: ignore[return-value]
+            # An upload that landed meanwhile knows better than the lookup.
+            return found, self.cache.put_fetched(path, found, since)
+        finally:
+            self.cache.end_fetch()
 
     def _visible(self, path: str, entry: Entry) -> Entry | None:
         """The remote entry at `path` as the mount shows it: None when its delete is pending
