@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from botocore.exceptions import ClientError
 from conftest import s3_test_client
 
@@ -647,12 +648,14 @@ async def test_local_zone_has_no_multipart_to_abort(local_zone: ZoneConfig) -> N
     await open_remote(local_zone).abort_multipart("any", "id")
 
 
-async def test_stalled_store_fails_reads_within_io_timeout(
+async def test_stalled_store_fails_reads_within_io_timeout_then_at_once(
     s3_endpoint: str, start_moto: Any, tmp_path: Path
 ) -> None:
     """A store that accepts connections but never answers (SIGSTOP: what a hung server or a
-    black-holed route looks like): every read and lookup fails with a transient RemoteError
-    naming io_timeout, instead of waiting for botocore's retries of 60 s reads."""
+    black-holed route looks like): the first read fails with a transient RemoteError naming
+    io_timeout, instead of waiting for botocore's retries of 60 s reads. From then on the
+    store is taken for not answering: every read and lookup fails at once, without a request,
+    as for a refused connection, until the background check hears from the store again."""
     server = start_moto()
     client = s3_test_client(server.url)
     client.create_bucket(Bucket="stall")
@@ -660,9 +663,18 @@ async def test_stalled_store_fails_reads_within_io_timeout(
     zone = ZoneConfig.parse("s3://stall", endpoint_url=server.url)
     remote = open_remote(zone, io_timeout=1.0)
     assert (await remote.head("obj")).size == 12  # a connection in the pool, before the stall
+    assert remote.health.to_dict() == {"answering": True}
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
+        with pytest.raises(RemoteError, match=r"did not answer within 1 s") as err:
+            await remote.head("obj")
+        assert err.value.transient
+        # Generous: the point is that it did not wait for botocore (3 attempts of up to 60 s).
+        assert time.monotonic() - started < 30
+        state = remote.health.to_dict()
+        assert state["answering"] is False and state["since"]
+        sent = sum(remote.requests.counts.values())
         calls = {
             "head": lambda: remote.head("obj"),
             "list": lambda: remote.list(""),
@@ -670,13 +682,35 @@ async def test_stalled_store_fails_reads_within_io_timeout(
             "download": lambda: remote.download("obj", str(tmp_path / "dl")),
         }
         for name, call in calls.items():
-            with pytest.raises(RemoteError, match=r"did not answer within 1 s") as err:
+            with pytest.raises(RemoteError, match=r"has not answered since") as err:
                 await call()
             assert err.value.transient, name
-        # Generous: the point is that none waited for botocore (3 attempts of up to 60 s).
-        assert time.monotonic() - started < 30
+        assert sum(remote.requests.counts.values()) == sent  # none of them asked the store
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
-    # The store is back: reads work again (abandoned threads end on their own).
+    # The store is back: the background check notices, and reads work again (abandoned
+    # threads end on their own).
+    async with trio.open_nursery() as nursery:
+        await nursery.start(remote.health.watch, remote.check_answers)
+        with trio.fail_after(30):
+            while not remote.health.to_dict()["answering"]:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
     assert (await remote.head("obj")).size == 12
     assert await remote.get_range("obj", 0, 5) == b"bytes"
+
+
+async def test_an_answer_of_the_store_ends_its_stall(local_zone: ZoneConfig) -> None:
+    """Any answer of the store, an error of its own included (a missing key), means it
+    answers again; a transient failure does not."""
+    remote = open_remote(local_zone, io_timeout=5.0)
+    remote.health.timed_out(5.0)
+    with pytest.raises(RemoteError, match="has not answered since"):
+        await remote.head("missing")
+    remote.health.observe(RemoteError("connection refused", transient=True))
+    assert remote.health.to_dict()["answering"] is False
+    await remote.put_bytes("k", b"v", {}, None)  # writes are never held back
+    assert remote.health.to_dict() == {"answering": True}
+    remote.health.timed_out(5.0)
+    remote.health.observe(NotFound("k2"))
+    assert remote.health.to_dict() == {"answering": True}

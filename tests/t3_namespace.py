@@ -162,6 +162,36 @@ async def test_namespace_changes_while_the_store_is_down(env: Env) -> None:
         await check_invariants(vfs)
 
 
+async def test_new_files_in_a_directory_never_listed_while_the_store_is_down(
+        env: Env) -> None:
+    """Connections refused, in directories the mount never listed (the root and `d`, known
+    only by name): new files can be created, a name nothing is known of shows as absent,
+    and a name another writer took meanwhile is never overwritten: the local bytes end as
+    a conflict copy once the store is back."""
+    await env.store.put("d/old", b"listed by nobody")
+    remote = OutageRemote(open_remote(env.zone))
+    async with env.vfs(remote=remote, writeback_delay=0.05) as vfs:
+        assert (await vfs.stat("d")).is_dir
+        remote.down = True
+        await write_file(vfs, "d/new", b"written during the outage")
+        await write_file(vfs, "top", b"at the root")
+        await write_file(vfs, "d/taken", b"local bytes")
+        with pytest.raises(NotFound):
+            await vfs.stat("d/unknown")
+        assert await read_file(vfs, "d/new") == b"written during the outage"
+        await env.store.put("d/taken", b"another writer's")  # meanwhile, elsewhere
+        remote.down = False
+        await drain(vfs)
+        keys = await env.store.keys()
+        assert {"d/old", "d/new", "top", "d/taken"} <= keys
+        assert await env.store.read("d/new") == b"written during the outage"
+        assert await env.store.read("top") == b"at the root"
+        assert await env.store.read("d/taken") == b"another writer's"
+        conflicts = [k for k in keys if k.startswith("d/taken.conflict-")]
+        assert len(conflicts) == 1 and await env.store.read(conflicts[0]) == b"local bytes"
+        await check_invariants(vfs)
+
+
 @pytest.mark.unversioned_on_moto
 async def test_rename_onto_a_removed_tree(env: Env) -> None:
     """`rm -r b; mv a b` before the deletes ran: b holds a's files and none of its own."""

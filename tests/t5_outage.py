@@ -41,6 +41,7 @@ from mounts import (
     fuse_unavailable_reason,
     is_mounted,
     run,
+    subprocess_env,
     wait_for,
     zonefs_cli,
 )
@@ -289,10 +290,14 @@ def test_uncached_reads_fail_with_eio_instead_of_hanging(
                 started = time.monotonic()
                 assert read_errno(mount.path / name, limit) == str(errno.EIO), name
                 print(f"{outage}: read of {name} failed in {time.monotonic() - started:.1f} s")
-            assert "Input/output error" in stat_errno(mount.path / "unseen.txt", limit)
+            # A name never seen, in a directory never listed: absent while the store cannot
+            # be asked (so that it can be created: see test_a_stalled_store_...).
+            assert "No such file" in stat_errno(mount.path / "unseen.txt", limit)
             assert read_errno(mount.path / "cached.txt", limit) == "ok"
             if outage == "refused":
                 gate.open()
+        # A stalled store is asked again in the background: reads wait for it no more.
+        assert wait_for(lambda: mount.status()["store"]["answering"], 30)
         for name, body in bodies.items():
             assert (mount.path / name).read_bytes() == body, name
         log = mount.daemon_log()
@@ -487,6 +492,111 @@ def test_namespace_changes_during_an_outage(own_store: Any, tmp_path: Path) -> N
         for rel, body in files.items():
             assert store.must_get(f"new/copy/{rel}").body == body, rel
         assert mount.status()["conflicts"] == 0
+        mount.umount()
+    finally:
+        mount.cleanup()
+
+
+def timed(args: list[str | Path], limit: float) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    """Run a command through the mount; how long it took, and what it did."""
+    started = time.monotonic()
+    proc = subprocess.run([str(a) for a in args], capture_output=True, timeout=limit)
+    return time.monotonic() - started, proc
+
+
+def test_a_stalled_store_is_answered_from_the_cache_after_its_first_timeout(
+    own_store: Any, tmp_path: Path
+) -> None:
+    """The store accepts connections and never answers. The first command that needs it
+    waits io_timeout once; from then on the mount knows the store is not answering: `ls -l`
+    of listed directories, `cat` of cached files, `stat`, `find` and new files (in a listed
+    directory, and in one never listed since the mount started) answer from what the mount
+    knows, at once; what it cannot know (a listing never made) fails with EIO at once;
+    `zonefs status` says since when. Once the store answers again, everything written
+    meanwhile reaches it."""
+    server, gate, store = own_store
+    store.put_many({"d/a.txt": b"a" * 100, "d/b.txt": b"b\n", "top.txt": b"top\n",
+                    "u/old.txt": b"in a directory never listed"})
+    io_timeout = 3.0
+    mount = own_mount(tmp_path, gate, store, io_timeout=f"{io_timeout:g}", metadata_ttl="1")
+    root = mount.path
+    try:
+        mount.start()
+        mount.remount()  # a mount that has listed nothing yet
+        assert sorted(os.listdir(root / "d")) == ["a.txt", "b.txt"]
+        assert (root / "d" / "a.txt").read_bytes() == b"a" * 100
+        assert os.stat(root / "top.txt").st_size == 4
+        assert os.path.isdir(root / "u")  # known to be a directory; never listed
+        with stopped(server):
+            time.sleep(1.5)  # past the metadata TTL: everything known has to be asked again
+            first, proc = timed(["ls", "-l", root / "d"], io_timeout * 4 + 30)
+            assert proc.returncode == 0, proc.stderr
+            assert wait_for(lambda: not mount.status()["store"]["answering"], 30)
+            status = mount.status()["store"]
+            assert status["since"] and status["seconds"] >= 0
+            commands: list[list[str | Path]] = [
+                ["ls", "-l", root / "d"],
+                ["cat", root / "d" / "a.txt"],
+                ["stat", root / "top.txt"],
+                ["find", root / "d"],
+                ["sh", "-c", f"echo new > {root / 'd' / 'new.txt'}"],
+                ["sh", "-c", f"echo unlisted > {root / 'u' / 'new.txt'}"],
+                ["sh", "-c", f"echo top > {root / 'new-top.txt'}"],
+            ]
+            took, proc = timed(["ls", root / "u"], 60)
+            assert b"Input/output error" in proc.stderr and took < io_timeout, proc.stderr
+            for args in commands:
+                took, proc = timed(args, 60)
+                print(f"stalled: {' '.join(map(str, args))}: {took:.2f} s (first: {first:.1f})")
+                assert proc.returncode == 0, (args, proc.stderr)
+                # The goal is well under a second; generous here for a loaded machine.
+                assert took < io_timeout, (args, took)
+            assert (root / "d" / "new.txt").read_bytes() == b"new\n"
+            assert "did not answer within 3 s" in mount.daemon_log()
+        assert wait_for(lambda: mount.status()["store"]["answering"], 60)
+        mount.sync()
+        assert store.must_get("d/new.txt").body == b"new\n"
+        assert store.must_get("u/new.txt").body == b"unlisted\n"
+        assert store.must_get("new-top.txt").body == b"top\n"
+        assert store.must_get("u/old.txt").body == b"in a directory never listed"
+        assert "answers again" in mount.daemon_log()
+        mount.umount()
+    finally:
+        mount.cleanup()
+
+
+def test_ctrl_c_on_a_control_command_leaves_the_mount(own_store: Any, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM (`timeout`) to a `zonefs sync` or `zonefs umount` that
+    waits for uploads the store refuses: the command ends, the daemon and its mount stay,
+    uploads go on, and the vanished client is no more than a debug line in the log."""
+    _server, gate, store = own_store
+    mount = own_mount(tmp_path, gate, store)
+    root = mount.path
+    try:
+        mount.start()
+        (root / "f.txt").write_bytes(b"pending while the store is down")
+        gate.close()
+        for sig, cmd in ((signal.SIGINT, "sync"), (signal.SIGTERM, "sync"),
+                         (signal.SIGINT, "umount"), (signal.SIGKILL, "sync")):
+            client = subprocess.Popen([sys.executable, "-m", "zonefs", cmd, str(root)],
+                                      env=subprocess_env(), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(1.5)
+            assert client.poll() is None, f"{cmd} returned while uploads were pending"
+            client.send_signal(sig)
+            assert client.wait(timeout=10) != 0
+            _out, err = client.communicate()
+            if sig == signal.SIGINT:
+                assert b"stays mounted" in err and b"Traceback" not in err, err
+            assert mount.pid is not None and alive(mount.pid), f"{cmd}: daemon gone"
+            assert is_mounted(root)
+            assert mount.status()["pending"] >= 1
+            assert (root / "f.txt").read_bytes() == b"pending while the store is down"
+        gate.open()
+        mount.sync()
+        assert store.must_get("f.txt").body == b"pending while the store is down"
+        log = mount.daemon_log()
+        assert "control request" not in log and "Traceback" not in log, log
         mount.umount()
     finally:
         mount.cleanup()

@@ -215,6 +215,10 @@ def _run_foreground(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptio
             pass  # already on stderr through logging
         return code
     except KeyboardInterrupt:
+        if args.command in ("sync", "umount"):
+            # The daemon only stops waiting for this client: its uploads go on.
+            print(f"\nzonefs: interrupted; {args.mountpoint} stays mounted and goes on "
+                  "uploading in the background", file=sys.stderr)
         return 130
     return 0
 
@@ -348,6 +352,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _answering(store: dict[str, Any]) -> str:
+    if store.get("answering", True):
+        return "yes"
+    return (f"no: the store has not answered since {store['since']} ({store['seconds']:.0f} s);"
+            " reads and lookups are answered from the cache meanwhile")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     status = control.request(args.mountpoint, "status")["status"]
     if args.json:
@@ -358,6 +369,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = [
         ("zone", status["zone"]),
         ("mount point", status["mountpoint"]),
+        ("answering", _answering(status.get("store", {}))),
         ("dirty files", f"{status['dirty_files']} ({format_size(status['dirty_bytes'])})"),
         ("pending", f"{status.get('pending_dirs', 0)} directories to create or change, "
                     f"{status.get('pending_deletes', 0)} deletes"),
@@ -639,4 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zonefs: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.command in ("sync", "umount"):
+            # The daemon only stops waiting for this client: its uploads go on.
+            print(f"\nzonefs: interrupted; {args.mountpoint} stays mounted and goes on "
+                  "uploading in the background", file=sys.stderr)
         return 130

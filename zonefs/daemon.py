@@ -179,6 +179,7 @@ class Daemon:
                 vfs.capabilities = caps
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
                 await nursery.start(vfs.writeback.run)
+                await nursery.start(remote.health.watch, remote.check_answers)
                 nursery.start_soon(vfs.keep_journal_synced)
                 # Renames a crash cut short finish first: they move pending rows to new names.
                 if resumed := await vfs.recover():
@@ -287,23 +288,48 @@ class Daemon:
         await trio.serve_listeners(self._handle_client, [listener])
 
     async def _handle_client(self, stream: trio.SocketStream) -> None:
-        async with stream:
+        """Serve one control connection. Nothing that happens on it ever leaves this handler:
+        an error here would end `serve_listeners` and with it the daemon and the mount.
+
+        A client that goes away (Ctrl-C on `zonefs sync`, `timeout 12 zonefs umount`) cancels
+        only its own request: uploads go on, a drain it waited for is simply no longer
+        waited for, and an unmount it asked for is not carried out."""
+        try:
+            async with stream:
+                await self._serve_request(stream)
+        except Exception as exc:
+            if _client_gone(exc):
+                log.debug("control client went away: %s", exc)
+            else:
+                log.error("control request failed", exc_info=exc)
+
+    async def _serve_request(self, stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\n" not in buf:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            buf += chunk
+        line = buf.split(b"\n", 1)[0]  # one request per connection; the rest is ignored
+        try:
+            message = json.loads(line)
+            if not isinstance(message, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            await _send(stream, {"ok": False, "error": f"bad request: {exc}"})
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when_closed, stream, nursery.cancel_scope)
             try:
-                buf = b""
-                while b"\n" not in buf:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        return
-                    buf += chunk
-                message = json.loads(buf.split(b"\n", 1)[0])
                 await self._answer(stream, message.get("cmd"), message)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
             except ZonefsError as exc:
                 await _send(stream, {"ok": False, "error": str(exc)})
-            except Exception as exc:  # a bad request must not take the mount down
-                log.exception("control request failed")
+            except Exception as exc:
+                if _client_gone(exc):
+                    raise
+                log.error("control request %r failed", message.get("cmd"), exc_info=exc)
                 await _send(stream, {"ok": False, "error": f"internal error: {exc}"})
+            nursery.cancel_scope.cancel()
 
     async def _answer(self, stream: trio.SocketStream, cmd: str | None,
                       message: dict[str, Any]) -> None:
@@ -406,3 +432,23 @@ class Daemon:
 
 async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
     await stream.send_all(json.dumps(message).encode() + b"\n")
+
+
+async def _cancel_when_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    """Cancel `scope` once the client closes its end: a client sends one request and then
+    only reads, so an end of stream (or an error) means it is gone and no one waits for the
+    answer any more."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        while await stream.receive_some(4096):
+            pass
+    scope.cancel()
+
+
+def _client_gone(exc: BaseException) -> bool:
+    """Whether `exc` (possibly an ExceptionGroup from a request's own tasks) says only that
+    the control client's connection is gone."""
+    gone = (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError,
+            ConnectionResetError)
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, gone)

@@ -436,6 +436,7 @@ class Vfs:
         dirty_bytes = self.dirty_bytes
         return {
             "zone": self.remote.description,
+            "store": self.remote.health.to_dict(),
             "dirty_files": sum(1 for df in self.dirty.values() if not df.is_dir),
             "dirty_bytes": dirty_bytes,
             "pending_dirs": sum(1 for df in self.dirty.values() if df.is_dir),

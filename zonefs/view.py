@@ -164,12 +164,17 @@ class View:
             try:
                 found = await self._lookup_remote(path)
             except RemoteError as exc:
-                stale = self.cache.last_entry(path) if exc.transient else UNKNOWN
-                if stale is UNKNOWN:
+                if not exc.transient:
                     raise
-                # The store is unreachable: answer from what was last known (the entry, or
-                # its directory's last listing), so that known names still resolve and files
-                # can still be created (their uploads wait, and are conditional).
+                # The store cannot be reached: answer from what was last known (the entry, or
+                # its directory's last listing), so that known names still resolve. A name
+                # nothing is known of shows as absent (not remembered as such): it can be
+                # created in any directory meanwhile, and its upload waits and never
+                # replaces an object another writer put there (that ends as a conflict copy).
+                stale = self.cache.last_entry(path)
+                if stale is UNKNOWN:
+                    log.debug("store unreachable; %r taken for absent: %s", path, exc)
+                    return None, None
                 log.debug("store unreachable; %r answered from what was last known", path)
                 return stale, stale  # type: ignore[return-value]
             # An upload that landed meanwhile knows better than the lookup.

@@ -17,8 +17,10 @@ Invariants:
   call whose answer does not come within it, or a transfer that receives nothing new for that
   long, fails with a transient `RemoteError` and its worker thread is abandoned (it still holds
   its limiter slot until it ends, so a stalled store never gets more than `max_requests`
-  threads). Backends call `report_progress()` as bytes arrive; in an abandoned call it raises,
-  so the thread stops writing soon. Writes (`upload`, `put_bytes`, `copy`, `delete`,
+  threads). After one such timeout the store is taken for not answering (`health`): reads and
+  lookups fail at once, as for a refused connection, until a background check or any other
+  request gets an answer. Backends call `report_progress()` as bytes arrive; in an abandoned
+  call it raises, so the thread stops writing soon. Writes (`upload`, `put_bytes`, `copy`, `delete`,
   `abort_multipart`) are not bounded here: they end by the backend's own timeouts, and the
   write-back queue retries them.
 - `multipart_log`, when set, hears of every multipart upload (or multipart copy) this remote
@@ -43,7 +45,8 @@ from typing import Any, Protocol
 
 import trio
 
-from ..errors import RemoteError
+from ..errors import RemoteError, ZonefsError
+from .health import StoreHealth
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +181,8 @@ class Remote(ABC):
         self.io_timeout = io_timeout
         #: Hears of multipart uploads in progress; set by the owner of the journal.
         self.multipart_log: MultipartLog | None = None
-        self._quiet_until = float("-inf")  # rate limit of the io_timeout warning
+        #: Whether the store answers; fails reads and lookups fast while it does not.
+        self.health = StoreHealth(lambda: self.description or "the store")
 
     # -- blocking implementations, run in worker threads -----------------------------------
 
@@ -295,23 +299,34 @@ class Remote(ABC):
         self.requests.add(kind)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %r", kind, args[0] if args else "")  # the key only: never bodies
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        try:
+            result = await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        except ZonefsError as exc:
+            self.health.observe(exc)
+            raise
+        self.health.answered()
+        return result
 
     async def _run_bounded(self, kind: str, fn: Any, key: str, *args: Any) -> Any:
         """`_run` for a read or lookup of `key`: fails with a transient RemoteError when no
-        answer (or, with `report_progress`, no new bytes) came for `io_timeout` seconds.
+        answer (or, with `report_progress`, no new bytes) came for `io_timeout` seconds, and at
+        once while the store is taken for not answering (`health`).
 
         The wait for a free limiter slot counts: when every slot is held by calls the store
         does not answer, a new call fails in time too, instead of queueing behind them."""
         timeout = self.io_timeout
         if timeout is None:
             return await self._run(kind, fn, key, *args)
+        uri = self.object_uri(key)
+        fast = self.health.not_answering(uri)
+        if fast is not None:
+            log.debug("%s", fast)
+            raise fast
         self.requests.add(kind)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %r", kind, key)
         token = trio.lowlevel.current_trio_token()
         abandoned = threading.Event()
-        uri = self.object_uri(key)
 
         with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
 
@@ -336,20 +351,26 @@ class Remote(ABC):
             try:
                 # abandon_on_cancel: a thread stuck in a socket read cannot be interrupted;
                 # the FUSE request waiting on it must return all the same.
-                return await trio.to_thread.run_sync(call, limiter=self.limiter,
-                                                     abandon_on_cancel=True)
+                result = await trio.to_thread.run_sync(call, limiter=self.limiter,
+                                                       abandon_on_cancel=True)
+            except ZonefsError as exc:
+                self.health.observe(exc)
+                raise
             finally:
                 abandoned.set()  # no effect once the thread has returned
+            self.health.answered()
+            return result
+        # The reader sees only EIO: `health` says why in the log, once per outage.
+        self.health.timed_out(timeout)
         err = RemoteError(f"{uri}: the store did not answer within {timeout:g} s (io_timeout)",
                           transient=True)
-        # The reader sees only EIO: say why in the log, once a minute at most in an outage.
-        now = trio.current_time()
-        if now >= self._quiet_until:
-            self._quiet_until = now + 60
-            log.warning("%s; reads that need the store fail with EIO meanwhile", err)
-        else:
-            log.debug("%s", err)
+        log.debug("%s", err)
         raise err
+
+    async def check_answers(self) -> None:
+        """`_check` on a thread of its own (not behind requests the store leaves unanswered),
+        abandoned when the caller gives up: the background check of `health.watch`."""
+        await trio.to_thread.run_sync(self._check, abandon_on_cancel=True)
 
     async def check(self) -> None:
         await self._run("check", self._check)
