@@ -119,8 +119,9 @@ class PendingFiles:
         """Backpressure: while dirty data would pass the budget, upload closed files now and
         wait for them, instead of failing the write.
 
-        Files still open for writing cannot be uploaded; when they alone hold the budget the
-        write goes on (the budget is then exceeded rather than deadlocked).
+        Files still open for writing cannot be uploaded, nor can files the store refused
+        until they change; when they alone hold the budget the write goes on (the budget is
+        then exceeded rather than deadlocked).
         """
         # An estimate that only grows keeps the common case O(1); the exact sum is taken only
         # when the estimate passes the budget.
@@ -130,7 +131,8 @@ class PendingFiles:
             self.blobs.evict()
             return
         while (exact := self.dirty_bytes() + growth) > self.budget:
-            closed = [p for p, df in self.dirty.items() if not df.writers and has_new_bytes(df)]
+            closed = [p for p, df in self.dirty.items() if not df.writers and has_new_bytes(df)
+                      and not self.writeback.is_refused(df.queue_key)]
             if not closed:
                 return
             if not self._throttled:
