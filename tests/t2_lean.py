@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import hashlib
 import http.server
 import json
@@ -34,7 +35,15 @@ from botocore.credentials import Credentials as BotoCredentials
 from conftest import empty_bucket, s3_test_client
 
 from zonefs.config import MountOptions, ZoneConfig, parse_mount_options
-from zonefs.errors import AccessDenied, NotFound, PreconditionFailed, RemoteError, ZonefsError
+from zonefs.errors import (
+    AccessDenied,
+    AccessRefused,
+    NotFound,
+    PreconditionFailed,
+    Refused,
+    RemoteError,
+    ZonefsError,
+)
 from zonefs.remote import ListPage, ObjectInfo, open_remote
 from zonefs.remote.s3 import LEAN_ENV, S3Remote
 from zonefs.remote.signed import (
@@ -457,6 +466,29 @@ async def test_wrong_credentials_are_access_denied_without_the_secret(
     # A refused signature is retried by boto3 (a store may canonicalise unlike S3); a refused
     # key id is plainly denied.
     assert set(lean.lean_fallbacks) <= {"signature refused"}
+
+
+async def test_a_key_the_policy_denies_is_refused_for_good(
+    verifying_moto: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AccessDenied on one key, the credentials being good, is a refusal (`AccessRefused`):
+    the write-back queue waits for a change instead of retrying it on a timer."""
+    url, keys = verifying_moto
+    use_keys(monkeypatch, keys)
+    iam = boto3.session.Session().client("iam", endpoint_url=url, region_name="us-east-1")
+    iam.put_user_policy(UserName="zonefs", PolicyName="no-denied", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Deny", "Action": "s3:PutObject",
+                        "Resource": "arn:aws:s3:::policed/denied/*"}]}))
+    s3_test_client(url).create_bucket(Bucket="policed")
+    zone = ZoneConfig.parse("s3://policed", endpoint_url=url)
+    lean, boto = lean_remote(zone), lean_remote(zone, lean_requests=False)
+    err = await same(lean, boto, "put_bytes", "denied/x", b"v", {})
+    assert err[0] is AccessRefused and not err[2], err
+    with pytest.raises(Refused) as info:
+        await lean.put_bytes("denied/x", b"v", {})
+    assert info.value.code == "AccessDenied" and info.value.errno == errno.EACCES
+    await same(lean, boto, "put_bytes", "allowed/x", b"v", {})
 
 
 # -- stores that fail, stall or answer otherwise ------------------------------------------------

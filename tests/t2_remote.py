@@ -26,9 +26,11 @@ from conftest import s3_test_client
 from zonefs.config import ZoneConfig
 from zonefs.errors import (
     AccessDenied,
+    AccessRefused,
     BucketMissing,
     NotFound,
     PreconditionFailed,
+    Refused,
     RemoteError,
 )
 from zonefs.remote import ListPage, LocalRemote, Remote, open_remote
@@ -363,7 +365,24 @@ async def test_no_credentials(
         ("PreconditionFailed", 412, PreconditionFailed, False),
         ("SlowDown", 503, RemoteError, True),
         ("InternalError", 500, RemoteError, True),
-        ("WeirdNewCode", 400, RemoteError, False),
+        ("WeirdNewCode", 500, RemoteError, True),
+        # A 4xx that is no throttle, timeout, precondition or credentials trouble: refused
+        # for good, whatever its code (the write-back queue does not retry it on a timer).
+        ("WeirdNewCode", 400, Refused, False),
+        ("KeyTooLongError", 400, Refused, False),
+        ("InvalidArgument", 400, Refused, False),
+        ("EntityTooLarge", 400, Refused, False),
+        ("MetadataTooLarge", 400, Refused, False),
+        ("400", 400, Refused, False),
+        ("AccessDenied", 403, AccessRefused, False),
+        ("403", 403, AccessDenied, False),
+        ("InvalidAccessKeyId", 403, AccessDenied, False),
+        ("RequestTimeTooSkewed", 403, AccessDenied, False),
+        ("IncompleteBody", 400, RemoteError, False),
+        ("RequestTimeout", 400, RemoteError, True),
+        ("TooManyRequests", 429, RemoteError, True),
+        ("OperationAborted", 409, RemoteError, True),
+        ("409", 409, RemoteError, False),
     ],
 )
 def test_error_table(code: str, status: int, expected: type, transient: bool) -> None:
@@ -375,8 +394,11 @@ def test_error_table(code: str, status: int, expected: type, transient: bool) ->
     err = translate_error(exc, "s3://b/k", "b", "http://127.0.0.1:1")
     assert type(err) is expected and "\n" not in str(err)
     assert getattr(err, "transient", False) == transient
-    if expected is RemoteError and not transient:
+    if expected in (RemoteError, Refused) and not transient:
         assert code in str(err) and "s3://b/k" in str(err)
+    if issubclass(expected, Refused):
+        assert isinstance(err, Refused) and err.code == code
+        assert err.answer == f"{code}: multi line"
 
 
 # -- local zone only --------------------------------------------------------------------------
@@ -401,6 +423,33 @@ async def test_local_versions_kept(
     assert await remote.get_range("doc", 0, 10, version_id=one.version_id) == b"1"
     with pytest.raises(NotFound):
         await remote.head("doc", version_id=marker.version_id)
+
+
+async def test_local_zone_refuses_keys_s3_would_refuse(
+    local_zone: ZoneConfig, tmp_path: Path
+) -> None:
+    """Like S3, the local zone takes keys of at most 1024 bytes: a longer one is refused for
+    good (KeyTooLongError) by every write, and nothing is stored."""
+    remote = LocalRemote(local_zone)
+    longest = "d/" + "€" * 340 + "xyz"  # 2 + 1020 + 3 bytes: one byte too many
+    assert len(longest.encode()) == local_module.MAX_KEY_BYTES + 1
+    src = tmp_path / "src"
+    src.write_bytes(b"body")
+    await remote.put_bytes("short", b"v", {})
+    for call in (lambda: remote.put_bytes(longest, b"v", {}),
+                 lambda: remote.upload(longest, str(src), {}, None),
+                 lambda: remote.copy("short", longest),
+                 lambda: remote.delete(longest)):
+        with pytest.raises(Refused) as info:
+            await call()
+        assert info.value.code == "KeyTooLongError" and not info.value.transient
+        assert "1025 bytes" in info.value.answer and "\n" not in str(info.value)
+    assert [o.key for o in (await remote.list("", None, None, 100)).objects] == ["short"]
+    stored = [f for d, _, files in os.walk(os.path.join(local_zone.local_dir, "data"))
+              for f in files]
+    assert len(stored) == 1, stored  # the body of "short" alone
+    await remote.put_bytes(longest[:-1], b"v", {})  # 1024 bytes: taken
+    assert (await remote.head(longest[:-1])).size == 1
 
 
 async def test_local_reopen_and_permissions(local_zone: ZoneConfig, tmp_path: Path) -> None:

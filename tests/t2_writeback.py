@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from zonefs.errors import RemoteError
+from zonefs.errors import Refused, RemoteError
 from zonefs.writeback import DRAIN_RETRY_CAP, WriteBack
 
 
@@ -33,9 +33,11 @@ class FakeUpload:
         duration: float = 0.0,
         failures: dict[str, int] | None = None,
         cleanup: float = 0.0,
+        refusals: dict[str, int] | None = None,
     ) -> None:
         self.duration = duration
         self.failures = dict(failures or {})
+        self.refusals = dict(refusals or {})  # path -> how many attempts the store refuses
         self.cleanup = cleanup  # shielded seconds spent tidying up after a cancellation
         self.calls: list[Call] = []
         self.active: Counter[str] = Counter()
@@ -50,6 +52,11 @@ class FakeUpload:
         self.max_active_per_path = max(self.max_active_per_path, self.active[path])
         try:
             await trio.sleep(self.duration)
+            if self.refusals.get(path, 0) > 0:
+                self.refusals[path] -= 1
+                call.outcome = "refused"
+                raise Refused(f"{path}: KeyTooLongError Your key is too long",
+                              code="KeyTooLongError", store_message="Your key is too long")
             if self.failures.get(path, 0) > 0:
                 self.failures[path] -= 1
                 call.outcome = "failed"
@@ -436,3 +443,76 @@ def test_invalid_arguments() -> None:
         WriteBack(FakeUpload(), delay=-1)
     with pytest.raises(ValueError):
         WriteBack(FakeUpload(), delay=1, max_uploads=0)
+
+
+async def test_refused_upload_is_not_retried_on_a_timer(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="zonefs.writeback")
+    up = FakeUpload(refusals={"long": 5})
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("long")
+        wb.schedule("ok")
+        await trio.sleep(3600)
+        assert [c.outcome for c in up.of("long")] == ["refused"]  # once, not on a timer
+        assert [c.outcome for c in up.of("ok")] == ["ok"]
+        # Still pending (its bytes and journal row are the caller's to keep), but refused.
+        assert wb.is_pending("long") and wb.is_refused("long")
+        assert [(r.path, r.answer) for r in wb.refused()] == [
+            ("long", "KeyTooLongError: Your key is too long")]
+        s = wb.stats
+        assert (s.queued, s.in_flight, s.refused, s.retries) == (0, 0, 1, 0)
+        assert wb.failing() == []
+        with pytest.raises(Refused):
+            await wb.flush("long")
+        assert len(up.of("long")) == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'long'" in warnings[0].getMessage()
+    assert "KeyTooLongError: Your key is too long" in warnings[0].getMessage()
+
+
+async def test_drain_returns_with_refused_paths(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(duration=1, refusals={"long": 1})
+    progress: list[tuple[int, int]] = []
+    async with running(WriteBack(up, delay=100)) as wb:
+        for path in ("a", "long", "b"):
+            wb.schedule(path)
+        t = now()
+        with trio.fail_after(10):
+            done = await wb.drain(lambda d, n: progress.append((d, n)))
+        assert done == 2 and now() - t == pytest.approx(1.0)
+        assert progress[-1] == (2, 2)  # the refused path is no longer counted as to do
+        assert [r.path for r in wb.refused()] == ["long"]
+        assert wb.pending_paths() == {"long"}
+        # Nothing else pending: a second drain returns at once.
+        t = now()
+        assert await wb.drain() == 0 and now() == t
+
+
+async def test_a_change_retries_a_refused_path(autojump_clock: trio.testing.MockClock) -> None:
+    up = FakeUpload(refusals={"long": 1})
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("long")
+        await trio.sleep(100)
+        assert wb.is_refused("long")
+        wb.schedule("long")  # written again, renamed, or re-queued at the next mount
+        assert not wb.is_refused("long") and wb.stats.refused == 0
+        await trio.sleep(2)
+        assert [c.outcome for c in up.of("long")] == ["refused", "ok"]
+        assert not wb.is_pending("long") and wb.refused() == []
+
+
+async def test_refused_again_after_a_change_is_logged_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="zonefs.writeback")
+    up = FakeUpload(refusals={"long": 3})
+    async with running(WriteBack(up, delay=1)) as wb:
+        for _ in range(3):
+            wb.schedule("long")
+            await trio.sleep(10)
+        assert [c.outcome for c in up.of("long")] == ["refused"] * 3
+        assert wb.is_refused("long")
+        await wb.cancel("long")  # removed: nothing is left to refuse
+        assert wb.refused() == [] and not wb.is_pending("long")
+    assert sum(r.levelno == logging.WARNING for r in caplog.records) == 1

@@ -46,6 +46,7 @@ from zonefs.errors import (
     NotPermitted,
     NotSupported,
     ReadOnly,
+    Refused,
     RemoteError,
 )
 from zonefs.fetch import CHUNK, PAGE
@@ -1555,3 +1556,34 @@ async def test_history_of_many_versions_is_paged(env: Env, monkeypatch: pytest.M
             assert await read_file(vfs, f".zonefs/versions/h/doc/{name}") == body
         assert await read_file(vfs, ".zonefs/at/-0s/h/doc") == bodies[-1]
         await check_invariants(vfs)
+
+
+@pytest.mark.parametrize("env", ["local"], indirect=True)
+async def test_a_refused_file_keeps_its_bytes_and_holds_nothing_up(env: Env) -> None:
+    """The local zone refuses keys over 1024 bytes, as S3 does: such a file stays pending and
+    readable, fsync fails with the refusal, a drain does not wait for it, and writes of other
+    files do not wait for its bytes to leave the cache (cache_size)."""
+    dirs = "/".join("d" * 199 + str(n) for n in range(4))
+    long = f"{dirs}/{'€' * 85}"
+    big = os.urandom(5000)
+    async with env.vfs(cache_size=1000) as vfs:
+        path = ""
+        for part in dirs.split("/"):
+            path = f"{path}/{part}".lstrip("/")
+            await vfs.mkdir(path, 0o755, UID, GID)
+        handle, _ = await vfs.create(long, 0o644, UID, GID)
+        await write_all(vfs, handle, big)
+        with pytest.raises(Refused, match="KeyTooLongError"):
+            await vfs.fsync(handle)
+        await close(vfs, handle)
+        with trio.fail_after(10):
+            await drain(vfs)
+            await write_file(vfs, "other", os.urandom(3000))  # no wait for the refused bytes
+            await drain(vfs)
+        assert [r["path"] for r in vfs.refused()] == [long]
+        assert vfs.status()["refused"][0]["answer"].startswith("KeyTooLongError: ")
+        assert await read_file(vfs, long) == big
+        assert await env.store.head("other") is not None
+        assert await env.store.head(long) is None
+        await vfs.unlink(long)  # given up: nothing is left pending
+        assert vfs.refused() == [] and vfs.pending_count == 0

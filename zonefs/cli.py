@@ -310,10 +310,24 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def _print_refused(refused: list[dict[str, Any]]) -> None:
+    """One line per change the store refused for good, with its answer."""
+    for r in refused:
+        print(f"zonefs: {r['path']}: refused by the store: {r['answer']}", file=sys.stderr)
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     progress = _Progress()
     answer = control.request(args.mountpoint, "sync", on_progress=progress)
     progress.end()
+    refused = answer.get("refused", [])
+    if refused:
+        _print_refused(refused)
+        print(f"zonefs: {answer['files']} change(s), {format_size(answer['bytes'])} uploaded "
+              f"in {answer['seconds']} s; {len(refused)} change(s) the store refused stay in "
+              "the cache, and are tried again when they change or at the next mount",
+              file=sys.stderr)
+        return 1
     print(f"zonefs: {answer['files']} change(s), {format_size(answer['bytes'])} uploaded "
           f"in {answer['seconds']} s; everything is in the bucket")
     return 0
@@ -346,6 +360,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
         print(f"zonefs: unmounted {mountpoint} (its daemon was not running; pending uploads "
               "resume at the next mount)")
         return 0
+    except control.ControlError as exc:
+        if not exc.answer.get("refused"):
+            raise
+        progress.end()
+        _print_refused(exc.answer["refused"])
+        print(f"zonefs: {exc}", file=sys.stderr)
+        return 1
     progress.end()
     print(f"zonefs: uploaded {answer['files']} change(s), {format_size(answer['bytes'])}; "
           f"unmounted {mountpoint}")
@@ -386,6 +407,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     if status.get("capabilities"):
         rows.append(("store", status["capabilities"]["summary"].removeprefix("store probe ")))
+    for r in status.get("refused", []):
+        rows.append(("refused", f"{r['path']}: {r['answer']} (kept in the cache; tried again "
+                                "when it changes or at the next mount)"))
     odd = status.get("odd_keys", [])
     if odd:
         shown = "; ".join(f"{o['key']!r} {o['what']}" for o in odd[:3])

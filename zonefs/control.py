@@ -60,7 +60,12 @@ def socket_path(mountpoint: str) -> str:
 
 
 class ControlError(Exception):
-    """The daemon could not be reached or answered with an error."""
+    """The daemon could not be reached or answered with an error; `answer` is the daemon's
+    whole answer when it gave one (an unmount refused for refused changes lists them)."""
+
+    def __init__(self, message: str, answer: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.answer = answer or {}
 
 
 class Unreachable(ControlError):
@@ -93,7 +98,8 @@ def request(
                     on_progress(message["progress"])
                 continue
             if not message.get("ok"):
-                raise ControlError(message.get("error", "the mount refused the request"))
+                raise ControlError(message.get("error", "the mount refused the request"),
+                                   message)
             return message
     raise ControlError(f"the zonefs mount at {mountpoint} closed the connection")
 

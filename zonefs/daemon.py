@@ -8,7 +8,9 @@ Order of life:
    only then reports ready (to the parent `zonefs mount` and to systemd's NOTIFY_SOCKET).
 3. On `zonefs umount`, SIGTERM or SIGINT, every pending upload is drained before the unmount.
    An unmount from outside (`fusermount3 -u`) drains after the fact; anything not uploaded stays
-   in the journal for the next mount.
+   in the journal for the next mount. A drain never waits for changes the store refused for
+   good (`WriteBack.refused`): `zonefs sync` names them and fails, `zonefs umount` names them
+   and leaves the mount up (unless --lazy), and a signal unmounts and keeps them journaled.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ class Daemon:
                     await pyfuse3.main()
                     _sd_notify("STOPPING=1")
                     if not self._lazy:
-                        await self._drain("unmount")
+                        await self._drain("unmount", final=True)
                 finally:
                     pyfuse3.close(unmount=control.is_mounted(self.mountpoint))
                     self._closed.set()
@@ -227,15 +229,22 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.control_path)
 
-    async def _drain(self, why: str,
-                     progress: Callable[[int, int], None] | None = None) -> int:
+    async def _drain(self, why: str, progress: Callable[[int, int], None] | None = None, *,
+                     final: bool = False) -> int:
+        """Upload everything that can be; `final` (the mount goes away) logs each change the
+        store refused, which stays in the journal."""
         assert self.vfs is not None
         pending = len(self.vfs.writeback.pending_paths())
         if pending:
             log.info("%s: uploading %d pending change(s)", why, pending)
         done = await self.vfs.writeback.drain(progress)
-        if pending:
+        refused = self.vfs.refused()
+        if pending and not refused:
             log.info("%s: all uploads done", why)
+        for r in refused if final else ():
+            log.warning("%s: %r is not in the bucket: the store refused it (%s); its bytes "
+                        "stay in the journal in %s for the next mount",
+                        why, r["path"], r["answer"], self.cache_dir)
         return done
 
     async def _report_backlog(self) -> None:
@@ -247,10 +256,15 @@ class Daemon:
                 continue
             status = self.vfs.status()
             wb = status["writeback"]
+            refused = status["refused"]
             if status["pending"]:
                 text = (f"{status['pending']} change(s), {format_size(status['dirty_bytes'])} "
                         f"waiting for upload; {wb.get('in_flight', 0)} uploading")
-                if wb.get("last_error"):
+                if refused:
+                    first = refused[0]
+                    text += (f"; {len(refused)} refused by the store, kept in the cache "
+                             f"({first['path']}: {first['answer']})")
+                elif wb.get("last_error"):
                     text += f"; last error: {wb['last_error']}"
             else:
                 text = "mounted; everything uploaded"
@@ -265,6 +279,7 @@ class Daemon:
                 assert self.vfs is not None
                 _sd_notify(f"STOPPING=1\nSTATUS=uploading {self.vfs.pending_count} "
                            "pending change(s), then unmounting")
+                # Refused changes are not waited for: the drain after the unmount logs them.
                 await self._drain(signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
@@ -416,7 +431,18 @@ class Daemon:
                 await send_channel.aclose()
                 retry_scope.cancel()
             answer = {"ok": True, "files": files, "bytes": self.vfs.uploaded_bytes - before,
-                      "seconds": round(time.monotonic() - started, 3)}
+                      "seconds": round(time.monotonic() - started, 3),
+                      "refused": self.vfs.refused()}
+            if cmd == "unmount" and answer["refused"]:
+                # Unmounting would leave these changes in the cache alone, where nothing
+                # shows them: the mount stays, so that they can be renamed or rewritten.
+                answer.update(ok=False, error=(
+                    f"{self.mountpoint} stays mounted: {len(answer['refused'])} change(s) the "
+                    f"store refused are only in the cache ({self.cache_dir}); rename or "
+                    "remove them, or unmount with --lazy to keep them journaled for the "
+                    "next mount"))
+                await _send(stream, answer)
+                return
             if cmd == "unmount":
                 self._unmount_requested = True
                 pyfuse3.terminate()

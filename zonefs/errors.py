@@ -91,6 +91,30 @@ class StoreUnsupported(RemoteError):
     errno = errno.ENOTSUP
 
 
+class Refused(RemoteError):
+    """The store refused this request for good: a 4xx answer that is not a throttle, a
+    timeout or a precondition (KeyTooLongError, InvalidArgument, EntityTooLarge, AccessDenied
+    on that key ...). Sending the same request again gets the same answer, so the write-back
+    queue does not retry it on a timer. `code` and `store_message` are the store's answer."""
+
+    errno = errno.EIO
+
+    def __init__(self, message: str, *, code: str, store_message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.store_message = store_message
+
+    @property
+    def answer(self) -> str:
+        """The store's answer in one line: "KeyTooLongError: Your key is too long"."""
+        return f"{self.code}: {self.store_message}" if self.store_message else self.code
+
+
+class AccessRefused(AccessDenied, Refused):
+    """AccessDenied on this object while the credentials themselves are accepted (a policy
+    that denies the key): a refusal, whose errno stays EACCES."""
+
+
 class ChecksumMismatch(RemoteError):
     """The store computed another checksum of the bytes than the one sent with them
     (BadDigest): the bytes were damaged on the way, and the store kept nothing."""

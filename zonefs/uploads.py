@@ -41,7 +41,7 @@ from .blobs import BlobStore, Digest, hash_file
 from .config import MountOptions
 from .deletes import PendingDeletes
 from .dircache import DirCache, Entry
-from .errors import NotFound, PreconditionFailed, RemoteError
+from .errors import NotFound, PreconditionFailed, Refused, RemoteError
 from .handles import ANY_OBJECT, DirtyFile, PendingRows, Stat, has_new_bytes
 from .journal import DirtyRow, Journal, ObjectRow
 from .keys import PosixMeta
@@ -119,8 +119,9 @@ class PendingFiles:
         """Backpressure: while dirty data would pass the budget, upload closed files now and
         wait for them, instead of failing the write.
 
-        Files still open for writing cannot be uploaded; when they alone hold the budget the
-        write goes on (the budget is then exceeded rather than deadlocked).
+        Files still open for writing cannot be uploaded, nor can files the store refused
+        until they change; when they alone hold the budget the write goes on (the budget is
+        then exceeded rather than deadlocked).
         """
         # An estimate that only grows keeps the common case O(1); the exact sum is taken only
         # when the estimate passes the budget.
@@ -130,7 +131,8 @@ class PendingFiles:
             self.blobs.evict()
             return
         while (exact := self.dirty_bytes() + growth) > self.budget:
-            closed = [p for p, df in self.dirty.items() if not df.writers and has_new_bytes(df)]
+            closed = [p for p, df in self.dirty.items() if not df.writers and has_new_bytes(df)
+                      and not self.writeback.is_refused(df.queue_key)]
             if not closed:
                 return
             if not self._throttled:
@@ -354,7 +356,9 @@ class PendingFiles:
         digest: Digest | None = None
         if row.data is not None and not df.data_changed and not df.meta_changed:
             return  # an unchanged copy, still open: nothing to upload
-        df.absent = False  # from here on an object of ours may land under this name
+        # From here on an object of ours may land under this name (unless the store refuses
+        # the request: a refusal created nothing).
+        was_absent, df.absent = df.absent, False
         if df.is_copy:
             # A renamed clean file: a server-side copy from its old name, with its attributes
             # and content IDs (the old name's delete waits for this).
@@ -387,6 +391,9 @@ class PendingFiles:
                 # The object is an upload of ours that landed although it was cancelled
                 # (a rewrite, a rename): no other writer, so replace it.
                 info = await self._upload_if_unchanged(path, ours, src, md, cancel, checksum)
+            except Refused:
+                df.absent = was_absent  # nothing to delete if the file is removed meanwhile
+                raise
             self.uploaded_bytes += digest.size
             if self.kachery_mirror and not st.S_ISLNK(row.meta.mode):
                 await self._mirror(path, digest, row.meta)
@@ -416,10 +423,14 @@ class PendingFiles:
         if df is None or not df.is_dir:
             return
         row, generation = df.row, df.row.generation
-        df.absent = False
+        was_absent, df.absent = df.absent, False
         key = keys.dir_key(path)
-        info = await self.remote.put_bytes(key, b"", keys.encode_meta(row.meta),
-                                           keys.DIR_CONTENT_TYPE)
+        try:
+            info = await self.remote.put_bytes(key, b"", keys.encode_meta(row.meta),
+                                               keys.DIR_CONTENT_TYPE)
+        except Refused:
+            df.absent = was_absent  # a refusal created nothing: an rmdir needs no delete
+            raise
         if not self._landed(path, df, info.etag, generation):
             return
         # Remembered: where the store drops a marker's metadata (the probe's

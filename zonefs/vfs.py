@@ -432,6 +432,13 @@ class Vfs:
         """Bytes of local data waiting for upload."""
         return sum(df.row.size for df in self.dirty.values() if df.row.data)
 
+    def refused(self) -> list[dict[str, Any]]:
+        """The changes the store refused for good (see `WriteBack.refused`): each key (a
+        directory's ends in "/"), the store's answer, and since when (seconds since the
+        epoch). Their bytes stay in the cache and their rows in the journal."""
+        return [{"path": r.path, "answer": r.answer, "since": round(r.since, 3)}
+                for r in self.writeback.refused()]
+
     def status(self) -> dict[str, Any]:
         dirty_bytes = self.dirty_bytes
         return {
@@ -445,6 +452,7 @@ class Vfs:
             "uploaded_bytes": self.uploaded_bytes,
             "downloaded_bytes": self.remote.requests.downloaded_bytes,
             "writeback": self.writeback.stats_dict(),
+            "refused": self.refused(),
             "cache": self.blobs.stats(),
             "requests": dict(self.remote.requests.counts),
             "odd_keys": [{"key": k, "what": w} for k, w in sorted(self.view.reported.items())],

@@ -2,7 +2,8 @@
 
 Owns: a per-path delay queue (a heap ordered by due time), coalescing of rewrites, cancelling an
 upload whose file changed under it, at most `max_uploads` uploads at once, retries with capped
-exponential backoff, and the waits behind fsync (`flush`), `zonefs sync` and unmount (`drain`).
+exponential backoff, the set of refused paths, and the waits behind fsync (`flush`),
+`zonefs sync` and unmount (`drain`).
 
 It must not know what a path stands for: files, blobs, the journal and the remote live elsewhere.
 It gets an injected `upload(path, cancel)` coroutine (rclone's PutFn) that does the work and
@@ -11,9 +12,17 @@ The queue lives in memory only: the caller writes the journal row *before* `sche
 after a crash the daemon schedules every dirty path from the journal again.
 
 Invariant: a path handed to `schedule()` is uploaded after its delay, or stays queued and is
-retried until an upload succeeds or `cancel(path)` is called. Nothing is dropped silently: not on
-failure, not when a rewrite cancels an upload, not when `run()` is cancelled (an interrupted
-upload goes back into the queue, due at once).
+retried until an upload succeeds or `cancel(path)` is called, or stays refused (below). Nothing
+is dropped silently: not on failure, not on a refusal, not when a rewrite cancels an upload, not
+when `run()` is cancelled (an interrupted upload goes back into the queue, due at once).
+
+Refusals: an attempt that raises `Refused` (the store answered that it will never take this
+request: KeyTooLongError, InvalidArgument, AccessDenied on the key ...) is not retried on a
+timer, as the same request would get the same answer. The path stays pending, "refused" with
+the store's answer (`refused()`), out of the heap, until `schedule()` is called for it again (the
+file was written, renamed, or the mount restarted and re-queued its journal) or `cancel()`.
+`drain()` does not wait for refused paths; `flush()` of one raises its refusal. A refusal is
+logged once as a warning (again only when the store answers otherwise).
 
 Further invariants:
 - The same path is never uploaded twice at once. Rescheduling a path during its upload cancels
@@ -44,10 +53,13 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
+
+from .errors import Refused
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,16 @@ class WriteBackStats:
     uploaded: int  # successful upload calls since start
     retries: int  # failed attempts since start (each one is retried)
     last_error: str | None  # "<path>: <error>" of the latest failed attempt
+    refused: int  # paths the store refused for good, waiting for a change (see refused())
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A path whose latest attempt the store refused for good."""
+
+    path: str
+    answer: str  # the store's answer: "KeyTooLongError: Your key is too long"
+    since: float  # time.time() of the refusal
 
 
 @dataclass(eq=False, slots=True)
@@ -77,6 +99,9 @@ class _Entry:
     failures: int = 0  # consecutive failed attempts; sets the backoff
     last_failure: tuple[int, Exception] | None = None  # (attempt number, error), for flush()
     removed: bool = False  # cancel()ed: whatever its attempt does, it is not queued again
+    refused: Refused | None = None  # set while refused: neither queued nor running
+    refused_at: float = 0.0  # time.time() of that refusal
+    warned: str | None = None  # the answer last logged as a warning, so each is logged once
 
 
 @dataclass(eq=False, slots=True)
@@ -134,6 +159,7 @@ class WriteBack:
             uploaded=self._uploaded,
             retries=self._retries,
             last_error=self._last_error,
+            refused=sum(1 for e in self._entries.values() if e.refused is not None),
         )
 
     def stats_dict(self) -> dict[str, int | str | None]:
@@ -145,7 +171,18 @@ class WriteBack:
             "uploaded": s.uploaded,
             "retries": s.retries,
             "last_error": s.last_error,
+            "refused": s.refused,
         }
+
+    def refused(self) -> list[Refusal]:
+        """The paths the store refused for good, by path: they wait for a change."""
+        return sorted((Refusal(e.path, e.refused.answer, e.refused_at)
+                       for e in self._entries.values() if e.refused is not None),
+                      key=lambda r: r.path)
+
+    def is_refused(self, path: str) -> bool:
+        entry = self._entries.get(path)
+        return entry is not None and entry.refused is not None
 
     def failing(self) -> list[str]:
         """"<path>: <error>" of each pending path whose latest attempt failed."""
@@ -178,6 +215,9 @@ class WriteBack:
             entry = self._entries[path] = _Entry(path)
         else:
             entry.failures = 0  # new bytes: the backoff starts over
+            if entry.refused is not None:
+                log.debug("write-back: %r changed; trying it again after its refusal", path)
+                entry.refused = None
         attempt = self._running.get(path)
         if attempt is not None and not attempt.cancel.is_set():
             log.debug("write-back: %r changed during its upload; cancelling it", path)
@@ -202,6 +242,7 @@ class WriteBack:
 
         Returns at once if `path` is not pending. An attempt in flight is waited for. If an
         attempt made during the wait fails, its exception is raised; the path stays queued.
+        A path the store refused (and that was not scheduled again) raises its refusal.
         """
         running = self._running.get(path)
         if running is None and path not in self._entries:
@@ -216,6 +257,8 @@ class WriteBack:
             in_flight = path in self._running
             if entry is None and not in_flight:
                 return
+            if entry is not None and entry.refused is not None and not in_flight:
+                raise entry.refused
             if entry is not None and not in_flight and entry.due is not None:
                 now = trio.current_time()
                 if entry.due > now:
@@ -225,12 +268,14 @@ class WriteBack:
     async def drain(
         self, progress: Progress | None = None, timeout: float | None = None
     ) -> int:
-        """Upload everything now; return once nothing is queued or in flight.
+        """Upload everything now; return once nothing is queued or in flight but the paths
+        the store refused (see `refused()`: the caller reports them).
 
         `progress(done, total)` is called at the start and after each path is uploaded, never
-        with total 0 (`total` grows if paths are scheduled meanwhile). Failed paths keep being
-        retried, at most `DRAIN_RETRY_CAP` seconds apart. Returns the number of paths uploaded;
-        raises `trio.TooSlowError` after `timeout` seconds, leaving what is left queued.
+        with total 0 (`total` grows if paths are scheduled meanwhile, and counts no refused
+        path). Failed paths keep being retried, at most `DRAIN_RETRY_CAP` seconds apart.
+        Returns the number of paths uploaded; raises `trio.TooSlowError` after `timeout`
+        seconds, leaving what is left queued.
         """
         with trio.fail_after(math.inf if timeout is None else timeout):
             return await self._drain(progress)
@@ -310,6 +355,8 @@ class WriteBack:
                 del self._entries[path]
                 self._completed += 1
                 log.debug("write-back: uploaded %r", path)
+        elif isinstance(attempt.error, Refused) and not attempt.cancel.is_set():
+            self._refused(entry, attempt, attempt.error)
         elif attempt.error is not None and not attempt.cancel.is_set():
             self._failed(entry, attempt, attempt.error, now)
         elif not entry.removed and entry.due is None:
@@ -337,6 +384,21 @@ class WriteBack:
             exc_info=error if n == 3 else None,  # one traceback per path, not one per retry
         )
 
+    def _refused(self, entry: _Entry, attempt: _Attempt, error: Refused) -> None:
+        """The store will never take this attempt's request: no timer, the path waits for
+        `schedule()` (a change) or `cancel()`; its bytes and journal row stay where they are."""
+        entry.failures = 0
+        entry.last_failure = (attempt.number, error)
+        self._last_error = f"{entry.path}: {type(error).__name__}: {error}"
+        if entry.removed or entry.due is not None:
+            return  # cancelled, or rescheduled meanwhile: the change is tried again anyway
+        entry.refused, entry.refused_at = error, time.time()
+        level = logging.WARNING if entry.warned != error.answer else logging.DEBUG
+        entry.warned = error.answer
+        log.log(level, "write-back: the store refused %r (%s); it stays in the cache and the "
+                "journal, and is tried again when it changes or at the next mount",
+                entry.path, error.answer)
+
     def _backoff(self, failures: int) -> float:
         wait = min(self.max_retry_delay, 2.0 ** min(failures - 1, 60)) * random.uniform(0.5, 1.0)
         return min(wait, DRAIN_RETRY_CAP) if self._draining else wait
@@ -359,7 +421,8 @@ class WriteBack:
                 if progress is not None and state != last and state[1]:
                     last = state
                     progress(*state)
-                if not self._entries and not self._running:
+                if not self._running and all(
+                        e.refused is not None for e in self._entries.values()):
                     break
                 await self._changed.wait()
         finally:
@@ -371,7 +434,9 @@ class WriteBack:
         return done
 
     def _pending_count(self) -> int:
-        return len(self._entries) + sum(1 for p in self._running if p not in self._entries)
+        """Paths a drain waits for: queued or in flight, and not refused."""
+        return (sum(1 for e in self._entries.values() if e.refused is None)
+                + sum(1 for p in self._running if p not in self._entries))
 
     def _arm(self, entry: _Entry, due: float) -> None:
         entry.due = due

@@ -18,6 +18,9 @@ Invariants:
   inserts the new version.
 - Version ids are unique and sort in write order (nanosecond time, forced monotonic, plus
   random bits); callers still treat them as opaque strings.
+- Like S3, a key is at most `MAX_KEY_BYTES` bytes (UTF-8): a write of a longer one is refused
+  (`Refused`, KeyTooLongError) before anything is stored, so that a zone holds only keys it
+  could hand to any S3 store.
 - Files are created 0600 and directories 0700. The SQLite connection is shared by the worker
   threads and guarded by one lock.
 """
@@ -45,6 +48,7 @@ from ..errors import (
     NoSpace,
     NotFound,
     PreconditionFailed,
+    Refused,
     RemoteError,
 )
 from .base import (
@@ -63,6 +67,8 @@ _CHUNK = 1 << 20
 _DEFAULT_TYPE = "binary/octet-stream"  # what S3 reports for objects stored without a type
 _BATCH = 1000
 _STALE_TEMP_AGE = 24 * 3600.0  # seconds; a temp body older than this belongs to a dead writer
+#: S3's limit on the length of a key, in bytes of UTF-8.
+MAX_KEY_BYTES = 1024
 
 _VERSIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -253,6 +259,7 @@ class LocalRemote(Remote):
         version of the key and keeping every other one, as S3 does. The conditions are
         checked in the write's transaction, so two conditional writers cannot both win.
         """
+        self._check_key(key)
         meta = None if blob is None else {k.lower(): v for k, v in (metadata or {}).items()}
         ctype = None if blob is None else (content_type or _DEFAULT_TYPE)
         dropped: list[str] = []
@@ -284,6 +291,14 @@ class LocalRemote(Remote):
                 raise
         self._unlink_blobs(dropped)
         return ObjectInfo(key, size, etag, mtime, vid, meta, ctype)
+
+    def _check_key(self, key: str) -> None:
+        """Refuse a key S3 would refuse for its length, with S3's answer."""
+        size = len(key.encode("utf-8", "surrogateescape"))
+        if size > MAX_KEY_BYTES:
+            message = f"Your key is too long ({size} bytes; at most {MAX_KEY_BYTES})"
+            raise Refused(f"{self.object_uri(key)}: KeyTooLongError {message}",
+                          code="KeyTooLongError", store_message=message)
 
     def _check_conditions_locked(self, key: str, if_match: str | None,
                                  if_none_match: bool) -> None:
@@ -317,6 +332,7 @@ class LocalRemote(Remote):
                 yield chunk
 
         self._ensure_present()
+        self._check_key(key)
         blob, size, etag = self._store_body(hashed())
         try:
             if cancel is not None and cancel.is_set():

@@ -84,12 +84,14 @@ from .. import __version__
 from ..config import ZoneConfig
 from ..errors import (
     AccessDenied,
+    AccessRefused,
     BucketMissing,
     ChecksumMismatch,
     ConfigError,
     NoSpace,
     NotFound,
     PreconditionFailed,
+    Refused,
     RemoteError,
     StoreUnsupported,
     ZonefsError,
@@ -153,10 +155,20 @@ _ERRORS: dict[str, tuple[type[ZonefsError], bool]] = {
     "BadDigest": (ChecksumMismatch, False),
     **dict.fromkeys(
         ("SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable", "Throttling",
-         "ThrottlingException", "500", "502", "503", "504"),
+         "ThrottlingException", "TooManyRequests", "OperationAborted", "408", "429", "500",
+         "502", "503", "504"),
         (RemoteError, True),
     ),
 }
+# 4xx answers that say nothing for good about the request itself: the credentials or the
+# clock (which can be renewed or fixed while the mount runs), or a body damaged on the way.
+# Every other 4xx the table above does not name is a refusal (`Refused`): the same request
+# gets the same answer (KeyTooLongError, InvalidArgument, EntityTooLarge, MetadataTooLarge…).
+_NOT_REFUSALS = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+    "TokenRefreshRequired", "AllAccessDisabled", "RequestTimeTooSkewed", "IncompleteBody",
+    "XAmzContentSHA256Mismatch", "InvalidRange", "403", "409", "416",
+})
 # Exceptions that mean "the connection failed or timed out": worth retrying later.
 _TRANSPORT = (ConnectionError, HTTPClientError, IncompleteReadError)
 
@@ -194,10 +206,15 @@ def answer_error(
         return NotFound(f"{target}: deleted (delete marker)")
     cls, transient = _ERRORS.get(code) or _ERRORS.get(status) or (RemoteError, False)
     label = code or status
+    message = _one_line(message)
     if cls is NotFound:
         return NotFound(f"{target}: no such object")
     if cls is BucketMissing:
         return BucketMissing(f"bucket {bucket!r} does not exist at {endpoint}")
+    if cls is AccessDenied and code == "AccessDenied":
+        # Said in a body with the credentials accepted: a policy denies this request.
+        return AccessRefused(f"access denied to {target}: check the credentials ({label})",
+                             code=label, store_message=message)
     if cls is AccessDenied:
         return AccessDenied(f"access denied to {target}: check the credentials ({label})")
     if cls is PreconditionFailed:
@@ -210,7 +227,11 @@ def answer_error(
                                 f"({label})")
     if transient:
         return RemoteError(f"{target}: the store is busy or failing ({label})", transient=True)
-    return RemoteError(f"{target}: {label} {_one_line(message)}".rstrip())
+    text = f"{target}: {label} {message}".rstrip()
+    if status.startswith("4") and len(status) == 3 and code not in _NOT_REFUSALS \
+            and status not in _NOT_REFUSALS:
+        return Refused(text, code=label, store_message=message)
+    return RemoteError(text)
 
 
 def translate_error(exc: BaseException, target: str, bucket: str, endpoint: str) -> ZonefsError:
