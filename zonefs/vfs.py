@@ -89,7 +89,8 @@ class Vfs:
         self.dirty = self.pending.dirty  # the same dict, for reading
         self.writeback = self.pending.writeback
         self.deletes = self.pending.deletes  # the same object, for reading
-        self.renamer = Renamer(remote, journal, self.pending, put_marker=self._put_marker)
+        self.renamer = Renamer(remote, journal, self.pending, put_marker=self._put_marker,
+                               marker_meta=self._marker_meta)
         # What the store can do: set by the daemon from the probe before the mount answers.
         self._capabilities = Capabilities()
         self.history = History(remote, self.objects, uid=opts.uid, gid=opts.gid,
@@ -207,6 +208,18 @@ class Vfs:
         # Remembered too: where the store drops a marker's metadata (the probe's
         # dir_markers=dropped), this machine still shows the attributes it set.
         self.journal.put_object(ObjectRow(keys.dir_key(path), info.etag, 0, meta))
+
+    async def _marker_meta(self, path: str, mtime: float) -> PosixMeta:
+        """The attributes of the directory `path` as the store (or this machine, where the
+        store drops a marker's metadata) knows them, for a rename that puts its marker anew;
+        `mtime` (its listed LastModified) stands in when nothing says more."""
+        known = self.cache.entry(path)
+        if isinstance(known, Entry) and known.is_dir and known.meta is not None:
+            return known.meta
+        entry = Entry(True, 0, None, mtime)
+        await self.objects.ensure_meta(path, entry, whole=False)
+        assert entry.meta is not None
+        return entry.meta
 
     async def rmdir(self, path: str) -> None:
         """A pending delete of the directory's marker (once nothing below it is pending)."""

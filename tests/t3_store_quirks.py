@@ -1,0 +1,184 @@
+"""t3: stores that do not behave like S3 in small ways (SeaweedFS): a directory marker that
+cannot be copied, keys the store rewrites, keys it refuses to be asked about. What a user sees
+must not depend on them: no rename drops a directory, no name is written under another one,
+no listing fails for a key it hides. Every expectation follows the store's probed answers, so
+these pass on moto, the local zone and any endpoint named by ZONEFS_TEST_S3_ENDPOINT."""
+
+from __future__ import annotations
+
+import stat as st
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from vfs_harness import (
+    GID,
+    HOLD,
+    UID,
+    DelegatingRemote,
+    Env,
+    check_invariants,
+    drain,
+    names,
+    read_file,
+    write_file,
+)
+
+from zonefs import keys
+from zonefs.errors import NotFound, RemoteError
+from zonefs.journal import MOVE_COPY, Journal, Move
+from zonefs.remote import ObjectInfo, Remote, open_remote
+from zonefs.remote.probe import Capabilities, probe
+
+
+class MarkerCopyRefused(DelegatingRemote):
+    """SeaweedFS: CopyObject of a `dir/` marker answers NoSuchKey although the marker is there.
+    Records every key a request named, by kind."""
+
+    def __init__(self, inner: Remote) -> None:
+        super().__init__(inner)
+        self.seen: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _call(self, kind: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if args and isinstance(args[0], str):
+            with self._lock:
+                self.seen.append((kind, args[0]))
+        return fn(*args, **kwargs)
+
+    def _copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None,
+              content_type: str | None = None, src_version_id: str | None = None) -> ObjectInfo:
+        if src_key.endswith("/"):
+            raise NotFound(f"{src_key}: no such object")
+        return super()._copy(src_key, dst_key, metadata, content_type, src_version_id)
+
+    def keys_of(self, kind: str) -> list[str]:
+        return [k for seen_kind, k in self.seen if seen_kind == kind]
+
+
+async def _probed(env: Env) -> Capabilities:
+    """The store's answers, as a mount would have them (the probe cleans up after itself)."""
+    remote = open_remote(env.zone)
+    try:
+        return await probe(remote)
+    finally:
+        close = getattr(remote, "close", None)
+        if close is not None:
+            close()
+
+
+def _dir(mode: int) -> int:
+    return st.S_IFDIR | mode
+
+
+# -- 1. renames put directory markers anew ------------------------------------------------------
+
+
+@pytest.mark.unversioned_on_moto
+async def test_directory_rename_puts_markers_anew_and_keeps_empty_directories(env: Env) -> None:
+    caps = await _probed(env)
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        vfs.capabilities = caps
+        await vfs.mkdir("d", 0o750, UID, GID)
+        await vfs.mkdir("d/empty", 0o700, UID + 1, GID + 1)
+        await vfs.mkdir("d/sub", 0o755, UID, GID)
+        await vfs.mkdir("d/sub/deeper", 0o711, UID, GID)
+        await write_file(vfs, "d/sub/f", b"a file")
+        await drain(vfs)
+        before = {p: (await vfs.stat(p)).meta
+                  for p in ("d", "d/empty", "d/sub", "d/sub/deeper")}
+
+    remote = MarkerCopyRefused(open_remote(env.zone))
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        vfs.capabilities = caps
+        await vfs.rename("d", "e")
+        # No marker was copied: each was put anew; only the file went by a copy.
+        assert not [k for k in remote.keys_of("copy") if k.endswith("/")]
+        assert remote.keys_of("copy") == ["d/sub/f"]
+        assert sorted(k for k in remote.keys_of("put") if k.endswith("/")) == [
+            "e/", "e/empty/", "e/sub/", "e/sub/deeper/"]
+        assert await env.store.keys() == {"e/", "e/empty/", "e/sub/", "e/sub/deeper/",
+                                          "e/sub/f"}
+        assert names(await vfs.listdir("e")) == ["empty", "sub"]
+        assert await vfs.listdir("e/empty") == []
+        assert names(await vfs.listdir("e/sub")) == ["deeper", "f"]
+        with pytest.raises(NotFound):
+            await vfs.stat("d")
+        for path, meta in before.items():
+            assert (await vfs.stat(keys.rebase(path, "d", "e"))).meta == meta, path
+        assert await read_file(vfs, "e/sub/f") == b"a file"
+        await check_invariants(vfs)
+
+    for path, meta in before.items():
+        key = keys.dir_key(keys.rebase(path, "d", "e"))
+        info = await env.store.head(key)
+        assert info is not None and info.size == 0, key
+        assert info.content_type in (None, keys.DIR_CONTENT_TYPE), key
+        if caps.dir_markers == "kept":  # else the store drops every marker's metadata
+            assert info.metadata == keys.encode_meta(meta), key
+    # A new mount (the dircache gone) shows the same attributes: from the store where it keeps
+    # them, from what this machine set where it does not.
+    async with env.vfs() as vfs:
+        vfs.capabilities = caps
+        for path, meta in before.items():
+            assert (await vfs.stat(keys.rebase(path, "d", "e"))).meta == meta, path
+
+
+@pytest.mark.unversioned_on_moto
+async def test_directory_rename_keeps_a_pending_chmod_of_a_subdirectory(env: Env) -> None:
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await vfs.mkdir("d/sub", 0o755, UID, GID)
+        await drain(vfs)
+        await vfs.setattr("d/sub", mode=0o700)  # pending: rides with the new marker
+        await vfs.rename("d", "e")
+        assert (await vfs.stat("e/sub")).meta.mode == _dir(0o700)
+        await check_invariants(vfs)
+        assert await env.store.keys() == {"e/", "e/sub/"}
+    async with env.vfs() as vfs:
+        assert (await vfs.stat("e/sub")).meta.mode == _dir(0o700)
+
+
+@pytest.mark.unversioned_on_moto
+async def test_resumed_rename_puts_a_marker_journaled_as_a_copy(env: Env) -> None:
+    """A plan journaled before markers were put anew (a copy step, no headers): the resume
+    reads the directory's attributes and puts the marker, never copies it."""
+    async with env.vfs() as vfs:
+        await vfs.mkdir("d", 0o705, UID, GID)
+        await drain(vfs)
+    journal = Journal(str(env.cache_dir / "journal.sqlite"))
+    batch = journal.begin_rename("d", "e")
+    journal.plan_moves(batch, [Move(MOVE_COPY, "d/", "e/", None)])
+    journal.seal_rename(batch)
+    journal.close()
+    remote = MarkerCopyRefused(open_remote(env.zone))
+    async with env.vfs(remote=remote) as vfs:
+        assert vfs.journal.renames() == []
+        assert remote.keys_of("copy") == []
+        assert (await vfs.stat("e")).meta.mode == _dir(0o705)
+        with pytest.raises(NotFound):
+            await vfs.stat("d")
+        await check_invariants(vfs)
+    assert await env.store.keys() == {"e/"}
+
+
+@pytest.mark.unversioned_on_moto
+async def test_a_copy_the_store_refuses_never_deletes_its_source(env: Env) -> None:
+    """A store answering NoSuchKey to the copy of an object it holds: the rename fails and
+    stays journaled; the source is not taken as vanished and deleted."""
+
+    class CopyRefused(DelegatingRemote):
+        def _copy(self, src_key: str, dst_key: str, *args: Any) -> ObjectInfo:
+            raise NotFound(f"{src_key}: no such object")
+
+    await env.store.put("d/f", b"keep me")
+    async with env.vfs(remote=CopyRefused(open_remote(env.zone))) as vfs:
+        with pytest.raises(RemoteError, match="no such key"):
+            await vfs.rename("d", "e")
+    assert await env.store.read("d/f") == b"keep me"
+    async with env.vfs() as vfs:  # resumed with a store that copies
+        assert vfs.journal.renames() == []
+        assert await read_file(vfs, "e/f") == b"keep me"
+        await check_invariants(vfs)
+    assert await env.store.keys() == {"e/", "e/f"}
