@@ -6,9 +6,12 @@ these pass on moto, the local zone and any endpoint named by ZONEFS_TEST_S3_ENDP
 
 from __future__ import annotations
 
+import errno
+import logging
 import stat as st
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,7 +29,8 @@ from vfs_harness import (
 )
 
 from zonefs import keys
-from zonefs.errors import NotFound, RemoteError
+from zonefs.cli import restored_line
+from zonefs.errors import InvalidArgument, NotFound, RemoteError
 from zonefs.journal import MOVE_COPY, Journal, Move
 from zonefs.remote import ObjectInfo, Remote, open_remote
 from zonefs.remote.probe import Capabilities, probe
@@ -182,3 +186,93 @@ async def test_a_copy_the_store_refuses_never_deletes_its_source(env: Env) -> No
         assert await read_file(vfs, "e/f") == b"keep me"
         await check_invariants(vfs)
     assert await env.store.keys() == {"e/", "e/f"}
+
+
+# -- 2. names the store would rewrite ----------------------------------------------------------
+
+
+async def test_names_with_a_backslash_follow_the_probe(env: Env) -> None:
+    caps = await _probed(env)
+    async with env.vfs() as vfs:
+        vfs.capabilities = caps
+        if caps.backslash_keys == "kept":
+            await write_file(vfs, "x\\y", b"one file, not a directory")
+            await vfs.mkdir("d\\e", 0o755, UID, GID)
+            await drain(vfs)
+            assert await env.store.keys() == {"x\\y", "d\\e/"}
+            assert names(await vfs.listdir("")) == ["d\\e", "x\\y"]
+            assert not (await vfs.stat("x\\y")).is_dir
+        else:
+            with pytest.raises(InvalidArgument):
+                await vfs.create("x\\y", 0o644, UID, GID)
+            await drain(vfs)
+            assert await env.store.keys() == set()
+        await check_invariants(vfs)
+
+
+async def test_names_with_a_backslash_are_refused_where_the_store_rewrites_them(
+    env: Env, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caps = replace(await _probed(env), backslash_keys="rewritten")  # as `-o` would set it
+    async with env.vfs() as vfs:
+        vfs.capabilities = caps
+        await write_file(vfs, "f", b"f")
+        await vfs.mkdir("d", 0o755, UID, GID)
+        await drain(vfs)
+        before = await env.store.keys()
+        caplog.clear()
+        for attempt in (
+            vfs.create("x\\y", 0o644, UID, GID),
+            vfs.create("d\\", 0o644, UID, GID),
+            vfs.mkdir("d/a\\b", 0o755, UID, GID),
+            vfs.symlink("l\\k", "target", UID, GID),
+            vfs.rename("f", "f\\g"),
+            vfs.rename("d", "d\\e"),
+        ):
+            with pytest.raises(InvalidArgument) as refused:
+                await attempt
+            assert refused.value.errno == errno.EINVAL
+            assert "does not keep a backslash" in str(refused.value)
+        refusals = [r for r in caplog.records if "rewrites a backslash" in r.getMessage()]
+        assert len(refusals) == 6 and all(r.levelno == logging.WARNING for r in refusals)
+        assert "'x/y'" in refusals[0].getMessage()  # what the name would have become
+        # Nothing was written, under that name or another; nothing is pending.
+        assert not vfs.dirty and not vfs.deletes.by_key
+        await drain(vfs)
+        assert await env.store.keys() == before
+        assert names(await vfs.listdir("")) == ["d", "f"]
+        # A target with a backslash is only a symlink's body: it is kept as it is.
+        await vfs.symlink("link", "a\\b", UID, GID)
+        await drain(vfs)
+        assert await vfs.readlink("link") == "a\\b"
+        await check_invariants(vfs)
+
+
+# -- 5. restore on a store whose copy answer has no version id ---------------------------------
+
+
+class CopyWithoutVersionId(DelegatingRemote):
+    """Answers a copy without its version id, as Ceph RGW does."""
+
+    def _copy(self, *args: Any) -> ObjectInfo:
+        return replace(super()._copy(*args), version_id=None)
+
+
+async def test_restore_names_the_new_version_the_store_did_not_tell(env: Env) -> None:
+    remote = CopyWithoutVersionId(open_remote(env.zone))
+    async with env.vfs(remote=remote) as vfs:
+        if not vfs.capabilities.keeps_versions:
+            pytest.skip("the store keeps no versions")
+        await write_file(vfs, "r", b"one")
+        await drain(vfs)
+        await write_file(vfs, "r", b"two")
+        await drain(vfs)
+        first = (await vfs.version_list("r"))[-1]["version_id"]
+        done = await vfs.restore("r", version_id=first)
+        latest = (await vfs.version_list("r"))[0]
+        assert done["new_version"] == latest["version_id"] and done["new_version"]
+        assert await read_file(vfs, "r") == b"one"
+        await check_invariants(vfs)
+    line = restored_line("r", done)
+    assert f"(new version {done['new_version']}, 3 B)" in line, line
+    assert "None" not in restored_line("r", {**done, "new_version": None})

@@ -433,9 +433,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     at = None if args.at is None else parse_time(args.at)
     done = control.request(mountpoint, "restore", path=rel, version=args.version, at=at,
                            timeout=600)
-    print(f"zonefs: {args.path}: version {done['restored']} of {format_utc(done['from_time'])} is "
-          f"current again (new version {done['new_version']}, {format_size(done['size'])})")
+    print(restored_line(args.path, done))
     return 0
+
+
+def restored_line(path: str, done: dict[str, Any]) -> str:
+    """What `zonefs restore` prints. Where the store would not tell the new version's id
+    (`new_version` None), nothing is said of it."""
+    new = f"new version {done['new_version']}, " if done.get("new_version") else ""
+    return (f"zonefs: {path}: version {done['restored']} of {format_utc(done['from_time'])} is "
+            f"current again ({new}{format_size(done['size'])})")
 
 
 def cmd_undelete(args: argparse.Namespace) -> int:

@@ -189,7 +189,7 @@ class Vfs:
     async def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Stat:
         """A pending directory: its marker is put by the write-back queue."""
         self.view.check_writable(path)
-        keys.check_name(keys.split(path)[1])
+        self.view.check_new_name(path)
         await self.view.parent_dir(path)
         if await self.view.exists(path) is not None:
             raise Exists(path)
@@ -239,7 +239,7 @@ class Vfs:
     async def symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
         """A pending symlink: a small object whose body is the target, put by write-back."""
         self.view.check_writable(path)
-        keys.check_name(keys.split(path)[1])
+        self.view.check_new_name(path)
         await self.view.parent_dir(path)
         if await self.view.exists(path) is not None:
             raise Exists(path)
@@ -282,7 +282,7 @@ class Vfs:
             return
         if keys.is_within(new, old):
             raise InvalidArgument("cannot move a directory into itself")
-        keys.check_name(keys.split(new)[1])
+        self.view.check_new_name(new)
         src = await self.stat(old)
         await self.view.parent_dir(new)
         dst = await self.view.exists(new)
