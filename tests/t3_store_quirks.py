@@ -248,6 +248,100 @@ async def test_names_with_a_backslash_are_refused_where_the_store_rewrites_them(
         await check_invariants(vfs)
 
 
+# -- 3. keys that are not paths: hidden, never asked about -------------------------------------
+
+
+def _odd(key: str) -> bool:
+    """Whether a key (or a listing's prefix) names something that is not a valid path."""
+    segments = key.removesuffix("/").split("/") if key else []
+    return any(not keys.is_valid_name(seg) for seg in segments)
+
+
+class RefusesOddKeys(DelegatingRemote):
+    """A HEAD or listing that names an odd key answers 400 (SeaweedFS, for `..` segments
+    under a prefix); every such request is recorded."""
+
+    def __init__(self, inner: Remote) -> None:
+        super().__init__(inner)
+        self.asked: list[tuple[str, str]] = []
+
+    def _call(self, kind: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if kind in ("head", "list", "get") and args and _odd(args[0]):
+            self.asked.append((kind, args[0]))
+            raise RemoteError(f"{args[0]}: 400 Bad Request")
+        return fn(*args, **kwargs)
+
+
+async def test_a_listing_never_asks_about_the_odd_keys_it_hides(env: Env) -> None:
+    odd = ["a//b", "dir/" + "y" * 256, "dir//twice", "x" * 300]
+    if env.kind == "local":  # HTTP stacks may normalise dot segments before S3 sees them
+        odd += ["dots/./f", "dots/../g", "dir/../up", "dir/sub/.."]
+    for key in odd:
+        await env.store.put(key, b"odd")
+    await env.store.put("dir/fine", b"fine")
+    await env.store.put("dir/sub/inner", b"inner")
+    remote = RefusesOddKeys(open_remote(env.zone))
+    async with env.vfs(remote=remote) as vfs:
+        # What `ls -laR` does: every listing, then a stat of every entry (headers fetched).
+        todo = [""]
+        seen = []
+        while todo:
+            path = todo.pop()
+            for name, _ in await vfs.listdir(path):
+                child = keys.join(path, name)
+                seen.append(child)
+                full = await vfs.stat(child)
+                if full.is_dir:
+                    todo.append(child)
+                else:
+                    await read_file(vfs, child)
+        assert remote.asked == []
+        assert {"dir", "dir/fine", "dir/sub", "dir/sub/inner"} <= set(seen)
+        assert all(not _odd(p) for p in seen), seen
+        assert set(vfs.view.reported) and all(
+            "not a valid file name" in w or "both" in w for w in vfs.view.reported.values())
+        await check_invariants(vfs)
+
+
+async def test_a_lookup_the_store_refuses_for_a_dot_segment_is_not_found(env: Env) -> None:
+    """What a store answers to a HEAD of a key with a `..` segment (SeaweedFS: 400 Bad
+    Request) is "no such object" to zonefs, never a failure."""
+    remote = open_remote(env.zone)
+    for key in ("../outside.txt", "a/../b", "./c"):
+        with pytest.raises(NotFound):
+            await remote.head(key)
+
+
+# -- 4. the body of a `dir/` key is never relied on --------------------------------------------
+
+
+@pytest.mark.unversioned_on_moto
+async def test_the_body_of_a_dir_key_is_never_read(env: Env) -> None:
+    """SeaweedFS drops the body of a key ending in `/`; elsewhere another tool may give it one.
+    zonefs never reads it: the directory shows, moves and lists the same either way, and no
+    symlink or file lives in a `dir/` key (a symlink's target is the body of its own key)."""
+    await env.store.put("d/", b"17 bytes of body!")
+    await env.store.put("d/f", b"f")
+    remote = MarkerCopyRefused(open_remote(env.zone))
+    async with env.vfs(remote=remote) as vfs:
+        s = await vfs.stat("d")
+        assert s.is_dir and s.size == 0
+        assert names(await vfs.listdir("d")) == ["f"]
+        await vfs.symlink("to-dir", "d/", UID, GID)
+        await drain(vfs)
+        await vfs.rename("d", "e")
+        assert names(await vfs.listdir("e")) == ["f"]
+        await check_invariants(vfs)
+    again = MarkerCopyRefused(open_remote(env.zone))
+    async with env.vfs(remote=again) as vfs:
+        assert await vfs.readlink("to-dir") == "d/"  # read from the store: a fresh core
+        assert (await vfs.stat("e")).is_dir
+    for r in (remote, again):
+        assert not [k for k in r.keys_of("get") if k.endswith("/")], r.seen
+    assert await env.store.keys() == {"e/", "e/f", "to-dir"}
+    assert await env.store.read("e/") == b""  # put anew, empty: never copied
+
+
 # -- 5. restore on a store whose copy answer has no version id ---------------------------------
 
 
