@@ -131,7 +131,9 @@ async def test_directory_rename_puts_markers_anew_and_keeps_empty_directories(en
 
 @pytest.mark.unversioned_on_moto
 async def test_directory_rename_keeps_a_pending_chmod_of_a_subdirectory(env: Env) -> None:
+    caps = await _probed(env)
     async with env.vfs(writeback_delay=HOLD) as vfs:
+        vfs.capabilities = caps
         await vfs.mkdir("d", 0o755, UID, GID)
         await vfs.mkdir("d/sub", 0o755, UID, GID)
         await drain(vfs)
@@ -141,6 +143,7 @@ async def test_directory_rename_keeps_a_pending_chmod_of_a_subdirectory(env: Env
         await check_invariants(vfs)
         assert await env.store.keys() == {"e/", "e/sub/"}
     async with env.vfs() as vfs:
+        vfs.capabilities = caps
         assert (await vfs.stat("e/sub")).meta.mode == _dir(0o700)
 
 
@@ -148,7 +151,9 @@ async def test_directory_rename_keeps_a_pending_chmod_of_a_subdirectory(env: Env
 async def test_resumed_rename_puts_a_marker_journaled_as_a_copy(env: Env) -> None:
     """A plan journaled before markers were put anew (a copy step, no headers): the resume
     reads the directory's attributes and puts the marker, never copies it."""
+    caps = await _probed(env)
     async with env.vfs() as vfs:
+        vfs.capabilities = caps
         await vfs.mkdir("d", 0o705, UID, GID)
         await drain(vfs)
     journal = Journal(str(env.cache_dir / "journal.sqlite"))
@@ -157,7 +162,10 @@ async def test_resumed_rename_puts_a_marker_journaled_as_a_copy(env: Env) -> Non
     journal.seal_rename(batch)
     journal.close()
     remote = MarkerCopyRefused(open_remote(env.zone))
-    async with env.vfs(remote=remote) as vfs:
+    async with env.vfs(remote=remote, requeue=False) as vfs:
+        vfs.capabilities = caps  # the daemon sets them before it resumes renames
+        assert await vfs.recover() == 1
+        vfs.requeue_dirty()
         assert vfs.journal.renames() == []
         assert remote.keys_of("copy") == []
         assert (await vfs.stat("e")).meta.mode == _dir(0o705)
