@@ -572,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ro, allow_other, uid=, gid=, umask=, cache_dir=, cache_size=, "
                         "writeback_delay=, metadata_ttl=, io_timeout=, at=, kachery_mirror; "
                         "the store probe's answers: "
-                        "versioning=, conditional_writes=, checksums=on|off, dir_markers=")
+                        "versioning=, conditional_writes=, checksums=on|off, dir_markers=, "
+                        "backslash_keys=")
     p.add_argument("-f", "--foreground", action="store_true", help="stay attached")
     p.add_argument("--reprobe", action="store_true",
                    help="probe what the store can do again, instead of using the cached answers")
