@@ -118,7 +118,7 @@ async def test_directory_rename_puts_markers_anew_and_keeps_empty_directories(en
         key = keys.dir_key(keys.rebase(path, "d", "e"))
         info = await env.store.head(key)
         assert info is not None and info.size == 0, key
-        assert info.content_type in (None, keys.DIR_CONTENT_TYPE), key
+        assert info.content_type == keys.DIR_CONTENT_TYPE, key
         if caps.dir_markers == "kept":  # else the store drops every marker's metadata
             assert info.metadata == keys.encode_meta(meta), key
     # A new mount (the dircache gone) shows the same attributes: from the store where it keeps
