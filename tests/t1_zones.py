@@ -47,6 +47,18 @@ url = "file:///srv/zone"
     assert found["local"].zone.local_dir == "/srv/zone"
 
 
+def test_probe_answers_in_a_zone_table_are_overrides(tmp_path: Path) -> None:
+    f = write(tmp_path / "zones.toml", """
+[weed]
+bucket = "bk"
+dir_markers = "dropped"
+backslash_keys = "rewritten"
+""")
+    opts = parse_mount_options(zones.load_zones([f])["weed"].options)
+    assert dict(opts.store_overrides) == {"dir_markers": "dropped",
+                                          "backslash_keys": "rewritten"}
+
+
 @pytest.mark.parametrize(("table", "message"), [
     ('bucket = "bk"\nendpoint = "x"', "unknown key 'endpoint'"),
     ('region = "x"', "needs a bucket"),

@@ -188,6 +188,62 @@ async def test_conditional_write_answers(local_zone: ZoneConfig, cls: type[Local
     assert await local_leftovers(remote) == []
 
 
+def test_conditional_summaries_say_what_zonefs_does() -> None:
+    """Where the store does not enforce conditions, zonefs sends none and compares the ETag
+    just before each PUT: the summary says so (not "last writer wins")."""
+    for answer in ("ignored", "not-implemented", "always-412"):
+        line = Capabilities(conditional_writes=answer).summary()
+        assert "none sent: the ETag is compared just before each PUT" in line, answer
+        assert "last" not in line, answer
+    assert "If-Match refused even when it holds" in Capabilities(
+        conditional_writes="always-412").summary()
+
+
+class RewritesBackslashes(LocalRemote):
+    """Stores `a\\b` as `a/b` (SeaweedFS 4.48): a HEAD of either name finds it."""
+
+    def _put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
+                   content_type: str | None, **kw: Any) -> ObjectInfo:
+        return super()._put_bytes(key.replace("\\", "/"), data, metadata, content_type, **kw)
+
+    def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        return super()._head(key.replace("\\", "/"), version_id)
+
+
+async def test_backslash_keys(local_zone: ZoneConfig, tmp_path: Path) -> None:
+    kept = await probe(open_remote(local_zone))
+    assert kept.backslash_keys == "kept" and "backslashes kept in keys" in kept.summary()
+    remote = RewritesBackslashes(local_zone)
+    caps = await load_or_probe(remote, str(tmp_path), reprobe=True)
+    assert caps.backslash_keys == "rewritten" and caps.complete
+    assert any("backslash_keys: a key written as 'back\\\\slash' was listed as 'back/slash'"
+               in n for n in caps.notes), caps.notes
+    assert "keys with a backslash rewritten by the store (such names refused)" in caps.summary()
+    assert await local_leftovers(remote) == []
+    # Cached, and overridable like every answer.
+    assert json.loads((tmp_path / CACHE_FILE).read_text())["capabilities"][
+        "backslash_keys"] == "rewritten"
+    again = await load_or_probe(remote, str(tmp_path), overrides={"backslash_keys": "kept"})
+    assert (again.source, again.backslash_keys, again.overridden) == (
+        "cached", "kept", ("backslash_keys",))
+    assert dict(parse_mount_options(["backslash_keys=rewritten"]).store_overrides) == {
+        "backslash_keys": "rewritten"}
+    with pytest.raises(ConfigError, match=r"backslash_keys= takes kept\|rewritten"):
+        parse_mount_options(["backslash_keys=maybe"])
+
+
+async def test_a_cache_of_the_format_before_backslash_keys_is_probed_again(
+    local_zone: ZoneConfig, tmp_path: Path
+) -> None:
+    remote = open_remote(local_zone)
+    record = json.loads(Capabilities().to_json(remote.description))
+    record["format"] = 1
+    del record["capabilities"]["backslash_keys"]
+    (tmp_path / CACHE_FILE).write_text(json.dumps(record))
+    caps = await load_or_probe(remote, str(tmp_path))
+    assert caps.source == "probed" and caps.backslash_keys == "kept"
+
+
 async def test_checksums_unverified_and_marker_metadata_dropped(local_zone: ZoneConfig) -> None:
     remote = NoChecksumsDropsMarkerMetadata(local_zone)
     caps = await probe(remote)
@@ -312,15 +368,19 @@ async def test_overrides_replace_answers_and_skip_their_steps(
 ) -> None:
     remote = open_remote(local_zone)
     overrides = {"versioning": "unversioned", "conditional_writes": "ignored",
-                 "checksums": "off", "dir_markers": "dropped"}
+                 "checksums": "off", "dir_markers": "dropped", "backslash_keys": "rewritten"}
     caps = await load_or_probe(remote, str(tmp_path), overrides=overrides)
     assert remote.requests.counts == {}  # nothing left to ask: unversioned means no markers
     assert (caps.versioning, caps.conditional_writes, caps.checksums, caps.dir_markers,
-            caps.delete_markers) == ("unversioned", "ignored", False, "dropped", "none")
-    assert caps.overridden == ("checksums", "conditional_writes", "dir_markers", "versioning")
+            caps.delete_markers, caps.backslash_keys) == (
+        "unversioned", "ignored", False, "dropped", "none", "rewritten")
+    assert caps.overridden == ("backslash_keys", "checksums", "conditional_writes",
+                               "dir_markers", "versioning")
     assert caps.summary().endswith("dir markers lose their metadata (directories show the "
-                                   "mount's defaults)")
-    assert "set by -o: checksums conditional_writes dir_markers versioning" in caps.summary()
+                                   "mount's defaults), keys with a backslash rewritten by the "
+                                   "store (such names refused)")
+    assert ("set by -o: backslash_keys checksums conditional_writes dir_markers versioning"
+            in caps.summary())
     assert not (tmp_path / CACHE_FILE).exists()  # a partial probe is not cached
 
     # On top of a cached probe, an override wins and the others stay.

@@ -469,9 +469,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     at = None if args.at is None else parse_time(args.at)
     done = control.request(mountpoint, "restore", path=rel, version=args.version, at=at,
                            timeout=600)
-    print(f"zonefs: {args.path}: version {done['restored']} of {format_utc(done['from_time'])} is "
-          f"current again (new version {done['new_version']}, {format_size(done['size'])})")
+    print(restored_line(args.path, done))
     return 0
+
+
+def restored_line(path: str, done: dict[str, Any]) -> str:
+    """What `zonefs restore` prints. Where the store would not tell the new version's id
+    (`new_version` None), nothing is said of it."""
+    new = f"new version {done['new_version']}, " if done.get("new_version") else ""
+    return (f"zonefs: {path}: version {done['restored']} of {format_utc(done['from_time'])} is "
+            f"current again ({new}{format_size(done['size'])})")
 
 
 def cmd_undelete(args: argparse.Namespace) -> int:
@@ -601,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ro, allow_other, uid=, gid=, umask=, cache_dir=, cache_size=, "
                         "writeback_delay=, metadata_ttl=, io_timeout=, at=, kachery_mirror; "
                         "the store probe's answers: "
-                        "versioning=, conditional_writes=, checksums=on|off, dir_markers=")
+                        "versioning=, conditional_writes=, checksums=on|off, dir_markers=, "
+                        "backslash_keys=")
     p.add_argument("-f", "--foreground", action="store_true", help="stay attached")
     p.add_argument("--reprobe", action="store_true",
                    help="probe what the store can do again, instead of using the cached answers")

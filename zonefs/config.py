@@ -27,6 +27,7 @@ STORE_OVERRIDES: dict[str, tuple[str, ...]] = {
     "conditional_writes": ("enforced", "ignored", "not-implemented", "always-412"),
     "checksums": ("on", "off"),
     "dir_markers": ("kept", "dropped"),
+    "backslash_keys": ("kept", "rewritten"),
 }
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
 

@@ -121,7 +121,7 @@ class Files:
 
     async def create(self, path: str, mode: int, uid: int, gid: int) -> tuple[Handle, Stat]:
         self.view.check_writable(path)
-        keys.check_name(keys.split(path)[1])
+        self.view.check_new_name(path)
         await self.view.parent_dir(path)
         existing = await self.view.exists(path)
         if existing is not None and existing.is_dir:

@@ -21,6 +21,12 @@ next mount (`Renamer.resume`, before the mount answers). Invariants:
   gone but whose destination exists was done, a delete of a missing key is fine.
 - A copy carries the metadata decided at planning time (in the plan's headers), so a pending
   metadata change whose row was already dropped is not lost by a crash.
+- A directory marker (`dir/`) is never copied: it is put anew, empty, under the new name with
+  the attributes read at planning time, then the old one is deleted like any copied object.
+  Some stores cannot copy a marker (SeaweedFS answers NoSuchKey) or keep no body on it, so a
+  rename never depends on either, and no rename drops an empty directory.
+- A copy whose store answers "no such key" while the source is still there and the
+  destination is not fails the rename (it stays journaled): the source is never deleted then.
 - A rename that fails part-way while mounted (the store unreachable) returns the error and
   stays journaled: the next mount finishes it.
 """
@@ -32,7 +38,7 @@ import stat as st
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from . import keys
-from .errors import NotFound, ZonefsError
+from .errors import NotFound, RemoteError, ZonefsError
 from .handles import ANY_OBJECT, DirtyFile, Stat, moves_as_row
 from .journal import (
     MOVE_COPY,
@@ -72,9 +78,12 @@ class Renamer:
         pending: PendingFiles,
         *,
         put_marker: Callable[[str, PosixMeta], Awaitable[None]],
+        marker_meta: Callable[[str, float], Awaitable[PosixMeta]],
     ) -> None:
         self.remote, self.journal, self.pending = remote, journal, pending
         self._put_marker = put_marker
+        # The attributes of the directory at a path (its listed mtime for the defaults).
+        self._marker_meta = marker_meta
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -248,7 +257,7 @@ class Renamer:
                 df = self.pending.dirty.pop(path, None)
                 if df is not None:  # else its upload finished while we waited
                     moving[path] = df
-            listed, has_marker = await self._plan_listing(batch, old, new, moving)
+            listed, has_marker = await self._plan_listing(batch, old, new, moving, meta)
         except BaseException:
             # Nothing was changed yet: forget the plan, the pending files stay where they were.
             self.journal.end_rename(batch)
@@ -293,9 +302,11 @@ class Renamer:
                 self.pending.deletes.add(keys.dir_key(d), None)
 
     async def _plan_listing(self, batch: int, old: str, new: str,
-                            moving: Mapping[str, DirtyFile]) -> tuple[set[str], bool]:
-        """Plan a step for every object below `old`, page by page. Returns the moving files
-        that have an object, and whether the directory marker itself exists."""
+                            moving: Mapping[str, DirtyFile],
+                            meta: PosixMeta) -> tuple[set[str], bool]:
+        """Plan a step for every object below `old`, page by page (`meta`: the attributes of
+        `old` itself). Returns the moving files that have an object, and whether the directory
+        marker itself exists."""
         prefix, new_prefix = keys.dir_key(old), keys.dir_key(new)
         listed: set[str] = set()
         has_marker = False
@@ -316,6 +327,17 @@ class Renamer:
                 if df is not None and moves_as_row(df):
                     # Newer local bytes will be uploaded under the new name.
                     plan.append(Move(MOVE_DELETE, obj.key))
+                elif obj.key.endswith("/"):
+                    # A marker is put anew (see the module docstring), with the attributes
+                    # decided now: a pending change's, else the directory's own.
+                    if df is not None:
+                        dir_meta = df.row.meta
+                    elif obj.key == prefix:
+                        dir_meta = meta
+                    else:
+                        dir_meta = await self._marker_meta(obj.key[:-1], obj.mtime)
+                    plan.append(Move(MOVE_COPY, obj.key, new_prefix + obj.key[len(prefix):],
+                                     obj.etag, keys.encode_meta(dir_meta)))
                 else:
                     plan.append(Move(MOVE_COPY, obj.key, new_prefix + obj.key[len(prefix):],
                                      obj.etag, self._copy_headers(obj.key, obj.etag, df)))
@@ -421,15 +443,20 @@ class Renamer:
         """Server-side copy of one object, marked in the journal. The remembered object
         moves along; an open, unchanged file (`df`) now starts from the copy."""
         assert m.dst is not None
+        if m.src.endswith("/"):
+            await self._recreate_marker(m)
+            return
         memo = self.journal.get_object(m.src, m.etag)
         try:
             info = await self.remote.copy(m.src, m.dst, m.headers)
         except NotFound:
             # Copied before a crash, then deleted by this rename's own deletes (whose marks
             # were lost), or deleted by another client meanwhile: nothing left to copy.
-            try:
-                await self.remote.head(m.dst)
-            except NotFound:
+            if not await self._exists(m.dst):
+                if await self._exists(m.src):
+                    # The store would not copy an object it has: the source must stay.
+                    raise RemoteError(f"the store answered 'no such key' to the copy of "
+                                      f"{m.src!r} to {m.dst!r}, which it holds") from None
                 log.warning("%r vanished before it could be moved to %r", m.src, m.dst)
             self.journal.mark_copied(m.id)
             return
@@ -441,6 +468,26 @@ class Renamer:
                                               memo.sha1))
         if df is not None and self.pending.dirty.get(m.dst) is df:
             df.row.base_etag = info.etag
+
+    async def _recreate_marker(self, m: Move) -> None:
+        """Put the directory marker of a copy step anew at its destination (never a copy:
+        see the module docstring). A plan journaled before markers were put anew has no
+        headers: the directory's attributes are read now."""
+        assert m.dst is not None
+        path = m.dst[:-1]
+        if m.headers is not None:
+            meta = _meta_of(m.headers)
+        else:
+            meta = await self._marker_meta(m.src[:-1], 0.0)
+        await self._put_marker(path, meta)
+        self.journal.mark_copied(m.id)
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await self.remote.head(key)
+        except NotFound:
+            return False
+        return True
 
     # -- after a crash --------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import os
 import stat as st
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cachetools import TTLCache
 
@@ -46,6 +46,7 @@ from .errors import (
     NotFound,
     NotSupported,
     RemoteError,
+    ZonefsError,
 )
 from .handles import Handle, Stat
 from .keys import RESERVED, PosixMeta
@@ -423,6 +424,15 @@ class History:
                                   "deleted then); pick another version")
         info = await self.remote.copy_version(path, chosen.version_id or "null", path)
         self.forget(path)
+        if info.version_id is None:
+            # Some stores (Ceph RGW) answer the copy without its version id: ask for it.
+            try:
+                latest = next((v for v in await self.key_versions(path) if v.is_latest), None)
+            except ZonefsError as exc:
+                log.debug("%s: the restored version's id is unknown: %s", path, exc)
+                latest = None
+            if latest is not None and not latest.is_delete_marker and latest.etag == info.etag:
+                info = replace(info, version_id=latest.version_id)
         return chosen, info
 
     async def undelete(self, path: str) -> str:

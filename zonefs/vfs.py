@@ -89,7 +89,8 @@ class Vfs:
         self.dirty = self.pending.dirty  # the same dict, for reading
         self.writeback = self.pending.writeback
         self.deletes = self.pending.deletes  # the same object, for reading
-        self.renamer = Renamer(remote, journal, self.pending, put_marker=self._put_marker)
+        self.renamer = Renamer(remote, journal, self.pending, put_marker=self._put_marker,
+                               marker_meta=self._marker_meta)
         # What the store can do: set by the daemon from the probe before the mount answers.
         self._capabilities = Capabilities()
         self.history = History(remote, self.objects, uid=opts.uid, gid=opts.gid,
@@ -188,7 +189,7 @@ class Vfs:
     async def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Stat:
         """A pending directory: its marker is put by the write-back queue."""
         self.view.check_writable(path)
-        keys.check_name(keys.split(path)[1])
+        self.view.check_new_name(path)
         await self.view.parent_dir(path)
         if await self.view.exists(path) is not None:
             raise Exists(path)
@@ -208,6 +209,18 @@ class Vfs:
         # dir_markers=dropped), this machine still shows the attributes it set.
         self.journal.put_object(ObjectRow(keys.dir_key(path), info.etag, 0, meta))
 
+    async def _marker_meta(self, path: str, mtime: float) -> PosixMeta:
+        """The attributes of the directory `path` as the store (or this machine, where the
+        store drops a marker's metadata) knows them, for a rename that puts its marker anew;
+        `mtime` (its listed LastModified) stands in when nothing says more."""
+        known = self.cache.entry(path)
+        if isinstance(known, Entry) and known.is_dir and known.meta is not None:
+            return known.meta
+        entry = Entry(True, 0, None, mtime)
+        await self.objects.ensure_meta(path, entry, whole=False)
+        assert entry.meta is not None
+        return entry.meta
+
     async def rmdir(self, path: str) -> None:
         """A pending delete of the directory's marker (once nothing below it is pending)."""
         self.view.check_writable(path)
@@ -226,7 +239,7 @@ class Vfs:
     async def symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
         """A pending symlink: a small object whose body is the target, put by write-back."""
         self.view.check_writable(path)
-        keys.check_name(keys.split(path)[1])
+        self.view.check_new_name(path)
         await self.view.parent_dir(path)
         if await self.view.exists(path) is not None:
             raise Exists(path)
@@ -269,7 +282,7 @@ class Vfs:
             return
         if keys.is_within(new, old):
             raise InvalidArgument("cannot move a directory into itself")
-        keys.check_name(keys.split(new)[1])
+        self.view.check_new_name(new)
         src = await self.stat(old)
         await self.view.parent_dir(new)
         dst = await self.view.exists(new)

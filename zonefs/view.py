@@ -37,7 +37,7 @@ import trio
 from . import keys
 from .config import MountOptions
 from .dircache import UNKNOWN, DirCache, Entry
-from .errors import NotADirectory, NotFound, ReadOnly, RemoteError
+from .errors import InvalidArgument, NotADirectory, NotFound, ReadOnly, RemoteError
 from .fetch import Spawn
 from .handles import DirtyFile, Stat
 from .journal import Journal
@@ -86,6 +86,18 @@ class View:
             raise ReadOnly(path)
         if keys.is_within(path, RESERVED):
             raise ReadOnly(f"{RESERVED} is read-only")
+
+    def check_new_name(self, path: str) -> None:
+        """Raise the errno a user should see for the name of `path`, about to be created (or
+        renamed to): a name the store would keep under another key is refused (EINVAL) with
+        one log line, before anything is written."""
+        name = keys.split(path)[1]
+        keys.check_name(name)
+        if "\\" in name and self.pending.capabilities.backslash_keys != "kept":
+            log.warning("%r refused: the store rewrites a backslash in a key (it would show as "
+                        "%r; store probe: backslash_keys=%s)", path, path.replace("\\", "/"),
+                        self.pending.capabilities.backslash_keys)
+            raise InvalidArgument(f"{path}: the store does not keep a backslash in a name")
 
     async def stat(self, path: str) -> Stat:
         if path and keys.is_within(path, RESERVED):

@@ -50,13 +50,14 @@ VERSIONING_STATES = STORE_OVERRIDES["versioning"]
 CONDITIONAL_WRITES = STORE_OVERRIDES["conditional_writes"]
 #: Values of `Capabilities.dir_markers` and `Capabilities.delete_markers`.
 DIR_MARKERS = STORE_OVERRIDES["dir_markers"]
+BACKSLASH_KEYS = STORE_OVERRIDES["backslash_keys"]
 DELETE_MARKERS = ("removable", "permanent", "none")
 
 #: Where the probe writes (a zone key; nothing else in zonefs writes under `.zonefs/`).
 PROBE_PREFIX = ".zonefs/probe/"
 #: The cache file, in the zone's cache dir.
 CACHE_FILE = "capabilities.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: backslash_keys
 #: Seconds: one request, the probe's steps, and the clean-up after them (15 s in all).
 STEP_TIMEOUT = 5.0
 PROBE_TIMEOUT = 10.0
@@ -64,16 +65,18 @@ CLEANUP_TIMEOUT = 5.0
 
 #: What each answer is when its step could not find out: the answer that makes zonefs rely on
 #: nothing it has not seen work (no condition headers, no checksums, no marker metadata, no
-#: undelete, no history).
+#: undelete, no history, no name with a backslash).
 CONSERVATIVE: dict[str, Any] = {
     "versioning": "unsupported",
     "conditional_writes": "not-implemented",
     "checksums": False,
     "dir_markers": "dropped",
     "delete_markers": "permanent",  # "none" when versioning is off
+    "backslash_keys": "rewritten",
 }
 
 _MODE_DIR = str(stat.S_IFDIR | 0o755)
+_BACKSLASH_NAME = "back\\slash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,9 @@ class Capabilities:
     # removable: removing a delete marker by version id brings the object back (undelete);
     # permanent: a DELETE cannot be undone that way; none: no versioning, no markers.
     delete_markers: str = "removable"
+    # kept: a key with a backslash is stored as written; rewritten: the store changes it
+    # (SeaweedFS stores `a\b` as `a/b`), so names with a backslash are refused (EINVAL).
+    backslash_keys: str = "kept"
     # Where the answers come from: "default", "probed" or "cached" (plus `overridden`).
     source: str = "default"
     # False when steps were skipped or cut short: their answers are conservative guesses.
@@ -133,6 +139,8 @@ class Capabilities:
             parts.append("checksums not verified by the store (zonefs verifies sha256 itself)")
         parts.append("dir markers kept" if self.dir_markers == "kept" else
                      "dir markers lose their metadata (directories show the mount's defaults)")
+        parts.append("backslashes kept in keys" if self.backslash_keys == "kept" else
+                     "keys with a backslash rewritten by the store (such names refused)")
         how = self.source
         if not self.complete:
             how += ", incomplete: guessed answers are the safe ones"
@@ -200,14 +208,15 @@ class Capabilities:
         """ValueError unless every answer is one of its known values."""
         allowed = {"versioning": VERSIONING_STATES, "conditional_writes": CONDITIONAL_WRITES,
                    "checksums": (True, False), "dir_markers": DIR_MARKERS,
-                   "delete_markers": DELETE_MARKERS}
+                   "delete_markers": DELETE_MARKERS, "backslash_keys": BACKSLASH_KEYS}
         for name, values in allowed.items():
             value = getattr(self, name)
             if value not in values or (name == "checksums") != isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, values))}")
 
 
-_ANSWERS = ("versioning", "conditional_writes", "checksums", "dir_markers", "delete_markers")
+_ANSWERS = ("versioning", "conditional_writes", "checksums", "dir_markers", "delete_markers",
+            "backslash_keys")
 assert set(_ANSWERS) <= {f.name for f in fields(Capabilities)}
 
 _VERSIONING_TEXT = {
@@ -221,12 +230,15 @@ _DELETE_TEXT = {
     "permanent": "; delete markers cannot be removed, so deletes are permanent)",
     "none": ")",
 }
+#: What zonefs does where the store does not enforce conditions (uploads.PendingFiles): no
+#: condition header is sent; the object's ETag is compared just before the PUT.
+_COMPARED = ("none sent: the ETag is compared just before each PUT, and a change keeps a "
+             ".conflict copy; a writer landing in between is not detected")
 _CONDITIONAL_TEXT = {
     "enforced": "conditional writes enforced (conflicts kept as .conflict copies)",
-    "ignored": "conditional writes ignored by the store (none relied on: the last writer wins)",
-    "not-implemented": "conditional writes not implemented (none sent: the last writer wins)",
-    "always-412": "If-Match refused even when it holds (only If-None-Match sent: updates are "
-                  "last-writer-wins)",
+    "ignored": f"conditional writes ignored by the store ({_COMPARED})",
+    "not-implemented": f"conditional writes not implemented ({_COMPARED})",
+    "always-412": f"If-Match refused even when it holds ({_COMPARED})",
 }
 
 
@@ -391,6 +403,18 @@ class _Probe:
             raise _Step("dropped", "a dir/ marker could not be read back") from None
         return "kept" if (info.metadata or {}).get("mode") == _MODE_DIR else "dropped"
 
+    async def backslash_keys(self) -> str:
+        """A key with a backslash: is it listed back as it was written? (SeaweedFS lists
+        `a\\b` as `a/b`, and a HEAD of either name finds it, so only a listing tells.)"""
+        prefix = self.base + "names/"
+        await self.put("names/" + _BACKSLASH_NAME, b"")
+        page = await self.call("list", self.remote._list, prefix, None, None, 100)
+        listed = [o.key[len(prefix):] for o in page.objects]
+        if listed == [_BACKSLASH_NAME]:
+            return "kept"
+        raise _Step("rewritten", f"a key written as {_BACKSLASH_NAME!r} was listed as "
+                    f"{', '.join(map(repr, listed)) or 'nothing'}")
+
     # -- clean-up ------------------------------------------------------------------------------
 
     async def cleanup(self) -> None:
@@ -458,7 +482,8 @@ async def probe(
                 if "delete_markers" in wanted:
                     nursery.start_soon(run.step, "delete_markers",
                                        lambda: run.delete_markers(versioning))
-                for name in ("conditional_writes", "checksums", "dir_markers"):
+                for name in ("conditional_writes", "checksums", "dir_markers",
+                             "backslash_keys"):
                     if name in wanted:
                         nursery.start_soon(run.step, name, getattr(run, name))
     if deadline.cancelled_caught:

@@ -20,6 +20,9 @@ clients', the timeouts the read client's for reads and the write client's for wr
 Invariants:
 - Zone keys go out with `zone.prefix` prepended and come back with it stripped; the zone's own
   root marker (the key equal to the prefix) is never reported as an object.
+- A HEAD of a key with a `.` or `..` segment that the store refuses outright (SeaweedFS
+  answers 400 Bad Request, as it refuses to store such keys) answers NotFound: no object can
+  be there, and a lookup of one never fails what asked (such keys are hidden as odd keys).
 - Every botocore error is translated by `translate_error`, and every error answer of the lean
   path by the same table (`answer_error`); nothing else escapes, and no message carries a
   credential (messages are built here from error codes, never from the request).
@@ -699,6 +702,16 @@ class S3Remote(Remote):
             raise err from exc
 
     def _head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        try:
+            return self._head_once(key, version_id)
+        except RemoteError as exc:
+            # Only an unclassified, permanent refusal (not a 403, 404, 5xx or timeout).
+            if type(exc) is not RemoteError or exc.transient or not _has_dot_segment(key):
+                raise
+            raise NotFound(f"{self.object_uri(key)}: no such object (the store refuses to "
+                           f"look up a key with a '.' or '..' segment)") from None
+
+    def _head_once(self, key: str, version_id: str | None) -> ObjectInfo:
         lean = self._lean_reads()
         if lean is not None:
             try:
@@ -1191,6 +1204,14 @@ class S3Remote(Remote):
         with self._translated(key):
             self._client.delete_object(Bucket=self.bucket, Key=self._full(key),
                                        VersionId=version_id)
+
+
+def _has_dot_segment(key: str) -> bool:
+    """
+    >>> _has_dot_segment("../x"), _has_dot_segment("a/./b"), _has_dot_segment("a..b/.c")
+    (True, True, False)
+    """
+    return any(seg in (".", "..") for seg in key.split("/"))
 
 
 def _attempts(resp: Mapping[str, Any]) -> int:
