@@ -705,8 +705,10 @@ class S3Remote(Remote):
         try:
             return self._head_once(key, version_id)
         except RemoteError as exc:
-            # Only an unclassified, permanent refusal (not a 403, 404, 5xx or timeout).
-            if type(exc) is not RemoteError or exc.transient or not _has_dot_segment(key):
+            # Only an unclassified, permanent refusal (a bare 400: not a 403, 404, 5xx or
+            # timeout).
+            if (type(exc) not in (RemoteError, Refused) or exc.transient
+                    or not _has_dot_segment(key)):
                 raise
             raise NotFound(f"{self.object_uri(key)}: no such object (the store refuses to "
                            f"look up a key with a '.' or '..' segment)") from None
