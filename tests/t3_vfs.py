@@ -1555,3 +1555,35 @@ async def test_history_of_many_versions_is_paged(env: Env, monkeypatch: pytest.M
             assert await read_file(vfs, f".zonefs/versions/h/doc/{name}") == body
         assert await read_file(vfs, ".zonefs/at/-0s/h/doc") == bodies[-1]
         await check_invariants(vfs)
+
+
+async def test_history_follows_this_mounts_changes_at_once(env: Env) -> None:
+    """The history views and commands cache what they listed, yet every change this mount
+    makes (an upload, a delete, an undelete, a restore) shows there at once: browsing the
+    versions of a file and then deleting it must not make `undelete` say it is not deleted."""
+    async with env.vfs() as vfs:
+        await write_file(vfs, "doc", b"one")
+        await drain(vfs)
+        first = names(await vfs.listdir(".zonefs/versions/doc"))  # cached from now on
+        assert len(first) == 1
+        assert names(await vfs.listdir(".zonefs/versions")) == ["doc"]
+
+        await vfs.unlink("doc")
+        await drain(vfs)
+        listing = names(await vfs.listdir(".zonefs/versions/doc"))
+        assert [n.endswith(".deleted") for n in listing] == [True, False]
+        assert await vfs.undelete("doc")
+        assert await read_file(vfs, "doc") == b"one"
+        assert names(await vfs.listdir(".zonefs/versions/doc")) == first
+
+        await write_file(vfs, "doc", b"two")
+        await vfs.mkdir("dir", 0o755, UID, GID)
+        await write_file(vfs, "dir/new", b"n")
+        await drain(vfs)
+        assert len(await vfs.listdir(".zonefs/versions/doc")) == 2
+        assert names(await vfs.listdir(".zonefs/versions")) == ["dir", "doc"]
+        older = (await vfs.history.key_versions("doc"))[1]
+        await vfs.restore("doc", version_id=older.version_id)
+        assert len(await vfs.listdir(".zonefs/versions/doc")) == 3
+        assert await read_file(vfs, "doc") == b"one"
+        await check_invariants(vfs)
