@@ -31,7 +31,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
-from conftest import empty_bucket, s3_test_client
+from conftest import empty_bucket, on_own_moto, s3_test_client
 
 from zonefs.config import MountOptions, ZoneConfig, parse_mount_options
 from zonefs.errors import AccessDenied, NotFound, PreconditionFailed, RemoteError, ZonefsError
@@ -332,7 +332,7 @@ def verifying_moto(
     start_moto: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """A moto server that checks every signature, and an IAM user's keys that may do all."""
-    if os.environ.get("ZONEFS_TEST_S3_ENDPOINT"):
+    if not on_own_moto():
         pytest.skip("needs the tests' own moto (it creates IAM users)")
     use_keys(monkeypatch, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     # The first few requests go unauthenticated: enough to create the user and its key.

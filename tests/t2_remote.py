@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import s3_test_client
+from conftest import QUIRK_DOTDOT_HEAD, s3_test_client, seaweedfs_quirk
 
 from zonefs.config import ZoneConfig
 from zonefs.errors import (
@@ -260,6 +260,7 @@ async def test_check_passes(remote: Remote) -> None:
 # -- S3 only ---------------------------------------------------------------------------------
 
 
+@seaweedfs_quirk(QUIRK_DOTDOT_HEAD)
 async def test_prefix_zone(s3_endpoint: str, bucket: str, s3_client: Any) -> None:
     s3_client.put_object(Bucket=bucket, Key="outside.txt", Body=b"no")
     s3_client.put_object(Bucket=bucket, Key="pre/fixed", Body=b"no")  # shares the text only
@@ -319,12 +320,9 @@ async def test_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_wrong_credentials(
-    s3_endpoint: str, start_moto: Any, monkeypatch: pytest.MonkeyPatch
+    authenticating_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    endpoint = os.environ.get("ZONEFS_TEST_S3_ENDPOINT")
-    if endpoint is None:
-        # moto accepts any credentials unless told to authenticate: start one that does.
-        endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="0").url
+    endpoint = authenticating_endpoint
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAZONEFSWRONGKEY00")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "zonefs-wrong-secret-value")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)

@@ -4,7 +4,9 @@ ends with.
 
 The core runs the way the daemon runs it: one trio nursery holding the write-back scheduler and
 every task the core spawns (range fetches, metadata prefetch), so an exception escaping one of
-those tasks fails the test instead of vanishing.
+those tasks fails the test instead of vanishing; and with the store probe's answers, found (and
+cached in the cache dir) the way the daemon finds them, so that what a test expects of the store
+follows what the store can do, not what one server does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from zonefs.config import MountOptions, ZoneConfig
 from zonefs.errors import NotFound, RemoteError
 from zonefs.journal import Journal
 from zonefs.remote import ListPage, ObjectInfo, Remote, VersionPage, open_remote
+from zonefs.remote.probe import Capabilities, load_or_probe
 from zonefs.vfs import Handle, Vfs
 
 #: Longest a drain may take in a test: uploads here are small, so more means a stuck retry loop.
@@ -95,12 +98,31 @@ class Env:
         base = MountOptions(writeback_delay=0.05, metadata_ttl=30.0, cache_dir=str(self.cache_dir))
         return replace(base, **changes)
 
+    async def capabilities(self, opts: MountOptions | None = None) -> Capabilities:
+        """The store probe's answers for this zone, with the options' overrides, as the daemon
+        gets them: probed once, then read from capabilities.json in the cache dir. The probe
+        has a remote of its own: a test's wrapper plays a store's failures, not what it can
+        do, and its request counts stay the test's own."""
+        opts = opts or self.options()
+        remote = open_remote(self.zone)
+        try:
+            return await load_or_probe(remote, str(self.cache_dir),
+                                       overrides=dict(opts.store_overrides),
+                                       read_only=opts.read_only)
+        finally:
+            close = getattr(remote, "close", None)
+            if close is not None:
+                close()
+
     @asynccontextmanager
     async def vfs(self, *, remote: Remote | None = None, requeue: bool = True,
+                  capabilities: Capabilities | None = None,
                   **changes: Any) -> AsyncIterator[Vfs]:
         """A running `Vfs` on this zone and cache dir; stopped (not drained) on exit, the way a
-        crash stops it: whatever is pending stays in the journal for the next one."""
+        crash stops it: whatever is pending stays in the journal for the next one. It has the
+        store probe's answers (`capabilities`), or those given."""
         opts = self.options(**changes)
+        caps = capabilities or await self.capabilities(opts)
         remote = remote or open_remote(self.zone)
         journal = Journal(str(self.cache_dir / "journal.sqlite"))
         blobs = BlobStore(str(self.cache_dir), capacity=opts.cache_size)
@@ -110,6 +132,7 @@ class Env:
                     nursery.start_soon(fn)
 
                 core = Vfs(remote, journal, blobs, opts, spawn=spawn)
+                core.capabilities = caps
                 _watch_schedules(core)
                 await nursery.start(core.writeback.run)
                 if requeue:
