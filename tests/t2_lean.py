@@ -31,7 +31,13 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
-from conftest import empty_bucket, on_own_moto, s3_test_client
+from conftest import (
+    QUIRK_CUT_PUT_STORED,
+    empty_bucket,
+    on_own_moto,
+    s3_test_client,
+    seaweedfs_quirk,
+)
 
 from zonefs.config import MountOptions, ZoneConfig, parse_mount_options
 from zonefs.errors import AccessDenied, NotFound, PreconditionFailed, RemoteError, ZonefsError
@@ -166,7 +172,12 @@ async def test_listing_pages_with_delimiter_match_boto3(pair: tuple[S3Remote, S3
                 if max_keys == 2:
                     assert any(p.prefixes for p in pages[1:])  # prefixes on later pages too
             else:
-                assert sorted(listed) == sorted(k for k in keys if k != "l/r") and not prefixes
+                expected = sorted(k for k in keys if k != "l/r")
+                assert not prefixes and len(listed) == len(expected)  # every key, once
+                if on_own_moto():
+                    assert sorted(listed) == expected
+                else:  # some stores rewrite odd names (SeaweedFS: `back\\slash`, `a//b`)
+                    assert set(expected) - {f"l/{k}" for k in ODD_KEYS} <= set(listed)
     await same(lean, boto, "list", "nothing/", "/", None, 10)
     assert_lean_used(lean)
 
@@ -925,6 +936,7 @@ class CancelAfter(threading.Event):
 
 @pytest.mark.parametrize(("size", "checks"), [(100_000, 2), (3 * MiB, 4)],
                          ids=["inline", "streamed"])
+@seaweedfs_quirk(QUIRK_CUT_PUT_STORED)
 async def test_a_cancel_stops_a_lean_upload(
     pair: tuple[S3Remote, S3Remote], tmp_path: Path, size: int, checks: int
 ) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from zonefs import keys
 from zonefs.blobs import BlobStore
 from zonefs.config import MountOptions, ZoneConfig
 from zonefs.errors import NotFound, RemoteError
@@ -187,6 +188,21 @@ def _watch_schedules(core: Vfs) -> None:
         schedule(key, delay=delay)
 
     core.writeback.schedule = checked  # type: ignore[method-assign]
+
+
+async def marker_metadata(vfs: Vfs, store: Store, path: str) -> dict[str, str]:
+    """The attributes of directory `path` as its marker carries them in the store; where the
+    probe found that the store drops a marker's metadata (SeaweedFS), the marker must exist
+    and the attributes are those this mount remembers having sent with it."""
+    key = keys.dir_key(path)
+    info = await store.head(key)
+    assert info is not None, f"no marker {key!r} in the store"
+    if vfs.capabilities.dir_markers == "kept":
+        assert info.metadata is not None
+        return dict(info.metadata)
+    row = vfs.journal.get_object(key)
+    assert row is not None and row.meta is not None, f"{key!r}: nothing remembered of it"
+    return keys.encode_meta(row.meta)
 
 
 def names(listing: list[tuple[str, object]]) -> list[str]:
