@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 from botocore.exceptions import ClientError
-from conftest import s3_server
+from conftest import KNOWN_STORES, s3_server
 from vfs_harness import Env, Store, drain, write_file
 
 from zonefs.config import MountOptions, ZoneConfig, parse_mount_options
@@ -65,17 +65,6 @@ async def local_leftovers(remote: Remote) -> list[str]:
 
 
 # -- what the real stores answer ---------------------------------------------------------------
-
-
-#: What the probe finds on the servers the test session starts itself: moto stores a wrong
-#: ChecksumSHA256 unchecked (zone-buckets.md §5); SeaweedFS verifies checksums and drops the
-#: body and metadata of `dir/` keys (s3-servers.md §4). Another endpoint is held to what its
-#: probe says, checked for consistency only.
-KNOWN_STORES: dict[str, dict[str, object]] = {
-    "moto": {"conditional_writes": "enforced", "checksums": False, "dir_markers": "kept"},
-    "seaweedfs": {"conditional_writes": "enforced", "checksums": True,
-                  "dir_markers": "dropped"},
-}
 
 
 def assert_known_store(caps: Capabilities) -> None:
