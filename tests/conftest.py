@@ -336,6 +336,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def markers_keep_metadata(mount: Mount) -> bool:
+    """Whether the store keeps a directory marker's headers, as the mount's probe found (not
+    SeaweedFS: there a directory's attributes live in the mount's cache dir only)."""
+    return bool(mount.status()["capabilities"]["dir_markers"] == "kept")
+
+
 def _test_failed(node: pytest.Item) -> bool:
     report = getattr(node, "zonefs_report_call", None)
     return report is None or report.failed or hasattr(report, "wasxfail")

@@ -33,6 +33,7 @@ from conftest import (
     QUIRK_KEYS_REWRITTEN,
     QUIRK_MARKER_COPY,
     QUIRK_REFUSED_NAME,
+    markers_keep_metadata,
     seaweedfs_quirk,
 )
 from mounts import (
@@ -566,12 +567,6 @@ def test_sqlite_database_inside_the_mount(mount: Mount) -> None:
     copy.write_bytes(mount.store.must_get("app.db").body)
     with contextlib.closing(sqlite3.connect(copy)) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone() == (500,)
-
-
-def markers_keep_metadata(mount: Mount) -> bool:
-    """Whether the store keeps a directory marker's headers, as the mount's probe found (not
-    SeaweedFS: there the attributes live in the mount's cache dir only)."""
-    return bool(mount.status()["capabilities"]["dir_markers"] == "kept")
 
 
 def test_mkdir_p_and_rmdir(mount: Mount) -> None:
