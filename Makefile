@@ -27,9 +27,8 @@ PYTEST_ARGS ?=
 # The S3 servers the tests run against, one pytest run each (tests/conftest.py starts them on
 # loopback): moto runs the whole suite; any other server only the tests that use S3.
 TEST_S3_SERVERS ?= moto seaweedfs
-# What the SeaweedFS run leaves out to keep CI short: the random-operations exerciser, which
-# already ran on moto (its operations are the same on any store).
-SEAWEEDFS_PYTEST_ARGS ?= --deselect tests/t5_exerciser.py
+# Extra pytest arguments of the SeaweedFS run only (e.g. --deselect tests/t5_exerciser.py).
+SEAWEEDFS_PYTEST_ARGS ?=
 BENCH_ARGS ?=
 LINT_PATHS := zonefs tests bench
 
