@@ -30,7 +30,7 @@ from zonefs.config import MountOptions, ZoneConfig
 from zonefs.errors import NotFound, RemoteError
 from zonefs.journal import Journal
 from zonefs.remote import ListPage, ObjectInfo, Remote, VersionPage, open_remote
-from zonefs.remote.probe import Capabilities, load_or_probe
+from zonefs.remote.probe import CACHE_FILE, Capabilities, load_or_probe, read_cache, write_cache
 from zonefs.vfs import Handle, Vfs
 
 #: Longest a drain may take in a test: uploads here are small, so more means a stuck retry loop.
@@ -86,6 +86,10 @@ class Store:
         return dict(self.s3_client.head_object(Bucket=self.bucket, Key=key)["Metadata"])
 
 
+#: Probe answers by (zone kind, endpoint, bucket versioning state), for `Env.capabilities`.
+_PROBED: dict[tuple[str, str | None, str], Capabilities] = {}
+
+
 @dataclass
 class Env:
     """One zone (S3 bucket on the test endpoint, or an embedded local zone) and a cache dir."""
@@ -101,19 +105,29 @@ class Env:
 
     async def capabilities(self, opts: MountOptions | None = None) -> Capabilities:
         """The store probe's answers for this zone, with the options' overrides, as the daemon
-        gets them: probed once, then read from capabilities.json in the cache dir. The probe
-        has a remote of its own: a test's wrapper plays a store's failures, not what it can
-        do, and its request counts stay the test's own."""
+        gets them (`load_or_probe`): probed, then read from capabilities.json in the cache dir.
+
+        The probe goes through the store's own remote (`self.store`): a test's wrapper plays a
+        store's failures, not what it can do, and its request counts stay the test's own. A
+        server answers alike for every bucket in the same versioning state, so the session
+        probes each (server, state) once and hands the answers to later cache dirs, as an
+        earlier mount of the zone would have left them."""
         opts = opts or self.options()
-        remote = open_remote(self.zone)
-        try:
-            return await load_or_probe(remote, str(self.cache_dir),
-                                       overrides=dict(opts.store_overrides),
-                                       read_only=opts.read_only)
-        finally:
-            close = getattr(remote, "close", None)
-            if close is not None:
-                close()
+        remote, overrides = self.store.remote, dict(opts.store_overrides)
+        cache = str(self.cache_dir / CACHE_FILE)
+        seen: tuple[str, str | None, str] | None = None
+        if not overrides and read_cache(cache, remote.description) is None:
+            try:
+                seen = (self.kind, self.zone.endpoint_url, await remote.bucket_versioning())
+            except Exception:  # a store without the versioning API: probe it every time
+                seen = None
+            if seen in _PROBED:
+                write_cache(cache, _PROBED[seen], remote.description)
+        caps = await load_or_probe(remote, str(self.cache_dir), overrides=overrides,
+                                   read_only=opts.read_only)
+        if seen is not None and caps.source == "probed" and caps.complete:
+            _PROBED[seen] = caps
+        return caps
 
     @asynccontextmanager
     async def vfs(self, *, remote: Remote | None = None, requeue: bool = True,
