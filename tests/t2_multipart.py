@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import empty_bucket
 from vfs_harness import Env, Store
 
 from zonefs.config import ZoneConfig
-from zonefs.errors import BucketMissing, RemoteError
+from zonefs.errors import AccessDenied, BucketMissing, RemoteError
 from zonefs.leftovers import INTENT_WINDOW
 from zonefs.remote import open_remote
 from zonefs.remote.base import Remote
@@ -215,16 +216,37 @@ async def test_a_multipart_copy_is_announced_before_it_is_created(
 
 
 async def test_a_refused_create_settles_its_intent_and_an_unanswered_one_does_not(
-    s3_endpoint: str, s3_zone: ZoneConfig, tmp_path: Path
+    s3_endpoint: str, s3_zone: ZoneConfig, s3_client: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     src = tmp_path / "src"
     src.write_bytes(os.urandom(6 * MiB))
     # The store answers "no such bucket" at once: nothing was created.
-    missing = small_parts(open_remote(ZoneConfig.parse("s3://zonefs-no-such-bucket",
+    missing_bucket = f"zonefs-no-such-bucket-{os.urandom(4).hex()}"
+    missing = small_parts(open_remote(ZoneConfig.parse(f"s3://{missing_bucket}",
                                                        endpoint_url=s3_endpoint)))
     heard = missing.multipart_log = RecordingLog()
-    with pytest.raises(BucketMissing):
+    try:
         await missing.upload("big.bin", str(src), {})
+    except BucketMissing:
+        pass
+    else:
+        # The store made the bucket on the write (SeaweedFS does): refused credentials are
+        # the refusal to show there.
+        empty_bucket(s3_client, missing_bucket)
+        s3_client.delete_bucket(Bucket=missing_bucket)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAZONEFSBOGUSKEY00")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "zonefs-bogus-secret")
+        refused = small_parts(open_remote(s3_zone))
+        heard = refused.multipart_log = RecordingLog()
+        try:
+            await refused.upload("big.bin", str(src), {})
+        except AccessDenied:
+            pass
+        else:
+            pytest.skip("the store creates missing buckets and accepts any credentials: "
+                        "no refusal to show")
+        monkeypatch.undo()
     assert heard.events == [("intend", "big.bin", "", 1), ("refused", "", "", 1)]
     # No answer at all (nothing listens): the store may have created it, the intent stays.
     unanswered = small_parts(open_remote(ZoneConfig.parse(

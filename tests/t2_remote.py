@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 from botocore.exceptions import ClientError
-from conftest import s3_test_client
+from conftest import QUIRK_DOTDOT_HEAD, s3_test_client, seaweedfs_quirk
 
 from zonefs.config import ZoneConfig
 from zonefs.errors import (
@@ -263,6 +263,7 @@ async def test_check_passes(remote: Remote) -> None:
 # -- S3 only ---------------------------------------------------------------------------------
 
 
+@seaweedfs_quirk(QUIRK_DOTDOT_HEAD)
 async def test_prefix_zone(s3_endpoint: str, bucket: str, s3_client: Any) -> None:
     s3_client.put_object(Bucket=bucket, Key="outside.txt", Body=b"no")
     s3_client.put_object(Bucket=bucket, Key="pre/fixed", Body=b"no")  # shares the text only
@@ -322,12 +323,9 @@ async def test_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_wrong_credentials(
-    s3_endpoint: str, start_moto: Any, monkeypatch: pytest.MonkeyPatch
+    authenticating_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    endpoint = os.environ.get("ZONEFS_TEST_S3_ENDPOINT")
-    if endpoint is None:
-        # moto accepts any credentials unless told to authenticate: start one that does.
-        endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="0").url
+    endpoint = authenticating_endpoint
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAZONEFSWRONGKEY00")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "zonefs-wrong-secret-value")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
@@ -546,7 +544,7 @@ async def test_copy_version_makes_it_current_again(remote: Remote) -> None:
     old = await remote.put_bytes("r", b"old bytes", {"mode": "33188"})
     await remote.put_bytes("r", b"new", {})
     copied = await remote.copy_version("r", old.version_id or "null", "r")
-    assert copied.version_id not in (None, old.version_id)
+    assert copied.version_id != old.version_id  # None where the store does not say (Ceph RGW)
     assert await remote.get_range("r", 0, 100) == b"old bytes"
     assert (await remote.head("r")).metadata == {"mode": "33188"}
     versions, _ = await all_versions(remote, "r")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import QUIRK_EMPTY_DIR_412, QUIRK_MARKER_COPY, seaweedfs_quirk
 from vfs_harness import (
     DRAIN_TIMEOUT,
     GID,
@@ -22,6 +23,7 @@ from vfs_harness import (
     check_invariants,
     close,
     drain,
+    marker_metadata,
     names,
     read_file,
     requests,
@@ -122,9 +124,8 @@ async def test_namespace_changes_survive_a_crash(env: Env) -> None:
         await drain(vfs)
         assert await env.store.keys() == {"d/", "d/link", "d/final"}
         assert await env.store.read("d/link") == b"../target"
-        info = await env.store.head("d/")
-        assert info is not None and info.metadata is not None
-        assert info.metadata["mode"] == str(st.S_IFDIR | 0o750)
+        md = await marker_metadata(vfs, env.store, "d")
+        assert md["mode"] == str(st.S_IFDIR | 0o750)
         await check_invariants(vfs)
 
 
@@ -211,6 +212,7 @@ async def test_rename_onto_a_removed_tree(env: Env) -> None:
 
 
 @pytest.mark.unversioned_on_moto
+@seaweedfs_quirk(QUIRK_EMPTY_DIR_412)
 async def test_file_where_a_directory_was_removed(env: Env) -> None:
     await env.store.put("x/f", b"f")
     await env.store.put("plain", b"plain bytes")
@@ -259,11 +261,10 @@ async def test_chmod_of_a_directory_and_symlink_is_batched(env: Env) -> None:
         await vfs.setattr("l", uid=8)
         await drain(vfs)
         assert requests(vfs, "put") == 2, "one PUT each, with the last attributes"
-        d = await env.store.head("d/")
+        d = await marker_metadata(vfs, env.store, "d")
         link = await env.store.head("l")
-        assert d is not None and d.metadata is not None
         assert link is not None and link.metadata is not None
-        assert (d.metadata["mode"], d.metadata["uid"]) == (str(st.S_IFDIR | 0o700), "7")
+        assert (d["mode"], d["uid"]) == (str(st.S_IFDIR | 0o700), "7")
         assert link.metadata["uid"] == "8"
         await check_invariants(vfs)
 
@@ -500,6 +501,7 @@ async def test_renamed_file_written_before_its_copy_frees_its_old_name(env: Env)
 
 
 @pytest.mark.unversioned_on_moto
+@seaweedfs_quirk(QUIRK_MARKER_COPY)
 async def test_directory_renamed_over_the_one_its_pending_copy_reads(env: Env) -> None:
     """`mv d/f x/f` (a pending copy reading d/f), then `mv x d` over the now empty d: the
     copy is made first, d's old marker and d/f go, and d holds f with its marker (found by

@@ -29,7 +29,7 @@ from vfs_harness import (
 )
 
 from zonefs import keys
-from zonefs.cli import restored_line
+from zonefs.cli import restored_message
 from zonefs.errors import InvalidArgument, NotFound, RemoteError
 from zonefs.journal import MOVE_COPY, Journal, Move
 from zonefs.remote import ObjectInfo, Remote, open_remote
@@ -375,6 +375,6 @@ async def test_restore_names_the_new_version_the_store_did_not_tell(env: Env) ->
         assert done["new_version"] == latest["version_id"] and done["new_version"]
         assert await read_file(vfs, "r") == b"one"
         await check_invariants(vfs)
-    line = restored_line("r", done)
+    line = restored_message("r", done)
     assert f"(new version {done['new_version']}, 3 B)" in line, line
-    assert "None" not in restored_line("r", {**done, "new_version": None})
+    assert "None" not in restored_message("r", {**done, "new_version": None})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import on_own_moto
 from mounts import (
     LocalStore,
     Mount,
@@ -108,11 +109,8 @@ def test_bucket_missing(s3_endpoint: str, tmp_path: Path) -> None:
     assert_clean_failure(proc, elapsed, mnt, mentions=("zonefs-no-such-bucket-t4",))
 
 
-def test_wrong_credentials(s3_endpoint: str, start_moto: Any, tmp_path: Path) -> None:
-    endpoint = os.environ.get("ZONEFS_TEST_S3_ENDPOINT")
-    if endpoint is None:
-        # moto accepts any credentials unless told to authenticate: start one that does.
-        endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="0").url
+def test_wrong_credentials(authenticating_endpoint: str, tmp_path: Path) -> None:
+    endpoint = authenticating_endpoint
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc, elapsed = try_mount("s3://any-bucket", mnt, tmp_path / "cache", endpoint=endpoint,
@@ -126,7 +124,7 @@ def test_wrong_credentials(s3_endpoint: str, start_moto: Any, tmp_path: Path) ->
 def test_secret_key_is_never_logged_even_with_debug(
     s3_endpoint: str, bucket: str, s3_client: Any, tmp_path: Path
 ) -> None:
-    if os.environ.get("ZONEFS_TEST_S3_ENDPOINT"):
+    if not on_own_moto():
         pytest.skip("needs an endpoint that accepts any credentials (the tests' own moto)")
     secret = "zonefs-distinctive-secret-4a7c1e"
     mnt, cache = tmp_path / "mnt", tmp_path / "cache"

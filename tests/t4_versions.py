@@ -108,6 +108,24 @@ def test_delete_then_undelete(mount: Mount) -> None:
     assert again.returncode == 1 and "is not deleted" in again.stderr
 
 
+def test_undelete_after_browsing_the_history(mount: Mount) -> None:
+    """Looking at a file's versions, then deleting it: `undelete` sees the delete at once,
+    and so does the versions directory."""
+    write_version(mount, "seen.txt", b"kept\n")
+    before = os.listdir(versions_dir(mount, "seen.txt"))
+    assert len(before) == 1
+    (mount.path / "seen.txt").unlink()
+    mount.sync()
+    out = zonefs_cli("undelete", str(mount.path / "seen.txt")).stdout
+    assert "is back" in out
+    assert (mount.path / "seen.txt").read_bytes() == b"kept\n"
+    assert os.listdir(versions_dir(mount, "seen.txt")) == before
+    (mount.path / "seen.txt").unlink()
+    mount.sync()
+    entries = os.listdir(versions_dir(mount, "seen.txt"))
+    assert len(entries) == 2 and entries[0].endswith(".deleted")
+
+
 def test_restore_by_id_and_by_time(mount: Mount) -> None:
     write_version(mount, "r.txt", b"one\n")
     between = tick()

@@ -3,10 +3,12 @@ complete, nothing outside the mount is touched, and `zonefs status` names each o
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 from mounts import Mount, fuse_unavailable_reason, run
 
 pytestmark = pytest.mark.skipif(
@@ -28,7 +30,12 @@ def test_hostile_keys_never_crash_a_listing_nor_escape(mount: Mount, tmp_path: P
     if mount.kind == "local":  # HTTP stacks may normalise dot segments before S3 sees them
         hostile |= {"./x": b"dot", "../escape": b"dotdot", "ok/../../etc/zonefs-escape": b"up"}
     for key, body in hostile.items():
-        mount.store.put(key, body)
+        # A key the store refuses (SeaweedFS: a segment over 255 bytes) is not there to hide.
+        with contextlib.suppress(ClientError):
+            mount.store.put(key, body)
+    # What the store holds: some rewrite names (SeaweedFS: `a//b` is `a/b`, `/leading` is
+    # `leading`).
+    stored = set(mount.store.keys())
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "sentinel").write_bytes(b"untouched")
@@ -48,8 +55,11 @@ def test_hostile_keys_never_crash_a_listing_nor_escape(mount: Mount, tmp_path: P
 
     odd = {o["key"]: o["what"] for o in mount.status()["odd_keys"]}
     assert "both" in odd and "file and a directory" in odd["both"]
-    assert any("x" * 300 in k for k in odd) and ".zonefs" in odd
-    assert any("a" in k and "not a valid file name" in w for k, w in odd.items())
+    assert ".zonefs" in odd
+    if "x" * 300 in stored:
+        assert any("x" * 300 in k for k in odd)
+    if "a//b" in stored:
+        assert any("a" in k and "not a valid file name" in w for k, w in odd.items())
     # The ordinary file can still be written next to them.
     (mount.path / "ok" / "new.txt").write_bytes(b"new")
     mount.sync()

@@ -4,7 +4,9 @@ ends with.
 
 The core runs the way the daemon runs it: one trio nursery holding the write-back scheduler and
 every task the core spawns (range fetches, metadata prefetch), so an exception escaping one of
-those tasks fails the test instead of vanishing.
+those tasks fails the test instead of vanishing; and with the store probe's answers, found (and
+cached in the cache dir) the way the daemon finds them, so that what a test expects of the store
+follows what the store can do, not what one server does.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from typing import Any
 
 import trio
 
+from zonefs import keys
 from zonefs.blobs import BlobStore
 from zonefs.config import MountOptions, ZoneConfig
 from zonefs.errors import NotFound, RemoteError
 from zonefs.journal import Journal
 from zonefs.remote import ListPage, ObjectInfo, Remote, VersionPage, open_remote
+from zonefs.remote.probe import CACHE_FILE, Capabilities, load_or_probe, read_cache, write_cache
 from zonefs.vfs import Handle, Vfs
 
 #: Longest a drain may take in a test: uploads here are small, so more means a stuck retry loop.
@@ -82,6 +86,10 @@ class Store:
         return dict(self.s3_client.head_object(Bucket=self.bucket, Key=key)["Metadata"])
 
 
+#: Probe answers by (zone kind, endpoint, bucket versioning state), for `Env.capabilities`.
+_PROBED: dict[tuple[str, str | None, str], Capabilities] = {}
+
+
 @dataclass
 class Env:
     """One zone (S3 bucket on the test endpoint, or an embedded local zone) and a cache dir."""
@@ -95,12 +103,41 @@ class Env:
         base = MountOptions(writeback_delay=0.05, metadata_ttl=30.0, cache_dir=str(self.cache_dir))
         return replace(base, **changes)
 
+    async def capabilities(self, opts: MountOptions | None = None) -> Capabilities:
+        """The store probe's answers for this zone, with the options' overrides, as the daemon
+        gets them (`load_or_probe`): probed, then read from capabilities.json in the cache dir.
+
+        The probe goes through the store's own remote (`self.store`): a test's wrapper plays a
+        store's failures, not what it can do, and its request counts stay the test's own. A
+        server answers alike for every bucket in the same versioning state, so the session
+        probes each (server, state) once and hands the answers to later cache dirs, as an
+        earlier mount of the zone would have left them."""
+        opts = opts or self.options()
+        remote, overrides = self.store.remote, dict(opts.store_overrides)
+        cache = str(self.cache_dir / CACHE_FILE)
+        seen: tuple[str, str | None, str] | None = None
+        if not overrides and read_cache(cache, remote.description) is None:
+            try:
+                seen = (self.kind, self.zone.endpoint_url, await remote.bucket_versioning())
+            except Exception:  # a store without the versioning API: probe it every time
+                seen = None
+            if seen in _PROBED:
+                write_cache(cache, _PROBED[seen], remote.description)
+        caps = await load_or_probe(remote, str(self.cache_dir), overrides=overrides,
+                                   read_only=opts.read_only)
+        if seen is not None and caps.source == "probed" and caps.complete:
+            _PROBED[seen] = caps
+        return caps
+
     @asynccontextmanager
     async def vfs(self, *, remote: Remote | None = None, requeue: bool = True,
+                  capabilities: Capabilities | None = None,
                   **changes: Any) -> AsyncIterator[Vfs]:
         """A running `Vfs` on this zone and cache dir; stopped (not drained) on exit, the way a
-        crash stops it: whatever is pending stays in the journal for the next one."""
+        crash stops it: whatever is pending stays in the journal for the next one. It has the
+        store probe's answers (`capabilities`), or those given."""
         opts = self.options(**changes)
+        caps = capabilities or await self.capabilities(opts)
         remote = remote or open_remote(self.zone)
         journal = Journal(str(self.cache_dir / "journal.sqlite"))
         blobs = BlobStore(str(self.cache_dir), capacity=opts.cache_size)
@@ -110,6 +147,7 @@ class Env:
                     nursery.start_soon(fn)
 
                 core = Vfs(remote, journal, blobs, opts, spawn=spawn)
+                core.capabilities = caps
                 _watch_schedules(core)
                 await nursery.start(core.writeback.run)
                 if requeue:
@@ -164,6 +202,21 @@ def _watch_schedules(core: Vfs) -> None:
         schedule(key, delay=delay)
 
     core.writeback.schedule = checked  # type: ignore[method-assign]
+
+
+async def marker_metadata(vfs: Vfs, store: Store, path: str) -> dict[str, str]:
+    """The attributes of directory `path` as its marker carries them in the store; where the
+    probe found that the store drops a marker's metadata (SeaweedFS), the marker must exist
+    and the attributes are those this mount remembers having sent with it."""
+    key = keys.dir_key(path)
+    info = await store.head(key)
+    assert info is not None, f"no marker {key!r} in the store"
+    if vfs.capabilities.dir_markers == "kept":
+        assert info.metadata is not None
+        return dict(info.metadata)
+    row = vfs.journal.get_object(key)
+    assert row is not None and row.meta is not None, f"{key!r}: nothing remembered of it"
+    return keys.encode_meta(row.meta)
 
 
 def names(listing: list[tuple[str, object]]) -> list[str]:

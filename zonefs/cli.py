@@ -460,7 +460,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
             state = "current, deleted" if v["deleted"] else "current"
         sha = (v["sha256"] or "-")[:16]
         size = "-" if v["deleted"] else format_size(v["size"])
-        print(f"{format_utc(v['time']):24}  {v['version_id']:36}  {size:>10}  {sha:16}  {state}")
+        vid = v["version_id"] or "null"
+        print(f"{format_utc(v['time']):24}  {vid:36}  {size:>10}  {sha:16}  {state}")
     return 0
 
 
@@ -469,16 +470,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
     at = None if args.at is None else parse_time(args.at)
     done = control.request(mountpoint, "restore", path=rel, version=args.version, at=at,
                            timeout=600)
-    print(restored_line(args.path, done))
+    print(restored_message(args.path, done))
     return 0
 
 
-def restored_line(path: str, done: dict[str, Any]) -> str:
-    """What `zonefs restore` prints. Where the store would not tell the new version's id
-    (`new_version` None), nothing is said of it."""
+def restored_message(path: str, done: dict[str, Any]) -> str:
+    """What `zonefs restore` says. Some stores answer a copy without the new version's id
+    (Ceph RGW): then it goes unsaid.
+
+    >>> done = {"restored": "v1", "from_time": 0.0, "new_version": "v3", "size": 3}
+    >>> restored_message("f", done)
+    'zonefs: f: version v1 of 1970-01-01T00:00:00.000Z is current again (new version v3, 3 B)'
+    >>> restored_message("f", done | {"new_version": None})
+    'zonefs: f: version v1 of 1970-01-01T00:00:00.000Z is current again (3 B)'
+    """
     new = f"new version {done['new_version']}, " if done.get("new_version") else ""
-    return (f"zonefs: {path}: version {done['restored']} of {format_utc(done['from_time'])} is "
-            f"current again ({new}{format_size(done['size'])})")
+    return (f"zonefs: {path}: version {done['restored']} of {format_utc(done['from_time'])} "
+            f"is current again ({new}{format_size(done['size'])})")
 
 
 def cmd_undelete(args: argparse.Namespace) -> int:

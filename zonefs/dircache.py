@@ -13,10 +13,16 @@ and `end_fetch`; while one is in flight every local change is stamped, and `put_
 `put_fetched` let the newer local facts win over what the fetch brought. After a local change
 nothing is known of (an invalidation: a directory marker deleted, a rename), they say so, and
 the caller asks the store again: what the fetch brought may show a name that is gone.
+
+Other views of the store built by this mount (the history under `.zonefs/`) register with
+`on_local_change`: every local change told to this cache (`put_entry`, `invalidate`,
+`invalidate_tree`, `expire_tree`, `clear`) is passed on to them at once; what a fetch brought
+(`put_fetched`, `put_listing`) is not a change and is not passed on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachetools import LRUCache, TTLCache
@@ -59,6 +65,16 @@ class DirCache:
         self._stamp = 0
         self._fetches = 0
         self._changed: dict[str, tuple[int, bool]] = {}
+        self._listeners: list[Callable[[str, bool], None]] = []
+
+    def on_local_change(self, listener: Callable[[str, bool], None]) -> None:
+        """Call `listener(path, tree)` after every local change of `path` (of everything
+        below it too when `tree`; '' with `tree` for the whole zone)."""
+        self._listeners.append(listener)
+
+    def _tell(self, path: str, *, tree: bool = False) -> None:
+        for listener in self._listeners:
+            listener(path, tree)
 
     # -- fetches racing local changes ---------------------------------------------------------
 
@@ -89,7 +105,7 @@ class DirCache:
         for p, tree in self._changes_since(since):
             if p == path or (tree and is_within(path, p)):
                 return self.entry(path)
-        self.put_entry(path, entry)
+        self._put(path, entry)
         return entry
 
     def listing(self, path: str) -> dict[str, Entry] | None:
@@ -144,6 +160,11 @@ class DirCache:
         return UNKNOWN
 
     def put_entry(self, path: str, entry: Entry | None) -> None:
+        """A local change: `path` is now `entry` in the store (None: it is gone)."""
+        self._put(path, entry)
+        self._tell(path)
+
+    def _put(self, path: str, entry: Entry | None) -> None:
         self._touch(path)
         self._entries[path] = entry
         self._last_entries[path] = entry
@@ -162,6 +183,7 @@ class DirCache:
         self._last_entries.pop(path, None)
         self._listings.pop(split(path)[0], None)
         self._last.pop(split(path)[0], None)
+        self._tell(path)
 
     def invalidate_tree(self, top: str) -> None:
         """Forget `top`, everything below it, and its parent's listing."""
@@ -171,6 +193,7 @@ class DirCache:
                 cache.pop(path, None)
         self._listings.pop(split(top)[0], None)
         self._last.pop(split(top)[0], None)
+        self._tell(top, tree=True)
 
     def expire_tree(self, top: str) -> None:
         """Ask the store again about `top` and everything below it, but keep their last
@@ -180,9 +203,11 @@ class DirCache:
             for path in [p for p in cache if is_within(p, top)]:
                 cache.pop(path, None)
         self._listings.pop(split(top)[0], None)
+        self._tell(top, tree=True)
 
     def clear(self) -> None:
         self._entries.clear()
         self._listings.clear()
         self._last.clear()
         self._last_entries.clear()
+        self._tell("", tree=True)

@@ -21,6 +21,11 @@ Invariants:
   has the same content.
 - Listings are paged and cached one directory at a time for the metadata TTL; nothing holds a
   whole bucket's history.
+- Every change this mount makes in the store shows here at once: the mount's listing cache
+  (`dircache.DirCache`), where uploads, deletes, renames, restores and undeletes land, passes
+  each on to `forget`, which drops what is cached of that path, its directory and its
+  ancestors. A history listing that was in flight while such a change came is returned but
+  not cached (it may predate the change).
 - Only keys whose every segment is a valid file name appear, as in the tree itself.
 """
 
@@ -131,6 +136,7 @@ class History:
         self._dirs: TTLCache[str, DirHistory] = TTLCache(64, ttl)
         self._names: TTLCache[str, tuple[bool, tuple[VersionInfo, ...]]] = TTLCache(4096, ttl)
         self._live: TTLCache[tuple[str, float], bool] = TTLCache(4096, ttl)
+        self._changes = 0  # how many times `forget` ran: a listing it overlapped is not cached
 
     # -- what the store holds -------------------------------------------------------------
 
@@ -159,7 +165,7 @@ class History:
         if cached is not None:
             return cached
         prefix = keys.dir_key(path)
-        hist = DirHistory()
+        hist, changes = DirHistory(), self._changes
         async for page in self._pages(prefix, "/"):
             for v in page.versions:
                 name = v.key[len(prefix):]
@@ -169,7 +175,8 @@ class History:
                 name = pre[len(prefix):-1]
                 if self._shown(path, name):
                     hist.subdirs.add(name)
-        self._dirs[path] = hist
+        if changes == self._changes:
+            self._dirs[path] = hist
         return hist
 
     @staticmethod
@@ -188,14 +195,16 @@ class History:
         cached = self._names.get(path)
         if cached is not None:
             return cached
-        is_dir, found = False, []
+        is_dir, found, changes = False, [], self._changes
         async for page in self._pages(path, "/"):
             found += [v for v in page.versions if v.key == path]
             is_dir = is_dir or f"{path}/" in page.prefixes
             last = max([v.key for v in page.versions] + page.prefixes, default="")
             if last > f"{path}/":
                 break  # keys sort after the name and its prefix: nothing more of either
-        answer = self._names[path] = (is_dir, tuple(found))
+        answer = (is_dir, tuple(found))
+        if changes == self._changes:
+            self._names[path] = answer
         return answer
 
     async def key_versions(self, path: str) -> list[VersionInfo]:
@@ -207,7 +216,7 @@ class History:
         cached = self._live.get((path, when))
         if cached is not None:
             return cached
-        live, key, decided = False, None, False
+        live, key, decided, changes = False, None, False, self._changes
         async for page in self._pages(keys.dir_key(path), None):
             for v in page.versions:
                 if v.key != key:
@@ -220,7 +229,8 @@ class History:
                     break
             if live:
                 break
-        self._live[(path, when)] = live
+        if changes == self._changes:
+            self._live[(path, when)] = live
         return live
 
     # -- the virtual tree -------------------------------------------------------------------
@@ -361,12 +371,21 @@ class History:
         version_id = None if v.is_latest else v.version_id
         return await self.objects.open_version(path, v.key, version_id, v.etag, v.size)
 
-    def forget(self, path: str) -> None:
-        """`path` changed: drop what the history caches about it and its directory."""
-        parent = keys.split(path)[0]
-        self._names.pop(path, None)
-        self._dirs.pop(parent, None)
+    def forget(self, path: str, tree: bool = False) -> None:
+        """`path` changed in the store (with `tree`, anything below it too; '' and `tree`:
+        anything at all): drop what the history caches about it, and the listings of its
+        directory and their ancestors (a directory may have appeared in each)."""
+        self._changes += 1
         self._live.clear()
+        if tree:
+            for cache in (self._names, self._dirs):
+                for p in [p for p in cache if keys.is_within(p, path)]:
+                    cache.pop(p, None)
+        self._names.pop(path, None)
+        while path:
+            path = keys.split(path)[0]
+            self._dirs.pop(path, None)
+            self._names.pop(path, None)
 
     # -- history commands -----------------------------------------------------------------
 

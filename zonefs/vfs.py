@@ -95,6 +95,9 @@ class Vfs:
         self._capabilities = Capabilities()
         self.history = History(remote, self.objects, uid=opts.uid, gid=opts.gid,
                                ttl=opts.metadata_ttl, capabilities=lambda: self.capabilities)
+        # Every change this mount makes in the store lands in the listing cache: the
+        # history views and commands hear of each at once.
+        self.cache.on_local_change(self.history.forget)
         self.view = View(remote, journal, self.cache, self.objects, self.pending, self.history,
                          opts, spawn=spawn)
         self.files = Files(remote, journal, blobs, self.objects, self.pending, self.history,
