@@ -175,16 +175,8 @@ def seaweedfs_server(workdir: Path) -> Any:
     return endpoints.seaweedfs_server(workdir)
 
 
-# Quirks of SeaweedFS that zonefs does not handle yet (issue 14, item 4): tests they break are
-# marked `seaweedfs_quirk(...)` until the fixes land, then the marks go.
-QUIRK_MARKER_COPY = ("CopyObject of a directory marker answers NoSuchKey, so a renamed "
-                     "directory loses its markers and empty subdirectories")
-QUIRK_KEYS_REWRITTEN = "keys are rewritten (`back\\slash` -> `back/slash`, `a//b` -> `a/b`)"
-QUIRK_DOTDOT_HEAD = "HEAD of a key with a `..` segment under a prefix answers 400"
-QUIRK_REFUSED_NAME = ("a name of 255 bytes (\"y\" x 255, 85 x \"€\") is refused on every "
-                      "PUT (InternalError) and write-back retries it forever")
-QUIRK_STALL = "a stalled store makes each command wait for io_timeout"
-# Quirks found by this suite that zonefs does not handle yet, with no fix under way.
+# Quirks of SeaweedFS that zonefs does not handle yet: tests they break are marked
+# `seaweedfs_quirk(...)` until the fixes land, then the marks go.
 QUIRK_EMPTY_DIR_412 = ("PUT If-None-Match: * of `x` answers 412 where `x/` was a directory "
                        "whose keys are all deleted, so a new file there becomes a conflict copy")
 QUIRK_CUT_PUT_STORED = ("a PUT whose connection closes after its headers, before any body byte, "

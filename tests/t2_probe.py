@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from zonefs.config import MountOptions, ZoneConfig, parse_mount_options
 from zonefs.errors import (
     ChecksumMismatch,
     ConfigError,
+    NameTooLong,
     NotFound,
     PreconditionFailed,
     RemoteError,
@@ -243,6 +245,54 @@ async def test_backslash_keys(local_zone: ZoneConfig, tmp_path: Path) -> None:
         parse_mount_options(["backslash_keys=maybe"])
 
 
+class TakesShortNamesOnly(LocalRemote):
+    """Answers a name over 246 bytes with a 500, as a versioned SeaweedFS bucket does (its
+    `.versions` directory would pass the filer's 255-byte limit)."""
+
+    def _put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str],
+                   content_type: str | None, **kw: Any) -> ObjectInfo:
+        if len(key.rsplit("/", 1)[-1].encode()) > 246:
+            raise RemoteError(f"{key}: InternalError: We encountered an internal error",
+                              transient=True)
+        return super()._put_bytes(key, data, metadata, content_type, **kw)
+
+
+async def test_max_name_bytes(local_zone: ZoneConfig, tmp_path: Path) -> None:
+    full = await probe(open_remote(local_zone))
+    assert full.max_name_bytes == 255 and "names up to" not in full.summary()
+    remote = TakesShortNamesOnly(local_zone)
+    caps = await load_or_probe(remote, str(tmp_path), reprobe=True)
+    assert caps.max_name_bytes == 246 and caps.complete
+    assert "names up to 246 bytes (longer ones refused)" in caps.summary()
+    assert any("a name of 255 bytes" in n for n in caps.notes), caps.notes
+    assert await local_leftovers(remote) == []
+    assert json.loads((tmp_path / CACHE_FILE).read_text())["capabilities"][
+        "max_name_bytes"] == 246
+    again = await load_or_probe(remote, str(tmp_path), overrides={"max_name_bytes": "200"})
+    assert (again.source, again.max_name_bytes) == ("cached", 200)
+    assert dict(parse_mount_options(["max_name_bytes=100"]).store_overrides) == {
+        "max_name_bytes": "100"}
+    with pytest.raises(ConfigError, match="max_name_bytes= takes a number of bytes from 1 to"):
+        parse_mount_options(["max_name_bytes=256"])
+
+
+async def test_names_longer_than_the_store_takes_are_refused_at_create(env: Env) -> None:
+    """ENAMETOOLONG before anything is written, for every way of making a name; names the
+    store takes work as ever."""
+    async with env.vfs() as vfs:
+        vfs.capabilities = replace(vfs.capabilities, max_name_bytes=246)
+        long, fits = "n" * 247, "n" * 246
+        await write_file(vfs, fits, b"fits")
+        for make in (lambda: vfs.create(long, 0o644, 0, 0),
+                     lambda: vfs.mkdir(long, 0o755, 0, 0),
+                     lambda: vfs.symlink(long, "target", 0, 0),
+                     lambda: vfs.rename(fits, long)):
+            with pytest.raises(NameTooLong):
+                await make()
+        await drain(vfs)
+        assert await env.store.keys() == {fits}
+
+
 async def test_a_cache_of_the_format_before_backslash_keys_is_probed_again(
     local_zone: ZoneConfig, tmp_path: Path
 ) -> None:
@@ -379,7 +429,8 @@ async def test_overrides_replace_answers_and_skip_their_steps(
 ) -> None:
     remote = open_remote(local_zone)
     overrides = {"versioning": "unversioned", "conditional_writes": "ignored",
-                 "checksums": "off", "dir_markers": "dropped", "backslash_keys": "rewritten"}
+                 "checksums": "off", "dir_markers": "dropped", "backslash_keys": "rewritten",
+                 "max_name_bytes": "255"}
     caps = await load_or_probe(remote, str(tmp_path), overrides=overrides)
     assert remote.requests.counts == {}  # nothing left to ask: unversioned means no markers
     assert (caps.versioning, caps.conditional_writes, caps.checksums, caps.dir_markers,

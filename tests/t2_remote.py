@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 from botocore.exceptions import ClientError
-from conftest import QUIRK_DOTDOT_HEAD, s3_test_client, seaweedfs_quirk
+from conftest import s3_test_client
 
 from zonefs.config import ZoneConfig
 from zonefs.errors import (
@@ -263,7 +263,6 @@ async def test_check_passes(remote: Remote) -> None:
 # -- S3 only ---------------------------------------------------------------------------------
 
 
-@seaweedfs_quirk(QUIRK_DOTDOT_HEAD)
 async def test_prefix_zone(s3_endpoint: str, bucket: str, s3_client: Any) -> None:
     s3_client.put_object(Bucket=bucket, Key="outside.txt", Body=b"no")
     s3_client.put_object(Bucket=bucket, Key="pre/fixed", Body=b"no")  # shares the text only

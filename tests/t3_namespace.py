@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import QUIRK_EMPTY_DIR_412, QUIRK_MARKER_COPY, seaweedfs_quirk
 from vfs_harness import (
     DRAIN_TIMEOUT,
     GID,
@@ -212,7 +211,6 @@ async def test_rename_onto_a_removed_tree(env: Env) -> None:
 
 
 @pytest.mark.unversioned_on_moto
-@seaweedfs_quirk(QUIRK_EMPTY_DIR_412)
 async def test_file_where_a_directory_was_removed(env: Env) -> None:
     await env.store.put("x/f", b"f")
     await env.store.put("plain", b"plain bytes")
@@ -501,7 +499,6 @@ async def test_renamed_file_written_before_its_copy_frees_its_old_name(env: Env)
 
 
 @pytest.mark.unversioned_on_moto
-@seaweedfs_quirk(QUIRK_MARKER_COPY)
 async def test_directory_renamed_over_the_one_its_pending_copy_reads(env: Env) -> None:
     """`mv d/f x/f` (a pending copy reading d/f), then `mv x d` over the now empty d: the
     copy is made first, d's old marker and d/f go, and d holds f with its marker (found by

@@ -30,7 +30,7 @@ from vfs_harness import (
 
 from zonefs import keys
 from zonefs.cli import restored_message
-from zonefs.errors import InvalidArgument, NotFound, RemoteError
+from zonefs.errors import InvalidArgument, NotFound, PreconditionFailed, RemoteError
 from zonefs.journal import MOVE_COPY, Journal, Move
 from zonefs.remote import ObjectInfo, Remote, open_remote
 from zonefs.remote.probe import Capabilities, probe
@@ -378,3 +378,48 @@ async def test_restore_names_the_new_version_the_store_did_not_tell(env: Env) ->
     line = restored_message("r", done)
     assert f"(new version {done['new_version']}, 3 B)" in line, line
     assert "None" not in restored_message("r", {**done, "new_version": None})
+
+
+# -- a lost condition where nothing is there ----------------------------------------------------
+
+
+class LosesConditionsOverNothing(DelegatingRemote):
+    """Answers 412 to a conditional upload of a key that does not exist, as SeaweedFS does
+    for If-None-Match where a directory of that name was emptied, and for If-Match on a key
+    deleted meanwhile (for the keys in `lost`)."""
+
+    def __init__(self, inner: Remote, lost: set[str]) -> None:
+        super().__init__(inner)
+        self.lost = lost
+
+    def _upload(self, key: str, src: str, metadata: Mapping[str, str],
+                content_type: str | None, cancel: threading.Event | None = None,
+                **conditions: Any) -> ObjectInfo:
+        if key in self.lost and (conditions.get("if_none_match") or conditions.get("if_match")):
+            try:
+                self.inner._head(key)
+            except NotFound:
+                raise PreconditionFailed(f"{key}: 412 Precondition Failed") from None
+        return self.inner._upload(key, src, metadata, content_type, cancel, **conditions)
+
+
+async def test_a_lost_condition_over_nothing_writes_the_file_not_a_conflict(env: Env) -> None:
+    """A 412 for a key with no object is not another writer: the file is written, and no
+    conflict copy is made. A real other writer still ends as a conflict copy."""
+    await env.store.put("edited", b"old")
+    remote = LosesConditionsOverNothing(open_remote(env.zone), {"new", "edited", "taken"})
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        await write_file(vfs, "new", b"a new file")
+        assert await read_file(vfs, "edited") == b"old"
+        await write_file(vfs, "edited", b"edited here")
+        await env.store.remote.delete("edited")  # deleted elsewhere meanwhile: written anew
+        await write_file(vfs, "taken", b"local")
+        await env.store.put("taken", b"another writer's")
+        await drain(vfs)
+        keys = await env.store.keys()
+        assert await env.store.read("new") == b"a new file"
+        assert await env.store.read("edited") == b"edited here"
+        assert await env.store.read("taken") == b"another writer's"
+        assert [k for k in keys if ".conflict-" in k and k.startswith("taken")] != []
+        assert not [k for k in keys if ".conflict-" in k and not k.startswith("taken")]
+        await check_invariants(vfs)

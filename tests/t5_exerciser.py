@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import QUIRK_MARKER_COPY, seaweedfs_quirk
 from mounts import (
     Mount,
     fuse_unavailable_reason,
@@ -781,7 +780,6 @@ class Exerciser:
 
 
 @pytest.mark.unversioned_on_moto
-@seaweedfs_quirk(QUIRK_MARKER_COPY)
 def test_random_operations_match_the_model(mount: Mount, tmp_path: Path) -> None:
     seed, n_ops = _seed(), _n_ops()
     print(f"exerciser: backend {mount.kind}, seed {seed} ({SEED_ENV}), {n_ops} operations")

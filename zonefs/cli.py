@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "writeback_delay=, metadata_ttl=, io_timeout=, at=, kachery_mirror; "
                         "the store probe's answers: "
                         "versioning=, conditional_writes=, checksums=on|off, dir_markers=, "
-                        "backslash_keys=")
+                        "backslash_keys=, max_name_bytes=")
     p.add_argument("-f", "--foreground", action="store_true", help="stay attached")
     p.add_argument("--reprobe", action="store_true",
                    help="probe what the store can do again, instead of using the cached answers")

@@ -28,6 +28,8 @@ STORE_OVERRIDES: dict[str, tuple[str, ...]] = {
     "checksums": ("on", "off"),
     "dir_markers": ("kept", "dropped"),
     "backslash_keys": ("kept", "rewritten"),
+    # The longest name (one path segment) the store takes, in bytes: 1 to 255.
+    "max_name_bytes": tuple(str(n) for n in range(1, 256)),
 }
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
 
@@ -277,8 +279,9 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["at"] = parse_time(value)
             elif name in STORE_OVERRIDES:
                 if value not in STORE_OVERRIDES[name]:
-                    raise ConfigError(f"{name}= takes {'|'.join(STORE_OVERRIDES[name])}, "
-                                      f"not {value!r}")
+                    takes = ("a number of bytes from 1 to 255" if name == "max_name_bytes"
+                             else "|".join(STORE_OVERRIDES[name]))
+                    raise ConfigError(f"{name}= takes {takes}, not {value!r}")
                 store = dict(opts.store_overrides)
                 store.update(changes.get("store_overrides", ()))  # type: ignore[arg-type]
                 store[name] = value

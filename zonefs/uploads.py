@@ -463,20 +463,33 @@ class PendingFiles:
                 return await upload(path, src, md, None, cancel, checksum_sha256=checksum,
                                     if_match=base, if_none_match=base is None)
             except PreconditionFailed:
-                raise _Conflict from None
-            except NotFound:  # If-Match on a key someone deleted: write it anew
-                try:
-                    return await upload(path, src, md, None, cancel,
-                                        checksum_sha256=checksum, if_none_match=True)
-                except PreconditionFailed:
+                if await self._current_etag(path) is not None:
                     raise _Conflict from None
-        try:
-            current: str | None = (await self.remote.head(path)).etag
-        except NotFound:
-            current = None
+                # Nothing is there: the store lost the condition for a reason of its own
+                # (SeaweedFS answers 412 to If-Match on a key deleted meanwhile, and to
+                # If-None-Match where a directory of that name was emptied). Written anew.
+            except NotFound:  # If-Match on a key someone deleted: write it anew
+                pass
+            try:
+                return await upload(path, src, md, None, cancel,
+                                    checksum_sha256=checksum, if_none_match=True)
+            except PreconditionFailed:
+                if await self._current_etag(path) is not None:
+                    raise _Conflict from None
+            # Still nothing there: as on a store without conditions, a writer landing
+            # between the look and the PUT is not detected.
+            return await upload(path, src, md, None, cancel, checksum_sha256=checksum)
+        current = await self._current_etag(path)
         if current is not None and current != base:
             raise _Conflict
         return await upload(path, src, md, None, cancel, checksum_sha256=checksum)
+
+    async def _current_etag(self, path: str) -> str | None:
+        """The ETag of the object at `path` now, None when there is none."""
+        try:
+            return (await self.remote.head(path)).etag
+        except NotFound:
+            return None
 
     async def _own_landed_upload(self, path: str) -> str | None:
         """The ETag of the object at `path` when its bytes are ones this mount sent there

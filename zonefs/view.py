@@ -37,7 +37,7 @@ import trio
 from . import keys
 from .config import MountOptions
 from .dircache import UNKNOWN, DirCache, Entry
-from .errors import InvalidArgument, NotADirectory, NotFound, ReadOnly, RemoteError
+from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadOnly, RemoteError
 from .fetch import Spawn
 from .handles import DirtyFile, Stat
 from .journal import Journal
@@ -89,10 +89,16 @@ class View:
 
     def check_new_name(self, path: str) -> None:
         """Raise the errno a user should see for the name of `path`, about to be created (or
-        renamed to): a name the store would keep under another key is refused (EINVAL) with
-        one log line, before anything is written."""
+        renamed to): a name the store would keep under another key is refused (EINVAL), and
+        one longer than the store takes (ENAMETOOLONG), with one log line, before anything is
+        written."""
         name = keys.split(path)[1]
         keys.check_name(name)
+        longest = self.pending.capabilities.max_name_bytes
+        if len(name.encode("utf-8", "surrogateescape")) > longest:
+            log.warning("%r refused: the store takes names of at most %d bytes (store probe: "
+                        "max_name_bytes=%d)", path, longest, longest)
+            raise NameTooLong(f"{path}: the store takes names of at most {longest} bytes")
         if "\\" in name and self.pending.capabilities.backslash_keys != "kept":
             log.warning("%r refused: the store rewrites a backslash in a key (it would show as "
                         "%r; store probe: backslash_keys=%s)", path, path.replace("\\", "/"),

@@ -47,7 +47,8 @@ _OPTIONS = {"ro", "allow_other", "uid", "gid", "umask", "cache_dir", "cache_size
             "writeback_delay", "metadata_ttl", "io_timeout", "max_requests", "kachery_mirror",
             "lean_requests",
             # answers of the store probe, overriding it
-            "versioning", "conditional_writes", "checksums", "dir_markers", "backslash_keys"}
+            "versioning", "conditional_writes", "checksums", "dir_markers", "backslash_keys",
+            "max_name_bytes"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,13 +51,16 @@ CONDITIONAL_WRITES = STORE_OVERRIDES["conditional_writes"]
 #: Values of `Capabilities.dir_markers` and `Capabilities.delete_markers`.
 DIR_MARKERS = STORE_OVERRIDES["dir_markers"]
 BACKSLASH_KEYS = STORE_OVERRIDES["backslash_keys"]
+#: The name lengths (bytes of one path segment) the probe tries, longest first: POSIX's 255,
+#: and what a versioned SeaweedFS bucket takes (255 less its `.versions` suffix).
+NAME_LENGTHS = (255, 246)
 DELETE_MARKERS = ("removable", "permanent", "none")
 
 #: Where the probe writes (a zone key; nothing else in zonefs writes under `.zonefs/`).
 PROBE_PREFIX = ".zonefs/probe/"
 #: The cache file, in the zone's cache dir.
 CACHE_FILE = "capabilities.json"
-CACHE_FORMAT = 2  # 2: backslash_keys
+CACHE_FORMAT = 3  # 2: backslash_keys; 3: max_name_bytes
 #: Seconds: one request, the probe's steps, and the clean-up after them (15 s in all).
 STEP_TIMEOUT = 5.0
 PROBE_TIMEOUT = 10.0
@@ -73,6 +76,8 @@ CONSERVATIVE: dict[str, Any] = {
     "dir_markers": "dropped",
     "delete_markers": "permanent",  # "none" when versioning is off
     "backslash_keys": "rewritten",
+    # Not known: no name is refused up front (the store refuses what it cannot take).
+    "max_name_bytes": 255,
 }
 
 _MODE_DIR = str(stat.S_IFDIR | 0o755)
@@ -106,6 +111,9 @@ class Capabilities:
     # kept: a key with a backslash is stored as written; rewritten: the store changes it
     # (SeaweedFS stores `a\b` as `a/b`), so names with a backslash are refused (EINVAL).
     backslash_keys: str = "kept"
+    # The longest name (one path segment, in bytes) the store takes: longer names are refused
+    # at create time with ENAMETOOLONG (a versioned SeaweedFS bucket takes 246).
+    max_name_bytes: int = 255
     # Where the answers come from: "default", "probed" or "cached" (plus `overridden`).
     source: str = "default"
     # False when steps were skipped or cut short: their answers are conservative guesses.
@@ -141,6 +149,8 @@ class Capabilities:
                      "dir markers lose their metadata (directories show the mount's defaults)")
         parts.append("backslashes kept in keys" if self.backslash_keys == "kept" else
                      "keys with a backslash rewritten by the store (such names refused)")
+        if self.max_name_bytes < 255:
+            parts.append(f"names up to {self.max_name_bytes} bytes (longer ones refused)")
         how = self.source
         if not self.complete:
             how += ", incomplete: guessed answers are the safe ones"
@@ -159,7 +169,12 @@ class Capabilities:
         for name, value in overrides.items():
             if name not in STORE_OVERRIDES or value not in STORE_OVERRIDES[name]:
                 raise ValueError(f"not a store override: {name}={value}")
-            changes[name] = value == "on" if name == "checksums" else value
+            if name == "checksums":
+                changes[name] = value == "on"
+            elif name == "max_name_bytes":
+                changes[name] = int(value)
+            else:
+                changes[name] = value
         versioning = changes.get("versioning", self.versioning)
         if versioning in ("unversioned", "unsupported"):
             changes["delete_markers"] = "none"
@@ -208,15 +223,20 @@ class Capabilities:
         """ValueError unless every answer is one of its known values."""
         allowed = {"versioning": VERSIONING_STATES, "conditional_writes": CONDITIONAL_WRITES,
                    "checksums": (True, False), "dir_markers": DIR_MARKERS,
-                   "delete_markers": DELETE_MARKERS, "backslash_keys": BACKSLASH_KEYS}
+                   "delete_markers": DELETE_MARKERS, "backslash_keys": BACKSLASH_KEYS,
+                   "max_name_bytes": range(1, 256)}
         for name, values in allowed.items():
             value = getattr(self, name)
+            if name == "max_name_bytes" and (type(value) is not int or value not in values):
+                raise ValueError(f"{name}={value!r} is not a number of bytes from 1 to 255")
+            if name == "max_name_bytes":
+                continue
             if value not in values or (name == "checksums") != isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, values))}")
 
 
 _ANSWERS = ("versioning", "conditional_writes", "checksums", "dir_markers", "delete_markers",
-            "backslash_keys")
+            "backslash_keys", "max_name_bytes")
 assert set(_ANSWERS) <= {f.name for f in fields(Capabilities)}
 
 _VERSIONING_TEXT = {
@@ -415,6 +435,20 @@ class _Probe:
         raise _Step("rewritten", f"a key written as {_BACKSLASH_NAME!r} was listed as "
                     f"{', '.join(map(repr, listed)) or 'nothing'}")
 
+    async def max_name_bytes(self) -> int:
+        """The longest of NAME_LENGTHS the store takes as a name. A store that refuses a long
+        name may do so with a 500 on every attempt (SeaweedFS, versioned): write-back would
+        retry it for ever, so such names are better refused at create time."""
+        for length in NAME_LENGTHS:
+            try:
+                await self.put(f"long-{length}/" + "n" * length, b"")
+            except ZonefsError as exc:
+                self.notes.append(f"max_name_bytes: a name of {length} bytes: "
+                                  f"{type(exc).__name__}: {exc}")
+                continue
+            return length
+        raise _Step(CONSERVATIVE["max_name_bytes"], "no name length tried was taken")
+
     # -- clean-up ------------------------------------------------------------------------------
 
     async def cleanup(self) -> None:
@@ -483,7 +517,7 @@ async def probe(
                     nursery.start_soon(run.step, "delete_markers",
                                        lambda: run.delete_markers(versioning))
                 for name in ("conditional_writes", "checksums", "dir_markers",
-                             "backslash_keys"):
+                             "backslash_keys", "max_name_bytes"):
                     if name in wanted:
                         nursery.start_soon(run.step, name, getattr(run, name))
     if deadline.cancelled_caught:
