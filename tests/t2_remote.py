@@ -518,7 +518,9 @@ async def test_versions_listed_newest_first_and_paged(remote: Remote) -> None:
     await remote.delete("v/doc")
     for max_keys in (1000, 2):
         versions, prefixes = await all_versions(remote, "v/", "/", max_keys)
-        assert prefixes == ["v/sub/"]
+        # MiniStack repeats a common prefix on every page of a small MaxKeys; the history
+        # keeps its subdirectories as a set, so only which prefixes come back matters here.
+        assert set(prefixes) == {"v/sub/"}
         doc = [v for v in versions if v.key == "v/doc"]
         assert [v.is_delete_marker for v in doc] == [True, False, False, False]
         assert [v.size for v in doc[1:]] == [3, 2, 1]

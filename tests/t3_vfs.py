@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import QUIRK_LONG_NAMES, seaweedfs_quirk
 from vfs_harness import (
     GID,
     HOLD,
@@ -1203,6 +1204,7 @@ async def test_rename_resume_is_idempotent_when_progress_was_lost(env: Env) -> N
 # -- names --------------------------------------------------------------------------------------
 
 
+@seaweedfs_quirk(QUIRK_LONG_NAMES, run=False)
 async def test_names_over_255_bytes_are_refused(env: Env) -> None:
     """NAME_MAX, or less where the probe found the store takes less (versioned SeaweedFS)."""
     long_ascii, long_utf8 = "x" * 256, "é" * 128  # 256 bytes each

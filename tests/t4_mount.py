@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    markers_keep_metadata,
-)
+from conftest import QUIRK_LONG_NAMES, markers_keep_metadata, seaweedfs_quirk
 from mounts import (
     METADATA_TTL,
     LocalStore,
@@ -872,6 +870,7 @@ def test_hard_links_and_special_files_are_refused(mount: Mount) -> None:
     assert mount.store.keys() == ["f.txt"]
 
 
+@seaweedfs_quirk(QUIRK_LONG_NAMES, run=False)
 def test_names_longer_than_the_store_takes_are_refused(mount: Mount) -> None:
     """255 bytes (NAME_MAX), or less where the store's probe found it takes less (a versioned
     SeaweedFS bucket: 246): a longer name is ENAMETOOLONG before anything is written."""
