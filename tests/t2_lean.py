@@ -48,6 +48,7 @@ from zonefs.errors import (
     PreconditionFailed,
     Refused,
     RemoteError,
+    StoreFailing,
     ZonefsError,
 )
 from zonefs.remote import ListPage, ObjectInfo, open_remote
@@ -637,7 +638,7 @@ async def test_5xx_answers_are_retried_then_transient(fake_store: type[FakeStore
     fake_store.answers = [(503, {}, b"<Error><Code>SlowDown</Code></Error>")] * 3
     remote = lean_remote(fake_zone(fake_store), io_timeout=10)
     err = await outcome(lambda: remote.get_range("k", 0, 4))
-    assert err == (RemoteError, "s3://fake/k: the store is busy or failing (SlowDown)", True)
+    assert err == (StoreFailing, "s3://fake/k: the store is busy or failing (SlowDown)", True)
     assert len(fake_store.seen) == 3 and remote.lean_fallbacks == {}
     # Two failures, then an answer: the third attempt gives it.
     fake_store.seen.clear()
@@ -1032,7 +1033,7 @@ async def test_writes_are_retried_on_5xx(fake_store: type[FakeStore], tmp_path: 
     fake_store.answers = [slow]
     for call in (lambda: remote.put_bytes("k", b"v", {}), lambda: remote.delete("k")):
         err = await outcome(call)
-        assert err == (RemoteError, "s3://fake/k: the store is busy or failing (SlowDown)", True)
+        assert err == (StoreFailing, "s3://fake/k: the store is busy or failing (SlowDown)", True)
     assert len(fake_store.requests) == 6
     # A DELETE answered after a failure.
     fake_store.answers = [(500, {}, b""), (204, {}, b"")]

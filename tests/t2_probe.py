@@ -437,12 +437,12 @@ async def test_overrides_replace_answers_and_skip_their_steps(
             caps.delete_markers, caps.backslash_keys) == (
         "unversioned", "ignored", False, "dropped", "none", "rewritten")
     assert caps.overridden == ("backslash_keys", "checksums", "conditional_writes",
-                               "dir_markers", "versioning")
+                               "dir_markers", "max_name_bytes", "versioning")
     assert caps.summary().endswith("dir markers lose their metadata (directories show the "
                                    "mount's defaults), keys with a backslash rewritten by the "
                                    "store (such names refused)")
-    assert ("set by -o: backslash_keys checksums conditional_writes dir_markers versioning"
-            in caps.summary())
+    assert ("set by -o: backslash_keys checksums conditional_writes dir_markers max_name_bytes "
+            "versioning" in caps.summary())
     assert not (tmp_path / CACHE_FILE).exists()  # a partial probe is not cached
 
     # On top of a cached probe, an override wins and the others stay.

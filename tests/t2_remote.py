@@ -32,6 +32,7 @@ from zonefs.errors import (
     PreconditionFailed,
     Refused,
     RemoteError,
+    StoreFailing,
 )
 from zonefs.remote import ListPage, LocalRemote, Remote, open_remote
 from zonefs.remote import local as local_module
@@ -360,9 +361,9 @@ async def test_no_credentials(
         ("NoSuchBucket", 404, BucketMissing, False),
         ("SignatureDoesNotMatch", 403, AccessDenied, False),
         ("PreconditionFailed", 412, PreconditionFailed, False),
-        ("SlowDown", 503, RemoteError, True),
-        ("InternalError", 500, RemoteError, True),
-        ("WeirdNewCode", 500, RemoteError, True),
+        ("SlowDown", 503, StoreFailing, True),
+        ("InternalError", 500, StoreFailing, True),
+        ("WeirdNewCode", 500, StoreFailing, True),
         # A 4xx that is no throttle, timeout, precondition or credentials trouble: refused
         # for good, whatever its code (the write-back queue does not retry it on a timer).
         ("WeirdNewCode", 400, Refused, False),
@@ -376,9 +377,9 @@ async def test_no_credentials(
         ("InvalidAccessKeyId", 403, AccessDenied, False),
         ("RequestTimeTooSkewed", 403, AccessDenied, False),
         ("IncompleteBody", 400, RemoteError, False),
-        ("RequestTimeout", 400, RemoteError, True),
-        ("TooManyRequests", 429, RemoteError, True),
-        ("OperationAborted", 409, RemoteError, True),
+        ("RequestTimeout", 400, StoreFailing, True),
+        ("TooManyRequests", 429, StoreFailing, True),
+        ("OperationAborted", 409, StoreFailing, True),
         ("409", 409, RemoteError, False),
     ],
 )
@@ -391,6 +392,8 @@ def test_error_table(code: str, status: int, expected: type, transient: bool) ->
     err = translate_error(exc, "s3://b/k", "b", "http://127.0.0.1:1")
     assert type(err) is expected and "\n" not in str(err)
     assert getattr(err, "transient", False) == transient
+    if isinstance(err, StoreFailing):  # only a 500 is an internal error, not a throttle
+        assert err.internal == (status == 500)
     if expected in (RemoteError, Refused) and not transient:
         assert code in str(err) and "s3://b/k" in str(err)
     if issubclass(expected, Refused):

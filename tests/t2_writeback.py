@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from zonefs.errors import Refused, RemoteError
-from zonefs.writeback import DRAIN_RETRY_CAP, WriteBack
+from zonefs.errors import Refused, RemoteError, StoreFailing
+from zonefs.writeback import DRAIN_RETRY_CAP, HELD_AFTER, WriteBack
 
 
 @dataclass
@@ -34,10 +34,13 @@ class FakeUpload:
         failures: dict[str, int] | None = None,
         cleanup: float = 0.0,
         refusals: dict[str, int] | None = None,
+        internal: dict[str, int] | None = None,
     ) -> None:
         self.duration = duration
         self.failures = dict(failures or {})
         self.refusals = dict(refusals or {})  # path -> how many attempts the store refuses
+        self.internal = dict(internal or {})  # path -> how many attempts get a 500
+        self.others_answered = True  # whether the store answers other requests meanwhile
         self.cleanup = cleanup  # shielded seconds spent tidying up after a cancellation
         self.calls: list[Call] = []
         self.active: Counter[str] = Counter()
@@ -57,6 +60,13 @@ class FakeUpload:
                 call.outcome = "refused"
                 raise Refused(f"{path}: KeyTooLongError Your key is too long",
                               code="KeyTooLongError", store_message="Your key is too long")
+            if self.internal.get(path, 0) > 0:
+                self.internal[path] -= 1
+                call.outcome = "failed"
+                err = StoreFailing(f"{path}: the store is busy or failing (InternalError)",
+                                   code="InternalError")
+                err.others_answered = self.others_answered
+                raise err
             if self.failures.get(path, 0) > 0:
                 self.failures[path] -= 1
                 call.outcome = "failed"
@@ -516,3 +526,43 @@ async def test_refused_again_after_a_change_is_logged_once(
         await wb.cancel("long")  # removed: nothing is left to refuse
         assert wb.refused() == [] and not wb.is_pending("long")
     assert sum(r.levelno == logging.WARNING for r in caplog.records) == 1
+
+
+async def test_a_path_the_store_keeps_failing_is_held(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    """An internal error (500) for one path on every attempt, while the store answers other
+    requests (SeaweedFS and some long names): after HELD_AFTER attempts it is reported as
+    refused and a drain no longer waits for it, but it is still retried on its timer."""
+    up = FakeUpload(internal={"odd": 10_000})
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("odd")
+        wb.schedule("ok")
+        with trio.fail_after(600):
+            await wb.drain()
+        assert [c.outcome for c in up.of("ok")] == ["ok"]
+        assert wb.is_refused("odd") and len(up.of("odd")) == HELD_AFTER
+        assert wb.refused()[0].answer.startswith("InternalError: the store failed this upload")
+        await trio.sleep(3600)
+        tried = len(up.of("odd"))
+        assert tried > HELD_AFTER  # still retried, every few minutes
+        up.internal["odd"] = 0
+        await trio.sleep(600)
+        assert not wb.is_pending("odd") and wb.refused() == []
+
+
+async def test_a_store_failing_as_a_whole_is_waited_for(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    """Internal errors while the store answers nothing else are an ailing store, not one
+    request it cannot take: nothing is held, and a drain waits for the uploads to land."""
+    up = FakeUpload(internal={"a": 12, "b": 12})
+    up.others_answered = False
+    async with running(WriteBack(up, delay=1)) as wb:
+        wb.schedule("a")
+        wb.schedule("b")
+        await trio.sleep(600)
+        assert wb.refused() == [] and len(up.of("a")) > HELD_AFTER
+        with trio.fail_after(3600):
+            await wb.drain()
+        assert not wb.is_pending("a") and not wb.is_pending("b")

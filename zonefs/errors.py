@@ -91,6 +91,23 @@ class StoreUnsupported(RemoteError):
     errno = errno.ENOTSUP
 
 
+class StoreFailing(RemoteError):
+    """The store answered with a server error or a throttle (5xx, SlowDown): transient, and
+    retried. `code` is its error code (the HTTP status when the answer had no body), so that
+    an internal error the store gives one request every time can be told from a busy store."""
+
+    def __init__(self, message: str, *, code: str, status: str = "") -> None:
+        super().__init__(message, transient=True)
+        self.code, self.status = code, status
+        #: Set by whoever asked the store something else right after: it answered that.
+        self.others_answered = False
+
+    @property
+    def internal(self) -> bool:
+        """An internal error (500), not a throttle or an unavailable store."""
+        return self.code == "InternalError" or self.status == "500"
+
+
 class Refused(RemoteError):
     """The store refused this request for good: a 4xx answer that is not a throttle, a
     timeout or a precondition (KeyTooLongError, InvalidArgument, EntityTooLarge, AccessDenied

@@ -41,7 +41,7 @@ from .blobs import BlobStore, Digest, hash_file
 from .config import MountOptions
 from .deletes import PendingDeletes
 from .dircache import DirCache, Entry
-from .errors import NotFound, PreconditionFailed, Refused, RemoteError
+from .errors import NotFound, PreconditionFailed, Refused, RemoteError, StoreFailing, ZonefsError
 from .handles import ANY_OBJECT, DirtyFile, PendingRows, Stat, has_new_bytes
 from .journal import DirtyRow, Journal, ObjectRow
 from .keys import PosixMeta
@@ -214,12 +214,29 @@ class PendingFiles:
         copy is made (`source_released`)."""
         if key not in self.deletes and self.dirty.copies_from(key, ignore=key):
             return
-        if key in self.deletes:
-            await self.deletes.apply(key, cancel)
-        elif key.endswith("/"):
-            await self._put_dir(key[:-1])
-        else:
-            await self.upload(key, cancel)
+        try:
+            if key in self.deletes:
+                await self.deletes.apply(key, cancel)
+            elif key.endswith("/"):
+                await self._put_dir(key[:-1])
+            else:
+                await self.upload(key, cancel)
+        except StoreFailing as exc:
+            if exc.internal:
+                # Tells the write-back queue whether this request alone fails (SeaweedFS
+                # answers some names with a 500 every time) or the store as a whole.
+                exc.others_answered = await self._store_answers()
+            raise
+
+    async def _store_answers(self) -> bool:
+        """Whether the store answers a cheap request (HeadBucket) now."""
+        with trio.move_on_after(10):
+            try:
+                await self.remote.check_answers()
+            except ZonefsError:
+                return False
+            return True
+        return False
 
     # -- new rows and removals ---------------------------------------------------------------
 

@@ -22,7 +22,11 @@ timer, as the same request would get the same answer. The path stays pending, "r
 the store's answer (`refused()`), out of the heap, until `schedule()` is called for it again (the
 file was written, renamed, or the mount restarted and re-queued its journal) or `cancel()`.
 `drain()` does not wait for refused paths; `flush()` of one raises its refusal. A refusal is
-logged once as a warning (again only when the store answers otherwise).
+logged once as a warning (again only when the store answers otherwise). A path whose upload
+the store fails with an internal error (500) HELD_AFTER times in a row, each time while the
+store answered another request (the uploads layer asks it), is *held*: reported as refused
+in the same way, so that a drain does not wait for it, but it stays on its retry timer
+(SeaweedFS answers some names so, every time).
 
 Further invariants:
 - The same path is never uploaded twice at once. Rescheduling a path during its upload cancels
@@ -59,7 +63,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .errors import Refused
+from .errors import Refused, StoreFailing
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,10 @@ Progress = Callable[[int, int], None]
 
 #: Longest wait before retrying a failed upload while `drain()` is running, in seconds.
 DRAIN_RETRY_CAP = 2.0
+#: Internal errors (500) in a row for one path, each while the store answered another request
+#: (`StoreFailing.others_answered`), after which the path is held: reported as refused, no
+#: longer waited for by a drain, and still retried on its timer.
+HELD_AFTER = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,8 @@ class _Entry:
     refused: Refused | None = None  # set while refused: neither queued nor running
     refused_at: float = 0.0  # time.time() of that refusal
     warned: str | None = None  # the answer last logged as a warning, so each is logged once
+    # Internal errors (500) in a row for this path while the store answered other requests.
+    internal_streak: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -215,6 +225,7 @@ class WriteBack:
             entry = self._entries[path] = _Entry(path)
         else:
             entry.failures = 0  # new bytes: the backoff starts over
+            entry.internal_streak = 0
             if entry.refused is not None:
                 log.debug("write-back: %r changed; trying it again after its refusal", path)
                 entry.refused = None
@@ -368,6 +379,10 @@ class WriteBack:
         self._notify()
 
     def _failed(self, entry: _Entry, attempt: _Attempt, error: Exception, now: float) -> None:
+        if isinstance(error, StoreFailing) and error.internal and error.others_answered:
+            entry.internal_streak += 1
+        else:
+            entry.internal_streak = 0
         entry.failures += 1
         entry.last_failure = (attempt.number, error)
         self._retries += 1
@@ -383,6 +398,22 @@ class WriteBack:
             entry.path, n, wait, type(error).__name__, error,
             exc_info=error if n == 3 else None,  # one traceback per path, not one per retry
         )
+        if entry.refused is None and entry.internal_streak >= HELD_AFTER:
+            self._hold(entry, error)
+
+    def _hold(self, entry: _Entry, error: Exception) -> None:
+        """The store fails this path's upload with an internal error every time, while it
+        answers other requests (SeaweedFS answers some long names so): the path is reported as
+        refused and a drain no longer waits for it, but it stays on its retry timer."""
+        entry.refused = Refused(f"{entry.path}: {error}", code="InternalError",
+                                store_message=f"the store failed this upload {entry.failures} "
+                                "times in a row while it answered other requests; retried "
+                                "every few minutes")
+        entry.refused_at = time.time()
+        entry.warned = entry.refused.answer
+        log.warning("write-back: the store keeps failing %r (%s) while it answers other "
+                    "requests; zonefs sync no longer waits for it, and it is retried every few "
+                    "minutes, when it changes, and at the next mount", entry.path, error)
 
     def _refused(self, entry: _Entry, attempt: _Attempt, error: Refused) -> None:
         """The store will never take this attempt's request: no timer, the path waits for

@@ -96,6 +96,7 @@ from ..errors import (
     PreconditionFailed,
     Refused,
     RemoteError,
+    StoreFailing,
     StoreUnsupported,
     ZonefsError,
 )
@@ -229,7 +230,8 @@ def answer_error(
         return ChecksumMismatch(f"{target}: the store got other bytes than were sent "
                                 f"({label})")
     if transient:
-        return RemoteError(f"{target}: the store is busy or failing ({label})", transient=True)
+        return StoreFailing(f"{target}: the store is busy or failing ({label})", code=label,
+                            status=str(status))
     text = f"{target}: {label} {message}".rstrip()
     if status.startswith("4") and len(status) == 3 and code not in _NOT_REFUSALS \
             and status not in _NOT_REFUSALS:
