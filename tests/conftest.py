@@ -179,7 +179,7 @@ def seaweedfs_server(workdir: Path) -> Any:
 # `seaweedfs_quirk(...)` until the fixes land, then the marks go.
 QUIRK_LONG_NAMES = ("in a versioned bucket, a name of 247 to 255 bytes is answered with a 500 "
                     "InternalError on every attempt, but not always: the probe may see such a "
-                    "name taken, and write-back then retries the file's upload for ever")
+                    "name taken, and the file's upload is then held after five 500s")
 QUIRK_EMPTY_DIR_412 = ("PUT If-None-Match: * of `x` answers 412 where `x/` was a directory "
                        "whose keys are all deleted, so a new file there becomes a conflict copy")
 QUIRK_CUT_PUT_STORED = ("a PUT whose connection closes after its headers, before any body byte, "
