@@ -596,7 +596,8 @@ def test_ctrl_c_on_a_control_command_leaves_the_mount(own_store: Any, tmp_path: 
         mount.sync()
         assert store.must_get("f.txt").body == b"pending while the store is down"
         log = mount.daemon_log()
-        assert "control request" not in log and "Traceback" not in log, log
+        # (The failed uploads log one traceback, at WARNING: that is write-back's.)
+        assert "control request" not in log and " ERROR " not in log, log
         mount.umount()
     finally:
         mount.cleanup()
