@@ -208,7 +208,8 @@ async def test_copy_keeps_or_replaces_metadata(remote: Remote) -> None:
     assert (kept.key, kept.size, kept.etag) == ("dst1", 7, md5(b"payload"))
     head = await remote.head("dst1")
     assert head.metadata == {"mode": "33188"} and head.content_type == "text/plain"
-    assert kept.version_id == head.version_id
+    # Ceph RGW Pacific answers a copy without the new version's id: then nothing to compare.
+    assert kept.version_id in (head.version_id, None)
 
     replaced = await remote.copy("src", "dst2", {"mode": "33261", "uid": "7"}, "text/x-new")
     assert replaced.size == 7
@@ -218,8 +219,8 @@ async def test_copy_keeps_or_replaces_metadata(remote: Remote) -> None:
     # In place, as chmod does on a versioned store: a new version with the new metadata.
     again = await remote.copy("src", "src", {"mode": "33152"}, "text/plain")
     head = await remote.head("src")
-    assert head.metadata == {"mode": "33152"} and head.version_id == again.version_id
-    assert again.version_id != original.version_id
+    assert head.metadata == {"mode": "33152"} and again.version_id in (head.version_id, None)
+    assert head.version_id != original.version_id
     old = await remote.head("src", original.version_id)
     assert old.metadata == {"mode": "33188"}
     with pytest.raises(NotFound):

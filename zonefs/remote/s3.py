@@ -968,7 +968,21 @@ class S3Remote(Remote):
             raise
         if journal is not None:
             journal.ended(key, upload_id)
+        if not (resp.get("ETag") or "").strip('"'):
+            resp = {**resp, "ETag": self._etag_after_complete(full, resp.get("VersionId"))}
         return resp
+
+    def _etag_after_complete(self, full: str, version_id: str | None) -> str:
+        """The ETag of an object a CompleteMultipartUpload just made, for a store that
+        answered it without one (Ceph RGW Pacific): a HEAD of that version. Empty when the
+        HEAD fails too (the upload itself did land)."""
+        args = {"VersionId": version_id} if version_id else {}
+        try:
+            head = self._read_client.head_object(Bucket=self.bucket, Key=full, **args)
+        except (ClientError, BotoCoreError) as exc:
+            log.debug("no ETag for %s after its multipart upload: %s", full, exc)
+            return ""
+        return str(head.get("ETag", ""))
 
     def _abort_multipart(self, key: str, upload_id: str) -> None:
         try:
