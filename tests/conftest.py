@@ -177,6 +177,9 @@ def seaweedfs_server(workdir: Path) -> Any:
 
 # Quirks of SeaweedFS that zonefs does not handle yet: tests they break are marked
 # `seaweedfs_quirk(...)` until the fixes land, then the marks go.
+QUIRK_EMPTY_PARENT_REMOVED = ("deleting the last key below a directory may also remove that "
+                              "directory's own marker (the filer cleans up empty folders), "
+                              "now and then")
 QUIRK_LONG_NAMES = ("in a versioned bucket, a name of 247 to 255 bytes is answered with a 500 "
                     "InternalError on every attempt, but not always: the probe may see such a "
                     "name taken, and the file's upload is then held after five 500s")

@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUIRK_LONG_NAMES, markers_keep_metadata, seaweedfs_quirk
+from conftest import (
+    QUIRK_EMPTY_PARENT_REMOVED,
+    QUIRK_LONG_NAMES,
+    markers_keep_metadata,
+    seaweedfs_quirk,
+)
 from mounts import (
     METADATA_TTL,
     LocalStore,
@@ -565,6 +570,7 @@ def test_sqlite_database_inside_the_mount(mount: Mount) -> None:
         assert db.execute("SELECT count(*) FROM t").fetchone() == (500,)
 
 
+@seaweedfs_quirk(QUIRK_EMPTY_PARENT_REMOVED)
 def test_mkdir_p_and_rmdir(mount: Mount) -> None:
     root = mount.path
     run("mkdir", "-p", root / "a" / "b" / "c")
