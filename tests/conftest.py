@@ -33,7 +33,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from zonefs.config import ZoneConfig
+from zonefs.common.config import ZoneConfig
 from zonefs.remote import open_remote
 from zonefs.remote.local import LocalRemote
 

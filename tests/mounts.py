@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from zonefs.config import ZoneConfig
-from zonefs.errors import NotFound
+from zonefs.common.config import ZoneConfig
+from zonefs.common.errors import NotFound
 from zonefs.remote.local import LocalRemote
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from zonefs.errors import InvalidArgument, NotFound
-from zonefs.inodes import ROOT_INODE, InodeTable
+from zonefs.common.errors import InvalidArgument, NotFound
+from zonefs.mount.inodes import ROOT_INODE, InodeTable
 
 
 @pytest.fixture

@@ -1,90 +1,198 @@
-"""The layering of DESIGN.md §4, checked from the imports of every module (no import runs).
+"""The layering of docs/architecture.md, checked from the imports of every module (no import
+runs).
 
-cli → daemon → fuse_ops → vfs → {files → view, renames} → {objects, uploads → deletes, dircache,
-writeback, blobs, journal, remote}
-→ {keys, config, errors}: a module may import only what sits below it.
+The package is split into wings, one folder each, ranked from the leaves up:
+
+    common (0) → remote (1) → cache (2) → pending (3) → core (4) → mount (5) → cli (6)
+
+A module imports only modules of a lower rank or of its own wing, and the imports inside a
+wing form no cycle: so the whole graph has none (checked too), and how deep it is stays
+bounded. A module that sits in no wing fails: a new folder gets a rank here first. Some
+outside libraries belong to one place only (pyfuse3 to the mount side, boto3 to the S3 remote).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "zonefs"
 
-# Which zonefs modules each module must never import (directly), and which outside libraries
-# only some modules may import.
-FORBIDDEN = {
-    "vfs": {"fuse_ops", "daemon", "cli", "content"},
-    "view": {"vfs", "files", "renames", "fuse_ops", "daemon", "cli", "content"},
-    "files": {"vfs", "renames", "fuse_ops", "daemon", "cli", "content"},
-    "objects": {"vfs", "view", "files", "uploads", "fuse_ops", "daemon", "cli"},
-    "uploads": {"vfs", "view", "files", "fuse_ops", "daemon", "cli"},
-    "deletes": {"vfs", "view", "files", "uploads", "renames", "objects", "fuse_ops",
-                "daemon", "cli"},
-    "leftovers": {"vfs", "view", "files", "uploads", "renames", "objects", "fuse_ops",
-                  "daemon", "cli"},
-    "renames": {"vfs", "fuse_ops", "daemon", "cli", "objects"},
-    "writeback": {"remote", "vfs", "objects", "uploads", "blobs", "journal"},
-    "blobs": {"vfs", "objects", "uploads", "remote", "journal"},
-    "journal": {"vfs", "objects", "uploads", "remote", "blobs"},
-    "dircache": {"vfs", "objects", "uploads", "remote"},
-    "inodes": {"vfs", "remote", "blobs", "journal"},
-    "keys": {"vfs", "remote", "config"},
-    "errors": {"keys", "config", "vfs", "remote"},
+#: Each wing (a folder of the package, or a top-level module) and its rank.
+RANKS = {
+    "zonefs": 0,  # the package itself: its version
+    "common": 0,
+    "remote": 1,
+    "cache": 2,
+    "pending": 3,
+    "core": 4,
+    "mount": 5,
+    "cli": 6,
+    "__main__": 7,
 }
+#: Outside libraries only some wings or modules may import.
 ONLY_IN = {
-    "pyfuse3": {"fuse_ops", "daemon"},
-    "boto3": {"remote.s3"},
-    "botocore": {"remote.s3"},
+    "pyfuse3": {"mount"},
+    "boto3": {"remote.s3", "remote.s3_errors"},
+    "botocore": {"remote.s3", "remote.s3_errors", "remote.lean"},
 }
+#: The longest chain of imports (in modules) the graph may have.
+MAX_DEPTH = 10  # lowered to 8 as the remote and core wings flatten
 
 
 def _modules() -> dict[str, ast.Module]:
+    """Every module of the package by dotted name under zonefs ('core.vfs', 'remote', 'zonefs'
+    for the package's own __init__)."""
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-        out[name] = ast.parse(path.read_text(), str(path))
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts) or "zonefs"] = ast.parse(path.read_text(), str(path))
     return out
-
-
-def _imports(name: str, tree: ast.Module) -> set[str]:
-    """Top-level names imported: 'pyfuse3', 'boto3', or zonefs modules like 'vfs'."""
-    package = name.split(".")[:-1]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                found.add((node.module or "").split(".")[0])
-                continue
-            base = package[: len(package) - node.level + 1]
-            target = ".".join([*base, *(node.module or "").split(".")]).strip(".")
-            if node.module is None:
-                found.update(".".join([*base, a.name]).strip(".") for a in node.names)
-            else:
-                found.add(target.split(".")[0] if target.startswith("remote") else target)
-    return found
 
 
 MODULES = _modules()
 
 
+def wing(name: str) -> str:
+    return name.split(".")[0]
+
+
+def _resolve(name: str, level: int, module: str | None) -> str:
+    """The dotted name (under zonefs) an import statement of module `name` names."""
+    if level == 0:
+        assert module is not None
+        return module
+    package = name.split(".") if _is_package(name) else name.split(".")[:-1]
+    base = package[: len(package) - level + 1]
+    return ".".join(["zonefs", *base, *([module] if module else [])])
+
+
+def _is_package(name: str) -> bool:
+    return name == "zonefs" or (PACKAGE / name.replace(".", "/") / "__init__.py").exists()
+
+
+def _local(dotted: str) -> str | None:
+    """'zonefs.core.vfs' -> 'core.vfs'; 'zonefs' -> 'zonefs'; None outside the package."""
+    if dotted == "zonefs":
+        return "zonefs"
+    if dotted.startswith("zonefs."):
+        return dotted[len("zonefs."):]
+    return None
+
+
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """ids of the import statements under `if TYPE_CHECKING:` (annotations only)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return out
+
+
+@functools.cache
+def imports(name: str, *, runtime: bool = False) -> tuple[frozenset[str], frozenset[str]]:
+    """(zonefs modules, outside top-level libraries) that module `name` imports, anywhere in
+    it: inside functions and under `if TYPE_CHECKING:` too (each is an edge of the plan),
+    unless `runtime`, which leaves out the imports for annotations only."""
+    mods: set[str] = set()
+    libs: set[str] = set()
+    skip = _type_checking_only(MODULES[name]) if runtime else set()
+    for node in ast.walk(MODULES[name]):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                local = _local(alias.name)
+                if local is None:
+                    libs.add(alias.name.split(".")[0])
+                else:
+                    mods.add(local)
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(name, node.level, node.module)
+            local = _local(target)
+            if local is None:
+                libs.add(target.split(".")[0])
+                continue
+            for alias in node.names:
+                sub = f"{local}.{alias.name}" if local != "zonefs" else alias.name
+                mods.add(sub if sub in MODULES else local)
+    return frozenset(mods - {name}), frozenset(libs)
+
+
+def test_every_module_has_a_rank() -> None:
+    lost = sorted(n for n in MODULES if wing(n) not in RANKS)
+    assert not lost, f"modules in no ranked wing (add the wing to RANKS): {lost}"
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_module_imports_follow_the_layers(name: str) -> None:
-    imported = _imports(name, MODULES[name])
-    bad = imported & FORBIDDEN.get(name, set())
-    assert not bad, f"zonefs/{name}.py imports {sorted(bad)}, above it in the layering"
+def test_module_imports_only_lower_ranks_or_its_own_wing(name: str) -> None:
+    mods, libs = imports(name)
+    rank = RANKS[wing(name)]
+    above = sorted(m for m in mods if wing(m) != wing(name) and RANKS[wing(m)] >= rank)
+    assert not above, f"zonefs/{name} (rank {rank}) imports {above}, not below it"
     for library, allowed in ONLY_IN.items():
-        if library in imported:
-            assert name in allowed, f"only {sorted(allowed)} may import {library}; {name} does"
+        if library in libs:
+            assert name in allowed or wing(name) in allowed, (
+                f"only {sorted(allowed)} may import {library}; {name} does")
+
+
+def _cycle() -> list[str] | None:
+    """One import cycle of the whole graph, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(imports(n)[0]):
+            if state.get(m) == 1:
+                return [*path[path.index(m):], m]
+            if m not in state and (found := visit(m)):
+                return found
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(MODULES):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    cycle = _cycle()
+    assert cycle is None, "import cycle: " + " → ".join(cycle or [])
+
+
+def longest_chain() -> list[str]:
+    """The longest chain of imports that run (annotations aside: those name a type, they
+    run nothing), from the module that imports to the one imported last."""
+
+    @functools.cache
+    def chain(n: str) -> tuple[str, ...]:
+        best: tuple[str, ...] = ()
+        for m in imports(n, runtime=True)[0]:
+            c = chain(m)
+            if len(c) > len(best):
+                best = c
+        return (n, *best)
+
+    return list(max((chain(n) for n in MODULES), key=len))
+
+
+def test_the_import_graph_is_shallow() -> None:
+    chain = longest_chain()
+    assert len(chain) <= MAX_DEPTH, (
+        f"{len(chain)} floors deep (at most {MAX_DEPTH}): " + " → ".join(chain))
 
 
 def test_every_module_says_what_it_owns() -> None:
     for name, tree in MODULES.items():
         if name.endswith("__main__"):
             continue
-        assert ast.get_docstring(tree), f"zonefs/{name}.py has no module docstring"
+        assert ast.get_docstring(tree), f"zonefs/{name} has no module docstring"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from zonefs import zones
-from zonefs.config import parse_mount_options
-from zonefs.errors import ConfigError
+from zonefs.common import zones
+from zonefs.common.config import parse_mount_options
+from zonefs.common.errors import ConfigError
 
 
 def write(path: Path, text: str) -> str:

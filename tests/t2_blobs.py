@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from zonefs import blobs as blobs_mod
-from zonefs.blobs import BlobStore, Digest, hash_file
+from zonefs.cache import blobs as blobs_mod
+from zonefs.cache.blobs import BlobStore, Digest, hash_file
 
 
 def digest_of(data: bytes) -> Digest:
@@ -396,7 +396,7 @@ def test_blob_altered_on_disk_is_never_served(
     ALTERATIONS[alteration](store.blob_path(a))
     if scanned:  # the next start-up has no stamp to compare: it must hash
         store = BlobStore(str(tmp_path), capacity=1 << 20)
-    with caplog.at_level("WARNING", logger="zonefs.blobs"):
+    with caplog.at_level("WARNING", logger="zonefs.cache.blobs"):
         assert open_verified(store, a, key="dir/file.txt") is None
     if alteration != "removed" or not scanned:  # a removed file is not even scanned
         assert a in caplog.text and "dir/file.txt" in caplog.text

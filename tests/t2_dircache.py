@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zonefs.dircache import UNKNOWN, DirCache, Entry
+from zonefs.cache.dircache import UNKNOWN, DirCache, Entry
 
 
 def _file(size: int, etag: str) -> Entry:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zonefs.journal import (
+from zonefs.cache.journal import (
     MOVE_COPY,
     MOVE_DELETE,
     MOVE_DIRTY,
@@ -27,7 +27,7 @@ from zonefs.journal import (
     MultipartIntent,
     ObjectRow,
 )
-from zonefs.keys import PosixMeta
+from zonefs.common.keys import PosixMeta
 
 META = PosixMeta(0o100644, 1000, 1000, 1_700_000_000_123_456_789)
 

@@ -40,8 +40,8 @@ from conftest import (
     seaweedfs_quirk,
 )
 
-from zonefs.config import MountOptions, ZoneConfig, parse_mount_options
-from zonefs.errors import (
+from zonefs.common.config import MountOptions, ZoneConfig, parse_mount_options
+from zonefs.common.errors import (
     AccessDenied,
     AccessRefused,
     NotFound,
@@ -51,6 +51,7 @@ from zonefs.errors import (
     StoreFailing,
     ZonefsError,
 )
+from zonefs.common.zones import parse_zone
 from zonefs.remote import ListPage, ObjectInfo, open_remote
 from zonefs.remote.probe import probe
 from zonefs.remote.s3 import LEAN_ENV, S3Remote
@@ -60,7 +61,6 @@ from zonefs.remote.signed import (
     Target,
     canonical_query,
 )
-from zonefs.zones import parse_zone
 
 MiB = 1 << 20
 

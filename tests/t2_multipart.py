@@ -31,9 +31,9 @@ import pytest
 from conftest import empty_bucket
 from vfs_harness import Env, Store
 
-from zonefs.config import ZoneConfig
-from zonefs.errors import AccessDenied, BucketMissing, RemoteError
-from zonefs.leftovers import INTENT_WINDOW
+from zonefs.common.config import ZoneConfig
+from zonefs.common.errors import AccessDenied, BucketMissing, RemoteError
+from zonefs.pending.leftovers import INTENT_WINDOW
 from zonefs.remote import open_remote
 from zonefs.remote.base import Remote
 from zonefs.remote.s3 import S3Remote

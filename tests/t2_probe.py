@@ -25,8 +25,8 @@ from botocore.exceptions import ClientError
 from conftest import KNOWN_STORES, s3_server
 from vfs_harness import Env, Store, drain, write_file
 
-from zonefs.config import MountOptions, ZoneConfig, parse_mount_options
-from zonefs.errors import (
+from zonefs.common.config import MountOptions, ZoneConfig, parse_mount_options
+from zonefs.common.errors import (
     ChecksumMismatch,
     ConfigError,
     NameTooLong,

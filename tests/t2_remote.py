@@ -23,8 +23,8 @@ import trio
 from botocore.exceptions import ClientError
 from conftest import s3_test_client
 
-from zonefs.config import ZoneConfig
-from zonefs.errors import (
+from zonefs.common.config import ZoneConfig
+from zonefs.common.errors import (
     AccessDenied,
     AccessRefused,
     BucketMissing,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from zonefs.errors import Refused, RemoteError, StoreFailing
-from zonefs.writeback import DRAIN_RETRY_CAP, HELD_AFTER, WriteBack
+from zonefs.common.errors import Refused, RemoteError, StoreFailing
+from zonefs.pending.writeback import DRAIN_RETRY_CAP, HELD_AFTER, WriteBack
 
 
 @dataclass
@@ -305,7 +305,7 @@ async def test_flush_of_in_flight_attempt_that_fails(
 async def test_retries_with_backoff_then_success(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="zonefs.writeback")
+    caplog.set_level(logging.DEBUG, logger="zonefs.pending.writeback")
     up = FakeUpload(failures={"a": 3})
     async with running(WriteBack(up, delay=1)) as wb:
         wb.schedule("a")
@@ -458,7 +458,7 @@ def test_invalid_arguments() -> None:
 async def test_refused_upload_is_not_retried_on_a_timer(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="zonefs.writeback")
+    caplog.set_level(logging.DEBUG, logger="zonefs.pending.writeback")
     up = FakeUpload(refusals={"long": 5})
     async with running(WriteBack(up, delay=1)) as wb:
         wb.schedule("long")
@@ -515,7 +515,7 @@ async def test_a_change_retries_a_refused_path(autojump_clock: trio.testing.Mock
 async def test_refused_again_after_a_change_is_logged_once(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="zonefs.writeback")
+    caplog.set_level(logging.DEBUG, logger="zonefs.pending.writeback")
     up = FakeUpload(refusals={"long": 3})
     async with running(WriteBack(up, delay=1)) as wb:
         for _ in range(3):

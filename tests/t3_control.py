@@ -16,7 +16,7 @@ import pytest
 import trio
 from vfs_harness import Env, OutageRemote, write_file
 
-from zonefs.daemon import Daemon, _client_gone
+from zonefs.mount.daemon import Daemon, _client_gone
 from zonefs.remote import open_remote
 
 

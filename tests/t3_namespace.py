@@ -30,7 +30,7 @@ from vfs_harness import (
     write_file,
 )
 
-from zonefs.errors import NotEmpty, NotFound, RemoteError
+from zonefs.common.errors import NotEmpty, NotFound, RemoteError
 from zonefs.remote import Remote, open_remote
 
 

@@ -28,10 +28,10 @@ from vfs_harness import (
     write_file,
 )
 
-from zonefs import keys
-from zonefs.cli import restored_message
-from zonefs.errors import InvalidArgument, NotFound, PreconditionFailed, RemoteError
-from zonefs.journal import MOVE_COPY, Journal, Move
+from zonefs.cache.journal import MOVE_COPY, Journal, Move
+from zonefs.cli.main import restored_message
+from zonefs.common import keys
+from zonefs.common.errors import InvalidArgument, NotFound, PreconditionFailed, RemoteError
 from zonefs.remote import ObjectInfo, Remote, open_remote
 from zonefs.remote.probe import Capabilities, probe
 

@@ -1,4 +1,4 @@
-"""The path-based core (`zonefs.vfs.Vfs`) driven directly, without FUSE, over a real zone: moto's
+"""The path-based core (`Vfs`) driven directly, without FUSE, over a real zone: moto's
 S3 server over HTTP and the embedded local zone. Each test checks what a user would see (bytes
 and headers in the bucket, listings, errors) and ends with `check_invariants`."""
 
@@ -37,7 +37,8 @@ from vfs_harness import (
     write_file,
 )
 
-from zonefs.errors import (
+from zonefs.cache.journal import MOVE_COPY, MOVE_DELETE, Journal, Move
+from zonefs.common.errors import (
     Exists,
     InvalidArgument,
     IsADirectory,
@@ -51,10 +52,9 @@ from zonefs.errors import (
     Refused,
     RemoteError,
 )
-from zonefs.fetch import CHUNK, PAGE
-from zonefs.journal import MOVE_COPY, MOVE_DELETE, Journal, Move
+from zonefs.core.fetch import CHUNK, PAGE
+from zonefs.core.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE
 from zonefs.remote import ObjectInfo, Remote, open_remote
-from zonefs.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 MiB = 1 << 20
 MTIME_RE = re.compile(r"^\d+\.\d{9}$")
@@ -1116,7 +1116,7 @@ async def test_directory_rename_cut_short_resumes_at_next_start(
     assert await _keys_under(env.store, "d/") == before
 
     caplog.clear()
-    caplog.set_level(logging.INFO, logger="zonefs.renames")
+    caplog.set_level(logging.INFO, logger="zonefs.core.renames")
     async with env.vfs(writeback_delay=HOLD) as vfs:
         # Resumed before the core answered: nothing under the old name, the copies done once.
         assert not await _keys_under(env.store, "d/")

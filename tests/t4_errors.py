@@ -23,7 +23,7 @@ from mounts import (
     zonefs_cli,
 )
 
-from zonefs.config import ZoneConfig
+from zonefs.common.config import ZoneConfig
 
 pytestmark = needs_fuse
 

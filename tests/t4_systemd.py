@@ -101,7 +101,7 @@ def test_daemon_as_the_unit_starts_it(
     body = s3_client.get_object(Bucket=bucket, Key="queued.txt")["Body"].read()
     assert body == b"uploaded by the drain at stop"
     lines = stderr_path.read_text().splitlines()
-    assert any(line.startswith("<6>zonefs.daemon: mounted") for line in lines), lines
+    assert any(line.startswith("<6>zonefs.mount.daemon: mounted") for line in lines), lines
     assert all(line.startswith("<") for line in lines if line), lines
 
 
@@ -115,7 +115,7 @@ def test_mount_helper_called_like_mount8(
               env={"ZONEFS_ZONES_FILE": str(zones)})
     m.path.mkdir()
     env = subprocess_env({"ZONEFS_ZONES_FILE": str(zones)})
-    helper = [sys.executable, "-m", "zonefs.mount_helper"]
+    helper = [sys.executable, "-m", "zonefs.cli.mount_helper"]
     # `mount -f` (fake) does nothing; then the real call, with what fstab and mount(8) pass.
     fake = subprocess.run([*helper, "fstab", str(m.path), "-f", "-o", "rw"], env=env,
                           capture_output=True, text=True, timeout=30)

@@ -1,4 +1,4 @@
-"""Helpers for driving `zonefs.vfs.Vfs` directly (no FUSE): a running core over a real zone, a
+"""Helpers for driving `zonefs.core.vfs.Vfs` directly (no FUSE): a running core over a real zone, a
 second view of the store to check what landed there, and the invariant check every t3 test
 ends with.
 
@@ -24,14 +24,14 @@ from typing import Any
 
 import trio
 
-from zonefs import keys
-from zonefs.blobs import BlobStore
-from zonefs.config import MountOptions, ZoneConfig
-from zonefs.errors import NotFound, RemoteError
-from zonefs.journal import Journal
+from zonefs.cache.blobs import BlobStore
+from zonefs.cache.journal import Journal
+from zonefs.common import keys
+from zonefs.common.config import MountOptions, ZoneConfig
+from zonefs.common.errors import NotFound, RemoteError
+from zonefs.core.vfs import Handle, Vfs
 from zonefs.remote import ListPage, ObjectInfo, Remote, VersionPage, open_remote
 from zonefs.remote.probe import CACHE_FILE, Capabilities, load_or_probe, read_cache, write_cache
-from zonefs.vfs import Handle, Vfs
 
 #: Longest a drain may take in a test: uploads here are small, so more means a stuck retry loop.
 DRAIN_TIMEOUT = 15.0

@@ -1,5 +1,5 @@
 """`python -m zonefs` runs the command-line interface."""
 
-from .cli import main
+from zonefs.cli.main import main
 
 raise SystemExit(main())

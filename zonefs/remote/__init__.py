@@ -6,10 +6,14 @@ zone is opened, so local zones (the demo) start fast and work without it.
 
 from __future__ import annotations
 
-from ..config import ZoneConfig
-from ..errors import ConfigError
-from .base import ListPage, ObjectInfo, Remote, VersionInfo, VersionPage
-from .local import LocalRemote
+from typing import TYPE_CHECKING
+
+from zonefs.common.errors import ConfigError
+from zonefs.remote.base import ListPage, ObjectInfo, Remote, VersionInfo, VersionPage
+from zonefs.remote.local import LocalRemote
+
+if TYPE_CHECKING:
+    from zonefs.common.config import ZoneConfig
 
 __all__ = ["ListPage", "LocalRemote", "ObjectInfo", "Remote", "VersionInfo", "VersionPage",
            "open_remote"]
@@ -29,7 +33,7 @@ def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = Fals
         local.io_timeout = io_timeout
         return local
     if zone.scheme == "s3":
-        from .s3 import S3Remote
+        from zonefs.remote.s3 import S3Remote
 
         return S3Remote(zone, max_requests=max_requests, io_timeout=io_timeout,
                         lean_requests=lean_requests)

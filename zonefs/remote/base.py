@@ -6,7 +6,7 @@ cache files' meaning. Implementations write the blocking `_method`s; the public 
 them in worker threads under one `CapacityLimiter`, so the trio loop never blocks on I/O.
 
 Invariants:
-- Errors leave a `Remote` only as `zonefs.errors` exceptions (`NotFound`, `AccessDenied`,
+- Errors leave a `Remote` only as `zonefs.common.errors` exceptions (`NotFound`, `AccessDenied`,
   `BucketMissing`, `PreconditionFailed`, `RemoteError`); each backend translates its own errors in
   one table, and never puts a credential in a message.
 - `ObjectInfo.etag` is the bare ETag, without quotes. `ObjectInfo.metadata` holds the user
@@ -45,8 +45,8 @@ from typing import Any, Protocol
 
 import trio
 
-from ..errors import RemoteError, ZonefsError
-from .health import StoreHealth
+from zonefs.common.errors import RemoteError, ZonefsError
+from zonefs.remote.health import StoreHealth
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from ..errors import RemoteError, ZonefsError
+from zonefs.common.errors import RemoteError, ZonefsError
 
 log = logging.getLogger(__name__)
 

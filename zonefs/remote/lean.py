@@ -38,8 +38,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from urllib.parse import unquote_plus
 
-from .base import ListPage, ObjectInfo, report_progress
-from .signed import RETRY_STATUSES, NotUnderstood, SignedTransport, read_chunks, transport_errors
+from zonefs.remote.base import ListPage, ObjectInfo, report_progress
+from zonefs.remote.signed import (
+    RETRY_STATUSES,
+    NotUnderstood,
+    SignedTransport,
+    read_chunks,
+    transport_errors,
+)
 
 MiB = 1 << 20
 #: The largest listing answer read (1,000 keys of 1 KiB each are about 1.3 MB).

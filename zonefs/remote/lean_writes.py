@@ -41,9 +41,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import IO, NamedTuple
 from urllib.parse import quote
 
-from .base import report_progress
-from .lean import bare_etag, error_of, iso_time, local_name, parse_xml, version_or_none
-from .signed import UNSIGNED_PAYLOAD, NotUnderstood, SignedTransport, read_chunks
+from zonefs.remote.base import report_progress
+from zonefs.remote.lean import bare_etag, error_of, iso_time, local_name, parse_xml, version_or_none
+from zonefs.remote.signed import UNSIGNED_PAYLOAD, NotUnderstood, SignedTransport, read_chunks
 
 MiB = 1 << 20
 #: Files up to this size are read into memory whole, once (hashed there if need be); larger

@@ -39,10 +39,9 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ..config import ZoneConfig
-from ..errors import (
+from zonefs.common.errors import (
     BucketMissing,
     ChecksumMismatch,
     NoSpace,
@@ -51,7 +50,7 @@ from ..errors import (
     Refused,
     RemoteError,
 )
-from .base import (
+from zonefs.remote.base import (
     VERSIONING_ENABLED,
     VERSIONING_SUSPENDED,
     ListPage,
@@ -61,6 +60,9 @@ from .base import (
     VersionPage,
     report_progress,
 )
+
+if TYPE_CHECKING:
+    from zonefs.common.config import ZoneConfig
 
 _FORMAT = "2"
 _CHUNK = 1 << 20

@@ -34,13 +34,15 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..config import STORE_OVERRIDES
-from ..errors import NotFound, PreconditionFailed, StoreUnsupported, ZonefsError
-from .base import Remote
+from zonefs.common.config import STORE_OVERRIDES
+from zonefs.common.errors import NotFound, PreconditionFailed, StoreUnsupported, ZonefsError
+
+if TYPE_CHECKING:
+    from zonefs.remote.base import Remote
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 This is the only module of zonefs that imports boto3 or botocore. It owns the client
 configuration (timeouts, retries, checksum behaviour for non-AWS stores), the mapping between
 zone keys and bucket keys, large uploads and copies (multipart, parallel parts), the one
-table that turns the store's errors into `zonefs.errors`, and the set-up of the lean path.
+table that turns the store's errors into `zonefs.common.errors`, and the set-up of the lean path.
 
 The lean path (`remote/lean.py` and `remote/lean_writes.py` over `remote/signed.py`) makes
 the hottest requests without botocore's per-request cost: HEAD, ListObjectsV2 and GETs of up
@@ -63,7 +63,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -83,9 +83,8 @@ from botocore.exceptions import (
 from botocore.httpsession import get_cert_path
 from botocore.utils import get_environ_proxies
 
-from .. import __version__
-from ..config import ZoneConfig
-from ..errors import (
+from zonefs import __version__
+from zonefs.common.errors import (
     AccessDenied,
     AccessRefused,
     BucketMissing,
@@ -100,7 +99,7 @@ from ..errors import (
     StoreUnsupported,
     ZonefsError,
 )
-from .base import (
+from zonefs.remote.base import (
     VERSIONING_ENABLED,
     VERSIONING_SUSPENDED,
     VERSIONING_UNSUPPORTED,
@@ -113,9 +112,9 @@ from .base import (
     VersionPage,
     report_progress,
 )
-from .lean import LeanReads, StoreAnswer, bare_etag, version_or_none
-from .lean_writes import BytesBody, Cancelled, FileBody, LeanWrites, WriteAnswer
-from .signed import (
+from zonefs.remote.lean import LeanReads, StoreAnswer, bare_etag, version_or_none
+from zonefs.remote.lean_writes import BytesBody, Cancelled, FileBody, LeanWrites, WriteAnswer
+from zonefs.remote.signed import (
     UNSIGNED_PAYLOAD,
     Credentials,
     NotUnderstood,
@@ -123,6 +122,9 @@ from .signed import (
     Target,
     Unreachable,
 )
+
+if TYPE_CHECKING:
+    from zonefs.common.config import ZoneConfig
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ZoneConfig
-from .errors import ConfigError
+from zonefs.common.config import ZoneConfig
+from zonefs.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

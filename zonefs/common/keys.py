@@ -11,12 +11,15 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import InvalidArgument, NameTooLong
+from zonefs.common.errors import InvalidArgument, NameTooLong
 
 NAME_MAX = 255
 #: The reserved virtual directory at the mount root; never stored in the bucket.
 RESERVED = ".zonefs"
 DIR_CONTENT_TYPE = "application/x-directory"
+#: The user-metadata headers holding an object's content hashes (hex), set on every upload.
+SHA256_KEY = "zonefs-sha256"
+SHA1_KEY = "zonefs-sha1"
 
 
 def join(parent: str, name: str) -> str:

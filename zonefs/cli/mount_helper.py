@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cli
+from zonefs.cli import main as cli
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

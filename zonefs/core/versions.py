@@ -38,12 +38,13 @@ import stat as st
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from . import keys
-from .config import format_utc, parse_time
-from .errors import (
+from zonefs.common import keys
+from zonefs.common.config import format_utc, parse_time
+from zonefs.common.errors import (
     AccessDenied,
     ConfigError,
     InvalidArgument,
@@ -53,11 +54,13 @@ from .errors import (
     RemoteError,
     ZonefsError,
 )
-from .handles import Handle, Stat
-from .keys import RESERVED, PosixMeta
-from .objects import SHA256_KEY, RemoteObjects
-from .remote.base import ObjectInfo, Remote, VersionInfo, VersionPage
-from .remote.probe import Capabilities
+from zonefs.common.keys import RESERVED, SHA256_KEY, PosixMeta
+from zonefs.core.values import Handle, Stat
+from zonefs.remote.base import ObjectInfo, Remote, VersionInfo, VersionPage
+
+if TYPE_CHECKING:
+    from zonefs.core.objects import RemoteObjects
+    from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .errors import Refused, StoreFailing
+from zonefs.common.errors import Refused, StoreFailing
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ import stat as st
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import trio
 
-from . import keys
-from .blobs import BlobStore
-from .config import MountOptions
-from .errors import (
+from zonefs.cache.journal import DirtyRow, Journal
+from zonefs.common import keys
+from zonefs.common.errors import (
     InvalidArgument,
     IsADirectory,
     NoSpace,
@@ -36,14 +36,18 @@ from .errors import (
     NotSupported,
     ReadOnly,
 )
-from .handles import ANY_OBJECT, DirtyFile, Handle, Stat
-from .journal import DirtyRow, Journal
-from .keys import RESERVED, PosixMeta
-from .objects import RemoteObjects
-from .remote.base import Remote
-from .uploads import PendingFiles
-from .versions import History
-from .view import View
+from zonefs.common.keys import RESERVED, PosixMeta
+from zonefs.core.values import Handle, Stat
+from zonefs.pending.rows import ANY_OBJECT, DirtyFile
+
+if TYPE_CHECKING:
+    from zonefs.cache.blobs import BlobStore
+    from zonefs.common.config import MountOptions
+    from zonefs.core.objects import RemoteObjects
+    from zonefs.core.versions import History
+    from zonefs.core.view import View
+    from zonefs.pending.ledger import PendingFiles
+    from zonefs.remote.base import Remote
 
 
 def _copy_fd_to(fd: int, dest: str) -> None:

@@ -63,7 +63,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .keys import PosixMeta
+from zonefs.common.keys import PosixMeta
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache, TTLCache
 
-from .keys import PosixMeta, is_within, split
+from zonefs.common.keys import PosixMeta, is_within, split
 
 
 @dataclass(slots=True)

@@ -31,8 +31,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from .errors import InvalidArgument, NotFound
-from .keys import is_within, parents, rebase
+from zonefs.common.errors import InvalidArgument, NotFound
+from zonefs.common.keys import is_within, parents, rebase
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,19 @@ file with local changes is hashed from its local bytes, once per change.
 from __future__ import annotations
 
 import stat as st
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import trio
 from cachetools import TTLCache
 
-from .blobs import Digest, hash_file
-from .dircache import Entry
-from .errors import NotFound, NotSupported
-from .keys import split
-from .vfs import Vfs
+from zonefs.cache.blobs import Digest, hash_file
+from zonefs.cache.dircache import Entry
+from zonefs.common.errors import NotFound, NotSupported
+from zonefs.common.keys import split
+
+if TYPE_CHECKING:
+    from zonefs.core.vfs import Vfs
 
 XATTR_PREFIX = "user.zonefs."
 XATTR_NAMES = ("sha256", "sha1", "etag", "version_id", "state", "uri")

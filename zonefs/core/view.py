@@ -31,21 +31,32 @@ from __future__ import annotations
 import logging
 import stat as st
 import time
+from typing import TYPE_CHECKING
 
 import trio
 
-from . import keys
-from .config import MountOptions
-from .dircache import UNKNOWN, DirCache, Entry
-from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadOnly, RemoteError
-from .fetch import Spawn
-from .handles import DirtyFile, Stat
-from .journal import Journal
-from .keys import RESERVED, PosixMeta
-from .objects import RemoteObjects
-from .remote.base import ObjectInfo, Remote
-from .uploads import PendingFiles
-from .versions import History
+from zonefs.cache.dircache import UNKNOWN, DirCache, Entry
+from zonefs.common import keys
+from zonefs.common.errors import (
+    InvalidArgument,
+    NameTooLong,
+    NotADirectory,
+    NotFound,
+    ReadOnly,
+    RemoteError,
+)
+from zonefs.common.keys import RESERVED, PosixMeta
+from zonefs.core.values import Stat
+
+if TYPE_CHECKING:
+    from zonefs.cache.journal import Journal
+    from zonefs.common.config import MountOptions
+    from zonefs.core.fetch import Spawn
+    from zonefs.core.objects import RemoteObjects
+    from zonefs.core.versions import History
+    from zonefs.pending.ledger import PendingFiles
+    from zonefs.pending.rows import DirtyFile
+    from zonefs.remote.base import ObjectInfo, Remote
 
 log = logging.getLogger(__name__)
 

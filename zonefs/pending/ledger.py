@@ -2,7 +2,7 @@
 
 `PendingFiles` owns the in-memory mirror of the journal's dirty rows (`dirty`: files, symlinks
 and directory markers to put), their data files under `staging/`, the pending deletes
-(`deletes`, see `zonefs.deletes`), and the write-back queue, whose callable `_apply` uploads a
+(`deletes`, see `deletes`), and the write-back queue, whose callable `_apply` uploads a
 file, puts a directory marker or applies a delete, by the zone key it is queued under. `vfs`
 decides when a path becomes dirty or deleted; this module decides how that reaches the journal
 and the bucket.
@@ -33,23 +33,34 @@ import os
 import stat as st
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import trio
 
-from . import keys
-from .blobs import BlobStore, Digest, hash_file
-from .config import MountOptions
-from .deletes import PendingDeletes
-from .dircache import DirCache, Entry
-from .errors import NotFound, PreconditionFailed, Refused, RemoteError, StoreFailing, ZonefsError
-from .handles import ANY_OBJECT, DirtyFile, PendingRows, Stat, has_new_bytes
-from .journal import DirtyRow, Journal, ObjectRow
-from .keys import PosixMeta
-from .leftovers import MultipartJournal, abort_leftover_uploads
-from .objects import SHA1_KEY, SHA256_KEY, RemoteObjects
-from .remote.base import ObjectInfo, Remote
-from .remote.probe import Capabilities
-from .writeback import WriteBack
+from zonefs.cache.blobs import BlobStore, Digest, hash_file
+from zonefs.cache.dircache import DirCache, Entry
+from zonefs.cache.journal import DirtyRow, Journal, ObjectRow
+from zonefs.common import keys
+from zonefs.common.errors import (
+    NotFound,
+    PreconditionFailed,
+    Refused,
+    RemoteError,
+    StoreFailing,
+    ZonefsError,
+)
+from zonefs.common.keys import SHA1_KEY, SHA256_KEY, PosixMeta
+from zonefs.pending.deletes import PendingDeletes
+from zonefs.pending.leftovers import MultipartJournal, abort_leftover_uploads
+from zonefs.pending.rows import ANY_OBJECT, DirtyFile, PendingRows, has_new_bytes
+from zonefs.pending.writeback import WriteBack
+from zonefs.remote.probe import Capabilities
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from zonefs.common.config import MountOptions
+    from zonefs.remote.base import ObjectInfo, Remote
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +76,10 @@ class PendingFiles:
     """Dirty files by path, their journal rows and data files, and their uploads."""
 
     def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore, cache: DirCache,
-                 objects: RemoteObjects, opts: MountOptions) -> None:
-        self.remote, self.journal, self.blobs, self.cache, self.objects = (
-            remote, journal, blobs, cache, objects)
+                 forget_opened: Callable[[str], None], opts: MountOptions) -> None:
+        self.remote, self.journal, self.blobs, self.cache = remote, journal, blobs, cache
+        # Tells the core's object reader that a name's object changed (its open pins go).
+        self._forget_opened = forget_opened
         self.writeback = WriteBack(self._apply, delay=opts.writeback_delay)
         self.dirty = PendingRows()
         self.uploaded_bytes = 0
@@ -265,23 +277,23 @@ class PendingFiles:
         self.schedule(df)
         return df
 
-    def presence(self, df: DirtyFile | None, s: Stat | None) -> tuple[bool, str | None]:
+    def presence(self, df: DirtyFile | None, etag: str | None) -> tuple[bool, str | None]:
         """Whether the store may hold an object under the name of `df` (a pending row, or
-        None for a clean path whose stat is `s`), and its ETag when known."""
+        None for a clean path whose object has `etag`), and its ETag when known."""
         if df is None:
-            return True, s.etag if s is not None else None
+            return True, etag
         if df.absent and df.claimed is None and df.row.base_etag is None:
             return False, None
         return True, df.row.base_etag
 
-    async def remove(self, path: str, s: Stat) -> None:
-        """unlink or rmdir of `path` (whose stat is `s`): its pending row goes, and a delete
-        of its key is journaled unless the store cannot hold one."""
-        key = keys.dir_key(path) if s.is_dir else path
+    async def remove(self, path: str, *, is_dir: bool, etag: str | None) -> None:
+        """unlink or rmdir of `path` (a directory or not; `etag`: its object's): its pending
+        row goes, and a delete of its key is journaled unless the store cannot hold one."""
+        key = keys.dir_key(path) if is_dir else path
         await self.writeback.cancel(key)
         df = self.dirty.pop(path, None)
-        maybe, etag = self.presence(df, s)
-        if s.is_dir and self.deletes.any_below(key):
+        maybe, etag = self.presence(df, etag)
+        if is_dir and self.deletes.any_below(key):
             # Keys below it, whose deletes are pending, keep the directory in the store's
             # listings until they are applied: its own delete hides it meanwhile.
             maybe = True
@@ -551,7 +563,7 @@ class PendingFiles:
         self._note_progress()
         self.cache.invalidate(path)
         self.cache.invalidate(name)
-        self.objects.forget_opened(path)
+        self._forget_opened(path)
 
     def _conflict_name(self, path: str) -> str:
         """`<path>.conflict-<UTC time>`, the name cut short to fit NAME_MAX if need be."""
@@ -610,7 +622,7 @@ class PendingFiles:
         self._note_progress()
         self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
                                          info.version_id))
-        self.objects.forget_opened(path)
+        self._forget_opened(path)
 
     def open_for_write(self) -> int:
         """How many write handles are open: an unmount now would cut their files short."""

@@ -30,12 +30,15 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from . import keys
-from .dircache import DirCache
-from .errors import NotFound
-from .journal import Journal
-from .remote.base import Remote
+from zonefs.common import keys
+from zonefs.common.errors import NotFound
+
+if TYPE_CHECKING:
+    from zonefs.cache.dircache import DirCache
+    from zonefs.cache.journal import Journal
+    from zonefs.remote.base import Remote
 
 log = logging.getLogger(__name__)
 

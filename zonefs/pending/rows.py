@@ -1,13 +1,9 @@
-"""The state a mount keeps per path and per open file, shared by `vfs` and `objects`.
+"""Pending rows: a path whose local state is not yet in the bucket (a file, a symlink, or a
+directory marker to put), as the pending wing keeps it in memory.
 
-- `Stat`: what stat shows for a path.
-- `DirtyFile`: a path whose local state is not yet in the bucket (a file, a symlink, or a
-  directory marker to put): its journal row plus what lives only while mounted (open writers,
-  whether the bytes or only the metadata changed).
-- `Handle`: an open file; it reads from a local file descriptor (staging file or blob) or,
-  for a large object not yet cached, from a `RangeFetcher`. It keeps the `Stat` it was opened
-  with, and a writer its `DirtyFile`, so that a file whose name is gone (unlinked, or renamed
-  over) while it is open is still described by its handles alone.
+`DirtyFile` is its journal row plus what lives only while mounted (open writers, whether the
+bytes or only the metadata changed); `PendingRows` is the dict of them by path, with the
+indexes the core asks of it. Only the pending wing changes either (tests/t1_layers.py checks).
 """
 
 from __future__ import annotations
@@ -15,36 +11,19 @@ from __future__ import annotations
 import stat as st
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .blobs import Digest
-from .fetch import RangeFetcher
-from .journal import DirtyRow
-from .keys import PosixMeta, parents
-from .remote.base import ObjectInfo
+from zonefs.common.keys import parents
+
+if TYPE_CHECKING:
+    from zonefs.cache.blobs import Digest
+    from zonefs.cache.journal import DirtyRow
+    from zonefs.remote.base import ObjectInfo
 
 #: The base ETag of an edit that replaces whatever object its name holds: the name's delete
 #: was pending with the object's ETag unknown (an upload of ours may have landed there). Its
 #: upload is unconditional. Never a real ETag (those are hex digits).
 ANY_OBJECT = "*"
-
-
-@dataclass(slots=True)
-class Stat:
-    """What `stat` shows for a path."""
-
-    meta: PosixMeta
-    size: int
-    etag: str | None = None
-    # clean, dirty or uploading; unlinked for an open file whose name is gone
-    state: str = "clean"
-    # The attributes are the mount's defaults, standing in until the object's headers are
-    # read (a listing does not wait for them): not to be cached by the kernel. The type is
-    # right, but for an object small enough to be a symlink, which shows as a file until then.
-    provisional: bool = False
-
-    @property
-    def is_dir(self) -> bool:
-        return st.S_ISDIR(self.meta.mode)
 
 
 @dataclass(slots=True)
@@ -82,26 +61,6 @@ class DirtyFile:
     def queue_key(self) -> str:
         """Its name in the write-back queue: the zone key it writes."""
         return f"{self.row.path}/" if self.is_dir else self.row.path
-
-
-@dataclass(slots=True)
-class Handle:
-    """An open file. Reads come from `fd` (a local file) or from `fetcher` (ranges)."""
-
-    path: str
-    writable: bool
-    append: bool = False
-    fd: int = -1
-    dirty: DirtyFile | None = None
-    fetcher: RangeFetcher | None = None
-    pinned: str | None = None
-    wrote: bool = False
-    etag: str | None = None
-    keep_cache: bool = False
-    # What stat showed when it was opened; for a reader, what an fstat answers once the name
-    # is gone (a writer answers from `dirty`). Replaced, never changed in place: a Stat may be
-    # shared with a cache.
-    opened: Stat | None = None
 
 
 class PendingRows(dict[str, DirtyFile]):

@@ -25,18 +25,20 @@ import os
 import stat as st
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
 
-from .config import MountOptions
-from .content import XATTR_NAMES, XATTR_PREFIX, ContentIds
-from .errors import NotFound, ZonefsError
-from .handles import Handle, Stat
-from .inodes import InodeTable
-from .keys import join
-from .vfs import Vfs
+from zonefs.common.errors import NotFound, ZonefsError
+from zonefs.common.keys import join
+from zonefs.core.content import XATTR_NAMES, XATTR_PREFIX, ContentIds
+from zonefs.mount.inodes import InodeTable
+
+if TYPE_CHECKING:
+    from zonefs.common.config import MountOptions
+    from zonefs.core.values import Handle, Stat
+    from zonefs.core.vfs import Vfs
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
-from .errors import ConfigError
+from zonefs.common.errors import ConfigError
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

@@ -36,11 +36,9 @@ from __future__ import annotations
 import logging
 import stat as st
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from . import keys
-from .errors import NotFound, RemoteError, ZonefsError
-from .handles import ANY_OBJECT, DirtyFile, Stat, moves_as_row
-from .journal import (
+from zonefs.cache.journal import (
     MOVE_COPY,
     MOVE_DELETE,
     MOVE_DIRTY,
@@ -52,9 +50,15 @@ from .journal import (
     Move,
     ObjectRow,
 )
-from .keys import PosixMeta
-from .remote.base import Remote
-from .uploads import PendingFiles
+from zonefs.common import keys
+from zonefs.common.errors import NotFound, RemoteError, ZonefsError
+from zonefs.core.values import Stat
+from zonefs.pending.rows import ANY_OBJECT, DirtyFile, moves_as_row
+
+if TYPE_CHECKING:
+    from zonefs.common.keys import PosixMeta
+    from zonefs.pending.ledger import PendingFiles
+    from zonefs.remote.base import Remote
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ class Renamer:
         df = self.pending.dirty.pop(old)
         claimed, claimed_etag = await self.pending.claim(new)
         base = self._replaced_base(new, dst, replacing, replaced, claimed, claimed_etag)
-        maybe, etag = self.pending.presence(df, Stat(df.row.meta, df.row.size))
+        maybe, etag = self.pending.presence(df, None)
         delete = (old, etag) if maybe else None
         if df.persisted:
             self.journal.move_pending(old, new, base_etag=base, delete=delete,
@@ -199,7 +203,7 @@ class Renamer:
             return dst.etag
         if claimed:
             return claimed_etag or ANY_OBJECT  # the object of the delete this write replaces
-        if replaced is not None and self.pending.presence(replaced, dst)[0]:
+        if replaced is not None and self.pending.presence(replaced, dst.etag if dst else None)[0]:
             return ANY_OBJECT  # a pending file replaced here, an upload of which may have landed
         return None
 

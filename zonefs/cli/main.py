@@ -21,8 +21,9 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, control, zones
-from .config import (
+from zonefs import __version__
+from zonefs.common import zones
+from zonefs.common.config import (
     MountOptions,
     ZoneConfig,
     format_size,
@@ -30,7 +31,8 @@ from .config import (
     parse_mount_options,
     parse_time,
 )
-from .errors import ConfigError, ZonefsError
+from zonefs.common.errors import ConfigError, ZonefsError
+from zonefs.mount import control
 
 log = logging.getLogger("zonefs")
 
@@ -152,8 +154,8 @@ def _check_zones(named: list[zones.NamedZone]) -> dict[str, str]:
     """For each zone: can it be reached, and what does the store say of versioning."""
     import trio
 
-    from .remote import open_remote
-    from .remote.probe import probe
+    from zonefs.remote import open_remote
+    from zonefs.remote.probe import probe
 
     async def check(z: zones.NamedZone) -> str:
         try:
@@ -192,7 +194,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _run_foreground(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptions) -> int:
     import trio
 
-    from .daemon import Daemon, preflight
+    from zonefs.mount.daemon import Daemon, preflight
 
     ready_fd: int | None = args.ready_fd
     _setup_logging(args.log_level, args.log_file)
@@ -540,8 +542,8 @@ DEMO_FILES = {
 def cmd_demo(args: argparse.Namespace) -> int:
     import trio
 
-    from .keys import DIR_CONTENT_TYPE
-    from .remote import open_remote
+    from zonefs.common.keys import DIR_CONTENT_TYPE
+    from zonefs.remote import open_remote
 
     zone_dir = os.path.abspath(args.dir)
     mountpoint = os.path.abspath(args.mountpoint)

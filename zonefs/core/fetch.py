@@ -16,13 +16,15 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .blobs import BlobStore, Digest, hash_file
-from .errors import RemoteError
-from .remote.base import Remote
+from zonefs.cache.blobs import BlobStore, Digest, hash_file
+from zonefs.common.errors import RemoteError
+
+if TYPE_CHECKING:
+    from zonefs.remote.base import Remote
 
 log = logging.getLogger(__name__)
 

@@ -31,15 +31,15 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import control
-from .blobs import BlobStore
-from .config import MountOptions, ZoneConfig, format_size
-from .errors import MountError, ZonefsError
-from .fuse_ops import ZonefsOperations
-from .journal import Journal
-from .remote import open_remote
-from .remote.probe import Capabilities, load_or_probe
-from .vfs import Vfs
+from zonefs.cache.blobs import BlobStore
+from zonefs.cache.journal import Journal
+from zonefs.common.config import MountOptions, ZoneConfig, format_size
+from zonefs.common.errors import MountError, ZonefsError
+from zonefs.core.vfs import Vfs
+from zonefs.mount import control
+from zonefs.mount.fuse_ops import ZonefsOperations
+from zonefs.remote import open_remote
+from zonefs.remote.probe import Capabilities, load_or_probe
 
 log = logging.getLogger(__name__)
 

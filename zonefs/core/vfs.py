@@ -26,15 +26,14 @@ import os
 import stat as st
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import keys
-from .blobs import BlobStore
-from .config import MountOptions
-from .dircache import DirCache, Entry
-from .errors import (
+from zonefs.cache.dircache import DirCache, Entry
+from zonefs.cache.journal import DirtyRow, Journal, ObjectRow
+from zonefs.common import keys
+from zonefs.common.errors import (
     Exists,
     InvalidArgument,
     IsADirectory,
@@ -42,18 +41,22 @@ from .errors import (
     NotEmpty,
     NotPermitted,
 )
-from .fetch import Spawn
-from .files import Files
-from .handles import DirtyFile, Handle, Stat
-from .journal import DirtyRow, Journal, ObjectRow
-from .keys import RESERVED, PosixMeta
-from .objects import RemoteObjects
-from .remote.base import Remote
-from .remote.probe import Capabilities
-from .renames import Renamer
-from .uploads import PendingFiles
-from .versions import History
-from .view import View
+from zonefs.common.keys import RESERVED, PosixMeta
+from zonefs.core.files import Files
+from zonefs.core.objects import RemoteObjects
+from zonefs.core.renames import Renamer
+from zonefs.core.values import Handle, Stat
+from zonefs.core.versions import History
+from zonefs.core.view import View
+from zonefs.pending.ledger import PendingFiles
+from zonefs.pending.rows import DirtyFile
+from zonefs.remote.probe import Capabilities
+
+if TYPE_CHECKING:
+    from zonefs.cache.blobs import BlobStore
+    from zonefs.common.config import MountOptions
+    from zonefs.core.fetch import Spawn
+    from zonefs.remote.base import Remote
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,8 @@ class Vfs:
         self._spawn = spawn
         self.cache = DirCache(opts.metadata_ttl)
         self.objects = RemoteObjects(remote, journal, blobs, self.cache, opts, spawn=spawn)
-        self.pending = PendingFiles(remote, journal, blobs, self.cache, self.objects, opts)
+        self.pending = PendingFiles(remote, journal, blobs, self.cache,
+                                    self.objects.forget_opened, opts)
         self.dirty = self.pending.dirty  # the same dict, for reading
         self.writeback = self.pending.writeback
         self.deletes = self.pending.deletes  # the same object, for reading
@@ -237,7 +241,7 @@ class Vfs:
         self.cache.expire_tree(path)
         if await self.listdir(path):
             raise NotEmpty(path)
-        await self.pending.remove(path, s)
+        await self.pending.remove(path, is_dir=s.is_dir, etag=s.etag)
 
     async def symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
         """A pending symlink: a small object whose body is the target, put by write-back."""
@@ -272,7 +276,7 @@ class Vfs:
         s = await self.stat(path)
         if s.is_dir:
             raise IsADirectory(path)
-        await self.pending.remove(path, s)
+        await self.pending.remove(path, is_dir=s.is_dir, etag=s.etag)
 
     async def rename(self, old: str, new: str, flags: int = 0) -> None:
         self.view.check_writable(old)
@@ -300,7 +304,7 @@ class Vfs:
                 if await self.listdir(new):
                     raise NotEmpty(new)
                 # A pending delete of its marker, which the move applies before it copies.
-                await self.pending.remove(new, dst)
+                await self.pending.remove(new, is_dir=dst.is_dir, etag=dst.etag)
         if not src.is_dir:
             # Looked at again, with nothing awaited before the move decides: an upload of
             # `old` that landed while `new` was looked up changed the object the move starts

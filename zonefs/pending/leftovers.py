@@ -19,12 +19,15 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import ZonefsError
-from .journal import Journal, MultipartIntent
-from .remote.base import Remote
+from zonefs.common.errors import ZonefsError
+
+if TYPE_CHECKING:
+    from zonefs.cache.journal import Journal, MultipartIntent
+    from zonefs.remote.base import Remote
 
 log = logging.getLogger(__name__)
 

@@ -22,19 +22,22 @@ from __future__ import annotations
 import logging
 import os
 import stat as st
+from typing import TYPE_CHECKING
 
 import trio
 
-from . import keys
-from .blobs import BlobStore, Digest, hash_file
-from .config import MountOptions
-from .dircache import DirCache, Entry
-from .errors import NotFound, RemoteError
-from .fetch import RangeFetcher, Spawn
-from .handles import Handle, Stat
-from .journal import Journal, ObjectRow
-from .keys import PosixMeta
-from .remote.base import ObjectInfo, Remote
+from zonefs.cache.blobs import BlobStore, Digest, hash_file
+from zonefs.cache.dircache import DirCache, Entry
+from zonefs.cache.journal import Journal, ObjectRow
+from zonefs.common import keys
+from zonefs.common.errors import NotFound, RemoteError
+from zonefs.common.keys import SHA1_KEY, SHA256_KEY, PosixMeta
+from zonefs.core.fetch import RangeFetcher, Spawn
+from zonefs.core.values import Handle, Stat
+
+if TYPE_CHECKING:
+    from zonefs.common.config import MountOptions
+    from zonefs.remote.base import ObjectInfo, Remote
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,6 @@ log = logging.getLogger(__name__)
 WHOLE_OBJECT_LIMIT = 8 << 20
 #: Objects up to this size are fetched whole instead of HEAD'ed when their headers are needed.
 SMALL_OBJECT = 64 << 10
-SHA256_KEY = "zonefs-sha256"
-SHA1_KEY = "zonefs-sha1"
 
 
 class RemoteObjects:

@@ -1,0 +1,1 @@
+"""The command line: `zonefs` (`main`) and `mount.zonefs` (`mount_helper`)."""

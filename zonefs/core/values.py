@@ -1,0 +1,59 @@
+"""The values the core hands out: what `stat` shows for a path (`Stat`) and an open file
+(`Handle`).
+
+A `Handle` reads from a local file descriptor (staging file or blob) or, for a large object not
+yet cached, from a `RangeFetcher`. It keeps the `Stat` it was opened with, and a writer the
+pending row it writes (`DirtyFile`, owned by the pending wing), so that a file whose name is gone
+(unlinked, or renamed over) while it is open is still described by its handles alone.
+"""
+
+from __future__ import annotations
+
+import stat as st
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zonefs.common.keys import PosixMeta
+    from zonefs.core.fetch import RangeFetcher
+    from zonefs.pending.rows import DirtyFile
+
+
+@dataclass(slots=True)
+class Stat:
+    """What `stat` shows for a path."""
+
+    meta: PosixMeta
+    size: int
+    etag: str | None = None
+    # clean, dirty or uploading; unlinked for an open file whose name is gone
+    state: str = "clean"
+    # The attributes are the mount's defaults, standing in until the object's headers are
+    # read (a listing does not wait for them): not to be cached by the kernel. The type is
+    # right, but for an object small enough to be a symlink, which shows as a file until then.
+    provisional: bool = False
+
+    @property
+    def is_dir(self) -> bool:
+        return st.S_ISDIR(self.meta.mode)
+
+
+
+@dataclass(slots=True)
+class Handle:
+    """An open file. Reads come from `fd` (a local file) or from `fetcher` (ranges)."""
+
+    path: str
+    writable: bool
+    append: bool = False
+    fd: int = -1
+    dirty: DirtyFile | None = None
+    fetcher: RangeFetcher | None = None
+    pinned: str | None = None
+    wrote: bool = False
+    etag: str | None = None
+    keep_cache: bool = False
+    # What stat showed when it was opened; for a reader, what an fstat answers once the name
+    # is gone (a writer answers from `dirty`). Replaced, never changed in place: a Stat may be
+    # shared with a cache.
+    opened: Stat | None = None
