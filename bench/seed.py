@@ -16,9 +16,11 @@ import http.client
 import threading
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from endpoints import Endpoint
+if TYPE_CHECKING:
+    from endpoints import Endpoint
 
 SERVICE = "s3"
 

@@ -18,8 +18,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from endpoints import Endpoint
+if TYPE_CHECKING:
+    from endpoints import Endpoint
 
 MOUNT_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 120.0

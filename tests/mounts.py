@@ -29,13 +29,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from zonefs.common.config import ZoneConfig
 from zonefs.common.errors import NotFound
 from zonefs.remote.local import LocalRemote
+
+if TYPE_CHECKING:
+    from zonefs.common.config import ZoneConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

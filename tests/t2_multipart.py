@@ -25,7 +25,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import empty_bucket
@@ -35,8 +35,10 @@ from zonefs.common.config import ZoneConfig
 from zonefs.common.errors import AccessDenied, BucketMissing, RemoteError
 from zonefs.pending.leftovers import INTENT_WINDOW
 from zonefs.remote import open_remote
-from zonefs.remote.base import Remote
 from zonefs.remote.s3 import S3Remote
+
+if TYPE_CHECKING:
+    from zonefs.remote.base import Remote
 
 MiB = 1 << 20
 NS = 1_000_000_000

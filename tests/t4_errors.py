@@ -8,7 +8,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import on_own_moto
@@ -23,7 +23,8 @@ from mounts import (
     zonefs_cli,
 )
 
-from zonefs.common.config import ZoneConfig
+if TYPE_CHECKING:
+    from zonefs.common.config import ZoneConfig
 
 pytestmark = needs_fuse
 

@@ -52,11 +52,11 @@ from zonefs.cache.journal import (
 )
 from zonefs.common import keys
 from zonefs.common.errors import NotFound, RemoteError, ZonefsError
-from zonefs.core.values import Stat
 from zonefs.pending.rows import ANY_OBJECT, DirtyFile, moves_as_row
 
 if TYPE_CHECKING:
     from zonefs.common.keys import PosixMeta
+    from zonefs.core.values import Stat
     from zonefs.pending.ledger import PendingFiles
     from zonefs.remote.base import Remote
 
