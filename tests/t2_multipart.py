@@ -3,7 +3,7 @@ the journal recorded their upload id or only the intent made before CreateMultip
 
 Against the S3 endpoint (moto unless ZONEFS_TEST_S3_ENDPOINT names another): the remote lists
 the unfinished uploads of exactly one key and tells whether one holds parts; it announces every
-upload before creating it; and `PendingFiles.abort_leftover_uploads`, run in a core built the
+upload before creating it; and `Ledger.abort_leftover_uploads`, run in a core built the
 way the daemon builds one (tests/vfs_harness.py), aborts an upload created for a journaled
 intent, as if the process had died before recording its id, and leaves alone every upload that
 is not provably its own: another key's, one initiated far from the intent's time, one holding
@@ -286,14 +286,14 @@ async def test_mount_aborts_an_upload_whose_id_was_never_recorded_and_nothing_el
         journal.add_multipart_intent("late.bin", int((late_at + 2 * 3600) * NS))
         journal.add_multipart_intent("busy.bin", int(busy_at * NS))
         journal.add_multipart("recorded.bin", recorded)
-        assert await core.pending.abort_leftover_uploads() == 3
+        assert await core.ledger.abort_leftover_uploads() == 3
         left = uploads_of(s3_client, bucket)
         assert set(left) == {prefix_sharing, other, late, busy}
         assert not uploads_of(s3_client, bucket, "big.bin")  # none for the key afterwards
         assert leaked not in left and skewed not in left and recorded not in left
         # Every search succeeded: nothing stays for the next mount.
         assert journal.multipart_intents() == [] and journal.multipart_uploads() == []
-        assert await core.pending.abort_leftover_uploads() == 0
+        assert await core.ledger.abort_leftover_uploads() == 0
         assert set(uploads_of(s3_client, bucket)) == {prefix_sharing, other, late, busy}
 
 
@@ -312,7 +312,7 @@ async def test_an_intent_whose_search_fails_stays_for_the_next_mount(
     async with env.vfs(remote=unreachable, requeue=False) as core:
         intent = core.journal.add_multipart_intent("big.bin", int(initiated * NS))
         with caplog.at_level(logging.WARNING):
-            assert await core.pending.abort_leftover_uploads() == 0  # never fails the mount
+            assert await core.ledger.abort_leftover_uploads() == 0  # never fails the mount
         assert "could not look for an unfinished multipart upload of 'big.bin'" in caplog.text
         assert [i.id for i in core.journal.multipart_intents()] == [intent]
     assert leaked in uploads_of(s3_client, bucket)

@@ -279,8 +279,8 @@ async def test_max_name_bytes(local_zone: ZoneConfig, tmp_path: Path) -> None:
 async def test_names_longer_than_the_store_takes_are_refused_at_create(env: Env) -> None:
     """ENAMETOOLONG before anything is written, for every way of making a name; names the
     store takes work as ever."""
-    async with env.vfs() as vfs:
-        vfs.capabilities = replace(vfs.capabilities, max_name_bytes=246)
+    caps = replace(await env.capabilities(), max_name_bytes=246)
+    async with env.vfs(capabilities=caps) as vfs:
         long, fits = "n" * 247, "n" * 246
         await write_file(vfs, fits, b"fits")
         for make in (lambda: vfs.create(long, 0o644, 0, 0),
@@ -547,8 +547,8 @@ async def test_uploads_send_checksums_when_the_store_verifies(
     cache.mkdir(mode=0o700)
     env = Env("local", local_zone, cache, Store("local", open_remote(local_zone)))
     data = b"precious bytes\n" * 1000
-    async with env.vfs(remote=DamagesFirstUpload(local_zone)) as vfs:
-        vfs.capabilities = vfs.pending.capabilities = Capabilities(checksums=checksums)
+    async with env.vfs(remote=DamagesFirstUpload(local_zone),
+                       capabilities=Capabilities(checksums=checksums)) as vfs:
         await write_file(vfs, "f.txt", data)
         await drain(vfs)
     stored = await env.store.read("f.txt")
@@ -556,7 +556,7 @@ async def test_uploads_send_checksums_when_the_store_verifies(
     if checksums:
         # The store refused the damaged bytes; the retry stored the right ones, once.
         assert stored == data and len(versions) == 1
-        assert vfs.writeback.stats_dict()["retries"] == 1
+        assert vfs.ledger.writeback.stats_dict()["retries"] == 1
     else:
         assert stored != data  # what the checksum protects against: damage goes unnoticed
     env.store.remote.close()  # type: ignore[attr-defined]

@@ -61,5 +61,5 @@ async def test_a_client_that_vanishes_mid_request_ends_only_its_request(
         assert vfs.pending_count == 1
         remote.down = False
         with trio.fail_after(30):
-            await vfs.writeback.drain()
+            await vfs.ledger.writeback.drain()
         assert await env.store.read("f") == b"pending while the store is down"

@@ -43,11 +43,11 @@ async def test_unlink_then_create_replaces_the_object(env: Env) -> None:
         await write_file(vfs, "f", b"new bytes")
         # The new file took the delete over: one pending change for the key, in one row.
         assert vfs.journal.deletes() == []
-        assert vfs.dirty["f"].row.base_etag == old.etag
+        assert vfs.ledger.rows["f"].row.base_etag == old.etag
         await drain(vfs)
         assert await env.store.keys() == {"f"}
         assert await env.store.read("f") == b"new bytes"
-        assert vfs.pending.conflicts == 0
+        assert vfs.ledger.uploader.conflicts == 0
         assert requests(vfs, "delete") == 0
         await check_invariants(vfs)
 
@@ -151,14 +151,14 @@ async def test_namespace_changes_while_the_store_is_down(env: Env) -> None:
         assert names(await vfs.listdir("new")) == ["a", "link"]
         assert await read_file(vfs, "doc.txt") == b"version 2"
         with pytest.raises(RemoteError):
-            await vfs.writeback.flush("new/a")  # the upload fails, and stays queued
+            await vfs.ledger.writeback.flush("new/a")  # the upload fails, and stays queued
         assert vfs.pending_count == 6  # 4 rows to put, 2 deletes
         remote.down = False
         await drain(vfs)
         assert await env.store.keys() == {"doc.txt", "new/", "new/a", "new/link"}
         assert await env.store.read("doc.txt") == b"version 2"
         assert await env.store.read("new/a") == b"written during the outage"
-        assert vfs.pending.conflicts == 0
+        assert vfs.ledger.uploader.conflicts == 0
         await check_invariants(vfs)
 
 
@@ -280,7 +280,7 @@ async def test_write_handle_kept_across_unlink_and_recreate(env: Env) -> None:
         await drain(vfs)
         assert await env.store.keys() == {"f"}
         assert await env.store.read("f") == b"second"
-        vfs.pending.sync_journal()  # staging files of uploads go once that is durable
+        vfs.ledger.sync_journal()  # staging files of uploads go once that is durable
         assert os.listdir(os.path.join(vfs.blobs.root, "staging")) == []
         await check_invariants(vfs)
 
@@ -325,7 +325,7 @@ async def test_name_reused_after_a_delete_of_an_unknown_object(env: Env) -> None
         assert await env.store.keys() == {"doc", "doc.bak"}
         assert await env.store.read("doc") == b"second draft"
         assert await env.store.read("doc.bak") == b"first draft"
-        assert vfs.pending.conflicts == 0
+        assert vfs.ledger.uploader.conflicts == 0
         await check_invariants(vfs)
 
 
@@ -336,8 +336,8 @@ async def test_flush_applies_a_delete_whose_queue_entry_went(env: Env) -> None:
     async with env.vfs(writeback_delay=HOLD) as vfs:
         assert names(await vfs.listdir("")) == ["target"]
         await vfs.unlink("target")
-        await vfs.writeback.cancel("target")  # as a rename that looked at it first does
-        await vfs.pending.flush(["target"])
+        await vfs.ledger.writeback.cancel("target")  # as a rename that looked at it first does
+        await vfs.ledger.flush(["target"])
         assert vfs.journal.deletes() == []
         assert await env.store.keys() == set()
         await check_invariants(vfs)
@@ -356,7 +356,7 @@ async def test_own_upload_that_landed_before_a_crash_is_no_conflict(env: Env) ->
     await env.store.put("f", first, {"zonefs-sha256": sha256(first)})  # and it landed
     async with env.vfs(writeback_delay=HOLD) as vfs:
         await drain(vfs)
-        assert vfs.pending.conflicts == 0
+        assert vfs.ledger.uploader.conflicts == 0
         assert await env.store.keys() == {"f"}
         assert await env.store.read("f") == second
         await check_invariants(vfs)
@@ -415,7 +415,7 @@ async def test_renames_of_clean_files_while_the_store_is_down(env: Env) -> None:
         assert await env.store.keys() == {"c", "y"}
         assert await env.store.read("y") == b"first"
         assert await env.store.read("c") == b"second"
-        assert vfs.pending.conflicts == 0
+        assert vfs.ledger.uploader.conflicts == 0
         await check_invariants(vfs)
 
 
@@ -552,8 +552,8 @@ async def test_rename_of_a_file_whose_upload_lands_meanwhile(env: Env) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(vfs.rename, "a", "d/b")
             await trio.to_thread.run_sync(remote.waiting.wait, DRAIN_TIMEOUT)
-            vfs.writeback.schedule("a", delay=0)
-            await vfs.writeback.flush("a")  # lands while the rename waits for its lookup
+            vfs.ledger.writeback.schedule("a", delay=0)
+            await vfs.ledger.writeback.flush("a")  # lands while the rename waits for its lookup
             assert await env.store.read("a") == b"new bytes"
             remote.release.set()
         assert names(await vfs.listdir("")) == ["d"]
@@ -586,7 +586,7 @@ async def test_listing_on_its_way_while_a_directory_delete_lands(env: Env) -> No
         async with trio.open_nursery() as nursery:
             nursery.start_soon(list_d)
             await trio.to_thread.run_sync(remote.waiting.wait, DRAIN_TIMEOUT)
-            await vfs.pending.flush(["d/e/"])  # lands while the listing's answer is on its way
+            await vfs.ledger.flush(["d/e/"])  # lands while the listing's answer is on its way
             assert "d/e/" not in await env.store.keys()
             remote.release.set()
         assert listed == [["f"]]

@@ -82,8 +82,7 @@ def _dir(mode: int) -> int:
 @pytest.mark.unversioned_on_moto
 async def test_directory_rename_puts_markers_anew_and_keeps_empty_directories(env: Env) -> None:
     caps = await _probed(env)
-    async with env.vfs(writeback_delay=HOLD) as vfs:
-        vfs.capabilities = caps
+    async with env.vfs(writeback_delay=HOLD, capabilities=caps) as vfs:
         await vfs.mkdir("d", 0o750, UID, GID)
         await vfs.mkdir("d/empty", 0o700, UID + 1, GID + 1)
         await vfs.mkdir("d/sub", 0o755, UID, GID)
@@ -94,8 +93,7 @@ async def test_directory_rename_puts_markers_anew_and_keeps_empty_directories(en
                   for p in ("d", "d/empty", "d/sub", "d/sub/deeper")}
 
     remote = MarkerCopyRefused(open_remote(env.zone))
-    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
-        vfs.capabilities = caps
+    async with env.vfs(remote=remote, writeback_delay=HOLD, capabilities=caps) as vfs:
         await vfs.rename("d", "e")
         # No marker was copied: each was put anew; only the file went by a copy.
         assert not [k for k in remote.keys_of("copy") if k.endswith("/")]
@@ -123,8 +121,7 @@ async def test_directory_rename_puts_markers_anew_and_keeps_empty_directories(en
             assert info.metadata == keys.encode_meta(meta), key
     # A new mount (the dircache gone) shows the same attributes: from the store where it keeps
     # them, from what this machine set where it does not.
-    async with env.vfs() as vfs:
-        vfs.capabilities = caps
+    async with env.vfs(capabilities=caps) as vfs:
         for path, meta in before.items():
             assert (await vfs.stat(keys.rebase(path, "d", "e"))).meta == meta, path
 
@@ -132,8 +129,7 @@ async def test_directory_rename_puts_markers_anew_and_keeps_empty_directories(en
 @pytest.mark.unversioned_on_moto
 async def test_directory_rename_keeps_a_pending_chmod_of_a_subdirectory(env: Env) -> None:
     caps = await _probed(env)
-    async with env.vfs(writeback_delay=HOLD) as vfs:
-        vfs.capabilities = caps
+    async with env.vfs(writeback_delay=HOLD, capabilities=caps) as vfs:
         await vfs.mkdir("d", 0o755, UID, GID)
         await vfs.mkdir("d/sub", 0o755, UID, GID)
         await drain(vfs)
@@ -142,8 +138,7 @@ async def test_directory_rename_keeps_a_pending_chmod_of_a_subdirectory(env: Env
         assert (await vfs.stat("e/sub")).meta.mode == _dir(0o700)
         await check_invariants(vfs)
         assert await env.store.keys() == {"e/", "e/sub/"}
-    async with env.vfs() as vfs:
-        vfs.capabilities = caps
+    async with env.vfs(capabilities=caps) as vfs:
         assert (await vfs.stat("e/sub")).meta.mode == _dir(0o700)
 
 
@@ -152,8 +147,7 @@ async def test_resumed_rename_puts_a_marker_journaled_as_a_copy(env: Env) -> Non
     """A plan journaled before markers were put anew (a copy step, no headers): the resume
     reads the directory's attributes and puts the marker, never copies it."""
     caps = await _probed(env)
-    async with env.vfs() as vfs:
-        vfs.capabilities = caps
+    async with env.vfs(capabilities=caps) as vfs:
         await vfs.mkdir("d", 0o705, UID, GID)
         await drain(vfs)
     journal = Journal(str(env.cache_dir / "journal.sqlite"))
@@ -162,8 +156,8 @@ async def test_resumed_rename_puts_a_marker_journaled_as_a_copy(env: Env) -> Non
     journal.seal_rename(batch)
     journal.close()
     remote = MarkerCopyRefused(open_remote(env.zone))
-    async with env.vfs(remote=remote, requeue=False) as vfs:
-        vfs.capabilities = caps  # the daemon sets them before it resumes renames
+    # The daemon has the probe's answers before it resumes renames.
+    async with env.vfs(remote=remote, requeue=False, capabilities=caps) as vfs:
         assert await vfs.recover() == 1
         vfs.requeue_dirty()
         assert vfs.journal.renames() == []
@@ -201,8 +195,7 @@ async def test_a_copy_the_store_refuses_never_deletes_its_source(env: Env) -> No
 
 async def test_names_with_a_backslash_follow_the_probe(env: Env) -> None:
     caps = await _probed(env)
-    async with env.vfs() as vfs:
-        vfs.capabilities = caps
+    async with env.vfs(capabilities=caps) as vfs:
         if caps.backslash_keys == "kept":
             await write_file(vfs, "x\\y", b"one file, not a directory")
             await vfs.mkdir("d\\e", 0o755, UID, GID)
@@ -222,8 +215,7 @@ async def test_names_with_a_backslash_are_refused_where_the_store_rewrites_them(
     env: Env, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caps = replace(await _probed(env), backslash_keys="rewritten")  # as `-o` would set it
-    async with env.vfs() as vfs:
-        vfs.capabilities = caps
+    async with env.vfs(capabilities=caps) as vfs:
         await write_file(vfs, "f", b"f")
         await vfs.mkdir("d", 0o755, UID, GID)
         await drain(vfs)
@@ -245,7 +237,7 @@ async def test_names_with_a_backslash_are_refused_where_the_store_rewrites_them(
         assert len(refusals) == 6 and all(r.levelno == logging.WARNING for r in refusals)
         assert "'x/y'" in refusals[0].getMessage()  # what the name would have become
         # Nothing was written, under that name or another; nothing is pending.
-        assert not vfs.dirty and not vfs.deletes.by_key
+        assert not vfs.ledger.rows and not vfs.ledger.deletes.by_key
         await drain(vfs)
         assert await env.store.keys() == before
         assert names(await vfs.listdir("")) == ["d", "f"]

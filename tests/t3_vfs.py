@@ -935,7 +935,7 @@ async def test_rename_directory_while_upload_is_acknowledged(env: Env) -> None:
         await write_file(vfs, "d/f", b"racing bytes")
         # The object is stored; the response is still on its way when the rename comes.
         await wait_until(remote.stored.is_set)
-        assert "d/f" in vfs.writeback.in_flight_paths()
+        assert "d/f" in vfs.ledger.writeback.in_flight_paths()
         await vfs.rename("d", "e")
         await drain(vfs)
         keys = await env.store.keys()
@@ -974,7 +974,7 @@ async def test_rename_over_a_file_whose_upload_lands_meanwhile(env: Env, source:
             await close(vfs, handle)
             expected += b"+"
         await write_file(vfs, "x", b"first file")
-        vfs.writeback.schedule("x", delay=0)
+        vfs.ledger.writeback.schedule("x", delay=0)
         await wait_until(remote.stored.is_set)  # stored; the answer is on its way
         await vfs.rename("f", "x")
         handle = await vfs.open("x", os.O_WRONLY)
@@ -1391,7 +1391,7 @@ async def test_reopen_for_write_during_upload_keeps_latest_bytes(
         if remote is not None:
             await wait_until(remote.stored.is_set)  # v1 landed; its response has not
         else:
-            await wait_until(lambda: "f" in vfs.writeback.in_flight_paths())
+            await wait_until(lambda: "f" in vfs.ledger.writeback.in_flight_paths())
         handle = await vfs.open("f", flags)
         await vfs.write(handle, 0, v2)
         await close(vfs, handle)

@@ -146,10 +146,9 @@ class Env:
                 def spawn(fn: Any) -> None:
                     nursery.start_soon(fn)
 
-                core = Vfs(remote, journal, blobs, opts, spawn=spawn)
-                core.capabilities = caps
+                core = Vfs(remote, journal, blobs, opts, caps, spawn=spawn)
                 _watch_schedules(core)
-                await nursery.start(core.writeback.run)
+                await nursery.start(core.ledger.writeback.run)
                 if requeue:
                     await core.recover()  # what the daemon does before it mounts
                     core.requeue_dirty()
@@ -190,7 +189,7 @@ def _watch_schedules(core: Vfs) -> None:
     """Record every path scheduled for upload while the journal has no row for it: the core
     promises to write the row first (so a crash right after cannot lose the file)."""
     seen = _UNJOURNALED[id(core)] = []
-    schedule = core.writeback.schedule
+    schedule = core.ledger.writeback.schedule
 
     def checked(key: str, *, delay: float | None = None) -> None:
         # Queue names are zone keys: a file's path, a directory's marker key, a deleted key.
@@ -201,7 +200,7 @@ def _watch_schedules(core: Vfs) -> None:
             seen.append(key)
         schedule(key, delay=delay)
 
-    core.writeback.schedule = checked  # type: ignore[method-assign]
+    core.ledger.writeback.schedule = checked  # type: ignore[method-assign]
 
 
 async def marker_metadata(vfs: Vfs, store: Store, path: str) -> dict[str, str]:
@@ -273,7 +272,7 @@ async def read_file(vfs: Vfs, path: str) -> bytes:
 
 async def drain(vfs: Vfs, timeout: float = DRAIN_TIMEOUT) -> int:
     """Upload everything pending; trio.TooSlowError after `timeout` (a stuck retry loop)."""
-    return await vfs.writeback.drain(timeout=timeout)
+    return await vfs.ledger.writeback.drain(timeout=timeout)
 
 
 def sha256(data: bytes) -> str:
@@ -294,7 +293,7 @@ def requests(vfs: Vfs, kind: str) -> int:
 def _check_dirty_state(vfs: Vfs) -> None:
     """The in-memory dirty files and the journal agree, and every data file exists."""
     rows = {r.path: r for r in vfs.journal.dirty_rows()}
-    for path, df in vfs.dirty.items():
+    for path, df in vfs.ledger.rows.items():
         assert df.row.path == path, f"dirty entry {path!r} names {df.row.path!r}"
         if df.row.data is not None:
             assert os.path.isfile(vfs.blobs.abspath(df.row.data)), f"{path}: data file missing"
@@ -303,20 +302,20 @@ def _check_dirty_state(vfs: Vfs) -> None:
             assert rows[path].data == df.row.data, f"{path}: journal names other data"
     for path, r in rows.items():
         # A journal row nobody tracks would resurrect (or endlessly retry) at the next mount.
-        assert path in vfs.dirty, f"journal row {path!r} is not a dirty file of the core"
+        assert path in vfs.ledger.rows, f"journal row {path!r} is not a dirty file of the core"
         if r.data is not None:
             assert os.path.isfile(vfs.blobs.abspath(r.data)), f"journal row {path!r}: no data"
     # Pending deletes: memory and journal agree (a delete taken over by a row not yet
     # journaled stays in the journal until that row is), and no key has two pending changes.
     deletes = dict(vfs.journal.deletes())
-    claimed = {df.claimed for df in vfs.dirty.values() if df.claimed is not None}
-    for key in vfs.deletes.by_key:
+    claimed = {df.claimed for df in vfs.ledger.rows.values() if df.claimed is not None}
+    for key in vfs.ledger.deletes.by_key:
         assert key in deletes, f"pending delete {key!r} is not in the journal"
     for key in deletes:
-        assert key in vfs.deletes.by_key or key in claimed, (
+        assert key in vfs.ledger.deletes.by_key or key in claimed, (
             f"journaled delete {key!r} is neither pending nor taken over")
-    for df in vfs.dirty.values():
-        assert df.queue_key not in vfs.deletes.by_key, f"{df.queue_key!r}: row and delete"
+    for df in vfs.ledger.rows.values():
+        assert df.queue_key not in vfs.ledger.deletes.by_key, f"{df.queue_key!r}: row and delete"
 
 
 def _check_blobs(vfs: Vfs, *, handles_open: bool) -> None:
@@ -355,14 +354,15 @@ async def check_invariants(vfs: Vfs, *, handles_open: bool = False) -> None:
     await drain(vfs)
     _check_dirty_state(vfs)
     if not handles_open:
-        assert not vfs.dirty, f"still dirty after drain: {sorted(vfs.dirty)}"
+        assert not vfs.ledger.rows, f"still dirty after drain: {sorted(vfs.ledger.rows)}"
         assert list(vfs.journal.dirty_rows()) == []
-        assert not vfs.deletes.by_key, f"deletes still pending: {sorted(vfs.deletes.by_key)}"
+        left = sorted(vfs.ledger.deletes.by_key)
+        assert not left, f"deletes still pending: {left}"
         assert vfs.journal.deletes() == []
     # Uploaded rows' staging files go once their journal commit is durable (the daemon's
     # timer; here at once).
-    vfs.pending.sync_journal()
-    named = {df.row.data for df in vfs.dirty.values() if df.row.data is not None}
+    vfs.ledger.sync_journal()
+    named = {df.row.data for df in vfs.ledger.rows.values() if df.row.data is not None}
     for name in os.listdir(os.path.join(vfs.blobs.root, "staging")):
         assert f"staging/{name}" in named, f"staging/{name} has no dirty row"
     _check_blobs(vfs, handles_open=handles_open)

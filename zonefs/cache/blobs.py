@@ -117,6 +117,20 @@ class BlobStore:
         self._scan()
         self._load_stamps()
 
+    def reserve(self, nbytes: int) -> None:
+        """Dirty data waiting for upload now takes `nbytes` of the capacity (set by the
+        pending ledger): eviction keeps clean blobs within what is left."""
+        self.reserved = nbytes
+
+    def count_hit(self, saved: int) -> None:
+        """An open was served from a blob instead of a download of `saved` bytes."""
+        self.hits += 1
+        self.saved_bytes += saved
+
+    def count_miss(self) -> None:
+        """An open had to download (its bytes were not cached)."""
+        self.misses += 1
+
     # -- stamps kept across mounts ------------------------------------------------------------
 
     @property

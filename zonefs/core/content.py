@@ -20,9 +20,17 @@ from zonefs.cache.blobs import Digest, hash_file
 from zonefs.cache.dircache import Entry
 from zonefs.common.errors import NotFound, NotSupported
 from zonefs.common.keys import split
+from zonefs.pending.rows import has_new_bytes
 
 if TYPE_CHECKING:
-    from zonefs.core.vfs import Vfs
+    from zonefs.cache.blobs import BlobStore
+    from zonefs.cache.dircache import DirCache
+    from zonefs.cache.journal import Journal
+    from zonefs.core.files import Files
+    from zonefs.core.objects import RemoteObjects
+    from zonefs.core.view import View
+    from zonefs.pending.ledger import Ledger
+    from zonefs.remote.base import Remote
 
 XATTR_PREFIX = "user.zonefs."
 XATTR_NAMES = ("sha256", "sha1", "etag", "version_id", "state", "uri")
@@ -39,28 +47,29 @@ def kachery_uri(sha1: str, label: str) -> str:
 class ContentIds:
     """Hashes and identity of the files of one mount."""
 
-    def __init__(self, vfs: Vfs) -> None:
-        self.vfs = vfs
+    def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore, cache: DirCache,
+                 objects: RemoteObjects, ledger: Ledger, view: View, files: Files, *,
+                 ttl: float) -> None:
+        self.remote, self.journal, self.blobs, self.cache = remote, journal, blobs, cache
+        self.objects, self.ledger, self.view, self.files = objects, ledger, view, files
         self._dirty_digests: dict[str, tuple[int, Digest]] = {}  # path -> (generation, digest)
         # (path, ETag) -> version id from a HEAD, kept as long as other remote facts are.
-        self._versions: TTLCache[tuple[str, str | None], str | None] = TTLCache(
-            10_000, vfs.opts.metadata_ttl)
+        self._versions: TTLCache[tuple[str, str | None], str | None] = TTLCache(10_000, ttl)
 
     async def info(self, path: str) -> dict[str, Any]:
         """What `zonefs info` prints for a regular file (kachery-cloud-load-info's fields)."""
-        vfs = self.vfs
-        s = await vfs.stat(path)
+        s = await self.view.stat(path)
         if not st.S_ISREG(s.meta.mode):
             raise NotSupported(f"{path or '/'} is not a regular file")
         key = path
-        df = vfs.dirty.get(path)
-        if df is not None and df.row.data is not None and df.data_changed:
+        df = self.ledger.row(path)
+        if df is not None and df.row.data is not None and has_new_bytes(df):
             digest = await self._local_digest(path, df.row.data, df.row.generation)
             sha256, sha1, etag, version = digest.sha256, digest.sha1, None, None
         elif df is not None and df.is_copy and df.row.source is not None:
             # Renamed, its copy not made yet: the bytes are the old name's object's.
             source = df.row.source
-            etag = vfs.files.source_etag(source)
+            etag = self.files.source_etag(source)
             sha256, sha1 = await self._remote_hashes(source, etag)
             etag, version = None, None
         else:
@@ -71,12 +80,12 @@ class ContentIds:
             "sha1": sha1,
             "sha256": sha256,
             "uri": kachery_uri(sha1, split(path)[1]),
-            "bucketUri": vfs.remote.object_uri(key),
-            "objectKey": vfs.remote.object_key(key),
+            "bucketUri": self.remote.object_uri(key),
+            "objectKey": self.remote.object_key(key),
             "versionId": version,
             "etag": etag,
             "state": s.state,
-            "cached": vfs.blobs.has(sha256),
+            "cached": self.blobs.has(sha256),
         }
 
     async def xattr(self, path: str, name: str) -> bytes:
@@ -91,14 +100,13 @@ class ContentIds:
 
     async def find_sha1(self, sha1: str) -> str | None:
         """A path in this mount whose current bytes have this SHA-1, if the mount knows one."""
-        vfs = self.vfs
-        for key in vfs.journal.keys_with_sha1(sha1):
+        for key in self.journal.keys_with_sha1(sha1):
             try:
-                s = await vfs.stat(key)
+                s = await self.view.stat(key)
             except NotFound:
                 continue
-            memo = vfs.journal.get_object(key, s.etag)
-            if memo is not None and memo.sha1 == sha1 and key not in vfs.dirty:
+            memo = self.journal.get_object(key, s.etag)
+            if memo is not None and memo.sha1 == sha1 and self.ledger.row(key) is None:
                 return key
         return None
 
@@ -106,26 +114,26 @@ class ContentIds:
         known = self._dirty_digests.get(path)
         if known is not None and known[0] == generation:
             return known[1]
-        digest = await trio.to_thread.run_sync(hash_file, self.vfs.blobs.abspath(data))
+        digest = await trio.to_thread.run_sync(hash_file, self.self.blobs.abspath(data))
         self._dirty_digests[path] = (generation, digest)
         return digest
 
     async def _remote_hashes(self, path: str, etag: str | None) -> tuple[str, str]:
-        memo = self.vfs.journal.get_object(path, etag)
+        memo = self.self.journal.get_object(path, etag)
         if memo is not None and memo.sha256 and memo.sha1:
             return memo.sha256, memo.sha1
         # Nothing remembered (an object written by another tool): hash its bytes, once.
-        _, digest = await self.vfs.objects.download_whole(path, etag)
+        _, digest = await self.objects.download_whole(path, etag)
         return digest.sha256, digest.sha1
 
     async def _version(self, path: str, etag: str | None) -> str | None:
-        entry = self.vfs.cache.entry(path)
+        entry = self.cache.entry(path)
         if isinstance(entry, Entry) and entry.version_id and entry.etag == etag:
             return entry.version_id
         # `getfattr -d` asks for every attribute in turn: one HEAD answers them all.
         if (path, etag) in self._versions:
             return self._versions[(path, etag)]
-        info = await self.vfs.remote.head(path)
+        info = await self.self.remote.head(path)
         version = info.version_id if info.etag == etag else None
         self._versions[(path, etag)] = version
         return version

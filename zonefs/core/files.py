@@ -3,7 +3,8 @@ knowledge of FUSE.
 
 `Files` gives a path local mutable data when it is opened for writing (a staging file, copied
 from the blob cache or downloaded, unless truncated), serves reads from a local file or a
-`fetch.RangeFetcher`, and hands what close acknowledges to `uploads.PendingFiles`.
+`fetch.RangeFetcher`, and tells the pending ledger (`pending.ledger.Ledger`) what each call did
+to a file's pending row: it changes none itself.
 
 Invariants:
 - close() returns once the bytes are fsync'ed in their staging file and the row is in the
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from zonefs.cache.journal import DirtyRow, Journal
 from zonefs.common import keys
 from zonefs.common.errors import (
     InvalidArgument,
@@ -38,15 +38,17 @@ from zonefs.common.errors import (
 )
 from zonefs.common.keys import RESERVED, PosixMeta
 from zonefs.core.values import Handle, Stat
-from zonefs.pending.rows import ANY_OBJECT, DirtyFile
+from zonefs.pending.rows import Kind
 
 if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore
+    from zonefs.cache.journal import Journal
     from zonefs.common.config import MountOptions
     from zonefs.core.objects import RemoteObjects
     from zonefs.core.versions import History
     from zonefs.core.view import View
-    from zonefs.pending.ledger import PendingFiles
+    from zonefs.pending.ledger import Ledger
+    from zonefs.pending.rows import DirtyFile
     from zonefs.remote.base import Remote
 
 
@@ -63,24 +65,20 @@ class Files:
     """Open files by path; see the module docstring for the invariants."""
 
     def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore,
-                 objects: RemoteObjects, pending: PendingFiles, history: History, view: View,
+                 objects: RemoteObjects, ledger: Ledger, history: History, view: View,
                  opts: MountOptions) -> None:
         self.remote, self.journal, self.blobs, self.objects = remote, journal, blobs, objects
-        self.pending, self.history, self.view, self.opts = pending, history, view, opts
-        self.dirty = pending.dirty
-        self.writeback = pending.writeback
+        self.ledger, self.history, self.view, self.opts = ledger, history, view, opts
 
 
     async def make_dirty(self, path: str, *, truncate: bool) -> DirtyFile:
         """Give `path` local mutable data (copied or downloaded unless truncating)."""
-        await self.writeback.cancel(path)
-        df = self.dirty.get(path)
+        await self.ledger.cancel(path)
+        df = self.ledger.row(path)
         if df is not None and df.row.data is not None:
             if truncate:
                 os.truncate(self.blobs.abspath(df.row.data), 0)
-                df.row.size = 0
-                df.row.generation += 1
-                df.data_changed = True
+                self.ledger.truncated(df, 0)
             return df
         s = await self.view.stat(path)
         # A renamed file whose copy is not made yet: its bytes are still under the old name.
@@ -91,21 +89,13 @@ class Files:
                 await self._copy_current(source, self.source_etag(source), staging)
             else:
                 await self._copy_current(path, s.etag, staging)
-        row = DirtyRow(path, self.blobs.relpath(staging), 0 if truncate else s.size, s.meta,
-                       s.etag, (df.row.generation + 1) if df else 1)
-        if df is None:
-            df = self.dirty[path] = DirtyFile(row, data_changed=truncate)
-        else:
-            df.row = row  # was a metadata-only change, or a copy still to be made
-            # A copy's bytes are new under this name: they are uploaded even if unwritten.
-            df.data_changed, df.meta_changed = truncate or source is not None, True
-            if source is not None:
-                self.pending.source_released(df, source)
-        return df
+        return self.ledger.took_local_copy(path, self.blobs.relpath(staging),
+                                           0 if truncate else s.size, s.meta, s.etag,
+                                           truncated=truncate)
 
     def source_etag(self, source: str) -> str | None:
         """The ETag of the object a pending copy reads (its name's delete remembers it)."""
-        d = self.pending.deletes.get(source)
+        d = self.ledger.delete_of(source)
         if d is not None and d.etag:
             return d.etag
         memo = self.journal.get_object(source)
@@ -130,31 +120,16 @@ class Files:
         existing = await self.view.exists(path)
         if existing is not None and existing.is_dir:
             raise IsADirectory(path)
-        await self.writeback.cancel(path)
-        old = self.dirty.pop(path, None)
-        if old is not None:
-            self.pending.drop(path, old)
-        # A file just removed here is still in the store until its delete runs: the new one
-        # replaces that object instead (its upload expects it), and the delete is dropped.
-        claimed, claimed_etag = await self.pending.claim(path)
-        if existing is not None:
-            base = existing.etag
-        elif claimed:
-            base = claimed_etag or ANY_OBJECT
-        else:
-            base = None
-        if base is None and old is not None and self.pending.presence(old, None)[0]:
-            base = ANY_OBJECT  # the file it replaces may have reached the store
         staging, fd = self.blobs.open_new_staging()
         meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
-        row = DirtyRow(path, self.blobs.relpath(staging), 0, meta, base, 1)
-        # Journaled at close (flush): nothing is acknowledged before that, unless it replaces
-        # a pending file whose row must not outlive its bytes: then the empty file takes over.
-        df = self.dirty[path] = DirtyFile(row, writers=1,
-                                          absent=existing is None and not claimed,
-                                          claimed=path if claimed else None)
-        if old is not None and old.persisted:
-            self.pending.persist(df)
+        try:
+            df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
+                                           existing.etag if existing else None,
+                                           existing is not None)
+        except BaseException:
+            os.close(fd)
+            os.unlink(staging)
+            raise
         s = Stat(meta, 0, None, "dirty")
         return Handle(path, True, fd=fd, dirty=df, opened=s), s
 
@@ -179,10 +154,10 @@ class Files:
             return await self.history.open_at(path, self.opts.at)
         if writable or flags & os.O_TRUNC:
             df = await self.make_dirty(path, truncate=bool(flags & os.O_TRUNC))
-            df.writers += 1
+            self.ledger.opened_for_write(df)
             fd = os.open(self.blobs.abspath(df.row.data or ""), os.O_RDWR)
             return Handle(path, True, append=bool(flags & os.O_APPEND), fd=fd, dirty=df)
-        df = self.dirty.get(path)
+        df = self.ledger.row(path)
         if df is not None and df.row.data is not None:
             return Handle(path, False, fd=os.open(self.blobs.abspath(df.row.data), os.O_RDONLY))
         if df is not None and df.is_copy and df.row.source is not None:
@@ -205,7 +180,7 @@ class Files:
             offset = df.row.size
         growth = max(0, offset + len(data) - df.row.size)
         if growth:
-            await self.pending.wait_for_room(growth)
+            await self.ledger.wait_for_room(growth)
             if handle.append:
                 offset = df.row.size  # another writer may have appended while we waited
         try:
@@ -215,49 +190,35 @@ class Files:
                 raise NoSpace("the cache disk is full") from exc
             raise
         handle.wrote = True
-        df.data_changed = True
-        row = df.row
-        row.size = max(row.size, offset + n)
-        row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
-        row.generation += 1
+        self.ledger.wrote(df, offset + n)
         return n
 
     async def flush(self, handle: Handle) -> None:
         """close(): make the handle's bytes safe in the journal (fsync'ed), not yet uploaded."""
         df = handle.dirty
-        if df is None or not df.data_changed or not (handle.wrote or not df.persisted):
+        if df is None or df.kind is not Kind.BYTES or not (handle.wrote or not df.persisted):
             return
         if handle.wrote:
             await trio.to_thread.run_sync(os.fsync, handle.fd)
-        self.pending.persist(df)
+        self.ledger.closed(df, wrote=handle.wrote)
         handle.wrote = False
 
     async def fsync(self, handle: Handle) -> None:
         """fsync(): return once the file is durable in the bucket."""
         await self.flush(handle)
         df = handle.dirty
-        if df is not None and self.dirty.get(df.row.path) is not df:
+        if df is not None and self.ledger.row(df.row.path) is not df:
             return  # unlinked or renamed over while open: none of it goes to the bucket
         path = df.row.path if df else handle.path
-        if path in self.dirty:
-            self.writeback.schedule(path, delay=0)
-            await self.writeback.flush(path)
+        if self.ledger.row(path) is not None:
+            await self.ledger.flush([path])
 
     async def release(self, handle: Handle) -> None:
         self.objects.release(handle)
         df = handle.dirty
         if df is None or not handle.writable:
             return
-        df.writers -= 1
-        path = df.row.path
-        if df.writers > 0 or self.dirty.get(path) is not df:
-            return
-        if not df.data_changed:
-            self.pending.revert_unchanged(path, df)
-        elif df.uploaded_generation == df.row.generation and df.uploaded is not None:
-            self.pending.finish_clean(path, df, *df.uploaded)
-        else:
-            self.writeback.schedule(path)
+        self.ledger.last_close(df)
 
     # -- open files whose name is gone ----------------------------------------------------
 
@@ -323,15 +284,13 @@ class Files:
             # On the trio thread, as writes are: no write can land between the truncate and
             # the size it records.
             os.ftruncate(writer.fd, size)
-            df = writer.dirty
-            df.row.size = size
-            df.row.generation += 1
-            df.data_changed = True
+            self.ledger.truncated(writer.dirty, size)
             if mtime_ns is None:
                 meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+        written = {id(h.dirty): h.dirty for h in handles if h.dirty is not None}
+        for df in written.values():
+            self.ledger.set_meta(df, meta)
         for h in handles:
-            if h.dirty is not None:
-                h.dirty.row.meta = meta
-            elif h.opened is not None:
+            if h.dirty is None and h.opened is not None:
                 h.opened = replace(h.opened, meta=meta)
         return self.stat_open(handles)

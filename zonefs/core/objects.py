@@ -51,14 +51,16 @@ class RemoteObjects:
     """Headers and bytes of remote objects, remembered in the journal and the blob cache."""
 
     def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore, cache: DirCache,
-                 opts: MountOptions, *, spawn: Spawn) -> None:
+                 opts: MountOptions, *, spawn: Spawn,
+                 dir_markers_dropped: bool = False) -> None:
         self.remote, self.journal, self.blobs, self.cache, self.opts = (
             remote, journal, blobs, cache, opts)
         self._spawn = spawn
         self._meta_waits: dict[str, trio.Event] = {}
         self._fetchers: dict[tuple[str, str], RangeFetcher] = {}
         self._opened_etag: dict[str, str] = {}
-        self.dir_markers_dropped = False  # set from the store probe (see Vfs.capabilities)
+        # The store probe found that the store keeps no metadata on directory markers.
+        self.dir_markers_dropped = dir_markers_dropped
 
     def forget_opened(self, path: str) -> None:
         """`path` changed locally: the kernel's cached pages of it are stale."""
@@ -153,7 +155,7 @@ class RemoteObjects:
         self._opened_etag[path] = etag
         if await self._open_cached(handle, path, etag):
             return handle
-        self.blobs.misses += 1
+        self.blobs.count_miss()
         if s.size <= WHOLE_OBJECT_LIMIT:
             return await self._download_and_open(handle, path, etag)
         fetcher = self._fetchers.get((path, etag))
@@ -204,8 +206,7 @@ class RemoteObjects:
             fd = None
         if fd is None:
             return False  # altered on disk and dropped, or a wrong claim: read it like any miss
-        self.blobs.hits += 1
-        self.blobs.saved_bytes += memo.size
+        self.blobs.count_hit(memo.size)
         self._attach_blob(handle, memo.sha256, fd)
         return True
 
@@ -219,7 +220,7 @@ class RemoteObjects:
         handle = Handle(path, False, etag=etag, keep_cache=True)
         if await self._open_cached(handle, key, etag):
             return handle
-        self.blobs.misses += 1
+        self.blobs.count_miss()
         if size <= WHOLE_OBJECT_LIMIT:
             _, digest = await self.download_whole(key, etag, version_id)
             fd = await self.blobs.open_verified(digest.sha256, key=key)

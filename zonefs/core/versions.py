@@ -128,7 +128,7 @@ class History:
     """The `.zonefs/` tree and the history commands, over one zone's `Remote`."""
 
     def __init__(self, remote: Remote, objects: RemoteObjects, *, uid: int, gid: int,
-                 ttl: float, capabilities: Callable[[], Capabilities],
+                 ttl: float, capabilities: Capabilities,
                  now: Callable[[], float] = time.time) -> None:
         self.remote, self.objects = remote, objects
         self.uid, self.gid = uid, gid
@@ -145,7 +145,7 @@ class History:
 
     @property
     def _versioned_api(self) -> bool:
-        return self._capabilities().versioning != "unsupported"
+        return self._capabilities.versioning != "unsupported"
 
     async def _pages(self, prefix: str, delimiter: str | None) -> AsyncIterator[VersionPage]:
         """Version pages under `prefix`; on a store without versions, its plain listing with
@@ -418,8 +418,8 @@ class History:
         return out
 
     def _require_versions(self, what: str) -> None:
-        state = self._capabilities().versioning
-        if not self._capabilities().keeps_versions:
+        state = self._capabilities.versioning
+        if not self._capabilities.keeps_versions:
             why = ("the store has no versioning" if state == "unsupported"
                    else "versioning is not enabled on the bucket")
             raise NotSupported(f"cannot {what}: {why}, so no older version is kept")

@@ -4,8 +4,9 @@
 together and answers namespace changes (mkdir, rmdir, symlink, unlink, rename), attribute
 changes, fsync of a directory, the history commands and status. What a path shows is
 `view.View`'s (the remote listing with the pending changes laid over it); open files are
-`files.Files`'; pending changes, their journal rows and their uploads are
-`uploads.PendingFiles`' and `deletes.PendingDeletes`'; moving objects is `renames.Renamer`'s.
+`files.Files`'; pending changes, their journal rows and their uploads are the pending
+ledger's (`pending.ledger.Ledger`, the one owner of pending state: the core asks it through
+named operations and changes none itself); moving objects is `renames.Renamer`'s.
 
 Invariants:
 - A dirty row is written to the journal before its path is handed to the write-back queue, and
@@ -42,21 +43,23 @@ from zonefs.common.errors import (
     NotPermitted,
 )
 from zonefs.common.keys import RESERVED, PosixMeta
+from zonefs.core.content import ContentIds
 from zonefs.core.files import Files
 from zonefs.core.objects import RemoteObjects
 from zonefs.core.renames import Renamer
 from zonefs.core.values import Handle, Stat
 from zonefs.core.versions import History
 from zonefs.core.view import View
-from zonefs.pending.ledger import PendingFiles
-from zonefs.pending.rows import DirtyFile
-from zonefs.remote.probe import Capabilities
+from zonefs.pending.ledger import Ledger
+from zonefs.pending.leftovers import MultipartJournal
+from zonefs.pending.moves import LocalMoves
 
 if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore
     from zonefs.common.config import MountOptions
     from zonefs.core.fetch import Spawn
     from zonefs.remote.base import Remote
+    from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -81,46 +84,39 @@ class Vfs:
         journal: Journal,
         blobs: BlobStore,
         opts: MountOptions,
+        capabilities: Capabilities,
         *,
         spawn: Spawn,
     ) -> None:
         self.remote, self.journal, self.blobs, self.opts = remote, journal, blobs, opts
         self._spawn = spawn
         self.cache = DirCache(opts.metadata_ttl)
-        self.objects = RemoteObjects(remote, journal, blobs, self.cache, opts, spawn=spawn)
-        self.pending = PendingFiles(remote, journal, blobs, self.cache,
-                                    self.objects.forget_opened, opts)
-        self.dirty = self.pending.dirty  # the same dict, for reading
-        self.writeback = self.pending.writeback
-        self.deletes = self.pending.deletes  # the same object, for reading
-        self.renamer = Renamer(remote, journal, self.pending, put_marker=self._put_marker,
-                               marker_meta=self._marker_meta)
-        # What the store can do: set by the daemon from the probe before the mount answers.
-        self._capabilities = Capabilities()
+        # Every multipart upload the remote starts is journaled first (see pending.leftovers).
+        remote.multipart_log = MultipartJournal(journal)
+        # What the store can do: the store probe's answers, known before the mount answers.
+        self.capabilities = capabilities
+        self.objects = RemoteObjects(remote, journal, blobs, self.cache, opts, spawn=spawn,
+                                     dir_markers_dropped=capabilities.dir_markers == "dropped")
+        self.ledger = Ledger(remote, journal, blobs, self.cache, opts, capabilities,
+                             forget_opened=self.objects.forget_opened)
+        self.moves = LocalMoves(self.ledger, journal)
+        self.renamer = Renamer(remote, journal, self.ledger, self.moves,
+                               put_marker=self._put_marker, marker_meta=self._marker_meta)
         self.history = History(remote, self.objects, uid=opts.uid, gid=opts.gid,
-                               ttl=opts.metadata_ttl, capabilities=lambda: self.capabilities)
+                               ttl=opts.metadata_ttl, capabilities=capabilities)
         # Every change this mount makes in the store lands in the listing cache: the
         # history views and commands hear of each at once.
         self.cache.on_local_change(self.history.forget)
-        self.view = View(remote, journal, self.cache, self.objects, self.pending, self.history,
-                         opts, spawn=spawn)
-        self.files = Files(remote, journal, blobs, self.objects, self.pending, self.history,
+        self.view = View(remote, journal, self.cache, self.objects, self.ledger, self.history,
+                         opts, capabilities, spawn=spawn)
+        self.files = Files(remote, journal, blobs, self.objects, self.ledger, self.history,
                            self.view, opts)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    @capabilities.setter
-    def capabilities(self, caps: Capabilities) -> None:
-        """The store probe's answers, handed to the components that act on them."""
-        self._capabilities = caps
-        self.pending.capabilities = caps
-        self.objects.dir_markers_dropped = caps.dir_markers == "dropped"
+        self.content = ContentIds(remote, journal, blobs, self.cache, self.objects, self.ledger,
+                                  self.view, self.files, ttl=opts.metadata_ttl)
 
     @property
     def uploaded_bytes(self) -> int:
-        return self.pending.uploaded_bytes
+        return self.ledger.uploader.uploaded_bytes
 
     async def recover(self) -> int:
         """Finish what a crash cut short, before the mount answers and before `requeue_dirty`:
@@ -138,16 +134,16 @@ class Vfs:
                             "key(s) whose upload id was never recorded, are aborted by the next "
                             "writable mount", uploads, unrecorded)
             return 0
-        await self.pending.abort_leftover_uploads()
+        await self.ledger.abort_leftover_uploads()
         return await self.renamer.resume()
 
     async def keep_journal_synced(self) -> None:
         """Fsync lazy journal commits now and then (run by the daemon)."""
-        await self.pending.keep_journal_synced()
+        await self.ledger.keep_journal_synced()
 
     def requeue_dirty(self) -> int:
         """Hand every journaled change to the write-back queue (at mount)."""
-        return self.pending.requeue()
+        return self.ledger.requeue()
 
     # -- what paths show (view.View) --------------------------------------------------------
 
@@ -201,7 +197,7 @@ class Vfs:
         if await self.view.exists(path) is not None:
             raise Exists(path)
         meta = PosixMeta(st.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
-        await self.pending.add_row(DirtyRow(path, None, 0, meta, None, 1))
+        await self.ledger.created_entry(DirtyRow(path, None, 0, meta, None, 1))
         # A new directory is empty: lookups in it need not ask the bucket (and work while it
         # cannot be reached).
         self.cache.put_listing(path, {})
@@ -241,7 +237,7 @@ class Vfs:
         self.cache.expire_tree(path)
         if await self.listdir(path):
             raise NotEmpty(path)
-        await self.pending.remove(path, is_dir=s.is_dir, etag=s.etag)
+        await self.ledger.removed(path, is_dir=s.is_dir, etag=s.etag)
 
     async def symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
         """A pending symlink: a small object whose body is the target, put by write-back."""
@@ -254,15 +250,15 @@ class Vfs:
         body = os.fsencode(target)
         staging = self.blobs.new_staging()
         await trio.to_thread.run_sync(_write_synced, staging, body)
-        await self.pending.add_row(DirtyRow(path, self.blobs.relpath(staging), len(body), meta,
-                                            None, 1))
+        await self.ledger.created_entry(DirtyRow(path, self.blobs.relpath(staging), len(body),
+                                                 meta, None, 1))
         return Stat(meta, len(body), None, "dirty")
 
     async def readlink(self, path: str) -> str:
         s = await self.stat(path)
         if not st.S_ISLNK(s.meta.mode):
             raise InvalidArgument(f"{path} is not a symlink")
-        df = self.dirty.get(path)
+        df = self.ledger.row(path)
         if df is not None and df.row.data is not None:
             with open(self.blobs.abspath(df.row.data), "rb") as f:
                 return os.fsdecode(f.read())
@@ -276,7 +272,7 @@ class Vfs:
         s = await self.stat(path)
         if s.is_dir:
             raise IsADirectory(path)
-        await self.pending.remove(path, is_dir=s.is_dir, etag=s.etag)
+        await self.ledger.removed(path, is_dir=s.is_dir, etag=s.etag)
 
     async def rename(self, old: str, new: str, flags: int = 0) -> None:
         self.view.check_writable(old)
@@ -304,19 +300,22 @@ class Vfs:
                 if await self.listdir(new):
                     raise NotEmpty(new)
                 # A pending delete of its marker, which the move applies before it copies.
-                await self.pending.remove(new, is_dir=dst.is_dir, etag=dst.etag)
+                await self.ledger.removed(new, is_dir=dst.is_dir, etag=dst.etag)
         if not src.is_dir:
             # Looked at again, with nothing awaited before the move decides: an upload of
             # `old` that landed while `new` was looked up changed the object the move starts
             # from, and the copy's reads and the old name's delete ask for its ETag.
             src = await self.stat(old)
-        if not src.is_dir and self.renamer.moves_locally(old):
+        dst_etag = dst.etag if dst is not None else None
+        if not src.is_dir and self.moves.moves_locally(old):
             # Pending bytes go up under the new name: no request now, none of the caches'
             # remote facts change (the overlay of pending changes shows the move).
-            if await self.renamer.move_pending_file(old, new, dst):
+            if await self.moves.move_pending_file(old, new, dst_etag, dst is not None):
                 return
             src = await self.stat(old)  # uploaded meanwhile: moved by a copy in the store
-        if not src.is_dir and await self.renamer.move_by_copy(old, new, src, dst):
+        if not src.is_dir and await self.moves.move_by_copy(
+                old, new, size=src.size, meta=src.meta, etag=src.etag, dst_etag=dst_etag,
+                dst_exists=dst is not None):
             return  # a pending copy, then the old name's delete: no request now either
         try:
             if src.is_dir:
@@ -360,26 +359,13 @@ class Vfs:
             if df is None:
                 df = await self.files.make_dirty(path, truncate=size == 0)
             os.truncate(self.blobs.abspath(df.row.data or ""), size)
-            df.row.size = size
-            df.data_changed = True
+            self.ledger.truncated(df, size)
             if mtime_ns is None:
                 meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+            self.ledger.set_meta(df, meta)
         else:
-            df = self.dirty.get(path) or self._meta_dirty(path, s)
-            df.meta_changed = True
-        df.row.meta = meta
-        df.row.generation += 1
-        # Not fsync'ed at once: durable within JOURNAL_SYNC_INTERVAL (`tar` sets the times of
-        # each file it has just closed: one fsync per file, not two).
-        self.pending.persist(df, durable=False)
-        if df.writers == 0:
-            self.pending.schedule(df)
+            self.ledger.metadata_changed(path, meta, size=s.size, etag=s.etag)
         return await self.stat(path)
-
-    def _meta_dirty(self, path: str, s: Stat) -> DirtyFile:
-        row = DirtyRow(path, None, s.size, s.meta, s.etag, 0)
-        df = self.dirty[path] = DirtyFile(row)
-        return df
 
     # -- history: `zonefs versions`, `restore`, `undelete` ----------------------------------
 
@@ -397,9 +383,7 @@ class Vfs:
         bucket's latest, and a later upload must not undo it."""
         self.view.check_writable(path)
         self._check_history_path(path)
-        if self.writeback.is_pending(path):  # new bytes, or a delete
-            self.writeback.schedule(path, delay=0)
-            await self.writeback.flush(path)
+        await self.ledger.upload_now(path)  # new bytes, or a delete
 
     def _changed_remotely(self, path: str) -> None:
         self.cache.invalidate(path)
@@ -431,50 +415,51 @@ class Vfs:
                 "f_ffree": 1 << 32, "f_favail": 1 << 32, "f_namemax": keys.NAME_MAX}
 
     def open_for_write(self) -> int:
-        return self.pending.open_for_write()
+        return self.ledger.open_for_write()
 
     @property
     def pending_count(self) -> int:
         """Changes not yet in the bucket: files, directories and symlinks to put, deletes."""
-        return self.pending.count
+        return self.ledger.count
 
     async def sync_dir(self, path: str) -> None:
         """fsync of a directory: return once every pending change of its entries (files,
         directories and symlinks created or changed in it, deletes, renames into it) is in
         the bucket."""
-        todo = [df.queue_key for p, df in list(self.dirty.items()) if keys.split(p)[0] == path]
-        todo += [k for k in list(self.deletes.by_key)
+        todo = [df.queue_key for p, df in list(self.ledger.items())
+                if keys.split(p)[0] == path]
+        todo += [k for k in self.ledger.delete_keys()
                  if keys.split(k[:-1] if k.endswith("/") else k)[0] == path]
-        await self.pending.flush(todo)
+        await self.ledger.flush(todo)
 
     @property
     def dirty_bytes(self) -> int:
         """Bytes of local data waiting for upload."""
-        return sum(df.row.size for df in self.dirty.values() if df.row.data)
+        return sum(df.row.size for _, df in self.ledger.items() if df.row.data)
 
     def refused(self) -> list[dict[str, Any]]:
         """The changes the store refused for good (see `WriteBack.refused`): each key (a
         directory's ends in "/"), the store's answer, and since when (seconds since the
         epoch). Their bytes stay in the cache and their rows in the journal."""
         return [{"path": r.path, "answer": r.answer, "since": round(r.since, 3)}
-                for r in self.writeback.refused()]
+                for r in self.ledger.refused()]
 
     def status(self) -> dict[str, Any]:
         dirty_bytes = self.dirty_bytes
         return {
             "zone": self.remote.description,
             "store": self.remote.health.to_dict(),
-            "dirty_files": sum(1 for df in self.dirty.values() if not df.is_dir),
+            "dirty_files": sum(1 for _, df in self.ledger.items() if not df.is_dir),
             "dirty_bytes": dirty_bytes,
-            "pending_dirs": sum(1 for df in self.dirty.values() if df.is_dir),
-            "pending_deletes": len(self.deletes),
+            "pending_dirs": sum(1 for _, df in self.ledger.items() if df.is_dir),
+            "pending_deletes": len(self.ledger.delete_keys()),
             "pending": self.pending_count,
             "uploaded_bytes": self.uploaded_bytes,
             "downloaded_bytes": self.remote.requests.downloaded_bytes,
-            "writeback": self.writeback.stats_dict(),
+            "writeback": self.ledger.writeback_stats(),
             "refused": self.refused(),
             "cache": self.blobs.stats(),
             "requests": dict(self.remote.requests.counts),
             "odd_keys": [{"key": k, "what": w} for k, w in sorted(self.view.reported.items())],
-            "conflicts": self.pending.conflicts,
+            "conflicts": self.ledger.uploader.conflicts,
         }

@@ -54,9 +54,10 @@ if TYPE_CHECKING:
     from zonefs.core.fetch import Spawn
     from zonefs.core.objects import RemoteObjects
     from zonefs.core.versions import History
-    from zonefs.pending.ledger import PendingFiles
+    from zonefs.pending.ledger import Ledger
     from zonefs.pending.rows import DirtyFile
     from zonefs.remote.base import ObjectInfo, Remote
+    from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,11 @@ class View:
     """Stat and listings of paths; see the module docstring for the invariants."""
 
     def __init__(self, remote: Remote, journal: Journal, cache: DirCache,
-                 objects: RemoteObjects, pending: PendingFiles, history: History,
-                 opts: MountOptions, *, spawn: Spawn) -> None:
+                 objects: RemoteObjects, ledger: Ledger, history: History,
+                 opts: MountOptions, capabilities: Capabilities, *, spawn: Spawn) -> None:
         self.remote, self.journal, self.cache, self.objects = remote, journal, cache, objects
-        self.pending, self.history, self.opts = pending, history, opts
-        self.dirty = pending.dirty
-        self.deletes = pending.deletes
-        self.writeback = pending.writeback
+        self.ledger, self.history, self.opts = ledger, history, opts
+        self.capabilities = capabilities
         self._spawn = spawn
         self.mount_time_ns = time.time_ns()
         # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
@@ -105,15 +104,15 @@ class View:
         written."""
         name = keys.split(path)[1]
         keys.check_name(name)
-        longest = self.pending.capabilities.max_name_bytes
+        longest = self.capabilities.max_name_bytes
         if len(name.encode("utf-8", "surrogateescape")) > longest:
             log.warning("%r refused: the store takes names of at most %d bytes (store probe: "
                         "max_name_bytes=%d)", path, longest, longest)
             raise NameTooLong(f"{path}: the store takes names of at most {longest} bytes")
-        if "\\" in name and self.pending.capabilities.backslash_keys != "kept":
+        if "\\" in name and self.capabilities.backslash_keys != "kept":
             log.warning("%r refused: the store rewrites a backslash in a key (it would show as "
                         "%r; store probe: backslash_keys=%s)", path, path.replace("\\", "/"),
-                        self.pending.capabilities.backslash_keys)
+                        self.capabilities.backslash_keys)
             raise InvalidArgument(f"{path}: the store does not keep a backslash in a name")
 
     async def stat(self, path: str) -> Stat:
@@ -123,7 +122,7 @@ class View:
             return await self.history.stat_at(path, self.opts.at)
         if path == "":
             return Stat(self.root_meta(), 0)
-        df = self.dirty.get(path)
+        df = self.ledger.row(path)
         if df is not None:
             return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(df))
         entry = await self._entry(path)
@@ -142,7 +141,7 @@ class View:
                 return Stat(self.objects.default_meta(entry),
                             0 if entry.is_dir else entry.size, entry.etag, provisional=True)
         # Awaited: the file may have been written meanwhile, or an upload of it landed.
-        df = self.dirty.get(path)
+        df = self.ledger.row(path)
         if df is not None:
             return Stat(df.row.meta, df.row.size, df.row.base_etag, self._state(df))
         entry = self._freshest(path, entry)
@@ -153,13 +152,13 @@ class View:
         """Whether `path` is a directory (NotFound if nothing): its type, not its headers."""
         if path == "":
             return True
-        df = self.dirty.get(path)
+        df = self.ledger.row(path)
         if df is not None:
             return df.is_dir
         return (await self._entry(path)).is_dir
 
     def _state(self, df: DirtyFile) -> str:
-        return "uploading" if df.queue_key in self.writeback.in_flight_paths() else "dirty"
+        return "uploading" if self.ledger.is_uploading(df) else "dirty"
 
     async def _entry(self, path: str) -> Entry:
         """The remote entry at `path` (cached), or NotFound."""
@@ -214,10 +213,10 @@ class View:
     def _visible(self, path: str, entry: Entry) -> Entry | None:
         """The remote entry at `path` as the mount shows it: None when its delete is pending
         (a file the directory shadowed may show instead)."""
-        if not self.deletes.hides(path, entry.is_dir):
+        if not self.ledger.hides(path, entry.is_dir):
             return entry
         shadowed = entry.shadowed
-        if shadowed is not None and not self.deletes.hides(path, False):
+        if shadowed is not None and not self.ledger.hides(path, False):
             return shadowed
         return None
 
@@ -260,14 +259,14 @@ class View:
         if not await self._is_dir(path):
             raise NotADirectory(path)
         names = dict(await self._remote_listing(path))
-        if self.deletes:
+        if self.ledger.has_deletes():
             for name, entry in list(names.items()):
                 shown = self._visible(keys.join(path, name), entry)
                 if shown is None:
                     del names[name]  # a pending row below brings a directory back (next loop)
                 else:
                     names[name] = shown
-        for dpath, df in self.dirty.items():
+        for dpath, df in self.ledger.items():
             parent, name = keys.split(dpath)
             if parent == path:
                 # Shown from its row below; this stands in if its upload lands meanwhile.
@@ -280,7 +279,7 @@ class View:
         out = []
         for name in sorted(names):
             child = keys.join(path, name)
-            df = self.dirty.get(child)
+            df = self.ledger.row(child)
             if df is not None:
                 out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")))
                 continue
@@ -422,7 +421,7 @@ class View:
             slots.release()
 
     def has_pending_below(self, path: str) -> bool:
-        return self.dirty.has_below(path)
+        return self.ledger.has_below(path)
 
     async def parent_dir(self, path: str) -> None:
         parent = keys.split(path)[0]

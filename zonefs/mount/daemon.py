@@ -177,10 +177,9 @@ class Daemon:
                 def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
                     nursery.start_soon(fn)
 
-                vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, spawn=spawn)
-                vfs.capabilities = caps
+                vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, caps, spawn=spawn)
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
-                await nursery.start(vfs.writeback.run)
+                await nursery.start(vfs.ledger.run_writeback)
                 await nursery.start(remote.health.watch, remote.check_answers)
                 nursery.start_soon(vfs.keep_journal_synced)
                 # Renames a crash cut short finish first: they move pending rows to new names.
@@ -234,10 +233,10 @@ class Daemon:
         """Upload everything that can be; `final` (the mount goes away) logs each change the
         store refused, which stays in the journal."""
         assert self.vfs is not None
-        pending = len(self.vfs.writeback.pending_paths())
+        pending = self.vfs.ledger.queued_count()
         if pending:
             log.info("%s: uploading %d pending change(s)", why, pending)
-        done = await self.vfs.writeback.drain(progress)
+        done = await self.vfs.ledger.drain(progress)
         refused = self.vfs.refused()
         if pending and not refused:
             log.info("%s: all uploads done", why)
@@ -381,7 +380,7 @@ class Daemon:
             pending = self.vfs.pending_count
             log.info("unmount without upload: %d pending change(s) stay in the journal", pending)
             self._lazy = self._unmount_requested = True
-            self.vfs.writeback.close()  # no new upload; one in flight is cut off and retried
+            self.vfs.ledger.stop_uploads()  # no new upload; one in flight is cut off and retried
             pyfuse3.terminate()
             await self._closed.wait()
             try:
@@ -417,7 +416,7 @@ class Daemon:
                 with retry_scope:
                     while True:
                         await trio.sleep(5)
-                        failing = self.vfs.writeback.failing() if self.vfs else []
+                        failing = self.vfs.ledger.failing() if self.vfs else []
                         if failing:
                             text = failing[0] + (f" (+{len(failing) - 1} more)"
                                                  if len(failing) > 1 else "")

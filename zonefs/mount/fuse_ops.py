@@ -32,7 +32,7 @@ import trio
 
 from zonefs.common.errors import NotFound, ZonefsError
 from zonefs.common.keys import join
-from zonefs.core.content import XATTR_NAMES, XATTR_PREFIX, ContentIds
+from zonefs.core.content import XATTR_NAMES, XATTR_PREFIX
 from zonefs.mount.inodes import InodeTable
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class ZonefsOperations(pyfuse3.Operations):
         self.vfs = vfs
         self.opts = opts
         self.inodes = InodeTable()
-        self.content = ContentIds(vfs)
+        self.content = vfs.content
         self._handles: dict[int, Handle] = {}
         self._open: dict[int, dict[int, Handle]] = {}  # inode -> its open fh -> Handle
         self._handle_inode: dict[int, int] = {}  # fh -> inode

@@ -1,66 +1,62 @@
-"""Paths whose local state is not yet in the bucket, and the uploads that put it there.
+"""The ledger: the one owner of pending state.
 
-`PendingFiles` owns the in-memory mirror of the journal's dirty rows (`dirty`: files, symlinks
-and directory markers to put), their data files under `staging/`, the pending deletes
-(`deletes`, see `deletes`), and the write-back queue, whose callable `_apply` uploads a
-file, puts a directory marker or applies a delete, by the zone key it is queued under. `vfs`
-decides when a path becomes dirty or deleted; this module decides how that reaches the journal
-and the bucket.
+A pending change is what this mount acknowledged and the bucket does not hold yet: a pending
+row (`rows.DirtyFile`: a file's new bytes, a symlink, a metadata change, a copy of a renamed
+file, a directory marker), a pending delete (`deletes.PendingDelete`), and the write-back
+queue's entry that applies it. The `Ledger` alone creates, changes and removes them (with the
+other modules of this wing: `moves` moves rows to new names, `deletes` keeps the deletes),
+and bumps a row's `generation`. The core asks it through named operations: `created`,
+`opened_for_write`, `took_local_copy`, `wrote`, `truncated`, `metadata_changed`, `closed`,
+`last_close`, `removed`, the moves of `moves.LocalMoves`, and reads rows through `row` and the
+queries below. One upload (`upload.Uploader.send`) changes nothing: `_apply` settles its outcome.
 
-Invariants:
-- A dirty row is in the journal (fsync'ed) before its path is handed to the write-back queue
-  by close, fsync or setattr; it leaves the journal only in the transaction that records the
+Invariants (tests/t2_ledger.py, and t3's check after every test):
+- A row is in the journal (fsync'ed) before its path is handed to the write-back queue by
+  close, fsync or setattr; it leaves the journal only in the transaction that records the
   uploaded object, before its data file moves into the blob cache.
-- An upload marks a file clean only if nothing changed it while the upload ran (generation),
-  and never while it has writers (that happens at their last close).
-- At start, rows whose data file is gone are dropped with an error, and staging files no row
-  names (never closed, so never acknowledged) are removed.
+- Every change of a row's bytes or attributes bumps its generation (`_changed`); an upload
+  settles a row as clean only if its generation did not move while it ran, and never while
+  the row has writers (the last close does, with what the upload parked on the row).
 - A key has at most one pending change: a row takes over a pending delete of its key
   (`DirtyFile.claimed`), and a removal turns a row into a delete in one transaction.
-- Every multipart upload (or copy) the remote creates is journaled before it is created and
-  before its first part is sent (`leftovers.MultipartJournal`, installed as the remote's
-  `multipart_log`); at mount, before anything is uploaded, `leftovers` aborts those a dead
-  process left.
+- At start, rows whose data file is gone are dropped with an error, and staging files no row
+  names (never closed, so never acknowledged) are removed.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import logging
 import os
-import stat as st
-import threading
 import time
 from typing import TYPE_CHECKING
 
 import trio
 
-from zonefs.cache.blobs import BlobStore, Digest, hash_file
-from zonefs.cache.dircache import DirCache, Entry
-from zonefs.cache.journal import DirtyRow, Journal, ObjectRow
+from zonefs.cache.dircache import Entry
+from zonefs.cache.journal import DirtyRow, ObjectRow
 from zonefs.common import keys
-from zonefs.common.errors import (
-    NotFound,
-    PreconditionFailed,
-    Refused,
-    RemoteError,
-    StoreFailing,
-    ZonefsError,
-)
-from zonefs.common.keys import SHA1_KEY, SHA256_KEY, PosixMeta
+from zonefs.common.errors import Refused, RemoteError, StoreFailing, ZonefsError
+from zonefs.common.keys import PosixMeta
 from zonefs.pending.deletes import PendingDeletes
-from zonefs.pending.leftovers import MultipartJournal, abort_leftover_uploads
-from zonefs.pending.rows import ANY_OBJECT, DirtyFile, PendingRows, has_new_bytes
+from zonefs.pending.leftovers import abort_leftover_uploads
+from zonefs.pending.rows import ANY_OBJECT, DirtyFile, Kind, PendingRows, has_new_bytes
+from zonefs.pending.upload import KeptAsConflict, Landed, Uploader, UploadJob
 from zonefs.pending.writeback import WriteBack
-from zonefs.remote.probe import Capabilities
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import threading
+    from collections.abc import Callable, ItemsView, Iterator
 
+    from zonefs.cache.blobs import BlobStore, Digest
+    from zonefs.cache.dircache import DirCache
+    from zonefs.cache.journal import Journal
     from zonefs.common.config import MountOptions
+    from zonefs.pending.deletes import PendingDelete
+    from zonefs.pending.upload import Outcome
+    from zonefs.pending.writeback import Progress, Refusal
     from zonefs.remote.base import ObjectInfo, Remote
+    from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -68,39 +64,27 @@ log = logging.getLogger(__name__)
 JOURNAL_SYNC_INTERVAL = 1.0
 
 
-class _Conflict(Exception):
-    """The object changed in the bucket since the local edit began."""
-
-
-class PendingFiles:
-    """Dirty files by path, their journal rows and data files, and their uploads."""
+class Ledger:
+    """Pending rows, pending deletes and the write-back queue; see the module docstring."""
 
     def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore, cache: DirCache,
-                 forget_opened: Callable[[str], None], opts: MountOptions) -> None:
+                 opts: MountOptions, capabilities: Capabilities, *,
+                 forget_opened: Callable[[str], None]) -> None:
         self.remote, self.journal, self.blobs, self.cache = remote, journal, blobs, cache
         # Tells the core's object reader that a name's object changed (its open pins go).
         self._forget_opened = forget_opened
         self.writeback = WriteBack(self._apply, delay=opts.writeback_delay)
-        self.dirty = PendingRows()
-        self.uploaded_bytes = 0
+        self.rows = PendingRows()
         self.budget = opts.cache_size  # dirty bytes beyond which writes wait for uploads
-        self.kachery_mirror = opts.kachery_mirror
-        # The store probe's answers, set by the daemon before the mount answers; the defaults
-        # send no checksums.
-        self.capabilities = Capabilities()
-        self._mirroring: set[str] = set()  # mirror keys being copied right now
-        self.conflicts = 0  # conflict copies made (see _keep_conflict)
-        # SHA-256 of the last uploads started per path: an object holding one of them is
-        # this mount's own (see _own_landed_upload), not another writer's.
-        self._attempted: dict[str, collections.deque[str]] = {
-            path: collections.deque(shas, maxlen=8) for path, shas in journal.attempts().items()}
+        self.uploader = Uploader(remote, journal, blobs, capabilities,
+                                 kachery_mirror=opts.kachery_mirror,
+                                 is_pending=self.rows.__contains__)
         self._progress = trio.Event()  # set whenever a dirty file leaves (uploaded, dropped)
         self._throttled = False
         self._estimate = 0
-        remote.multipart_log = MultipartJournal(journal)
         self.deletes = PendingDeletes(remote, journal, cache, schedule=self.writeback.schedule,
                                       progress=self._note_progress,
-                                      still_needed=self.dirty.copies_from)
+                                      still_needed=self.rows.copies_from)
         for row in journal.dirty_rows():
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
@@ -110,8 +94,88 @@ class PendingFiles:
                 # Writes after the last close may have reached the data file before a crash:
                 # the file, which is what gets uploaded, says how long the file is.
                 row.size = os.stat(blobs.abspath(row.data)).st_size
-            self.dirty[row.path] = DirtyFile(row, persisted=True)
+            self.rows[row.path] = DirtyFile(row, persisted=True)
         self._remove_orphans()
+
+    # -- queries (the core reads; it never changes what these return) ----------------------
+
+    def row(self, path: str) -> DirtyFile | None:
+        """The pending row of `path`, if any."""
+        return self.rows.get(path)
+
+    def items(self) -> ItemsView[str, DirtyFile]:
+        """Every pending row by path (read only)."""
+        return self.rows.items()
+
+    def has_below(self, path: str) -> bool:
+        """Whether a pending row lies strictly below the directory `path`."""
+        return self.rows.has_below(path)
+
+    def is_uploading(self, df: DirtyFile) -> bool:
+        return df.queue_key in self.writeback.in_flight_paths()
+
+    def copies_reading(self, key: str) -> list[str]:
+        return self.rows.copies_reading(key)
+
+    def copies_reading_under(self, prefix: str) -> list[str]:
+        return self.rows.copies_reading_under(prefix)
+
+    def copies_from(self, key: str) -> bool:
+        """Whether a pending copy row still reads the object `key`."""
+        return self.rows.copies_from(key)
+
+    def has_deletes(self) -> bool:
+        return bool(self.deletes)
+
+    def has_delete(self, key: str) -> bool:
+        return key in self.deletes
+
+    def delete_of(self, key: str) -> PendingDelete | None:
+        return self.deletes.get(key)
+
+    def hides(self, path: str, is_dir: bool) -> bool:
+        """Whether a pending delete hides the object (or marker) of `path`."""
+        return self.deletes.hides(path, is_dir)
+
+    def deletes_below(self, path: str) -> list[str]:
+        return list(self.deletes.below(path))
+
+    def delete_keys(self) -> list[str]:
+        return list(self.deletes.by_key)
+
+    def is_queued(self, key: str) -> bool:
+        """Whether the write-back queue holds a change of `key` (waiting or in flight)."""
+        return self.writeback.is_pending(key)
+
+    def refused(self) -> list[Refusal]:
+        return self.writeback.refused()
+
+    def writeback_stats(self) -> dict[str, object]:
+        return self.writeback.stats_dict()
+
+    @property
+    def count(self) -> int:
+        """Changes not yet in the bucket: pending rows and deletes."""
+        return len(self.rows) + len(self.deletes)
+
+    def dirty_bytes(self) -> int:
+        """Bytes of local data waiting for upload."""
+        return sum(df.row.size for df in self.rows.values() if has_new_bytes(df))
+
+    def open_for_write(self) -> int:
+        """How many write handles are open: an unmount now would cut their files short."""
+        return sum(df.writers for df in self.rows.values())
+
+    def presence(self, df: DirtyFile | None, etag: str | None) -> tuple[bool, str | None]:
+        """Whether the store may hold an object under the name of `df` (a pending row, or
+        None for a clean path whose object has `etag`), and its ETag when known."""
+        if df is None:
+            return True, etag
+        if df.absent and df.claimed is None and df.row.base_etag is None:
+            return False, None
+        return True, df.row.base_etag
+
+    # -- the daemon's side ---------------------------------------------------------------------
 
     async def keep_journal_synced(self) -> None:
         """Run by the daemon: fsync lazy journal commits (attribute changes, the end of
@@ -123,9 +187,40 @@ class PendingFiles:
     def sync_journal(self) -> None:
         self.journal.sync()
 
-    def dirty_bytes(self) -> int:
-        """Bytes of local data waiting for upload."""
-        return sum(df.row.size for df in self.dirty.values() if has_new_bytes(df))
+    async def abort_leftover_uploads(self) -> int:
+        """Abort the multipart uploads a process that died left in the bucket (at mount,
+        before `requeue`): see `leftovers.abort_leftover_uploads`."""
+        return await abort_leftover_uploads(self.remote, self.journal)
+
+    async def run_writeback(self, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the write-back queue (the daemon starts it in its nursery)."""
+        await self.writeback.run(task_status=task_status)
+
+    async def drain(self, progress: Progress | None = None) -> int:
+        """Apply every queued change now and wait (`zonefs sync`, unmount); see
+        `WriteBack.drain`."""
+        return await self.writeback.drain(progress)
+
+    def stop_uploads(self) -> None:
+        """No new upload; one in flight is cut off (and retried at the next mount)."""
+        self.writeback.close()
+
+    def failing(self) -> list[str]:
+        """The queued changes whose last attempt failed, with why."""
+        return self.writeback.failing()
+
+    def queued_count(self) -> int:
+        """Changes in the write-back queue (waiting or in flight)."""
+        return len(self.writeback.pending_paths())
+
+    def requeue(self) -> int:
+        """Hand every journaled change to the write-back queue (at mount)."""
+        for df in self.rows.values():
+            self.writeback.schedule(df.queue_key)
+        return len(self.rows) + self.deletes.requeue()
+
+    # -- backpressure ----------------------------------------------------------------------
 
     async def wait_for_room(self, growth: int) -> None:
         """Backpressure: while dirty data would pass the budget, upload closed files now and
@@ -138,12 +233,12 @@ class PendingFiles:
         # An estimate that only grows keeps the common case O(1); the exact sum is taken only
         # when the estimate passes the budget.
         self._estimate += growth
-        self.blobs.reserved = self._estimate
+        self.blobs.reserve(self._estimate)
         if self._estimate <= self.budget:
             self.blobs.evict()
             return
         while (exact := self.dirty_bytes() + growth) > self.budget:
-            closed = [p for p, df in self.dirty.items() if not df.writers and has_new_bytes(df)
+            closed = [p for p, df in self.rows.items() if not df.writers and has_new_bytes(df)
                       and not self.writeback.is_refused(df.queue_key)]
             if not closed:
                 return
@@ -155,23 +250,19 @@ class PendingFiles:
                 self.writeback.schedule(path, delay=0)
             await self._progress.wait()
         self._throttled = False
-        self._estimate = self.blobs.reserved = exact
+        self._estimate = exact
+        self.blobs.reserve(exact)
         self.blobs.evict()
 
     def _note_progress(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
 
-    async def abort_leftover_uploads(self) -> int:
-        """Abort the multipart uploads a process that died left in the bucket (at mount,
-        before `requeue`): see `leftovers.abort_leftover_uploads`."""
-        return await abort_leftover_uploads(self.remote, self.journal)
+    def _released_bytes(self, size: int) -> None:
+        self._estimate = max(0, self._estimate - size)
+        self.blobs.reserve(self._estimate)
 
-    def requeue(self) -> int:
-        """Hand every journaled change to the write-back queue (at mount)."""
-        for df in self.dirty.values():
-            self.writeback.schedule(df.queue_key)
-        return len(self.dirty) + self.deletes.requeue()
+    # -- applying changes now ------------------------------------------------------------------
 
     async def flush(self, queue_keys: list[str]) -> None:
         """Apply the pending changes of `queue_keys` now and wait for them; raises the first
@@ -184,11 +275,11 @@ class PendingFiles:
                 todo.update(self.deletes.below(key[:-1]))
         grown = list(todo)
         while grown:  # the copies reading what is to be flushed, and those reading them
-            grown = [p for key in grown for p in self.dirty.copies_reading(key)
+            grown = [p for key in grown for p in self.rows.copies_reading(key)
                      if p not in todo]
             todo.update(grown)
         while todo:
-            ready = [k for k in todo if not self.dirty.copies_from(k, ignore=k)
+            ready = [k for k in todo if not self.rows.copies_from(k, ignore=k)
                      and not (k.endswith("/") and self.deletes.any_below(k)
                               and any(d in todo and d != k
                                       for d in self.deletes.below(k[:-1])))]
@@ -204,53 +295,34 @@ class PendingFiles:
                 await self.writeback.flush(key)
             todo.difference_update(ready)
 
+    async def upload_now(self, key: str) -> None:
+        """Apply the queued change of `key` now, if any, and wait for it (fsync, the history
+        commands)."""
+        if self.writeback.is_pending(key):
+            self.writeback.schedule(key, delay=0)
+            await self.writeback.flush(key)
+
     def _has_change(self, key: str) -> bool:
         """Whether the zone key `key` has a pending change (a row to put, or a delete)."""
         if key in self.deletes:
             return True
-        df = self.dirty.get(key[:-1] if key.endswith("/") else key)
+        df = self.rows.get(key[:-1] if key.endswith("/") else key)
         return df is not None and df.queue_key == key
 
     def schedule(self, df: DirtyFile, *, delay: float | None = None) -> None:
-        """Queue the upload of a dirty row (journaled by the caller)."""
+        """Queue the upload of a row (journaled already)."""
         self.writeback.schedule(df.queue_key, delay=delay)
 
-    @property
-    def count(self) -> int:
-        """Changes not yet in the bucket: dirty rows and deletes."""
-        return len(self.dirty) + len(self.deletes)
+    async def cancel(self, key: str) -> None:
+        """Stop a queued or running change of `key` (it stays pending) before the caller
+        changes what it would send."""
+        await self.writeback.cancel(key)
 
-    async def _apply(self, key: str, cancel: threading.Event) -> None:
-        """Write-back callable: bring the zone key `key` up to date in the store. Not while a
-        pending copy (a renamed file) still reads the object there: queued again when that
-        copy is made (`source_released`)."""
-        if key not in self.deletes and self.dirty.copies_from(key, ignore=key):
-            return
-        try:
-            if key in self.deletes:
-                await self.deletes.apply(key, cancel)
-            elif key.endswith("/"):
-                await self._put_dir(key[:-1])
-            else:
-                await self.upload(key, cancel)
-        except StoreFailing as exc:
-            if exc.internal:
-                # Tells the write-back queue whether this request alone fails (SeaweedFS
-                # answers some names with a 500 every time) or the store as a whole.
-                exc.others_answered = await self._store_answers()
-            raise
+    # -- named operations on rows ------------------------------------------------------------
 
-    async def _store_answers(self) -> bool:
-        """Whether the store answers a cheap request (HeadBucket) now."""
-        with trio.move_on_after(10):
-            try:
-                await self.remote.check_answers()
-            except ZonefsError:
-                return False
-            return True
-        return False
-
-    # -- new rows and removals ---------------------------------------------------------------
+    def _changed(self, df: DirtyFile) -> None:
+        """Every change of a row's bytes or attributes: an upload running now is stale."""
+        df.row.generation += 1
 
     async def claim(self, key: str) -> tuple[bool, str | None]:
         """Take over a pending delete of `key`, for a write of that key about to be made:
@@ -262,9 +334,38 @@ class PendingFiles:
         d = self.deletes.take(key)
         return (False, None) if d is None else (True, d.etag)
 
-    async def add_row(self, row: DirtyRow) -> DirtyFile:
-        """A new pending path that is acknowledged at once (mkdir, symlink): journaled
-        (taking over a pending delete of its key) and queued."""
+    async def created(self, path: str, data: str, meta: PosixMeta,
+                      existing_etag: str | None, exists: bool) -> DirtyFile:
+        """create(): a new empty file at `path` (its staging file `data`, relative), open
+        for writing once, replacing what the path held (`exists`, with `existing_etag`).
+        Journaled at close, unless it replaces a journaled row, which must not outlive its
+        bytes: then the empty file takes over at once."""
+        await self.writeback.cancel(path)
+        old = self.rows.pop(path, None)
+        if old is not None:
+            self.drop(path, old)
+        # A file just removed here is still in the store until its delete runs: the new one
+        # replaces that object instead (its upload expects it), and the delete is dropped.
+        claimed, claimed_etag = await self.claim(path)
+        if exists:
+            base = existing_etag
+        elif claimed:
+            base = claimed_etag or ANY_OBJECT
+        else:
+            base = None
+        if base is None and old is not None and self.presence(old, None)[0]:
+            base = ANY_OBJECT  # the file it replaces may have reached the store
+        row = DirtyRow(path, data, 0, meta, base, 1)
+        df = self.rows[path] = DirtyFile(row, Kind.BYTES, writers=1,
+                                         absent=not exists and not claimed,
+                                         claimed=path if claimed else None)
+        if old is not None and old.persisted:
+            self.persist(df)
+        return df
+
+    async def created_entry(self, row: DirtyRow) -> DirtyFile:
+        """mkdir or symlink: a new pending path acknowledged at once, journaled (taking over
+        a pending delete of its key) and queued."""
         df = DirtyFile(row)
         key = df.queue_key
         claimed, etag = await self.claim(key)
@@ -272,26 +373,112 @@ class PendingFiles:
             df.claimed, row.base_etag = key, etag or ANY_OBJECT
         else:
             df.absent = True
-        self.dirty[row.path] = df
+        self.rows[row.path] = df
         self.persist(df)
         self.schedule(df)
         return df
 
-    def presence(self, df: DirtyFile | None, etag: str | None) -> tuple[bool, str | None]:
-        """Whether the store may hold an object under the name of `df` (a pending row, or
-        None for a clean path whose object has `etag`), and its ETag when known."""
-        if df is None:
-            return True, etag
-        if df.absent and df.claimed is None and df.row.base_etag is None:
-            return False, None
-        return True, df.row.base_etag
+    def truncated(self, df: DirtyFile, size: int) -> None:
+        """The row's local file was cut (or grown) to `size` (truncate, O_TRUNC, ftruncate)."""
+        df.row.size = size
+        df.kind = Kind.BYTES
+        self._changed(df)
 
-    async def remove(self, path: str, *, is_dir: bool, etag: str | None) -> None:
+    def took_local_copy(self, path: str, data: str, size: int, meta: PosixMeta,
+                        base_etag: str | None, *, truncated: bool) -> DirtyFile:
+        """`path` got a local file `data` (relative) for writing: a copy of its object at
+        `base_etag` (`size` bytes), or an empty one when `truncated`. A pending metadata
+        change or copy the path had becomes this row; a copy's bytes are new under this name
+        (uploaded even if unwritten)."""
+        df = self.rows.get(path)
+        row = DirtyRow(path, data, size, meta, base_etag, (df.row.generation + 1) if df else 1)
+        if df is None:
+            df = self.rows[path] = DirtyFile(row, Kind.BYTES if truncated else Kind.UNCHANGED)
+            return df
+        source = df.row.source if df.is_copy else None
+        df.row = row  # was a metadata-only change, or a copy still to be made
+        df.kind = Kind.BYTES if truncated or source is not None else Kind.METADATA
+        if source is not None:
+            self.source_released(df, source)
+        return df
+
+    def opened_for_write(self, df: DirtyFile) -> None:
+        df.writers += 1
+
+    def wrote(self, df: DirtyFile, end: int) -> None:
+        """Bytes were written up to offset `end` of the row's local file."""
+        row = df.row
+        df.kind = Kind.BYTES
+        row.size = max(row.size, end)
+        row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
+        self._changed(df)
+
+    def metadata_changed(self, path: str, meta: PosixMeta, *, size: int,
+                         etag: str | None) -> DirtyFile:
+        """chmod, chown or utimens of `path` (not its size): its row (a new metadata-only one
+        for a clean file of `size` at `etag`) takes the attributes, journaled within
+        JOURNAL_SYNC_INTERVAL and queued unless open for writing."""
+        df = self.rows.get(path)
+        if df is None:
+            df = self.rows[path] = DirtyFile(DirtyRow(path, None, size, meta, etag, 0))
+        elif df.kind is Kind.UNCHANGED:
+            df.kind = Kind.METADATA
+        self.set_meta(df, meta)
+        return df
+
+    def set_meta(self, df: DirtyFile, meta: PosixMeta) -> None:
+        """The attributes of a row (also one whose name is gone, open only) become `meta`;
+        journaled within JOURNAL_SYNC_INTERVAL and queued unless open for writing."""
+        df.row.meta = meta
+        self._changed(df)
+        # Not fsync'ed at once: `tar` sets the times of each file it has just closed (one
+        # fsync per file, not two).
+        self.persist(df, durable=False)
+        if df.writers == 0 and self.rows.get(df.row.path) is df:
+            self.schedule(df)
+
+    def closed(self, df: DirtyFile, *, wrote: bool) -> bool:
+        """close() of a writer (its bytes fsync'ed by the caller when it `wrote`): journal
+        the row (fsync'ed). False when there was nothing to journal."""
+        if df.kind is not Kind.BYTES or not (wrote or not df.persisted):
+            return False
+        self.persist(df)
+        return True
+
+    def last_close(self, df: DirtyFile) -> None:
+        """A writer let go of `df`; at the last one the row is settled: an unwritten copy
+        goes (a metadata change stays, as a copy in place), an upload that landed while it
+        was open is its end, anything else is queued."""
+        df.writers -= 1
+        path = df.row.path
+        if df.writers > 0 or self.rows.get(path) is not df:
+            return
+        if df.kind in (Kind.UNCHANGED, Kind.METADATA):
+            self._revert_unchanged(path, df)
+        elif df.uploaded_generation == df.row.generation and df.uploaded is not None:
+            self._finish_clean(path, df, *df.uploaded)
+        else:
+            self.writeback.schedule(path)
+
+    def _revert_unchanged(self, path: str, df: DirtyFile) -> None:
+        """A file opened for write but never written: drop its local copy; only a metadata
+        change (touch, chmod through the handle) is left to upload, as a copy in place."""
+        self.discard_data(df)
+        if df.kind is Kind.METADATA:
+            df.row.data = None
+            self.persist(df, durable=False)
+            self.writeback.schedule(path)
+        else:
+            del self.rows[path]
+            if df.persisted:
+                self.journal.drop_dirty(path)
+
+    async def removed(self, path: str, *, is_dir: bool, etag: str | None) -> None:
         """unlink or rmdir of `path` (a directory or not; `etag`: its object's): its pending
         row goes, and a delete of its key is journaled unless the store cannot hold one."""
         key = keys.dir_key(path) if is_dir else path
         await self.writeback.cancel(key)
-        df = self.dirty.pop(path, None)
+        df = self.rows.pop(path, None)
         maybe, etag = self.presence(df, etag)
         if is_dir and self.deletes.any_below(key):
             # Keys below it, whose deletes are pending, keep the directory in the store's
@@ -307,32 +494,40 @@ class PendingFiles:
             self.source_released(df)
             self._note_progress()
 
+    def delete_later(self, key: str, etag: str | None) -> None:
+        """A delete of `key` that waits (for a copy reading it, or for those below it)."""
+        if key not in self.deletes:
+            self.deletes.add(key, etag)
+
+    # -- rows, journal and data files --------------------------------------------------------
+
     def _remove_orphans(self) -> None:
         """Staging files no journal row names were never closed: nothing acknowledged them."""
-        used = {df.row.data for df in self.dirty.values() if df.row.data}
+        used = {df.row.data for df in self.rows.values() if df.row.data}
         top = os.path.join(self.blobs.root, "staging")
         for entry in os.scandir(top):
             if self.blobs.relpath(entry.path) not in used:
                 os.unlink(entry.path)
 
     def persist(self, df: DirtyFile, *, durable: bool = True) -> None:
-        """Write the dirty row to the journal if it is still the path's current one; a pending
+        """Write the row to the journal if it is still the path's current one; a pending
         delete it took over leaves the journal in the same transaction. Fsync'ed, unless
         `durable` is False (attribute changes): then at the next `sync_journal`, within
         JOURNAL_SYNC_INTERVAL."""
-        if self.dirty.get(df.row.path) is df:
+        if self.rows.get(df.row.path) is df:
             self.journal.put_dirty(df.row, replaces_delete=df.claimed, durable=durable)
             df.persisted = True
             df.claimed = None
 
     def discard_data(self, df: DirtyFile) -> None:
-        """Delete the file's local data file, if it has one."""
+        """Delete the row's local data file, if it has one."""
         if df.row.data is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.blobs.abspath(df.row.data))
 
     def drop(self, path: str, df: DirtyFile) -> None:
-        """Forget a dirty file (deleted or replaced): its journal row and its data."""
+        """Forget a row (deleted or replaced, out of `rows` already): its journal row and its
+        data."""
         if df.persisted:
             self.journal.drop_dirty(path)
         elif df.claimed is not None:
@@ -350,251 +545,111 @@ class PendingFiles:
         if source is not None and self._has_change(source):
             self.writeback.schedule(source)
 
-    def hash_headers(self, key: str, etag: str | None) -> dict[str, str]:
-        """The content-ID headers of `key` at `etag`, when known, to keep them on a copy."""
-        memo = self.journal.get_object(key, etag)
-        out = {}
-        if memo is not None and memo.sha256:
-            out[SHA256_KEY] = memo.sha256
-        if memo is not None and memo.sha1:
-            out[SHA1_KEY] = memo.sha1
-        return out
+    # -- the write-back queue's callable, and settling what an upload did ---------------------
 
-    def revert_unchanged(self, path: str, df: DirtyFile) -> None:
-        """A file opened for write but never written: drop its local copy; only a metadata
-        change (touch, chmod through the handle) is left to upload, as a copy in place."""
-        self.discard_data(df)
-        if df.meta_changed:
-            df.row.data = None
-            self.persist(df, durable=False)
-            self.writeback.schedule(path)
-        else:
-            del self.dirty[path]
-            if df.persisted:
-                self.journal.drop_dirty(path)
-
-    # -- upload -----------------------------------------------------------------------------------
-
-    async def upload(self, path: str, cancel: threading.Event) -> None:
-        """Write-back callable: upload the dirty file at `path` as it is now."""
-        df = self.dirty.get(path)
-        if df is None or df.is_dir or df.writers and df.uploaded_generation == df.row.generation:
+    async def _apply(self, key: str, cancel: threading.Event) -> None:
+        """Write-back callable: bring the zone key `key` up to date in the store. Not while a
+        pending copy (a renamed file) still reads the object there: queued again when that
+        copy is made (`source_released`)."""
+        if key not in self.deletes and self.rows.copies_from(key, ignore=key):
             return
-        row = df.row
-        generation = row.generation
-        digest: Digest | None = None
-        if row.data is not None and not df.data_changed and not df.meta_changed:
-            return  # an unchanged copy, still open: nothing to upload
-        # From here on an object of ours may land under this name (unless the store refuses
-        # the request: a refusal created nothing).
-        was_absent, df.absent = df.absent, False
-        if df.is_copy:
-            # A renamed clean file: a server-side copy from its old name, with its attributes
-            # and content IDs (the old name's delete waits for this).
-            assert row.source is not None
-            memo = self.journal.get_object(row.source)
-            md = keys.encode_meta(row.meta, **self.hash_headers(
-                row.source, memo.etag if memo else None))
-            info = await self.remote.copy(row.source, path, md)
-        elif row.data is None or not df.data_changed:
-            md = keys.encode_meta(row.meta, **self.hash_headers(path, row.base_etag))
-            info = await self.remote.copy(path, path, md)
-        else:
-            src = self.blobs.abspath(row.data)
-            digest = await trio.to_thread.run_sync(hash_file, src)
-            md = keys.encode_meta(row.meta, **{SHA256_KEY: digest.sha256, SHA1_KEY: digest.sha1})
-            # Where the probe saw the store verify checksums, it checks the bytes it receives
-            # against the hash taken here (single-part PUTs; zone-buckets.md §6.3).
-            checksum = digest.sha256 if self.capabilities.checksums else None
-            # Before sending: an upload cancelled too late lands without telling us.
-            self._attempted.setdefault(path, collections.deque(maxlen=8)).append(digest.sha256)
-            self.journal.add_attempt(path, digest.sha256)
-            try:
-                info = await self._upload_if_unchanged(path, row.base_etag, src, md, cancel,
-                                                       checksum)
-            except _Conflict:
-                ours = await self._own_landed_upload(path)
-                if ours is None:
-                    await self._keep_conflict(path, df, src, md, digest, cancel)
-                    return
-                # The object is an upload of ours that landed although it was cancelled
-                # (a rewrite, a rename): no other writer, so replace it.
-                info = await self._upload_if_unchanged(path, ours, src, md, cancel, checksum)
-            except Refused:
-                df.absent = was_absent  # nothing to delete if the file is removed meanwhile
-                raise
-            self.uploaded_bytes += digest.size
-            if self.kachery_mirror and not st.S_ISLNK(row.meta.mode):
-                await self._mirror(path, digest, row.meta)
-        if not self._landed(path, df, info.etag, generation):
-            return
-        if df.writers:
-            df.uploaded_generation, df.uploaded = generation, (info, digest)
-            self.journal.put_dirty(row)
-            return
-        self.finish_clean(path, df, info, digest)
-
-    def _landed(self, path: str, df: DirtyFile, etag: str, generation: int) -> bool:
-        """An upload of `df` (begun at `generation`) landed as `etag`: the row now starts
-        from it. Whether it is clean: still the path's row, and not changed meanwhile (a
-        changed one is journaled with its new base and goes up again)."""
-        if self.dirty.get(path) is not df:
-            return False
-        df.row.base_etag = etag
-        if df.row.generation != generation:
-            self.journal.put_dirty(df.row)
-            return False
-        return True
-
-    async def _put_dir(self, path: str) -> None:
-        """Put the marker of the pending directory `path` with its attributes."""
-        df = self.dirty.get(path)
-        if df is None or not df.is_dir:
-            return
-        row, generation = df.row, df.row.generation
-        was_absent, df.absent = df.absent, False
-        key = keys.dir_key(path)
         try:
-            info = await self.remote.put_bytes(key, b"", keys.encode_meta(row.meta),
-                                               keys.DIR_CONTENT_TYPE)
-        except Refused:
-            df.absent = was_absent  # a refusal created nothing: an rmdir needs no delete
+            if key in self.deletes:
+                await self.deletes.apply(key, cancel)
+            else:
+                await self._upload(key, cancel)
+        except StoreFailing as exc:
+            if exc.internal:
+                # Tells the write-back queue whether this request alone fails (SeaweedFS
+                # answers some names with a 500 every time) or the store as a whole.
+                exc.others_answered = await self._store_answers()
             raise
-        if not self._landed(path, df, info.etag, generation):
+
+    async def _store_answers(self) -> bool:
+        """Whether the store answers a cheap request (HeadBucket) now."""
+        with trio.move_on_after(10):
+            try:
+                await self.remote.check_answers()
+            except ZonefsError:
+                return False
+            return True
+        return False
+
+    async def _upload(self, key: str, cancel: threading.Event) -> None:
+        """Upload the row queued as `key` as it is now, and settle what came of it."""
+        path = key[:-1] if key.endswith("/") else key
+        df = self.rows.get(path)
+        if df is None or df.queue_key != key:
             return
+        if df.writers and df.uploaded_generation == df.row.generation:
+            return
+        if df.kind is Kind.UNCHANGED:
+            return  # an unchanged copy, still open: nothing to upload
+        job = UploadJob.of(df, self.blobs.abspath)
+        # From here on an object of ours may land under this name (unless the store refuses
+        # the request: a refusal created nothing, so removing the file needs no delete).
+        was_absent, df.absent = df.absent, False
+        try:
+            outcome = await self.uploader.send(job, cancel)
+        except Refused:
+            df.absent = was_absent
+            raise
+        self._settle(path, df, job, outcome)
+
+    def _settle(self, path: str, df: DirtyFile, job: UploadJob, outcome: Outcome) -> None:
+        if isinstance(outcome, KeptAsConflict):
+            self._settle_conflict(path, df, outcome)
+            return
+        if not isinstance(outcome, Landed):
+            return
+        if self.rows.get(path) is not df:
+            return  # removed or replaced meanwhile
+        df.row.base_etag = outcome.info.etag
+        if df.row.generation != job.generation:
+            # Changed meanwhile: journaled with its new base, it goes up again.
+            self.journal.put_dirty(df.row)
+            return
+        if df.is_dir:
+            self._finish_dir(path, df, outcome.info)
+        elif df.writers:
+            df.uploaded_generation, df.uploaded = job.generation, (outcome.info, outcome.digest)
+            self.journal.put_dirty(df.row)
+        else:
+            self._finish_clean(path, df, outcome.info, outcome.digest)
+
+    def _finish_dir(self, path: str, df: DirtyFile, info: ObjectInfo) -> None:
+        """The marker of a pending directory landed."""
+        key = keys.dir_key(path)
         # Remembered: where the store drops a marker's metadata (the probe's
         # dir_markers=dropped), this machine still shows the attributes it set.
-        self.journal.finish_upload(path, ObjectRow(key, info.etag, 0, row.meta))
-        del self.dirty[path]
+        self.journal.finish_upload(path, ObjectRow(key, info.etag, 0, df.row.meta))
+        del self.rows[path]
         self._note_progress()
-        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), row.meta))
+        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), df.row.meta))
 
-    # -- concurrent writers ----------------------------------------------------------------------
-
-    async def _upload_if_unchanged(
-        self, path: str, base: str | None, src: str, md: dict[str, str],
-        cancel: threading.Event, checksum: str | None,
-    ) -> ObjectInfo:
-        """Upload `src` as `path` only over the version the local edit started from (`base`,
-        None for a new file); raise _Conflict when another writer replaced it meanwhile.
-
-        With conditional writes the store decides (If-Match / If-None-Match: *), atomically.
-        Without them (the probe found them ignored, unimplemented, or refusing every If-Match),
-        the current ETag is compared first and the PUT follows: a writer landing in between
-        is not detected. A file deleted in the bucket meanwhile is written again. `base`
-        ANY_OBJECT replaces whatever is there."""
-        # The file's SHA-256, hashed already: the remote need not hash it again to sign it.
-        upload = functools.partial(self.remote.upload, payload_sha256=md.get(SHA256_KEY))
-        if base == ANY_OBJECT:
-            return await upload(path, src, md, None, cancel, checksum_sha256=checksum)
-        if self.capabilities.conditional_writes == "enforced":
-            try:
-                return await upload(path, src, md, None, cancel, checksum_sha256=checksum,
-                                    if_match=base, if_none_match=base is None)
-            except PreconditionFailed:
-                if await self._current_etag(path) is not None:
-                    raise _Conflict from None
-                # Nothing is there: the store lost the condition for a reason of its own
-                # (SeaweedFS answers 412 to If-Match on a key deleted meanwhile, and to
-                # If-None-Match where a directory of that name was emptied). Written anew.
-            except NotFound:  # If-Match on a key someone deleted: write it anew
-                pass
-            try:
-                return await upload(path, src, md, None, cancel,
-                                    checksum_sha256=checksum, if_none_match=True)
-            except PreconditionFailed:
-                if await self._current_etag(path) is not None:
-                    raise _Conflict from None
-            # Still nothing there: as on a store without conditions, a writer landing
-            # between the look and the PUT is not detected.
-            return await upload(path, src, md, None, cancel, checksum_sha256=checksum)
-        current = await self._current_etag(path)
-        if current is not None and current != base:
-            raise _Conflict
-        return await upload(path, src, md, None, cancel, checksum_sha256=checksum)
-
-    async def _current_etag(self, path: str) -> str | None:
-        """The ETag of the object at `path` now, None when there is none."""
-        try:
-            return (await self.remote.head(path)).etag
-        except NotFound:
-            return None
-
-    async def _own_landed_upload(self, path: str) -> str | None:
-        """The ETag of the object at `path` when its bytes are ones this mount sent there
-        (an upload cancelled too late to stop it lands anyway), else None."""
-        try:
-            info = await self.remote.head(path)
-        except NotFound:
-            return None
-        sha256 = (info.metadata or {}).get(SHA256_KEY)
-        return info.etag if sha256 and sha256 in self._attempted.get(path, ()) else None
-
-    async def _keep_conflict(self, path: str, df: DirtyFile, src: str, md: dict[str, str],
-                             digest: Digest, cancel: threading.Event) -> None:
-        """Another writer replaced `path` since the local edit began: the local bytes go to
-        `<path>.conflict-<UTC time>` beside it, and `path` shows the bucket's version again.
-        The dirty row leaves the journal only after the copy is stored: a crash in between
-        makes another conflict copy, never none."""
-        name = self._conflict_name(path)
-        info = await self.remote.upload(name, src, md, None, cancel, if_none_match=(
-            self.capabilities.conditional_writes == "enforced"))
-        self.uploaded_bytes += digest.size
-        log.warning("conflict: %r was changed in the bucket by another writer after this "
-                    "edit began; the local bytes are kept as %r", path, name)
-        self.conflicts += 1
-        self.journal.put_object(ObjectRow(name, info.etag, digest.size, df.row.meta,
-                                          digest.sha256, digest.sha1))
-        self.journal.saw(digest.sha256, info.etag)
-        if self.dirty.get(path) is not df or df.writers:
-            # Written again meanwhile, or still open: the local file stays pending, now
-            # based on what the bucket holds (the conflict copy keeps what it had).
-            with contextlib.suppress(NotFound):
-                df.row.base_etag = (await self.remote.head(path)).etag
-            if self.dirty.get(path) is df:
+    def _settle_conflict(self, path: str, df: DirtyFile, kept: KeptAsConflict) -> None:
+        """The local bytes are stored as a conflict copy: `path` shows the bucket's version
+        again, unless written again meanwhile or still open (then it stays pending, based on
+        what the bucket holds now)."""
+        if self.rows.get(path) is not df or df.writers:
+            if kept.current_etag is not None:
+                df.row.base_etag = kept.current_etag
+            if self.rows.get(path) is df:
                 self.journal.put_dirty(df.row)
                 self.writeback.schedule(path)
             return
         self.journal.drop_dirty(path)
         if df.row.data is not None:
-            self.blobs.ingest(self.blobs.abspath(df.row.data), digest)
-        del self.dirty[path]
-        self._estimate = self.blobs.reserved = max(0, self._estimate - df.row.size)
+            self.blobs.ingest(self.blobs.abspath(df.row.data), kept.digest)
+        del self.rows[path]
+        self._released_bytes(df.row.size)
         self._note_progress()
         self.cache.invalidate(path)
-        self.cache.invalidate(name)
+        self.cache.invalidate(kept.name)
         self._forget_opened(path)
 
-    def _conflict_name(self, path: str) -> str:
-        """`<path>.conflict-<UTC time>`, the name cut short to fit NAME_MAX if need be."""
-        head, base = keys.split(path)
-        suffix = time.strftime(".conflict-%Y%m%dT%H%M%SZ", time.gmtime())
-        room = keys.NAME_MAX - len(suffix) - 4  # and "-NNN" for a second one this second
-        base = base.encode()[:room].decode(errors="ignore")
-        name, n = keys.join(head, base + suffix), 2
-        while name in self.dirty:
-            name, n = keys.join(head, f"{base}{suffix}-{n}"), n + 1
-        return name
-
-    async def _mirror(self, path: str, digest: Digest, meta: PosixMeta) -> None:
-        """Copy the new object to the Kachery zone layout, where Kachery clients fetch a
-        file by its SHA-1 (once per content: the copy is remembered)."""
-        s = digest.sha1
-        key = f"sha1/{s[0:2]}/{s[2:4]}/{s[4:6]}/{s}"
-        known = self.journal.get_object(key)
-        if (known is not None and known.sha1 == s) or key in self._mirroring:
-            return  # done before, or by a concurrent upload of the same bytes
-        self._mirroring.add(key)
-        try:
-            info = await self.remote.copy(path, key)  # headers too: it is the same file
-            self.journal.saw(digest.sha256, info.etag)
-            self.journal.put_object(ObjectRow(key, info.etag, digest.size, meta, digest.sha256,
-                                              s))
-        finally:
-            self._mirroring.discard(key)
-
-    def finish_clean(self, path: str, df: DirtyFile, info: ObjectInfo,
-                     digest: Digest | None) -> None:
+    def _finish_clean(self, path: str, df: DirtyFile, info: ObjectInfo,
+                      digest: Digest | None) -> None:
         """The upload of `df` landed as `info`: record the object, cache the bytes as a blob."""
         row = df.row
         # A copy in place, or of a renamed file's old name: the same bytes as that object.
@@ -616,14 +671,14 @@ class PendingFiles:
             self.blobs.ingest(staging, digest, keep_source=True)
             self.journal.after_sync(
                 lambda: self.blobs.drop_source(staging, digest.sha256))
-        del self.dirty[path]
+        del self.rows[path]
         self.source_released(df)
-        self._estimate = self.blobs.reserved = max(0, self._estimate - row.size)
+        self._released_bytes(row.size)
         self._note_progress()
         self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
                                          info.version_id))
         self._forget_opened(path)
 
-    def open_for_write(self) -> int:
-        """How many write handles are open: an unmount now would cut their files short."""
-        return sum(df.writers for df in self.dirty.values())
+    def below(self, path: str) -> Iterator[tuple[str, DirtyFile]]:
+        """The pending rows at or below `path` (a snapshot)."""
+        return iter([(p, df) for p, df in self.rows.items() if keys.is_within(p, path)])

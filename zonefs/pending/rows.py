@@ -1,13 +1,15 @@
 """Pending rows: a path whose local state is not yet in the bucket (a file, a symlink, or a
 directory marker to put), as the pending wing keeps it in memory.
 
-`DirtyFile` is its journal row plus what lives only while mounted (open writers, whether the
-bytes or only the metadata changed); `PendingRows` is the dict of them by path, with the
-indexes the core asks of it. Only the pending wing changes either (tests/t1_layers.py checks).
+`DirtyFile` is its journal row plus what lives only while mounted (open writers, whether its
+upload landed while open), with an explicit `Kind` (new bytes, symlink, metadata only, copy,
+directory marker, unchanged copy); `PendingRows` is the dict of them by path, with the indexes
+the core asks of it. Only the pending wing changes either (tests/t1_layers.py checks).
 """
 
 from __future__ import annotations
 
+import enum
 import stat as st
 from collections import Counter
 from dataclasses import dataclass
@@ -26,17 +28,47 @@ if TYPE_CHECKING:
 ANY_OBJECT = "*"
 
 
+class Kind(enum.Enum):
+    """What a pending row puts in the store: its state, named (the ledger moves it)."""
+
+    #: New local bytes (row.data) to upload: a file written, truncated or created.
+    BYTES = "new bytes"
+    #: A symlink: its body (row.data, the target) to put.
+    SYMLINK = "symlink"
+    #: The object keeps its bytes and gets new attributes: a copy in place with new headers.
+    #: row.data may hold a local copy for a writer that has not written yet.
+    METADATA = "metadata only"
+    #: A renamed clean file: its object is to be a server-side copy of row.source.
+    COPY = "copy"
+    #: A directory marker to put (mkdir, or chmod/chown/touch of a directory).
+    DIRECTORY = "directory marker"
+    #: A file open for writing, not written: row.data is an unchanged local copy of the
+    #: object at base_etag. Nothing to upload; the last close drops the row.
+    UNCHANGED = "unchanged copy"
+
+
+def kind_of(row: DirtyRow) -> Kind:
+    """The kind of a row as the journal holds it (the journal keeps no kind: a row with data
+    is new bytes, one without a metadata change or, with a source, a copy)."""
+    if st.S_ISDIR(row.meta.mode):
+        return Kind.DIRECTORY
+    if row.data is None:
+        return Kind.COPY if row.source is not None else Kind.METADATA
+    return Kind.SYMLINK if st.S_ISLNK(row.meta.mode) else Kind.BYTES
+
+
 @dataclass(slots=True)
 class DirtyFile:
-    """In-memory state of a dirty file: the journal row plus what only lives while mounted."""
+    """A pending row: the journal row plus what only lives while mounted. Only the pending
+    wing creates or changes one (the core reads it)."""
 
     row: DirtyRow
+    #: What it puts in the store; derived from the row when not given.
+    kind: Kind = None  # type: ignore[assignment]
     writers: int = 0
     persisted: bool = False  # the row is in the journal (written at close, fsync or setattr)
-    # False while the local bytes are an unchanged copy of the object at base_etag (opened
-    # for write but not written): such a file needs no upload of its bytes.
-    data_changed: bool = True
-    meta_changed: bool = False
+    # What an upload that landed while the file was still open put there (its generation,
+    # the object and its digest): the last close finishes with it unless written since.
     uploaded_generation: int = -1
     uploaded: tuple[ObjectInfo, Digest | None] | None = None
     # True while the store holds no object under this name as far as this mount knows: the
@@ -47,15 +79,19 @@ class DirtyFile:
     # removed): its journal row leaves in the transaction that first journals this one.
     claimed: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = kind_of(self.row)
+
     @property
     def is_dir(self) -> bool:
         """A directory whose marker is to be put (mkdir, or chmod/chown/touch of one)."""
-        return st.S_ISDIR(self.row.meta.mode)
+        return self.kind is Kind.DIRECTORY
 
     @property
     def is_copy(self) -> bool:
         """A renamed clean file: its object is to be a copy of `row.source`."""
-        return self.row.source is not None and self.row.data is None
+        return self.kind is Kind.COPY
 
     @property
     def queue_key(self) -> str:
@@ -133,11 +169,11 @@ class PendingRows(dict[str, DirtyFile]):
 
 def has_new_bytes(df: DirtyFile) -> bool:
     """Whether the file's local bytes differ from its object (a data upload is due)."""
-    return df.row.data is not None and df.data_changed
+    return df.kind in (Kind.BYTES, Kind.SYMLINK)
 
 
 def moves_as_row(df: DirtyFile) -> bool:
     """Whether a rename moves this pending row to the new name (it is uploaded there), rather
     than copying an object: new bytes, a directory marker still to be put, or a copy still
     to be made."""
-    return has_new_bytes(df) or df.is_dir or df.is_copy
+    return df.kind in (Kind.BYTES, Kind.SYMLINK, Kind.DIRECTORY, Kind.COPY)
