@@ -16,7 +16,8 @@ import pytest
 import trio
 from vfs_harness import Env, OutageRemote, write_file
 
-from zonefs.mount.daemon import Daemon, _client_gone
+from zonefs.mount.control_server import ControlServer, _client_gone
+from zonefs.mount.daemon import Daemon
 from zonefs.remote import open_remote
 
 
@@ -48,7 +49,7 @@ async def test_a_client_that_vanishes_mid_request_ends_only_its_request(
 
         async def serve() -> None:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-            await daemon._handle_client(stream)  # must never raise
+            await ControlServer(daemon).handle_client(stream)  # must never raise
             done.set()
 
         async with trio.open_nursery() as nursery:

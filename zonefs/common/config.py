@@ -21,7 +21,7 @@ from zonefs.common.errors import ConfigError
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 #: Store capabilities a mount option sets in place of the probe's answer, and their values
-#: (README "Stores and the probe"; `remote.probe.Capabilities` holds the answers).
+#: (docs/stores.md, "Stores and the probe"; `remote.probe.Capabilities` holds the answers).
 STORE_OVERRIDES: dict[str, tuple[str, ...]] = {
     "versioning": ("enabled", "suspended", "unversioned", "unsupported"),
     "conditional_writes": ("enforced", "ignored", "not-implemented", "always-412"),

@@ -4,7 +4,7 @@ Each mount listens on a Unix socket (0600, in a 0700 directory) whose name is de
 mount point, so `zonefs sync|status|umount MOUNTPOINT` finds its daemon without any registry.
 The protocol is JSON lines: the client sends one request `{"cmd": ...}`; the daemon answers with
 zero or more `{"progress": ...}` lines and one final line holding `ok` (and `error` when false).
-This module holds the socket naming and the blocking client; the server lives in the daemon.
+This module holds the socket naming and the blocking client; the server is `control_server`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Wiring of a running mount: one trio nursery that holds the FUSE loop, the write-back queue,
-background fetches and the control server, plus signals, readiness and the final drain.
+background fetches and the control server, plus signals, readiness and the final drain. The
+daemon owns the mount's life (mounted, draining, unmounted); the control server
+(`control_server`) answers requests and asks the daemon to drain or unmount.
 
 Order of life:
 1. `preflight` checks what can be checked without the network (mount point, /dev/fuse).
@@ -17,14 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,9 +34,10 @@ import trio
 from zonefs.cache.blobs import BlobStore
 from zonefs.cache.journal import Journal
 from zonefs.common.config import MountOptions, ZoneConfig, format_size
-from zonefs.common.errors import MountError, ZonefsError
+from zonefs.common.errors import MountError
 from zonefs.core.vfs import Vfs
 from zonefs.mount import control
+from zonefs.mount.control_server import ControlServer
 from zonefs.mount.fuse_ops import ZonefsOperations
 from zonefs.remote import open_remote
 from zonefs.remote.probe import Capabilities, load_or_probe
@@ -196,7 +197,7 @@ class Daemon:
                 except RuntimeError as exc:
                     raise MountError(f"cannot mount at {self.mountpoint}: {exc}") from exc
                 try:
-                    await nursery.start(self._control_server)
+                    await nursery.start(ControlServer(self).run)
                     nursery.start_soon(self._signals)
                     if os.environ.get("NOTIFY_SOCKET"):
                         nursery.start_soon(self._report_backlog)
@@ -206,7 +207,7 @@ class Daemon:
                     await pyfuse3.main()
                     _sd_notify("STOPPING=1")
                     if not self._lazy:
-                        await self._drain("unmount", final=True)
+                        await self.drain("unmount", final=True)
                 finally:
                     pyfuse3.close(unmount=control.is_mounted(self.mountpoint))
                     self._closed.set()
@@ -228,7 +229,7 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.control_path)
 
-    async def _drain(self, why: str, progress: Callable[[int, int], None] | None = None, *,
+    async def drain(self, why: str, progress: Callable[[int, int], None] | None = None, *,
                      final: bool = False) -> int:
         """Upload everything that can be; `final` (the mount goes away) logs each change the
         store refused, which stays in the journal."""
@@ -279,201 +280,22 @@ class Daemon:
                 _sd_notify(f"STOPPING=1\nSTATUS=uploading {self.vfs.pending_count} "
                            "pending change(s), then unmounting")
                 # Refused changes are not waited for: the drain after the unmount logs them.
-                await self._drain(signal.Signals(signum).name)
+                await self.drain(signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
 
-    # -- control channel ------------------------------------------------------------------------
-
-    async def _control_server(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        path = self.control_path
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            await sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(16)
-        listener = trio.SocketListener(sock)
-        task_status.started()
-        await trio.serve_listeners(self._handle_client, [listener])
-
-    async def _handle_client(self, stream: trio.SocketStream) -> None:
-        """Serve one control connection. Nothing that happens on it ever leaves this handler:
-        an error here would end `serve_listeners` and with it the daemon and the mount.
-
-        A client that goes away (Ctrl-C on `zonefs sync`, `timeout 12 zonefs umount`) cancels
-        only its own request: uploads go on, a drain it waited for is simply no longer
-        waited for, and an unmount it asked for is not carried out."""
-        try:
-            async with stream:
-                await self._serve_request(stream)
-        except Exception as exc:
-            if _client_gone(exc):
-                log.debug("control client went away: %s", exc)
-            else:
-                log.error("control request failed", exc_info=exc)
-
-    async def _serve_request(self, stream: trio.SocketStream) -> None:
-        buf = b""
-        while b"\n" not in buf:
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                return
-            buf += chunk
-        line = buf.split(b"\n", 1)[0]  # one request per connection; the rest is ignored
-        try:
-            message = json.loads(line)
-            if not isinstance(message, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            await _send(stream, {"ok": False, "error": f"bad request: {exc}"})
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when_closed, stream, nursery.cancel_scope)
-            try:
-                await self._answer(stream, message.get("cmd"), message)
-            except ZonefsError as exc:
-                await _send(stream, {"ok": False, "error": str(exc)})
-            except Exception as exc:
-                if _client_gone(exc):
-                    raise
-                log.error("control request %r failed", message.get("cmd"), exc_info=exc)
-                await _send(stream, {"ok": False, "error": f"internal error: {exc}"})
-            nursery.cancel_scope.cancel()
-
-    async def _answer(self, stream: trio.SocketStream, cmd: str | None,
-                      message: dict[str, Any]) -> None:
+    async def unmount(self, *, lazy: bool) -> None:
+        """End the mount for `zonefs umount` and return once it is unmounted; `answered` follows
+        once the client has its answer. `lazy`: no new upload starts (one in flight is cut off
+        and retried), and pending uploads stay journaled for the next mount."""
         assert self.vfs is not None
-        if cmd == "info":
-            info = await self.ops.content.info(str(message.get("path", "")))
-            await _send(stream, {"ok": True, "info": info})
-        elif cmd == "find":
-            path = await self.ops.content.find_sha1(str(message.get("sha1", "")))
-            await _send(stream, {"ok": True, "path": path})
-        elif cmd == "ping":
-            await _send(stream, {"ok": True})
-        elif cmd == "versions":
-            versions = await self.vfs.version_list(str(message.get("path", "")))
-            await _send(stream, {"ok": True, "versions": versions})
-        elif cmd == "restore":
-            when = message.get("at")
-            path = str(message.get("path", ""))
-            result = await self.vfs.restore(path, version_id=message.get("version"),
-                                            when=None if when is None else float(when))
-            await self.ops.changed_behind_kernel(path)
-            await _send(stream, {"ok": True, **result})
-        elif cmd == "undelete":
-            path = str(message.get("path", ""))
-            how = await self.vfs.undelete(path)
-            await self.ops.changed_behind_kernel(path)
-            await _send(stream, {"ok": True, "how": how})
-        elif cmd == "status":
-            status = self.vfs.status()
-            status.update(mountpoint=self.mountpoint, cache_dir=self.cache_dir, pid=os.getpid(),
-                          capabilities=self.capabilities.to_dict())
-            await _send(stream, {"ok": True, "status": status})
-        elif cmd == "unmount" and message.get("lazy"):
-            pending = self.vfs.pending_count
-            log.info("unmount without upload: %d pending change(s) stay in the journal", pending)
-            self._lazy = self._unmount_requested = True
-            self.vfs.ledger.stop_uploads()  # no new upload; one in flight is cut off and retried
-            pyfuse3.terminate()
-            await self._closed.wait()
-            try:
-                await _send(stream, {"ok": True, "files": 0, "bytes": 0, "pending": pending})
-            finally:
-                self._answered.set()
-        elif cmd == "unmount" and self.vfs.open_for_write():
-            # fusermount3 -u refuses a busy mount; detaching would lose what is being written.
-            await _send(stream, {"ok": False, "error": f"{self.mountpoint} is busy: "
-                                 f"{self.vfs.open_for_write()} file(s) open for writing"})
-        elif cmd in ("sync", "unmount"):
-            before = self.vfs.uploaded_bytes
-            started = time.monotonic()
-            send_channel, receive_channel = trio.open_memory_channel[tuple[int, int]](64)
+        self._unmount_requested = True
+        if lazy:
+            self._lazy = True
+            self.vfs.ledger.stop_uploads()
+        pyfuse3.terminate()
+        await self._closed.wait()
 
-            def progress(done: int, total: int) -> None:
-                with contextlib.suppress(trio.WouldBlock):
-                    send_channel.send_nowait((done, total))
-
-            async def forward() -> None:
-                async for done, total in receive_channel:
-                    assert self.vfs is not None
-                    await _send(stream, {"progress": {
-                        "done": done, "total": total,
-                        "bytes": self.vfs.uploaded_bytes - before,
-                        "pending_bytes": self.vfs.dirty_bytes,
-                        "seconds": round(time.monotonic() - started, 3)}})
-
-            retry_scope = trio.CancelScope()
-
-            async def report_retries() -> None:
-                # A drain waits for uploads that keep failing: say why, instead of going quiet.
-                with retry_scope:
-                    while True:
-                        await trio.sleep(5)
-                        failing = self.vfs.ledger.failing() if self.vfs else []
-                        if failing:
-                            text = failing[0] + (f" (+{len(failing) - 1} more)"
-                                                 if len(failing) > 1 else "")
-                            await _send(stream, {"progress": {"done": -1, "total": -1,
-                                                              "error": text}})
-
-            async with trio.open_nursery() as inner:
-                inner.start_soon(forward)
-                inner.start_soon(report_retries)
-                files = await self._drain(cmd, progress)
-                await send_channel.aclose()
-                retry_scope.cancel()
-            answer = {"ok": True, "files": files, "bytes": self.vfs.uploaded_bytes - before,
-                      "seconds": round(time.monotonic() - started, 3),
-                      "refused": self.vfs.refused()}
-            if cmd == "unmount" and answer["refused"]:
-                # Unmounting would leave these changes in the cache alone, where nothing
-                # shows them: the mount stays, so that they can be renamed or rewritten.
-                answer.update(ok=False, error=(
-                    f"{self.mountpoint} stays mounted: {len(answer['refused'])} change(s) the "
-                    f"store refused are only in the cache ({self.cache_dir}); rename or "
-                    "remove them, or unmount with --lazy to keep them journaled for the "
-                    "next mount"))
-                await _send(stream, answer)
-                return
-            if cmd == "unmount":
-                self._unmount_requested = True
-                pyfuse3.terminate()
-                await self._closed.wait()
-            try:
-                await _send(stream, answer)
-            finally:
-                if cmd == "unmount":
-                    self._answered.set()
-        else:
-            await _send(stream, {"ok": False, "error": f"unknown command {cmd!r}"})
-
-
-async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
-    await stream.send_all(json.dumps(message).encode() + b"\n")
-
-
-async def _cancel_when_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
-    """Cancel `scope` once the client closes its end: a client sends one request and then
-    only reads, so an end of stream (or an error) means it is gone and no one waits for the
-    answer any more."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        while await stream.receive_some(4096):
-            pass
-    scope.cancel()
-
-
-def _client_gone(exc: BaseException) -> bool:
-    """Whether `exc` (possibly an ExceptionGroup from a request's own tasks) says only that
-    the control client's connection is gone."""
-    gone = (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError,
-            ConnectionResetError)
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_client_gone(inner) for inner in exc.exceptions)
-    return isinstance(exc, gone)
+    def answered(self) -> None:
+        """The `zonefs umount` that asked for the unmount has its answer (or is gone)."""
+        self._answered.set()

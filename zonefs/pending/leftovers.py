@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: may be for that upload to count as the one the intent may have created: room for clock skew
 #: between this machine and the store, and for botocore's retries of the create. Another
 #: client's upload of the very same key, initiated within it and holding no part yet, would be
-#: aborted too: the accepted risk (README, "Known limitations").
+#: aborted too: the accepted risk (docs/semantics.md, "Known limitations").
 INTENT_WINDOW = 15 * 60.0
 
 

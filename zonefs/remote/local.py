@@ -23,6 +23,9 @@ Invariants:
   could hand to any S3 store.
 - Files are created 0600 and directories 0700. The SQLite connection is shared by the worker
   threads and guarded by one lock.
+
+This module owns the zone's files and its writes; `local_versions` holds the table's schema and
+the batched walks listings page through.
 """
 
 from __future__ import annotations
@@ -60,52 +63,24 @@ from zonefs.remote.base import (
     VersionPage,
     report_progress,
 )
+from zonefs.remote.local_versions import (
+    COLUMNS,
+    FORMAT,
+    MIGRATE_1_TO_2,
+    SCHEMA,
+    live_rows,
+    version_rows,
+)
 
 if TYPE_CHECKING:
     from zonefs.common.config import ZoneConfig
 
-_FORMAT = "2"
 _CHUNK = 1 << 20
 _DEFAULT_TYPE = "binary/octet-stream"  # what S3 reports for objects stored without a type
 _BATCH = 1000
 _STALE_TEMP_AGE = 24 * 3600.0  # seconds; a temp body older than this belongs to a dead writer
 #: S3's limit on the length of a key, in bytes of UTF-8.
 MAX_KEY_BYTES = 1024
-
-_VERSIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS versions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    version_id TEXT NOT NULL,
-    is_latest INTEGER NOT NULL,
-    is_delete_marker INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    etag TEXT NOT NULL,
-    mtime REAL NOT NULL,
-    metadata TEXT,
-    content_type TEXT,
-    blob TEXT
-);
-"""
-_INDEXES = """
-CREATE UNIQUE INDEX IF NOT EXISTS versions_id ON versions(key, version_id);
-CREATE UNIQUE INDEX IF NOT EXISTS versions_latest ON versions(key) WHERE is_latest = 1;
-CREATE INDEX IF NOT EXISTS versions_key ON versions(key, seq DESC);
-CREATE INDEX IF NOT EXISTS versions_blob ON versions(blob);
-"""
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
-    + _VERSIONS_TABLE + _INDEXES
-)
-# Format 1 made version ids unique across keys, which leaves no room for S3's "null" version
-# (one per key, in a suspended zone); format 2 makes them unique per key.
-_MIGRATE_1_TO_2 = (
-    "BEGIN IMMEDIATE; ALTER TABLE versions RENAME TO versions_v1;" + _VERSIONS_TABLE
-    + "INSERT INTO versions SELECT * FROM versions_v1; DROP TABLE versions_v1;" + _INDEXES
-    + "UPDATE meta SET value = '2' WHERE name = 'format'; COMMIT;"
-)
-_COLUMNS = "key, version_id, size, etag, mtime, metadata, content_type, blob, is_delete_marker"
-
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -124,12 +99,6 @@ def _guarded(fn: _F) -> _F:
             raise RemoteError(f"{self.description}: zone database error: {exc}") from exc
 
     return cast(_F, wrapper)
-
-
-def _after_prefix(common: str) -> str:
-    """The smallest string above every key that starts with `common` (code-point order, which
-    SQLite's binary collation of UTF-8 follows)."""
-    return common[:-1] + chr(ord(common[-1]) + 1)
 
 
 class LocalRemote(Remote):
@@ -161,20 +130,20 @@ class LocalRemote(Remote):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             if create:
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(SCHEMA)
                 self._db.execute(
-                    "INSERT OR IGNORE INTO meta(name, value) VALUES('format', ?)", (_FORMAT,)
+                    "INSERT OR IGNORE INTO meta(name, value) VALUES('format', ?)", (FORMAT,)
                 )
             row = self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
             if row is not None and row[0] == "1":
-                self._db.executescript(_MIGRATE_1_TO_2)
+                self._db.executescript(MIGRATE_1_TO_2)
                 row = ("2",)
         except sqlite3.DatabaseError as exc:
             raise self._missing(f" ({exc})") from exc
         if row is None or not os.path.isdir(self._data):
             self._db.close()
             raise self._missing()
-        if row[0] != _FORMAT:
+        if row[0] != FORMAT:
             self._db.close()
             raise self._missing(f" (format {row[0]} is newer than this zonefs understands)")
         self._remove_stale_temps()
@@ -399,12 +368,12 @@ class LocalRemote(Remote):
         with self._lock:
             if version_id:
                 row = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM versions WHERE key = ? AND version_id = ?",
+                    f"SELECT {COLUMNS} FROM versions WHERE key = ? AND version_id = ?",
                     (key, version_id),
                 ).fetchone()
             else:
                 row = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM versions WHERE key = ? AND is_latest = 1", (key,)
+                    f"SELECT {COLUMNS} FROM versions WHERE key = ? AND is_latest = 1", (key,)
                 ).fetchone()
         if row is None or row[-1]:  # missing, or a delete marker
             raise NotFound(f"{self.object_uri(key)}: no such object")
@@ -451,7 +420,7 @@ class LocalRemote(Remote):
         if max_keys <= 0:
             return page
         last = ""
-        for entry in self._entries(prefix, delimiter, token):
+        for entry in live_rows(self._db, self._lock, prefix, delimiter, token, batch=_BATCH):
             if len(page.objects) + len(page.prefixes) == max_keys:
                 # One more entry exists: the page is truncated, and resumes after `last`.
                 return ListPage(page.objects, page.prefixes, next_token=last)
@@ -459,47 +428,9 @@ class LocalRemote(Remote):
                 page.prefixes.append(entry)
                 last = entry
             else:
-                page.objects.append(entry)
-                last = entry.key
+                page.objects.append(self._to_info(entry, with_metadata=False))
+                last = entry[0]
         return page
-
-    def _entries(
-        self, prefix: str, delimiter: str | None, token: str | None
-    ) -> Iterator[ObjectInfo | str]:
-        """Live keys under `prefix` in key order, rolled up into common prefixes, after `token`.
-
-        Memory stays bounded: rows come in batches by key range, and a common prefix is
-        skipped over with one new range query instead of scanning the keys under it.
-        """
-        low, after = prefix, token or ""
-        if token and delimiter and delimiter in token[len(prefix):]:
-            after = ""
-            low = max(low, _after_prefix(token))  # the token was a common prefix: skip it
-        while True:
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM versions WHERE is_latest = 1"
-                    " AND is_delete_marker = 0 AND key >= ? AND key > ? ORDER BY key LIMIT ?",
-                    (low, after, _BATCH),
-                ).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                key = row[0]
-                if not key.startswith(prefix):
-                    return
-                rest = key[len(prefix):]
-                cut = rest.find(delimiter) if delimiter else -1
-                if cut >= 0:
-                    common = prefix + rest[: cut + len(delimiter or "")]
-                    yield common
-                    low, after = _after_prefix(common), ""
-                    break
-                yield self._to_info(row, with_metadata=False)
-                after = key
-            else:
-                if len(rows) < _BATCH:
-                    return
 
     @_guarded
     def _get_range(
@@ -625,70 +556,25 @@ class LocalRemote(Remote):
     ) -> VersionPage:
         page = VersionPage()
         last: tuple[str, str] | None = None
-        for entry in self._version_entries(prefix, delimiter, marker):
+        for entry in version_rows(self._db, self._lock, prefix, delimiter, marker,
+                                  batch=_BATCH):
             if len(page.versions) + len(page.prefixes) == max_keys:
                 return VersionPage(page.versions, page.prefixes, next_marker=last)
             if isinstance(entry, str):
                 page.prefixes.append(entry)
                 last = (entry, "")
             else:
-                page.versions.append(entry)
-                last = (entry.key, entry.version_id or "null")
+                version = self._to_version(entry)
+                page.versions.append(version)
+                last = (version.key, version.version_id or "null")
         return page
 
-    def _version_entries(
-        self, prefix: str, delimiter: str | None, marker: tuple[str, str] | None
-    ) -> Iterator[VersionInfo | str]:
-        """Versions of keys under `prefix` by key, newest first, rolled up into common
-        prefixes, after `marker`; read in batches, so memory stays bounded."""
-        key, seq = prefix, None  # resume point: rows after (key, seq) in (key, seq DESC) order
-        if marker is not None:
-            mkey, mvid = marker
-            rest = mkey[len(prefix):]
-            if not mvid and delimiter and rest.endswith(delimiter) and delimiter in rest:
-                key = _after_prefix(mkey)  # the marker was a common prefix: skip it
-            elif mvid:
-                with self._lock:
-                    row = self._db.execute(
-                        "SELECT seq FROM versions WHERE key = ? AND version_id = ?", (mkey, mvid)
-                    ).fetchone()
-                key, seq = mkey, (row[0] if row else None)
-                if seq is None:
-                    key = mkey + "\0"  # the marker's version is gone: go on after its key
-            else:
-                key = mkey + "\0"
-        while True:
-            with self._lock:
-                if seq is None:
-                    rows = self._db.execute(
-                        f"SELECT {_COLUMNS}, is_latest, seq FROM versions WHERE key >= ?"
-                        " ORDER BY key, seq DESC LIMIT ?", (key, _BATCH),
-                    ).fetchall()
-                else:
-                    rows = self._db.execute(
-                        f"SELECT {_COLUMNS}, is_latest, seq FROM versions"
-                        " WHERE (key = ? AND seq < ?) OR key > ? ORDER BY key, seq DESC LIMIT ?",
-                        (key, seq, key, _BATCH),
-                    ).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                if not row[0].startswith(prefix):
-                    return
-                rest = row[0][len(prefix):]
-                cut = rest.find(delimiter) if delimiter else -1
-                if cut >= 0:
-                    common = prefix + rest[: cut + len(delimiter or "")]
-                    yield common
-                    key, seq = _after_prefix(common), None
-                    break
-                info = self._to_info(row[:9])
-                yield VersionInfo(
-                    info.key, info.size, info.etag, info.mtime, info.version_id,
-                    None if row[8] else info.metadata, info.content_type,
-                    is_latest=bool(row[9]), is_delete_marker=bool(row[8]),
-                )
-                key, seq = row[0], row[10]
-            else:
-                if len(rows) < _BATCH:
-                    return
+    @classmethod
+    def _to_version(cls, row: tuple[Any, ...]) -> VersionInfo:
+        """A version from a row of `version_rows` (`COLUMNS`, is_latest, seq)."""
+        info = cls._to_info(row[:9])
+        return VersionInfo(
+            info.key, info.size, info.etag, info.mtime, info.version_id,
+            None if row[8] else info.metadata, info.content_type,
+            is_latest=bool(row[9]), is_delete_marker=bool(row[8]),
+        )
