@@ -196,3 +196,75 @@ def test_every_module_says_what_it_owns() -> None:
         if name.endswith("__main__"):
             continue
         assert ast.get_docstring(tree), f"zonefs/{name} has no module docstring"
+
+
+# -- pending state has one owner ----------------------------------------------------------------
+
+#: The pending wing's collections: reached through the ledger's operations and queries only.
+PENDING_COLLECTIONS = {"rows", "deletes", "writeback", "settler", "uploader"}
+#: Fields only a pending row (`DirtyFile`) has.
+PENDING_ROW_FIELDS = {"kind", "writers", "persisted", "uploaded_generation", "uploaded",
+                      "absent", "claimed"}
+#: Methods that change a dict, set or list.
+MUTATORS = {"pop", "popitem", "setdefault", "update", "clear", "add", "discard", "remove",
+            "append", "extend", "insert"}
+
+
+def _chain(node: ast.expr) -> list[str]:
+    """The attribute names of `a.b.c` (['a', 'b', 'c']), subscripts skipped."""
+    names: list[str] = []
+    while True:
+        if isinstance(node, ast.Attribute):
+            names.append(node.attr)
+            node = node.value
+        elif isinstance(node, ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Call):
+            node = node.func
+        else:
+            if isinstance(node, ast.Name):
+                names.append(node.id)
+            return names[::-1]
+
+
+def _pending_writes(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, what) for each place that reaches into the ledger's collections or changes a
+    pending row's fields."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in PENDING_COLLECTIONS:
+            found.append((node.lineno, f"reaches .{node.attr}"))
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        for target in targets:
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target]):
+                chain = _chain(t)
+                if len(chain) < 2 or chain[0] == "self" and len(chain) == 2:
+                    continue  # a local name, or an object's own field
+                if "row" in chain[1:] or chain[-1] in PENDING_ROW_FIELDS:
+                    found.append((t.lineno, "assigns " + ".".join(chain)))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in MUTATORS and "row" in _chain(node.func.value)):
+            found.append((node.lineno, "changes " + ".".join(_chain(node.func))))
+    return found
+
+
+def test_only_the_pending_wing_changes_pending_state() -> None:
+    """Outside zonefs/pending, no module reaches into the ledger's collections (its rows,
+    deletes, write-back queue) or assigns a field of a pending row: it asks the ledger."""
+    bad = [f"zonefs/{name.replace('.', '/')}.py:{line}: {what}"
+           for name, tree in MODULES.items() if wing(name) != "pending"
+           for line, what in _pending_writes(tree)]
+    assert not bad, "pending state changed outside its owner:\n" + "\n".join(bad)
+
+
+def test_the_pending_check_sees_a_reach() -> None:
+    """The check above finds what it is meant to (so that it cannot pass by finding nothing)."""
+    tree = ast.parse("df.row.size = 3\nself.ledger.rows.pop(p)\nh.dirty.writers += 1\n"
+                     "x.row.meta.append(1)\nself.kind = 1\n")
+    assert sorted(line for line, _ in _pending_writes(tree)) == [1, 2, 3, 4]

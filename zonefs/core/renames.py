@@ -96,7 +96,7 @@ class Renamer:
         the content IDs; None keeps the source's."""
         if df is None:
             return None
-        return keys.encode_meta(df.row.meta, **self.ledger.uploader.hash_headers(key, etag))
+        return keys.encode_meta(df.row.meta, **self.ledger.hash_headers(key, etag))
 
     async def move_file(self, old: str, new: str, src: Stat) -> None:
         """Move the file `old` (whose stat is `src`; no pending bytes) to `new` by a copy in

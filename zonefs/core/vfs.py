@@ -116,7 +116,7 @@ class Vfs:
 
     @property
     def uploaded_bytes(self) -> int:
-        return self.ledger.uploader.uploaded_bytes
+        return self.ledger.uploaded_bytes
 
     async def recover(self) -> int:
         """Finish what a crash cut short, before the mount answers and before `requeue_dirty`:
@@ -461,5 +461,5 @@ class Vfs:
             "cache": self.blobs.stats(),
             "requests": dict(self.remote.requests.counts),
             "odd_keys": [{"key": k, "what": w} for k, w in sorted(self.view.reported.items())],
-            "conflicts": self.ledger.uploader.conflicts,
+            "conflicts": self.ledger.conflicts,
         }

@@ -8,7 +8,8 @@ other modules of this wing: `moves` moves rows to new names, `deletes` keeps the
 and bumps a row's `generation`. The core asks it through named operations: `created`,
 `opened_for_write`, `took_local_copy`, `wrote`, `truncated`, `metadata_changed`, `closed`,
 `last_close`, `removed`, the moves of `moves.LocalMoves`, and reads rows through `row` and the
-queries below. One upload (`upload.Uploader.send`) changes nothing: `_apply` settles its outcome.
+queries below. One upload (`upload.Uploader.send`) changes nothing: `settle.Settler` settles
+its outcome.
 
 Invariants (tests/t2_ledger.py, and t3's check after every test):
 - A row is in the journal (fsync'ed) before its path is handed to the write-back queue by
@@ -33,29 +34,35 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from zonefs.cache.dircache import Entry
-from zonefs.cache.journal import DirtyRow, ObjectRow
+from zonefs.cache.journal import DirtyRow
 from zonefs.common import keys
 from zonefs.common.errors import Refused, RemoteError, StoreFailing, ZonefsError
 from zonefs.common.keys import PosixMeta
+from zonefs.pending.backpressure import Backpressure
 from zonefs.pending.deletes import PendingDeletes
 from zonefs.pending.leftovers import abort_leftover_uploads
-from zonefs.pending.rows import ANY_OBJECT, DirtyFile, Kind, PendingRows, has_new_bytes
-from zonefs.pending.upload import KeptAsConflict, Landed, Uploader, UploadJob
+from zonefs.pending.rows import (
+    ANY_OBJECT,
+    DirtyFile,
+    Kind,
+    PendingRows,
+    may_exist,
+)
+from zonefs.pending.settle import Settler
+from zonefs.pending.upload import Uploader, UploadJob
 from zonefs.pending.writeback import WriteBack
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, ItemsView, Iterator
 
-    from zonefs.cache.blobs import BlobStore, Digest
+    from zonefs.cache.blobs import BlobStore
     from zonefs.cache.dircache import DirCache
     from zonefs.cache.journal import Journal
     from zonefs.common.config import MountOptions
     from zonefs.pending.deletes import PendingDelete
-    from zonefs.pending.upload import Outcome
     from zonefs.pending.writeback import Progress, Refusal
-    from zonefs.remote.base import ObjectInfo, Remote
+    from zonefs.remote.base import Remote
     from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
@@ -71,19 +78,14 @@ class Ledger:
                  opts: MountOptions, capabilities: Capabilities, *,
                  forget_opened: Callable[[str], None]) -> None:
         self.remote, self.journal, self.blobs, self.cache = remote, journal, blobs, cache
-        # Tells the core's object reader that a name's object changed (its open pins go).
-        self._forget_opened = forget_opened
         self.writeback = WriteBack(self._apply, delay=opts.writeback_delay)
         self.rows = PendingRows()
-        self.budget = opts.cache_size  # dirty bytes beyond which writes wait for uploads
         self.uploader = Uploader(remote, journal, blobs, capabilities,
                                  kachery_mirror=opts.kachery_mirror,
                                  is_pending=self.rows.__contains__)
-        self._progress = trio.Event()  # set whenever a dirty file leaves (uploaded, dropped)
-        self._throttled = False
-        self._estimate = 0
+        self.backpressure = Backpressure(self.rows, self.writeback, blobs, opts.cache_size)
         self.deletes = PendingDeletes(remote, journal, cache, schedule=self.writeback.schedule,
-                                      progress=self._note_progress,
+                                      progress=self.note_progress,
                                       still_needed=self.rows.copies_from)
         for row in journal.dirty_rows():
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
@@ -95,6 +97,7 @@ class Ledger:
                 # the file, which is what gets uploaded, says how long the file is.
                 row.size = os.stat(blobs.abspath(row.data)).st_size
             self.rows[row.path] = DirtyFile(row, persisted=True)
+        self.settler = Settler(self, journal, blobs, cache, forget_opened)
         self._remove_orphans()
 
     # -- queries (the core reads; it never changes what these return) ----------------------
@@ -154,26 +157,30 @@ class Ledger:
         return self.writeback.stats_dict()
 
     @property
+    def uploaded_bytes(self) -> int:
+        return self.uploader.uploaded_bytes
+
+    @property
+    def conflicts(self) -> int:
+        """Conflict copies made (another writer replaced a file this mount changed)."""
+        return self.uploader.conflicts
+
+    def hash_headers(self, key: str, etag: str | None) -> dict[str, str]:
+        """The content-ID headers of `key` at `etag`, when known, to keep them on a copy."""
+        return self.uploader.hash_headers(key, etag)
+
+    @property
     def count(self) -> int:
         """Changes not yet in the bucket: pending rows and deletes."""
         return len(self.rows) + len(self.deletes)
 
     def dirty_bytes(self) -> int:
         """Bytes of local data waiting for upload."""
-        return sum(df.row.size for df in self.rows.values() if has_new_bytes(df))
+        return self.backpressure.dirty_bytes()
 
     def open_for_write(self) -> int:
         """How many write handles are open: an unmount now would cut their files short."""
         return sum(df.writers for df in self.rows.values())
-
-    def presence(self, df: DirtyFile | None, etag: str | None) -> tuple[bool, str | None]:
-        """Whether the store may hold an object under the name of `df` (a pending row, or
-        None for a clean path whose object has `etag`), and its ETag when known."""
-        if df is None:
-            return True, etag
-        if df.absent and df.claimed is None and df.row.base_etag is None:
-            return False, None
-        return True, df.row.base_etag
 
     # -- the daemon's side ---------------------------------------------------------------------
 
@@ -223,44 +230,14 @@ class Ledger:
     # -- backpressure ----------------------------------------------------------------------
 
     async def wait_for_room(self, growth: int) -> None:
-        """Backpressure: while dirty data would pass the budget, upload closed files now and
-        wait for them, instead of failing the write.
+        """A write is about to grow the dirty data by `growth` bytes: see `Backpressure`."""
+        await self.backpressure.wait_for_room(growth)
 
-        Files still open for writing cannot be uploaded, nor can files the store refused
-        until they change; when they alone hold the budget the write goes on (the budget is
-        then exceeded rather than deadlocked).
-        """
-        # An estimate that only grows keeps the common case O(1); the exact sum is taken only
-        # when the estimate passes the budget.
-        self._estimate += growth
-        self.blobs.reserve(self._estimate)
-        if self._estimate <= self.budget:
-            self.blobs.evict()
-            return
-        while (exact := self.dirty_bytes() + growth) > self.budget:
-            closed = [p for p, df in self.rows.items() if not df.writers and has_new_bytes(df)
-                      and not self.writeback.is_refused(df.queue_key)]
-            if not closed:
-                return
-            if not self._throttled:
-                self._throttled = True
-                log.info("dirty data reached cache_size (%d bytes): writes wait for uploads",
-                         self.budget)
-            for path in closed:
-                self.writeback.schedule(path, delay=0)
-            await self._progress.wait()
-        self._throttled = False
-        self._estimate = exact
-        self.blobs.reserve(exact)
-        self.blobs.evict()
+    def note_progress(self) -> None:
+        self.backpressure.note_progress()
 
-    def _note_progress(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
-
-    def _released_bytes(self, size: int) -> None:
-        self._estimate = max(0, self._estimate - size)
-        self.blobs.reserve(self._estimate)
+    def released_bytes(self, size: int) -> None:
+        self.backpressure.released(size)
 
     # -- applying changes now ------------------------------------------------------------------
 
@@ -309,6 +286,10 @@ class Ledger:
         df = self.rows.get(key[:-1] if key.endswith("/") else key)
         return df is not None and df.queue_key == key
 
+    def schedule_key(self, key: str) -> None:
+        """Queue the change of the zone key `key` (journaled already)."""
+        self.writeback.schedule(key)
+
     def schedule(self, df: DirtyFile, *, delay: float | None = None) -> None:
         """Queue the upload of a row (journaled already)."""
         self.writeback.schedule(df.queue_key, delay=delay)
@@ -353,7 +334,7 @@ class Ledger:
             base = claimed_etag or ANY_OBJECT
         else:
             base = None
-        if base is None and old is not None and self.presence(old, None)[0]:
+        if base is None and old is not None and may_exist(old, None)[0]:
             base = ANY_OBJECT  # the file it replaces may have reached the store
         row = DirtyRow(path, data, 0, meta, base, 1)
         df = self.rows[path] = DirtyFile(row, Kind.BYTES, writers=1,
@@ -456,7 +437,7 @@ class Ledger:
         if df.kind in (Kind.UNCHANGED, Kind.METADATA):
             self._revert_unchanged(path, df)
         elif df.uploaded_generation == df.row.generation and df.uploaded is not None:
-            self._finish_clean(path, df, *df.uploaded)
+            self.settler.finish_clean(path, df, *df.uploaded)
         else:
             self.writeback.schedule(path)
 
@@ -479,7 +460,7 @@ class Ledger:
         key = keys.dir_key(path) if is_dir else path
         await self.writeback.cancel(key)
         df = self.rows.pop(path, None)
-        maybe, etag = self.presence(df, etag)
+        maybe, etag = may_exist(df, etag)
         if is_dir and self.deletes.any_below(key):
             # Keys below it, whose deletes are pending, keep the directory in the store's
             # listings until they are applied: its own delete hides it meanwhile.
@@ -492,7 +473,7 @@ class Ledger:
         if df is not None:
             self.discard_data(df)
             self.source_released(df)
-            self._note_progress()
+            self.note_progress()
 
     def delete_later(self, key: str, etag: str | None) -> None:
         """A delete of `key` that waits (for a copy reading it, or for those below it)."""
@@ -536,7 +517,7 @@ class Ledger:
             self.deletes.remember(d, df.row.base_etag)
         self.discard_data(df)
         self.source_released(df)
-        self._note_progress()
+        self.note_progress()
 
     def source_released(self, df: DirtyFile, source: str | None = None) -> None:
         """`df` no longer copies from its source (`source`, else its row's: copied, removed,
@@ -594,90 +575,7 @@ class Ledger:
         except Refused:
             df.absent = was_absent
             raise
-        self._settle(path, df, job, outcome)
-
-    def _settle(self, path: str, df: DirtyFile, job: UploadJob, outcome: Outcome) -> None:
-        if isinstance(outcome, KeptAsConflict):
-            self._settle_conflict(path, df, outcome)
-            return
-        if not isinstance(outcome, Landed):
-            return
-        if self.rows.get(path) is not df:
-            return  # removed or replaced meanwhile
-        df.row.base_etag = outcome.info.etag
-        if df.row.generation != job.generation:
-            # Changed meanwhile: journaled with its new base, it goes up again.
-            self.journal.put_dirty(df.row)
-            return
-        if df.is_dir:
-            self._finish_dir(path, df, outcome.info)
-        elif df.writers:
-            df.uploaded_generation, df.uploaded = job.generation, (outcome.info, outcome.digest)
-            self.journal.put_dirty(df.row)
-        else:
-            self._finish_clean(path, df, outcome.info, outcome.digest)
-
-    def _finish_dir(self, path: str, df: DirtyFile, info: ObjectInfo) -> None:
-        """The marker of a pending directory landed."""
-        key = keys.dir_key(path)
-        # Remembered: where the store drops a marker's metadata (the probe's
-        # dir_markers=dropped), this machine still shows the attributes it set.
-        self.journal.finish_upload(path, ObjectRow(key, info.etag, 0, df.row.meta))
-        del self.rows[path]
-        self._note_progress()
-        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), df.row.meta))
-
-    def _settle_conflict(self, path: str, df: DirtyFile, kept: KeptAsConflict) -> None:
-        """The local bytes are stored as a conflict copy: `path` shows the bucket's version
-        again, unless written again meanwhile or still open (then it stays pending, based on
-        what the bucket holds now)."""
-        if self.rows.get(path) is not df or df.writers:
-            if kept.current_etag is not None:
-                df.row.base_etag = kept.current_etag
-            if self.rows.get(path) is df:
-                self.journal.put_dirty(df.row)
-                self.writeback.schedule(path)
-            return
-        self.journal.drop_dirty(path)
-        if df.row.data is not None:
-            self.blobs.ingest(self.blobs.abspath(df.row.data), kept.digest)
-        del self.rows[path]
-        self._released_bytes(df.row.size)
-        self._note_progress()
-        self.cache.invalidate(path)
-        self.cache.invalidate(kept.name)
-        self._forget_opened(path)
-
-    def _finish_clean(self, path: str, df: DirtyFile, info: ObjectInfo,
-                      digest: Digest | None) -> None:
-        """The upload of `df` landed as `info`: record the object, cache the bytes as a blob."""
-        row = df.row
-        # A copy in place, or of a renamed file's old name: the same bytes as that object.
-        memo = self.journal.get_object(row.source if df.is_copy and row.source else path)
-        sha256 = digest.sha256 if digest else (memo.sha256 if memo else None)
-        sha1 = digest.sha1 if digest else (memo.sha1 if memo else None)
-        obj = ObjectRow(path, info.etag, row.size, row.meta, sha256, sha1)
-        # Journal first, not fsync'ed: the data file stays in staging/ (the blob is a second
-        # link to it) until the commit is durable, so that a power loss undoing it finds the
-        # row's bytes again; a crash in between leaves an orphan staging file (removed at the
-        # next start), never a row whose bytes are gone.
-        self.journal.finish_upload(path, obj)
-        if digest is not None:
-            self.journal.saw(digest.sha256, info.etag)
-        elif memo is not None:  # a copy in place with new headers: the same bytes
-            self.journal.saw_copy(sha256, memo.etag, info.etag)
-        if digest is not None and row.data is not None:
-            staging = self.blobs.abspath(row.data)
-            self.blobs.ingest(staging, digest, keep_source=True)
-            self.journal.after_sync(
-                lambda: self.blobs.drop_source(staging, digest.sha256))
-        del self.rows[path]
-        self.source_released(df)
-        self._released_bytes(row.size)
-        self._note_progress()
-        self.cache.put_entry(path, Entry(False, row.size, info.etag, time.time(), row.meta,
-                                         info.version_id))
-        self._forget_opened(path)
+        self.settler.settle(path, df, job, outcome)
 
     def below(self, path: str) -> Iterator[tuple[str, DirtyFile]]:
         """The pending rows at or below `path` (a snapshot)."""

@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from zonefs.cache.journal import MOVE_DIRTY, MOVE_DROP, DirtyRow
-from zonefs.pending.rows import ANY_OBJECT, DirtyFile, Kind, moves_as_row
+from zonefs.pending.rows import ANY_OBJECT, DirtyFile, Kind, may_exist, moves_as_row
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -66,7 +66,7 @@ class LocalMoves:
         claimed, claimed_etag = await ledger.claim(new)
         base = self._replaced_base(new, dst_etag, dst_exists, replacing, replaced, claimed,
                                    claimed_etag)
-        maybe, etag = ledger.presence(df, None)
+        maybe, etag = may_exist(df, None)
         delete = (old, etag) if maybe else None
         if df.persisted:
             self.journal.move_pending(old, new, base_etag=base, delete=delete,
@@ -153,7 +153,7 @@ class LocalMoves:
             return dst_etag
         if claimed:
             return claimed_etag or ANY_OBJECT  # the object of the delete this write replaces
-        if replaced is not None and self.ledger.presence(replaced, dst_etag)[0]:
+        if replaced is not None and may_exist(replaced, dst_etag)[0]:
             return ANY_OBJECT  # a pending file replaced here, an upload of which may have landed
         return None
 

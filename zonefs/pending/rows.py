@@ -177,3 +177,13 @@ def moves_as_row(df: DirtyFile) -> bool:
     than copying an object: new bytes, a directory marker still to be put, or a copy still
     to be made."""
     return df.kind in (Kind.BYTES, Kind.SYMLINK, Kind.DIRECTORY, Kind.COPY)
+
+
+def may_exist(df: DirtyFile | None, etag: str | None) -> tuple[bool, str | None]:
+    """Whether the store may hold an object under the name of `df` (a pending row, or None
+    for a clean path whose object has `etag`), and its ETag when known."""
+    if df is None:
+        return True, etag
+    if df.absent and df.claimed is None and df.row.base_etag is None:
+        return False, None
+    return True, df.row.base_etag
