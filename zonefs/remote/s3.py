@@ -386,7 +386,7 @@ class S3Remote(S3Multipart, Remote):
         if_match: str | None = None,
         if_none_match: bool = False,
         checksum_sha256: str | None = None,
-        payload_sha256: str | None = None,
+        payload_sha256: str | None = None,  # botocore hashes the body itself
     ) -> ObjectInfo:
         put_args = self._put_args(metadata, content_type)
         conditions = self._condition_args(if_match, if_none_match)

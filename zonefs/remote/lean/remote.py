@@ -461,7 +461,8 @@ class LeanRemote(Remote):
               src_version_id: str | None = None) -> ObjectInfo:
         writes, why = self._writes(), None
         if writes is not None:
-            # Size decides single or multipart (the boto3 remote's); metadata for the result.
+            # Size decides single or multipart (the boto3 remote's, which HEADs the source
+            # again: over 5 GiB, or after an answer not understood); metadata for the result.
             src = self._head(src_key, src_version_id)
             if src.size <= self.boto.COPY_MULTIPART_THRESHOLD:
                 new_meta = dict(src.metadata or {}) if metadata is None else _lower(metadata)

@@ -19,9 +19,9 @@ Invariants:
   (bucket and key percent-encoded as botocore encodes them, `?versionId=` unencoded) with
   `x-amz-metadata-directive`; all of them are signed.
 - The payload hash is UNSIGNED-PAYLOAD only where the boto3 client would send that (see
-  `remote.payload_unsigned`); otherwise the body's SHA-256: the caller's when it knows it (a store
-  refuses the request if it is wrong, and boto3 makes it then), else computed before the body
-  is sent (SigV4 puts it in the headers).
+  `LeanRemote._unsigned_payload`); otherwise the body's SHA-256: the caller's when it knows
+  it (a store refuses the request if it is wrong, and boto3 makes it then), else computed
+  before the body is sent (SigV4 puts it in the headers).
 - A body is read from its start at each attempt. `stopped()` is checked before each piece and
   `Cancelled` raised once it is true, so that nothing more is sent; `report_progress()` runs
   after each piece is sent. Files up to `INLINE_LIMIT` are read whole, once, before sending.
