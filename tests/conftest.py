@@ -7,6 +7,9 @@ S3: one endpoint per session, chosen by the environment:
   stopped by its PID (bench/endpoints.py starts it, as for the benchmark);
 - ZONEFS_TEST_S3_ENDPOINT=URL: a server already running there (credentials come from the usual
   AWS variables), such as MiniStack or Ceph RGW.
+ZONEFS_TEST_LEAN_REQUESTS=off runs the session with the lean request path off: every Remote
+and every mount the tests make sends all its S3 requests through boto3 (`make test` does so on
+SeaweedFS, so each server run tests one path).
 On any server but moto, only the tests that use S3 run (the others do not depend on the
 server; tests parametrized over the local zone run for S3 only), and tests of moto itself
 (those starting servers of their own) are left out. Each test gets its own bucket with
@@ -44,6 +47,16 @@ S3_SERVER_ENV = "ZONEFS_TEST_S3_SERVER"
 S3_SERVERS = ("moto", "seaweedfs")
 #: The credentials of the servers the session starts (moto takes any; weed is given these).
 TEST_KEY = "testing"
+#: "off": the session's remotes and mounts run with lean_requests=off.
+LEAN_TEST_ENV = "ZONEFS_TEST_LEAN_REQUESTS"
+#: The product's own switch, which open_remote reads (in the tests and in mounted daemons).
+LEAN_ENV = "ZONEFS_LEAN_REQUESTS"
+
+
+def lean_requests_on() -> bool:
+    """Whether the session runs with the lean request path (ZONEFS_TEST_LEAN_REQUESTS)."""
+    return os.environ.get(LEAN_TEST_ENV, "on").strip().lower() not in ("0", "off", "no",
+                                                                         "false")
 
 
 def s3_server() -> str:
@@ -281,6 +294,10 @@ from vfs_harness import Env, Store, unversioned_bucket  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not lean_requests_on():
+        # lean_requests=off for every Remote the tests open and every daemon they start
+        # (subprocess_env passes the environment on).
+        os.environ[LEAN_ENV] = "off"
     config.addinivalue_line(
         "markers",
         "mount_options(**options): extra -o options for the `mount` fixture "
@@ -319,11 +336,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     kind = s3_server()
     where = os.environ.get(S3_ENDPOINT_ENV) if kind == "external" else "started on 127.0.0.1"
     scope = "" if kind == "moto" else "; only the tests that use it run"
-    return f"S3 server: {kind} ({where}){scope}"
+    lean = "on" if lean_requests_on() else f"off ({LEAN_TEST_ENV}=off: S3 requests by boto3)"
+    return [f"S3 server: {kind} ({where}){scope}", f"lean request path: {lean}"]
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

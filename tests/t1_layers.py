@@ -37,7 +37,7 @@ RANKS = {
 ONLY_IN = {
     "pyfuse3": {"mount"},
     "boto3": {"remote.s3", "remote.s3_errors"},
-    "botocore": {"remote.s3", "remote.s3_errors", "remote.lean"},
+    "botocore": {"remote.s3", "remote.s3_errors", "remote.s3_multipart", "remote.lean.remote"},
 }
 #: The longest chain of imports (in modules) the graph may have.
 MAX_DEPTH = 10  # lowered to 8 as the remote and core wings flatten

@@ -1,4 +1,4 @@
-"""The lean request path (remote/lean.py over remote/signed.py), against the tests' S3 endpoint.
+"""The lean request path (remote/lean/), against the tests' S3 endpoint.
 
 Every lean read must give exactly what the boto3 path gives on the same objects: each test
 runs the same calls through two remotes of one zone, one with the lean path and one with it
@@ -52,15 +52,16 @@ from zonefs.common.errors import (
     ZonefsError,
 )
 from zonefs.common.zones import parse_zone
-from zonefs.remote import ListPage, ObjectInfo, open_remote
-from zonefs.remote.probe import probe
-from zonefs.remote.s3 import LEAN_ENV, S3Remote
-from zonefs.remote.signed import (
+from zonefs.remote import ListPage, ObjectInfo, Remote, open_remote
+from zonefs.remote.lean.remote import LEAN_ENV, LeanRemote
+from zonefs.remote.lean.transport import (
     Credentials,
-    SignedTransport,
+    HandSigner,
     Target,
     canonical_query,
 )
+from zonefs.remote.probe import probe
+from zonefs.remote.s3 import S3Remote
 
 MiB = 1 << 20
 
@@ -79,14 +80,25 @@ ODD_KEYS = [
 ]
 
 
-def lean_remote(zone: ZoneConfig, **kwargs: Any) -> S3Remote:
+#: (lean, boto3-only) remotes.
+Pair = tuple[LeanRemote, S3Remote]
+
+
+@pytest.fixture(autouse=True)
+def lean_path_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This file tests the lean path itself: on, even in a run that turns it off elsewhere."""
+    monkeypatch.delenv(LEAN_ENV, raising=False)
+
+
+def lean_remote(zone: ZoneConfig, **kwargs: Any) -> Any:
+    """The lean remote of `zone` (the plain boto3 one with `lean_requests=False`)."""
     remote = open_remote(zone, **kwargs)
-    assert isinstance(remote, S3Remote)
+    assert isinstance(remote, LeanRemote if kwargs.get("lean_requests", True) else S3Remote)
     return remote
 
 
 @pytest.fixture
-def pair(s3_zone: ZoneConfig) -> Iterator[tuple[S3Remote, S3Remote]]:
+def pair(s3_zone: ZoneConfig) -> Iterator[Pair]:
     """(lean, boto3-only) remotes of one zone."""
     lean = lean_remote(s3_zone)
     boto = lean_remote(s3_zone, lean_requests=False)
@@ -94,9 +106,9 @@ def pair(s3_zone: ZoneConfig) -> Iterator[tuple[S3Remote, S3Remote]]:
     lean.close()
 
 
-def assert_lean_used(remote: S3Remote) -> None:
+def assert_lean_used(remote: LeanRemote) -> None:
     """The lean path is set up, sent requests, and handed none to boto3."""
-    reads = remote._lean_reads()
+    reads = remote._reads()
     assert reads is not None, "the lean path is off"
     assert reads.transport.opened >= 1
     assert remote.lean_fallbacks == {}, remote.lean_fallbacks
@@ -110,7 +122,7 @@ async def outcome(call: Callable[[], Awaitable[Any]]) -> Any:
         return (type(exc), str(exc), getattr(exc, "transient", False))
 
 
-async def same(lean: S3Remote, boto: S3Remote, method: str, *args: Any, **kwargs: Any) -> Any:
+async def same(lean: Remote, boto: Remote, method: str, *args: Any, **kwargs: Any) -> Any:
     """`method(*args)` on both remotes gives the same value or the same error; returns it."""
     got = await outcome(lambda: getattr(lean, method)(*args, **kwargs))
     want = await outcome(lambda: getattr(boto, method)(*args, **kwargs))
@@ -118,7 +130,7 @@ async def same(lean: S3Remote, boto: S3Remote, method: str, *args: Any, **kwargs
     return got
 
 
-async def same_download(lean: S3Remote, boto: S3Remote, tmp_path: Path, key: str,
+async def same_download(lean: Remote, boto: Remote, tmp_path: Path, key: str,
                         **kwargs: Any) -> Any:
     """A whole GET into a file on both: same info (or error) and same bytes."""
     a, b = tmp_path / "lean.out", tmp_path / "boto.out"
@@ -134,7 +146,7 @@ async def same_download(lean: S3Remote, boto: S3Remote, tmp_path: Path, key: str
 
 
 async def test_head_and_gets_of_odd_keys_match_boto3(
-    pair: tuple[S3Remote, S3Remote], tmp_path: Path
+    pair: Pair, tmp_path: Path
 ) -> None:
     lean, boto = pair
     for n, key in enumerate(ODD_KEYS):
@@ -156,7 +168,7 @@ async def test_head_and_gets_of_odd_keys_match_boto3(
     assert_lean_used(lean)
 
 
-async def test_listing_pages_with_delimiter_match_boto3(pair: tuple[S3Remote, S3Remote]) -> None:
+async def test_listing_pages_with_delimiter_match_boto3(pair: Pair) -> None:
     lean, boto = pair
     keys = ["l/a.txt", "l/b/1", "l/b/2", "l/c d/", "l/c d/x", "l/e+f", "l/g%h/i", "l/j~k",
             "l/ünï", "l/m/n/o", "l/p.txt", "l/q/", "l/r"] + [f"l/{k}" for k in ODD_KEYS]
@@ -208,7 +220,7 @@ async def test_prefix_zone_listing_and_root_marker(
 
 
 async def test_versions_and_if_match_match_boto3(
-    pair: tuple[S3Remote, S3Remote], tmp_path: Path
+    pair: Pair, tmp_path: Path
 ) -> None:
     lean, boto = pair
     v1 = await boto.put_bytes("v k+1", b"one", {"n": "1"})
@@ -230,7 +242,7 @@ async def test_versions_and_if_match_match_boto3(
 
 
 async def test_missing_keys_and_delete_markers_match_boto3(
-    pair: tuple[S3Remote, S3Remote], tmp_path: Path
+    pair: Pair, tmp_path: Path
 ) -> None:
     lean, boto = pair
     for key in ("never was", "deep/never/was+"):
@@ -244,7 +256,7 @@ async def test_missing_keys_and_delete_markers_match_boto3(
     marker = [v async for page in boto.iter_versions("gone", None) for v in page.versions][0]
     assert marker.is_delete_marker
     assert (await same(lean, boto, "head", "gone", marker.version_id))[0] is NotFound
-    assert lean._lean_reads() is not None
+    assert lean._reads() is not None
 
 
 async def test_missing_bucket_matches_boto3(s3_endpoint: str, tmp_path: Path) -> None:
@@ -258,7 +270,7 @@ async def test_missing_bucket_matches_boto3(s3_endpoint: str, tmp_path: Path) ->
 
 
 async def test_large_objects_take_boto3s_path(
-    pair: tuple[S3Remote, S3Remote], tmp_path: Path
+    pair: Pair, tmp_path: Path
 ) -> None:
     lean, boto = pair
     data = os.urandom(9 * MiB)
@@ -271,6 +283,33 @@ async def test_large_objects_take_boto3s_path(
     assert lean.lean_fallbacks == {}  # by design, not as answers it did not understand
 
 
+async def test_a_download_known_to_be_large_never_starts_on_the_lean_path(
+    fake_store: type[FakeStore], tmp_path: Path
+) -> None:
+    """A whole GET of an object seen (by a HEAD, a listing or a GET) to be larger than the
+    lean limit goes to boto3 at once, instead of a lean GET stopped at its headers first."""
+    big = os.urandom(9 * MiB)
+    fake_store.answers = [(200, dict(HEAD_OK[1]), big)]  # HEADs and GETs alike
+    remote = lean_remote(fake_zone(fake_store))
+
+    def agents() -> list[str]:
+        sent = [str(header(r, "user-agent")).split("/")[0] for r in fake_store.requests]
+        fake_store.requests.clear()
+        return sent
+
+    # Not known yet: the lean GET stops at its headers, and boto3 sends it.
+    assert (await remote.download("a", str(tmp_path / "a"))).size == len(big)
+    assert (tmp_path / "a").read_bytes() == big and agents() == ["zonefs", "Boto3"]
+    # Known now, by that GET: boto3 alone.
+    assert (await remote.download("a", str(tmp_path / "a"))).size == len(big)
+    assert agents() == ["Boto3"]
+    # Known by a HEAD.
+    assert (await remote.head("b")).size == len(big)
+    assert (await remote.download("b", str(tmp_path / "b"))).size == len(big)
+    assert agents() == ["zonefs", "Boto3"]
+    assert remote.lean_fallbacks == {}  # by design, not as answers it did not understand
+
+
 # -- signatures a verifying store accepts --------------------------------------------------------
 
 
@@ -281,19 +320,19 @@ def test_signature_is_botocores(monkeypatch: pytest.MonkeyPatch) -> None:
         for netloc, base in (("127.0.0.1:9000", "/bkt/"), ("bkt.s3.example.org", "/")):
             target = Target.from_urls(f"http://{netloc}{base}probe", "probe",
                                       f"http://{netloc}{base.rstrip('/') or '/'}", "eu-west-3")
-            transport = SignedTransport(target, lambda creds=creds: creds)
+            signer = HandSigner(target)
             for key in ODD_KEYS:
                 for method, params in (("HEAD", []), ("GET", [("versionId", "3/L4kq+tJl")])):
                     path = target.object_path("pre fix/" + key)
                     query = canonical_query(params)
-                    mine = transport.sign(method, path, query, creds, now=1796183588.0)
+                    mine = signer.sign(method, path, query, creds, now=1796183588.0)
                     theirs = botocore_signature(method, f"http://{netloc}{path}", query, creds,
                                                 "eu-west-3", mine["X-Amz-Date"], monkeypatch)
                     assert mine["Authorization"] == theirs, key
             query = canonical_query([("list-type", "2"), ("prefix", "a b+c/ü"),
                                      ("delimiter", "/"), ("continuation-token", "x/y+z=="),
                                      ("max-keys", "1000"), ("encoding-type", "url")])
-            mine = transport.sign("GET", target.bucket_path, query, creds, now=1796183588.0)
+            mine = signer.sign("GET", target.bucket_path, query, creds, now=1796183588.0)
             theirs = botocore_signature("GET", f"http://{netloc}{target.bucket_path}", query,
                                         creds, "eu-west-3", mine["X-Amz-Date"], monkeypatch)
             assert mine["Authorization"] == theirs
@@ -329,20 +368,20 @@ def test_write_signature_is_botocores(monkeypatch: pytest.MonkeyPatch) -> None:
         creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
         target = Target.from_urls("http://127.0.0.1:9000/bkt/probe", "probe",
                                   "http://127.0.0.1:9000/bkt", "eu-west-3")
-        transport = SignedTransport(target, lambda creds=creds: creds)
+        signer = HandSigner(target)
         for key in ODD_KEYS:
             path = target.object_path(key)
             for payload, context in (
                     (hashlib.sha256(body).hexdigest(), None),
                     ("UNSIGNED-PAYLOAD",
                      {"client_config": Config(s3={"payload_signing_enabled": False})})):
-                mine = transport.sign("PUT", path, "", creds, now=1796183588.0,
+                mine = signer.sign("PUT", path, "", creds, now=1796183588.0,
                                       payload=payload, signed=signed)
                 theirs = botocore_signature("PUT", f"http://127.0.0.1:9000{path}", "", creds,
                                             "eu-west-3", mine["X-Amz-Date"], monkeypatch,
                                             headers=dict(signed), body=body, context=context)
                 assert mine["Authorization"] == theirs, key
-            mine = transport.sign("DELETE", path, "versionId=v%2B1", creds, now=1796183588.0)
+            mine = signer.sign("DELETE", path, "versionId=v%2B1", creds, now=1796183588.0)
             theirs = botocore_signature("DELETE", f"http://127.0.0.1:9000{path}",
                                         "versionId=v%2B1", creds, "eu-west-3",
                                         mine["X-Amz-Date"], monkeypatch)
@@ -527,7 +566,7 @@ async def test_unreachable_endpoint_is_a_quick_transient_error(
     err = await outcome(lambda: lean.list(""))
     assert err[0] is RemoteError and err[2] and "cannot reach" in err[1]
     assert time.monotonic() - started < 15  # three attempts each, with backoff below 3 s
-    assert lean._lean_reads() is not None and lean.lean_fallbacks == {}
+    assert lean._reads() is not None and lean.lean_fallbacks == {}
 
 
 async def test_a_stopped_store_fails_fast_and_a_restarted_one_works(
@@ -672,7 +711,7 @@ async def test_connections_are_kept_alive(fake_store: type[FakeStore]) -> None:
         with pytest.raises(NotFound):
             await remote.head("missing")
         assert (await remote.get_range("k", 0, 1)) == b""  # HEAD_OK has no body
-    reads = remote._lean_reads()
+    reads = remote._reads()
     assert reads is not None and reads.transport.opened == 1
     assert len(fake_store.seen) == 40
 
@@ -717,7 +756,7 @@ async def test_answers_not_understood_go_to_boto3(
     fake_store.seen.clear()
     assert await lean_remote(fake_zone(fake_store), lean_requests=False).list("") == page
     if kind == "redirect":  # the bucket is elsewhere: the lean path ends for this remote
-        assert remote._lean_reads() is None
+        assert remote._reads() is None
     fake_store.seen.clear()
     assert await lean_remote(fake_zone(fake_store)).list("") == page  # the listing itself
 
@@ -726,7 +765,7 @@ async def test_answers_not_understood_go_to_boto3(
 
 
 @pytest.fixture
-def twins(s3_endpoint: str, bucket: str, s3_client: Any) -> Iterator[tuple[S3Remote, S3Remote]]:
+def twins(s3_endpoint: str, bucket: str, s3_client: Any) -> Iterator[Pair]:
     """(lean, boto3-only) remotes of two zones, each in its own fresh versioned bucket: the
     same writes meet the same state in both, and leave what can be compared key by key."""
     other = f"zonefs-test-{uuid.uuid4().hex[:12]}"
@@ -742,7 +781,7 @@ def twins(s3_endpoint: str, bucket: str, s3_client: Any) -> Iterator[tuple[S3Rem
     s3_client.delete_bucket(Bucket=other)
 
 
-def comparable(value: Any, remote: S3Remote) -> Any:
+def comparable(value: Any, remote: Any) -> Any:
     """`value` without what differs between two buckets by nature: version ids (whether there
     is one stays), times (compared apart), and the bucket's name in messages."""
     if isinstance(value, ObjectInfo):
@@ -752,7 +791,7 @@ def comparable(value: Any, remote: S3Remote) -> Any:
     return value
 
 
-async def same_write(lean: S3Remote, boto: S3Remote, method: str, *args: Any,
+async def same_write(lean: Remote, boto: Remote, method: str, *args: Any,
                      **kwargs: Any) -> tuple[Any, Any]:
     """`method(*args)` on both twins gives the same value or error (but version ids and
     times); each object it wrote has the version id and time the write gave. Returns both."""
@@ -770,7 +809,7 @@ async def same_write(lean: S3Remote, boto: S3Remote, method: str, *args: Any,
     return got, want
 
 
-async def same_state(lean: S3Remote, boto: S3Remote, key: str, tmp_path: Path) -> Any:
+async def same_state(lean: Remote, boto: Remote, key: str, tmp_path: Path) -> Any:
     """What the twins' `key` reads as (headers and bytes) is the same."""
     got = await outcome(lambda: lean.head(key))
     want = await outcome(lambda: boto.head(key))
@@ -783,8 +822,8 @@ async def same_state(lean: S3Remote, boto: S3Remote, key: str, tmp_path: Path) -
     return got
 
 
-def assert_lean_writes_used(remote: S3Remote) -> None:
-    writes = remote._lean_writes()
+def assert_lean_writes_used(remote: LeanRemote) -> None:
+    writes = remote._writes()
     assert writes is not None, "the lean writes are off"
     assert writes.transport.opened >= 1
     assert remote.lean_fallbacks == {}, remote.lean_fallbacks
@@ -803,7 +842,7 @@ CONTENT_TYPES = [None, "text/plain; charset=utf-8", "application/x-directory",
                  "application/octet-stream"]
 
 
-async def test_puts_match_boto3(twins: tuple[S3Remote, S3Remote], tmp_path: Path) -> None:
+async def test_puts_match_boto3(twins: Pair, tmp_path: Path) -> None:
     lean, boto = twins
     src = tmp_path / "src"
     for n, key in enumerate(ODD_KEYS):
@@ -841,7 +880,7 @@ async def test_puts_match_boto3(twins: tuple[S3Remote, S3Remote], tmp_path: Path
     ({}, "text/plain; name=ü"),  # boto3 sends such a content type its own way
 ])
 async def test_what_boto3_refuses_or_sends_its_own_way_goes_to_boto3(
-    twins: tuple[S3Remote, S3Remote], tmp_path: Path, meta: dict[str, str],
+    twins: Pair, tmp_path: Path, meta: dict[str, str],
     ctype: str | None,
 ) -> None:
     lean, boto = twins
@@ -856,7 +895,7 @@ async def test_what_boto3_refuses_or_sends_its_own_way_goes_to_boto3(
 
 
 async def test_conditional_puts_match_boto3(
-    twins: tuple[S3Remote, S3Remote], tmp_path: Path
+    twins: Pair, tmp_path: Path
 ) -> None:
     lean, boto = twins
     if (await probe(boto)).conditional_writes != "enforced":
@@ -884,7 +923,7 @@ async def test_conditional_puts_match_boto3(
 
 
 async def test_checksums_are_sent_as_botocore_sends_them(
-    twins: tuple[S3Remote, S3Remote], tmp_path: Path
+    twins: Pair, tmp_path: Path
 ) -> None:
     lean, boto = twins
     data = b"checked bytes\n"
@@ -902,7 +941,7 @@ async def test_checksums_are_sent_as_botocore_sends_them(
     assert_lean_writes_used(lean)
 
 
-async def test_copies_match_boto3(twins: tuple[S3Remote, S3Remote], tmp_path: Path) -> None:
+async def test_copies_match_boto3(twins: Pair, tmp_path: Path) -> None:
     lean, boto = twins
     for src, dst in (("c/src", "c/dst"), (ODD_KEYS[5], ODD_KEYS[7]),
                      (ODD_KEYS[3], ODD_KEYS[8]), (ODD_KEYS[9], ODD_KEYS[1])):
@@ -932,7 +971,7 @@ async def test_copies_match_boto3(twins: tuple[S3Remote, S3Remote], tmp_path: Pa
     assert_lean_writes_used(lean)
 
 
-async def test_deletes_match_boto3(twins: tuple[S3Remote, S3Remote], tmp_path: Path) -> None:
+async def test_deletes_match_boto3(twins: Pair, tmp_path: Path) -> None:
     lean, boto = twins
     for key in ("d/k", ODD_KEYS[5], ODD_KEYS[8]):
         await same_write(lean, boto, "put_bytes", key, b"x", {})
@@ -975,7 +1014,7 @@ class CancelAfter(threading.Event):
                          ids=["inline", "streamed"])
 @seaweedfs_quirk(QUIRK_CUT_PUT_STORED)
 async def test_a_cancel_stops_a_lean_upload(
-    pair: tuple[S3Remote, S3Remote], tmp_path: Path, size: int, checks: int
+    pair: Pair, tmp_path: Path, size: int, checks: int
 ) -> None:
     """A cancel seen at the start, before the body, or (streamed) between its pieces."""
     lean, _ = pair
@@ -1075,7 +1114,7 @@ async def test_a_store_answering_before_the_body_is_not_sent_it(
     assert [(r[0], r[3]) for r in fake_store.requests] == [("PUT", b"")]
     fake_store.answers = [PUT_OK]
     assert (await remote.put_bytes("k", b"small", {})).etag == "e2"  # a new connection
-    writes = remote._lean_writes()
+    writes = remote._writes()
     assert writes is not None and writes.transport.opened == 2 and remote.lean_fallbacks == {}
 
 
@@ -1127,14 +1166,14 @@ async def test_unsigned_payload_only_where_botocore_sends_it(
 ) -> None:
     fake_store.answers = [PUT_OK]
     signed = lean_remote(fake_zone(fake_store))
-    writes = signed._lean_writes()
+    writes = signed._writes()
     assert writes is not None and writes.unsigned_payload == (False, False)  # http
     config = tmp_path / "config"
     config.write_text("[default]\ns3 =\n    payload_signing_enabled = false\n")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     unsigned, boto = lean_remote(fake_zone(fake_store)), lean_remote(fake_zone(fake_store),
                                                                      lean_requests=False)
-    writes = unsigned._lean_writes()
+    writes = unsigned._writes()
     assert writes is not None and writes.unsigned_payload == (True, True)
     for remote in (unsigned, boto):
         await remote.put_bytes("k", b"v", {}, checksum_sha256=hashlib.sha256(b"v").hexdigest())
@@ -1219,17 +1258,16 @@ async def test_a_copy_answer_with_an_error_goes_to_boto3(fake_store: type[FakeSt
 async def test_the_switch_turns_the_lean_path_off(
     s3_zone: ZoneConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert lean_remote(s3_zone)._lean_reads() is not None
-    assert lean_remote(s3_zone)._lean_writes() is not None
-    off = lean_remote(s3_zone, lean_requests=False)
-    assert off._lean_reads() is None and off._lean_writes() is None
+    assert lean_remote(s3_zone)._reads() is not None
+    assert lean_remote(s3_zone)._writes() is not None
+    off = open_remote(s3_zone, lean_requests=False)
+    assert type(off) is S3Remote  # not wrapped: plain boto3
     await off.put_bytes("k", b"v", {})
     assert (await off.head("k")).size == 1 and (await off.list("")).objects
     monkeypatch.setenv(LEAN_ENV, "off")
-    assert lean_remote(s3_zone)._lean_reads() is None
-    assert lean_remote(s3_zone)._lean_writes() is None
+    assert type(open_remote(s3_zone)) is S3Remote
     monkeypatch.setenv(LEAN_ENV, "on")
-    assert lean_remote(s3_zone)._lean_reads() is not None
+    assert lean_remote(s3_zone)._reads() is not None
     assert parse_mount_options(["lean_requests=off"]).lean_requests is False
     assert MountOptions().lean_requests is True
     with pytest.raises(Exception, match="lean_requests= takes on|off"):

@@ -75,11 +75,13 @@ def s3_env(zone: ZoneConfig, tmp_path: Path, client: Any = None, bucket: str = "
     return Env("s3", zone, cache, Store("s3", open_remote(zone), client, bucket))
 
 
-def small_parts(remote: Remote) -> S3Remote:
-    """`remote` with 5 MiB multipart thresholds and parts (S3's smallest), for quick tests."""
-    assert isinstance(remote, S3Remote)
-    remote.MULTIPART_THRESHOLD = remote.PART_SIZE = 5 * MiB
-    remote.COPY_MULTIPART_THRESHOLD = remote.COPY_PART_SIZE = 5 * MiB
+def small_parts(remote: Remote) -> Remote:
+    """`remote` with 5 MiB multipart thresholds and parts (S3's smallest), for quick tests:
+    set on the boto3 remote (itself, or the one the lean path wraps), which makes them."""
+    boto = getattr(remote, "boto", remote)
+    assert isinstance(boto, S3Remote)
+    boto.MULTIPART_THRESHOLD = boto.PART_SIZE = 5 * MiB
+    boto.COPY_MULTIPART_THRESHOLD = boto.COPY_PART_SIZE = 5 * MiB
     return remote
 
 

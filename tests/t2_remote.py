@@ -47,6 +47,13 @@ def remote(request: pytest.FixtureRequest) -> Remote:
     return open_remote(zone)
 
 
+def boto3_remote(remote: Remote) -> S3Remote | None:
+    """The boto3 remote behind `remote` (itself, or the one the lean path wraps); None for
+    a local zone."""
+    inner = getattr(remote, "boto", remote)
+    return inner if isinstance(inner, S3Remote) else None
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,7 +140,7 @@ async def test_upload_multipart(remote: Remote, tmp_path: Path) -> None:
     src.write_bytes(data)
     up = await remote.upload("big", str(src), {"k": "v"})
     assert up.size == len(data) and up.version_id
-    if isinstance(remote, S3Remote):
+    if boto3_remote(remote) is not None:
         assert up.etag.endswith("-3")  # three 16 MiB parts: it really went multipart
     got = await remote.download("big", str(dest))
     assert got.size == len(data) and got.etag == up.etag and got.metadata == {"k": "v"}
@@ -143,7 +150,7 @@ async def test_upload_multipart(remote: Remote, tmp_path: Path) -> None:
 
 def leftovers(remote: Remote, request: pytest.FixtureRequest) -> list[str]:
     """Unfinished multipart uploads (S3) or uncommitted bodies (local) left by an upload."""
-    if isinstance(remote, S3Remote):
+    if boto3_remote(remote) is not None:
         client = request.getfixturevalue("s3_client")
         uploads = client.list_multipart_uploads(Bucket=remote.bucket).get("Uploads", [])
         return [u["Key"] for u in uploads]
@@ -290,8 +297,9 @@ async def test_prefix_zone(s3_endpoint: str, bucket: str, s3_client: Any) -> Non
 
 async def test_multipart_copy(s3_zone: ZoneConfig, s3_client: Any, tmp_path: Path) -> None:
     remote = open_remote(s3_zone)
-    assert isinstance(remote, S3Remote)
-    remote.COPY_MULTIPART_THRESHOLD = remote.COPY_PART_SIZE = 5 * MiB  # the smallest part
+    boto = boto3_remote(remote)
+    assert boto is not None
+    boto.COPY_MULTIPART_THRESHOLD = boto.COPY_PART_SIZE = 5 * MiB  # the smallest part
     data = os.urandom(12 * MiB)
     (tmp_path / "src").write_bytes(data)
     await remote.upload("src", str(tmp_path / "src"), {"mode": "33188"}, "text/plain")
@@ -649,10 +657,11 @@ class RecordingLog:
             self.events.append(("ended", key, upload_id, 0))
 
 
-def small_parts(remote: Remote) -> S3Remote:
+def small_parts(remote: Remote) -> Remote:
     """`remote` with 5 MiB multipart thresholds and parts (S3's smallest), for quick tests."""
-    assert isinstance(remote, S3Remote)
-    remote.MULTIPART_THRESHOLD = remote.PART_SIZE = 5 * MiB
+    boto = boto3_remote(remote)
+    assert boto is not None
+    boto.MULTIPART_THRESHOLD = boto.PART_SIZE = 5 * MiB
     return remote
 
 

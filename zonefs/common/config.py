@@ -151,7 +151,7 @@ class MountOptions:
     store_overrides: tuple[tuple[str, str], ...] = ()
     reprobe: bool = False  # probe the store again instead of using the cached answers
     # Hot S3 requests (HEAD, listings, small GETs; single-part PUTs, copies, DELETEs) signed and
-    # sent by zonefs itself rather than through boto3 (remote/lean.py, remote/lean_writes.py);
+    # sent by zonefs itself rather than through boto3 (remote/lean/);
     # off: every request through boto3.
     lean_requests: bool = True
 

@@ -25,8 +25,9 @@ def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = Fals
     lookups give up after `io_timeout` seconds without an answer (None: no such bound).
 
     `create` makes a missing local zone; it has no effect on S3 zones (buckets are made with
-    the store's own tools). `lean_requests` False sends every S3 request through boto3 (see
-    `remote/lean.py`); local zones have no such path.
+    the store's own tools). An S3 zone's remote is the boto3 one wrapped by the lean
+    request path (`remote/lean/`), unless `lean_requests` is False or the environment turns
+    it off; local zones have no such path.
     """
     if zone.scheme == "file":
         local = LocalRemote(zone, max_requests=max_requests, create=create)
@@ -35,6 +36,10 @@ def open_remote(zone: ZoneConfig, *, max_requests: int = 16, create: bool = Fals
     if zone.scheme == "s3":
         from zonefs.remote.s3 import S3Remote
 
-        return S3Remote(zone, max_requests=max_requests, io_timeout=io_timeout,
-                        lean_requests=lean_requests)
+        remote = S3Remote(zone, max_requests=max_requests, io_timeout=io_timeout)
+        if not lean_requests:
+            return remote
+        from zonefs.remote.lean.remote import LeanRemote, lean_requests_allowed
+
+        return LeanRemote(remote) if lean_requests_allowed() else remote
     raise ConfigError(f"unknown zone scheme {zone.scheme!r} in {zone.url!r}")

@@ -78,6 +78,24 @@ class MultipartLog(Protocol):
         ...
 
 
+def bare_etag(value: str | None) -> str:
+    """An ETag without its quotes.
+
+    >>> bare_etag('"abc"'), bare_etag(None)
+    ('abc', '')
+    """
+    return (value or "").strip('"')
+
+
+def version_or_none(value: str | None) -> str | None:
+    """The version id, None on a store without versioning.
+
+    "null" is S3's id of an object written while versioning was off; some stores answer it
+    even when they have no versioning API at all, where `?versionId=null` would fail.
+    """
+    return None if value in (None, "", "null") else str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class MultipartUpload:
     """An unfinished multipart upload the store lists: its zone key, its id, and when the
@@ -318,8 +336,9 @@ class Remote(ABC):
         if timeout is None:
             return await self._run(kind, fn, key, *args)
         uri = self.object_uri(key)
-        fast = self.health.not_answering(uri)
-        if fast is not None:
+        reason = self.health.not_answering(uri)
+        if reason is not None:
+            fast = RemoteError(reason, transient=True)
             log.debug("%s", fast)
             raise fast
         self.requests.add(kind)
@@ -367,10 +386,15 @@ class Remote(ABC):
         log.debug("%s", err)
         raise err
 
-    async def check_answers(self) -> None:
+    async def check_answers(self) -> ZonefsError | None:
         """`_check` on a thread of its own (not behind requests the store leaves unanswered),
-        abandoned when the caller gives up: the background check of `health.watch`."""
-        await trio.to_thread.run_sync(self._check, abandon_on_cancel=True)
+        abandoned when the caller gives up: the background check of `health.watch`. The error
+        it failed with, None when the store answered."""
+        try:
+            await trio.to_thread.run_sync(self._check, abandon_on_cancel=True)
+        except ZonefsError as exc:
+            return exc
+        return None
 
     async def check(self) -> None:
         await self._run("check", self._check)

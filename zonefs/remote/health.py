@@ -14,8 +14,8 @@ Owner: the `Remote` it belongs to. Only the remote reports what happened to its 
 Invariants:
 - `since` is set exactly while the store is taken for not answering; the first timeout sets
   it, any answer of the store (a success, or an error the store itself gave) clears it.
-- While it is set, nothing waits for the store in the foreground: `not_answering` gives the
-  error each read or lookup fails with at once.
+- While it is set, nothing waits for the store in the foreground: `not_answering` says why
+  each read or lookup fails at once (the `Remote` raises that as a transient RemoteError).
 - The transition each way is logged once (a warning, then an info line); fast failures are
   debug lines only.
 """
@@ -26,11 +26,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from zonefs.common.errors import RemoteError, ZonefsError
+if TYPE_CHECKING:
+    from zonefs.common.errors import ZonefsError
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +73,21 @@ class StoreHealth:
         self._stalled = trio.Event()
         log.info("%s answers again, after %.0f s", self._describe(), waited)
 
-    def observe(self, error: BaseException) -> None:
+    def observe(self, error: ZonefsError) -> None:
         """A request failed with `error`: an error the store gave (not found, refused, a
         precondition) is an answer; a transient one (timeout, connection, 5xx) is not."""
-        if isinstance(error, ZonefsError) and not getattr(error, "transient", False):
+        if not getattr(error, "transient", False):
             self.answered()
 
     # -- read by everyone ----------------------------------------------------------------------
 
-    def not_answering(self, what: str) -> RemoteError | None:
-        """The error a read or lookup of `what` fails with at once while the store is not
-        answering, or None when it may be asked."""
+    def not_answering(self, what: str) -> str | None:
+        """Why a read or lookup of `what` fails at once while the store is not answering (the
+        message of its transient error), or None when it may be asked."""
         if self.since is None:
             return None
         stamp = datetime.fromtimestamp(self.since, UTC).strftime("%H:%M:%S UTC")
-        return RemoteError(f"{what}: the store has not answered since {stamp} "
-                           f"(io_timeout {self._timeout:g} s)", transient=True)
+        return f"{what}: the store has not answered since {stamp} (io_timeout {self._timeout:g} s)"
 
     def to_dict(self) -> dict[str, Any]:
         """What `zonefs status` shows."""
@@ -99,21 +99,21 @@ class StoreHealth:
 
     # -- the background check ------------------------------------------------------------------
 
-    async def watch(self, check: Callable[[], Awaitable[None]], *,
+    async def watch(self, check: Callable[[], Awaitable[ZonefsError | None]], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run for the life of the mount: while the store is taken for not answering, call
-        `check` (bounded by io_timeout) every RECHECK_INTERVAL seconds until it answers."""
+        `check` (bounded by io_timeout) every RECHECK_INTERVAL seconds until it answers. `check`
+        gives the error the store's check failed with, None when it succeeded."""
         task_status.started()
         while True:
             await self._stalled.wait()
             while self.since is not None:
                 with trio.move_on_after(max(self._timeout, RECHECK_INTERVAL)):
-                    try:
-                        await check()
-                    except ZonefsError as exc:
-                        self.observe(exc)
-                        log.debug("store check: %s", exc)
-                    else:
+                    failed = await check()
+                    if failed is None:
                         self.answered()
+                    else:
+                        self.observe(failed)
+                        log.debug("store check: %s", failed)
                 if self.since is not None:
                     await trio.sleep(RECHECK_INTERVAL)

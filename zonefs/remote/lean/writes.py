@@ -1,27 +1,27 @@
 """S3 writes on the lean path: single-part PutObject, CopyObject (one request, up to 5 GiB) and
-DeleteObject, sent by `signed.SignedTransport`, their answers turned into what `S3Remote`'s
+DeleteObject, sent by `transport.SignedTransport`, their answers turned into what `S3Remote`'s
 boto3 path makes of the same answers (`WriteAnswer`: the ETag, version id and time of the new
 object or version).
 
-`S3Remote` (remote/s3.py) tries these first, as it does the reads of `remote/lean.py`, and
-turns what they raise into zonefs errors by the same table: `lean.StoreAnswer` (403, 404, 412,
-500/502/503/504 once retried, and BadDigest or a conditional-write conflict), `signed.Unreachable`
-(transport), `Cancelled` (the upload's cancel was set), OSError (reading the local file), and
-`signed.NotUnderstood` for anything else: a request this path cannot send exactly as botocore
-would (a header value that is not printable ASCII, which botocore refuses or encodes its own
-way), or an answer it does not know (a redirect, any other status, a copy answer that is not
-a CopyObjectResult). s3.py then makes the same request through boto3.
+`LeanRemote` (lean/remote.py) tries these first, as it does the reads of `reads.py`, and turns
+what they raise into zonefs errors by the same table: `answers.StoreAnswer` (403, 404, 412,
+500/502/503/504 once retried, and BadDigest or a conditional-write conflict),
+`transport.Unreachable` (transport), `Cancelled` (the upload's cancel was set), OSError
+(reading the local file), and `transport.NotUnderstood` for anything else: a request this path
+cannot send exactly as botocore would (a header value that is not printable ASCII, which
+botocore refuses or encodes its own way), or an answer it does not know (a redirect, any other
+status, a copy answer that is not a CopyObjectResult). The boto3 remote then makes it.
 
 Invariants:
 - The headers are botocore's for the same call: `x-amz-meta-<name>` per metadata entry (names
-  as given: s3.py lowercases them), Content-Type, `If-Match: "<etag>"`, `If-None-Match: *`,
+  as given: the callers lowercase them), Content-Type, `If-Match: "<etag>"`, `If-None-Match: *`,
   `x-amz-checksum-sha256` with `x-amz-sdk-checksum-algorithm: SHA256`, `x-amz-copy-source`
   (bucket and key percent-encoded as botocore encodes them, `?versionId=` unencoded) with
   `x-amz-metadata-directive`; all of them are signed.
-- The payload hash is UNSIGNED-PAYLOAD only where the boto3 client would send that (s3.py asks
-  it, by a dry run); otherwise the body's SHA-256: the caller's when it knows it (a store
-  refuses the request if it is wrong, and boto3 makes it then), else computed before the body
-  is sent (SigV4 puts it in the headers).
+- The payload hash is UNSIGNED-PAYLOAD only where the boto3 client would send that (see
+  `LeanRemote._unsigned_payload`); otherwise the body's SHA-256: the caller's when it knows
+  it (a store refuses the request if it is wrong, and boto3 makes it then), else computed
+  before the body is sent (SigV4 puts it in the headers).
 - A body is read from its start at each attempt. `stopped()` is checked before each piece and
   `Cancelled` raised once it is true, so that nothing more is sent; `report_progress()` runs
   after each piece is sent. Files up to `INLINE_LIMIT` are read whole, once, before sending.
@@ -38,12 +38,20 @@ import http.client
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
 
-from zonefs.remote.base import report_progress
-from zonefs.remote.lean import bare_etag, error_of, iso_time, local_name, parse_xml, version_or_none
-from zonefs.remote.signed import UNSIGNED_PAYLOAD, NotUnderstood, SignedTransport, read_chunks
+from zonefs.remote.base import bare_etag, report_progress, version_or_none
+from zonefs.remote.lean.answers import (
+    error_of,
+    iso_time,
+    local_name,
+    parse_xml,
+)
+from zonefs.remote.lean.transport import UNSIGNED_PAYLOAD, NotUnderstood, read_chunks
+
+if TYPE_CHECKING:
+    from zonefs.remote.lean.transport import SignedTransport
 
 MiB = 1 << 20
 #: Files up to this size are read into memory whole, once (hashed there if need be); larger
@@ -52,7 +60,7 @@ INLINE_LIMIT = MiB
 CHUNK = MiB
 #: The largest CopyObject answer read (a CopyObjectResult is some 200 bytes).
 _COPY_ANSWER_LIMIT = 64 << 10
-#: Error answers of writes that are understood besides the reads' (see lean.error_of).
+#: Error answers of writes that are understood besides the reads' (see answers.error_of).
 _WRITE_ERRORS = frozenset({(400, "BadDigest"), (409, "ConditionalRequestConflict"),
                            (409, "ConcurrentModification")})
 #: A header name as HTTP allows it (a token), lowercase.

@@ -1,27 +1,18 @@
 """The hottest S3 reads on the lean path: HEAD, ListObjectsV2 and GETs of small bodies, sent
-by `signed.SignedTransport`, their answers turned into the `ObjectInfo` and `ListPage` values
-that `S3Remote`'s boto3 path builds from the same answers.
+by `transport.SignedTransport`, their answers turned into the `ObjectInfo` and `ListPage`
+values that `S3Remote`'s boto3 path builds from the same answers.
 
-The lean writes (`remote/lean_writes.py`) read their answers with this module's helpers
-(`error_of`, `StoreAnswer`, `parse_xml`, …), so that reads and writes understand an answer
-alike.
-
-`S3Remote` (remote/s3.py) tries these first and turns what they raise into zonefs errors:
-- `StoreAnswer`: an error answer understood here (403, 404, 412, a delete marker, or 500, 502,
-  503, 504 once the transport's retries are spent), with the error code and status that
-  s3.py's one error table reads, exactly as it reads botocore's;
-- `signed.Unreachable`: every attempt failed in transport;
-- `signed.NotUnderstood`: anything else (a redirect, any other status, an answer that is not
-  what S3 sends, a signature the store refused, a body too large for this path): s3.py then
-  makes the same request through boto3, which knows redirects, regions and odd stores.
+`LeanRemote` (lean/remote.py) tries these first and turns what they raise into zonefs errors:
+`answers.StoreAnswer` (an error answer understood here), `transport.Unreachable` (every
+attempt failed in transport) and `transport.NotUnderstood` (anything else: the same request
+then goes to the boto3 remote).
 
 Invariants:
 - Callers pass full keys (zone prefix included); listings give zone keys, without the zone
   root's own marker, as `S3Remote._list` does.
-- Values are what botocore parses from the same answer: ETags without quotes, a "null" or
-  empty version id as None, user metadata with lowercase names and no `x-amz-meta-`,
-  LastModified as a timestamp (the Date header, else now, when there is none), listing keys
-  URL-decoded when, and only when, the answer says EncodingType=url.
+- Values are botocore's (see answers.py): user metadata with lowercase names and no
+  `x-amz-meta-`, LastModified as a timestamp (the Date header, else now, when there is
+  none), listing keys URL-decoded when, and only when, the answer says EncodingType=url.
 - `report_progress()` runs after each piece of a body arrives, so io_timeout bounds a slow
   read and an abandoned one stops at its next piece.
 - No more than `body_limit` bytes of a body are read here: a longer whole object is left
@@ -30,76 +21,29 @@ Invariants:
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import http.client
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
-from zonefs.remote.base import ListPage, ObjectInfo, report_progress
-from zonefs.remote.signed import (
-    RETRY_STATUSES,
-    NotUnderstood,
-    SignedTransport,
-    read_chunks,
-    transport_errors,
+from zonefs.remote.base import ListPage, ObjectInfo, bare_etag, report_progress, version_or_none
+from zonefs.remote.lean.answers import (
+    error_of,
+    http_date,
+    iso_time,
+    local_name,
+    parse_xml,
 )
+from zonefs.remote.lean.transport import NotUnderstood, read_chunks
+
+if TYPE_CHECKING:
+    from zonefs.remote.lean.transport import SignedTransport
 
 MiB = 1 << 20
 #: The largest listing answer read (1,000 keys of 1 KiB each are about 1.3 MB).
 _LISTING_LIMIT = 64 * MiB
-#: How much of an error answer's body is read for its code.
-_ERROR_BODY_LIMIT = 64 << 10
 _META = "x-amz-meta-"
-
-
-class StoreAnswer(Exception):
-    """The store answered with an error understood here; s3.py's table names the error.
-
-    `code` is the S3 error code of the body, or the HTTP status when there was none (as
-    botocore reports it); `message` is the store's own message (shown for unknown codes)."""
-
-    def __init__(self, status: int, code: str, message: str = "",
-                 delete_marker: bool = False) -> None:
-        super().__init__(code)
-        self.status, self.code, self.message = status, code, message
-        self.delete_marker = delete_marker
-
-
-def bare_etag(value: str | None) -> str:
-    """An ETag without its quotes.
-
-    >>> bare_etag('"abc"'), bare_etag(None)
-    ('abc', '')
-    """
-    return (value or "").strip('"')
-
-
-def version_or_none(value: str | None) -> str | None:
-    """The version id, None on a store without versioning.
-
-    "null" is S3's id of an object written while versioning was off; some stores answer it
-    even when they have no versioning API at all, where `?versionId=null` would fail.
-    """
-    return None if value in (None, "", "null") else str(value)
-
-
-def http_date(value: str) -> float:
-    """An HTTP date (Last-Modified, Date) as seconds since the epoch; NotUnderstood when it is
-    not one or names no time zone.
-
-    >>> http_date("Wed, 02 Dec 2026 03:53:08 GMT")
-    1796183588.0
-    """
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        raise NotUnderstood("header", "a date that is not an HTTP date") from None
-    if when.tzinfo is None:
-        raise NotUnderstood("header", "a date without a time zone")
-    return when.timestamp()
 
 
 def object_info(key: str, headers: http.client.HTTPMessage) -> ObjectInfo:
@@ -137,31 +81,6 @@ def object_info(key: str, headers: http.client.HTTPMessage) -> ObjectInfo:
     return ObjectInfo(key=key, size=size, etag=bare_etag(etag), mtime=mtime,
                       version_id=version_or_none(version), metadata=meta,
                       content_type=content_type)
-
-
-def local_name(element: ET.Element) -> str:
-    """An element's name without its namespace (botocore ignores namespaces too)."""
-    tag = element.tag
-    return tag.rpartition("}")[2] if tag[:1] == "{" else tag
-
-
-def parse_xml(body: bytes, what: str) -> ET.Element:
-    """The root element of an XML answer; NotUnderstood when it is not XML."""
-    try:
-        return ET.fromstring(body)
-    except ET.ParseError:
-        raise NotUnderstood("xml", f"{what} is not XML") from None
-
-
-def iso_time(text: str) -> float:
-    """An ISO 8601 time of an XML answer (LastModified) as seconds since the epoch."""
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise NotUnderstood("xml", "a LastModified that is not an ISO 8601 time") from None
-    if when.tzinfo is None:
-        raise NotUnderstood("xml", "a LastModified without a time zone")
-    return when.timestamp()
 
 
 def parse_listing(body: bytes, prefix: str) -> ListPage:
@@ -224,47 +143,6 @@ def parse_listing(body: bytes, prefix: str) -> ListPage:
                                   mtime=iso_time(modified)))
     prefixes = [(unquote_plus(p) if encoded else p)[len(prefix):] for p in raw_prefixes]
     return ListPage(objects=objects, prefixes=prefixes, next_token=token if truncated else None)
-
-
-def _error_code(body: bytes) -> tuple[str, str]:
-    """(Code, Message) of an S3 error body; empty strings when there is no such body."""
-    if not body:
-        return "", ""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return "", ""
-    code = message = ""
-    for child in root if local_name(root) == "Error" else ():
-        if local_name(child) == "Code":
-            code = child.text or ""
-        elif local_name(child) == "Message":
-            message = child.text or ""
-    return code, message
-
-
-def error_of(resp: http.client.HTTPResponse,
-             also: frozenset[tuple[int, str]] = frozenset()) -> Exception:
-    """What an answer other than success means: a StoreAnswer, or NotUnderstood. `also`:
-    more (status, error code) pairs that are StoreAnswers (those of writes)."""
-    status = resp.status
-    if 300 <= status < 400:
-        return NotUnderstood("redirect", f"HTTP {status}")
-    with transport_errors():
-        body = resp.read(_ERROR_BODY_LIMIT) if resp.length != 0 else b""
-    code, message = _error_code(body)
-    if status == 400 and (resp.getheader("x-amz-bucket-region")
-                          or code == "AuthorizationHeaderMalformed"):
-        # AWS's answer to a request signed for another region than the bucket's.
-        return NotUnderstood("redirect", "the bucket is in another region")
-    delete_marker = resp.getheader("x-amz-delete-marker") == "true"
-    if status == 403 and code == "SignatureDoesNotMatch":
-        # Wrong keys, or a store that canonicalises a request unlike S3: boto3 tells which.
-        return NotUnderstood("signature refused", "SignatureDoesNotMatch")
-    if (status in (403, 404, 412) or status in RETRY_STATUSES or delete_marker
-            or (status, code) in also):
-        return StoreAnswer(status, code or str(status), message, delete_marker)
-    return NotUnderstood("status", f"HTTP {status}")
 
 
 class LeanReads:
