@@ -40,7 +40,7 @@ ONLY_IN = {
     "botocore": {"remote.s3", "remote.s3_errors", "remote.s3_multipart", "remote.lean.remote"},
 }
 #: The longest chain of imports (in modules) the graph may have.
-MAX_DEPTH = 10  # lowered to 8 as the remote and core wings flatten
+MAX_DEPTH = 8
 
 
 def _modules() -> dict[str, ast.Module]:
