@@ -11,8 +11,6 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from zonefs.common.errors import InvalidArgument, NameTooLong
-
 NAME_MAX = 255
 #: The reserved virtual directory at the mount root; never stored in the bucket.
 RESERVED = ".zonefs"
@@ -91,14 +89,6 @@ def is_valid_name(name: str) -> bool:
         return len(name.encode("utf-8")) <= NAME_MAX
     except UnicodeEncodeError:  # lone surrogates from undecodable keys
         return False
-
-
-def check_name(name: str) -> None:
-    """Raise the errno a user should see for a name they asked to create."""
-    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
-        raise NameTooLong(name[:40] + "...")
-    if not is_valid_name(name):
-        raise InvalidArgument(f"invalid name {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,10 @@ class View:
         one longer than the store takes (ENAMETOOLONG), with one log line, before anything is
         written."""
         name = keys.split(path)[1]
-        keys.check_name(name)
+        if len(name.encode("utf-8", "surrogateescape")) > keys.NAME_MAX:
+            raise NameTooLong(name[:40] + "...")
+        if not keys.is_valid_name(name):
+            raise InvalidArgument(f"invalid name {name!r}")
         longest = self.capabilities.max_name_bytes
         if len(name.encode("utf-8", "surrogateescape")) > longest:
             log.warning("%r refused: the store takes names of at most %d bytes (store probe: "

@@ -18,9 +18,9 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from zonefs.cache.dircache import Entry
-from zonefs.cache.journal import ObjectRow
+from zonefs.cache.journal_schema import ObjectRow
 from zonefs.common import keys
-from zonefs.pending.upload import KeptAsConflict, Landed
+from zonefs.pending.outcome import KeptAsConflict, Landed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore, Digest
     from zonefs.cache.dircache import DirCache
     from zonefs.cache.journal import Journal
+    from zonefs.pending.outcome import Outcome
     from zonefs.pending.rows import DirtyFile, PendingRows
-    from zonefs.pending.upload import Outcome, UploadJob
+    from zonefs.pending.upload import UploadJob
     from zonefs.remote.base import ObjectInfo
 
 

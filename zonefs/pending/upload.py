@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from zonefs.cache.blobs import Digest, hash_file
-from zonefs.cache.journal import ObjectRow
+from zonefs.cache.journal_schema import ObjectRow
 from zonefs.common import keys
 from zonefs.common.errors import NotFound, PreconditionFailed
 from zonefs.common.keys import SHA1_KEY, SHA256_KEY, PosixMeta
+from zonefs.pending.outcome import NOTHING, KeptAsConflict, Landed
 from zonefs.pending.rows import ANY_OBJECT, Kind
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from zonefs.cache.blobs import BlobStore
     from zonefs.cache.journal import Journal
+    from zonefs.pending.outcome import Outcome
     from zonefs.pending.rows import DirtyFile
     from zonefs.remote.base import ObjectInfo, Remote
     from zonefs.remote.probe import Capabilities
@@ -66,37 +68,6 @@ class UploadJob:
         row = df.row
         return cls(row.path, df.kind, abspath(row.data) if row.data is not None else None,
                    row.source, row.meta, row.base_etag, row.generation)
-
-
-@dataclass(frozen=True, slots=True)
-class Landed:
-    """The change is in the store as `info`; `digest` of the bytes sent (None for a copy or a
-    directory marker)."""
-
-    info: ObjectInfo
-    digest: Digest | None
-
-
-@dataclass(frozen=True, slots=True)
-class KeptAsConflict:
-    """Another writer replaced the object: the local bytes are stored as `name` (`info`);
-    `current_etag` is the ETag the path holds now (None: nothing, or not known)."""
-
-    name: str
-    info: ObjectInfo
-    digest: Digest
-    current_etag: str | None
-
-
-class _NothingToDo:
-    def __repr__(self) -> str:
-        return "NOTHING"
-
-
-#: The outcome of a job with nothing to send (an unchanged local copy).
-NOTHING = _NothingToDo()
-
-Outcome = Landed | KeptAsConflict | _NothingToDo
 
 
 class _Conflict(Exception):
