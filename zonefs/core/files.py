@@ -264,7 +264,7 @@ class Files:
         Only what the open file holds changes: a size (ftruncate) truncates a writer's own
         local file, and mode, owner and mtime change what `stat_open` shows. Nothing reaches
         the journal or the bucket: the file's pending upload went with its name, and
-        `PendingFiles.persist` never journals a row that is not its path's current one.
+        `Ledger.persist` never journals a row that is not its path's current one.
         """
         if self.opts.read_only:
             raise ReadOnly("the mount is read-only")

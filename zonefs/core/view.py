@@ -2,7 +2,7 @@
 it, answered by path (`stat`, `listdir`), with no knowledge of FUSE or inodes.
 
 `View` combines the remote facts cached in `DirCache` (listings, entries, negative lookups)
-with the changes not yet in the bucket that `uploads.PendingFiles` holds: dirty rows (files,
+with the changes not yet in the bucket that the pending ledger holds: dirty rows (files,
 symlinks and directories to put) and pending deletes. `objects.RemoteObjects` supplies the
 POSIX attributes of remote objects (remembered by ETag, else one request); the `.zonefs` tree
 and `-o at=` views are `versions.History`'s.

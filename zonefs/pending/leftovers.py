@@ -77,7 +77,7 @@ class MultipartJournal:
 
 async def abort_leftover_uploads(remote: Remote, journal: Journal) -> int:
     """Abort the multipart uploads a process that died left in the bucket (at mount, before
-    `PendingFiles.requeue`, so that no upload of this mount is under way): their files are
+    `Ledger.requeue`, so that no upload of this mount is under way): their files are
     still dirty, so they are uploaded again whole. First those recorded by id; then, for each
     key with intents never settled by an id, its uploads that may be theirs
     (`_abort_unrecorded`).

@@ -234,7 +234,7 @@ _DELETE_TEXT = {
     "permanent": "; delete markers cannot be removed, so deletes are permanent)",
     "none": ")",
 }
-#: What zonefs does where the store does not enforce conditions (uploads.PendingFiles): no
+#: What zonefs does where the store does not enforce conditions (pending.upload.Uploader): no
 #: condition header is sent; the object's ETag is compared just before the PUT.
 _COMPARED = ("none sent: the ETag is compared just before each PUT, and a change keeps a "
              ".conflict copy; a writer landing in between is not detected")
