@@ -207,6 +207,7 @@ async def test_create_over_pending_file_then_crash(env: Env) -> None:
         assert await env.store.read("f") in (b"acknowledged", b"", b"not yet")
 
 
+@pytest.mark.expect_log("'f': its pending bytes are gone from the cache dir; dropped")
 async def test_lost_finish_commit_does_not_wedge_the_next_mount(env: Env) -> None:
     journal_path = str(env.cache_dir / "journal.sqlite")
     async with env.vfs(writeback_delay=HOLD) as vfs:
@@ -272,6 +273,7 @@ async def test_history_of_many_versions_is_paged(env: Env, monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize("env", ["local"], indirect=True)
+@pytest.mark.expect_log(r"write-back: the store refused '.*' \(KeyTooLongError: ")
 async def test_a_refused_file_keeps_its_bytes_and_holds_nothing_up(env: Env) -> None:
     """The local zone refuses keys over 1024 bytes, as S3 does: such a file stays pending and
     readable, fsync fails with the refusal, a drain does not wait for it, and writes of other

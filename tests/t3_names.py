@@ -298,6 +298,7 @@ async def test_reserved_zonefs_dir_is_virtual_and_read_only(env: Env) -> None:
         await check_invariants(vfs)
 
 
+@pytest.mark.expect_log("is not a valid file name; hidden")
 async def test_keys_that_are_not_valid_names_are_hidden(env: Env) -> None:
     hostile = ["a//b", "x" * 300, "dir/" + "y" * 256]
     if env.kind == "local":  # HTTP stacks may normalise dot segments before S3 sees them
@@ -321,6 +322,7 @@ async def test_keys_that_are_not_valid_names_are_hidden(env: Env) -> None:
         await check_invariants(vfs)
 
 
+@pytest.mark.expect_log("key 'both' is both a file and a directory")
 async def test_key_that_is_file_and_prefix_shows_the_directory(env: Env) -> None:
     await env.store.put("both", b"file body")
     await env.store.put("both/inner", b"in")

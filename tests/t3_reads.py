@@ -294,6 +294,7 @@ async def test_listing_does_not_wait_for_headers_a_stat_fetches_them(env: Env) -
         await check_invariants(vfs)
 
 
+@pytest.mark.expect_log("does not match its zonefs-sha256 header; not cached")
 async def test_small_object_with_wrong_checksum_header_is_listed(env: Env) -> None:
     await env.store.put("good", b"fine")
     await env.store.put("bad", b"actual bytes", {"zonefs-sha256": sha256(b"other bytes")})
@@ -307,6 +308,10 @@ async def test_small_object_with_wrong_checksum_header_is_listed(env: Env) -> No
         await check_invariants(vfs)
 
 
+@pytest.mark.expect_log(
+    "does not match its zonefs-sha256 header; not cached",
+    "downloaded bytes do not match their checksum",
+)
 async def test_large_object_with_wrong_checksum_header_does_not_crash(
     env: Env, tmp_path: Path,
 ) -> None:
