@@ -15,6 +15,15 @@ server; tests parametrized over the local zone run for S3 only), and tests of mo
 (those starting servers of their own) are left out. Each test gets its own bucket with
 versioning Enabled. What a test expects of the store follows the store probe's answers
 (`probed_capabilities`), not moto's. Local zones live in the test's tmp_path.
+
+Log check (tests/logcheck.py): a test whose daemon logged WARNING or above, or a traceback, that
+the test did not declare fails, with the offending lines in the message. It reads the log of
+every `Mount` the test started and every zonefs.log below its tmp_path once its fixtures have
+unmounted, and, for t3 and up, the records of the `zonefs` loggers in the test process (the
+`Vfs` core of tests/vfs_harness.py). A test declares what it provokes with
+`@pytest.mark.expect_log(r"regex", ...)` (on the test, its class or `pytestmark`): each regex is
+searched in the whole record, traceback included; a declaration allows, it does not require.
+A test that already failed is not checked again.
 """
 
 from __future__ import annotations
@@ -289,7 +298,14 @@ def local_zone(tmp_path: Path) -> ZoneConfig:
 # -- real mounts (t4) ---------------------------------------------------------------------------
 # Everything below serves the real-mount layer; tests/mounts.py holds the helpers.
 
-from mounts import LocalStore, Mount, S3Store, fuse_unavailable_reason  # noqa: E402
+import logcheck  # noqa: E402
+from mounts import (  # noqa: E402
+    DAEMON_LOGS,
+    LocalStore,
+    Mount,
+    S3Store,
+    fuse_unavailable_reason,
+)
 from vfs_harness import Env, Store, unversioned_bucket  # noqa: E402
 
 
@@ -307,6 +323,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "unversioned_on_moto: the `mount` fixture's S3 bucket has no versioning when the "
         "endpoint is the tests' own moto (see `mount` for why)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "expect_log(*regexes): warnings or tracebacks zonefs may log during the test (each "
+        "regex searched in the whole record); any other fails it (see the log check above)",
     )
 
 
@@ -350,6 +371,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"zonefs_report_{report.when}", report)
     return report
+
+
+#: Test modules whose in-process `zonefs` records are checked too (the core and up; t1 and t2
+#: components assert the log lines they care about themselves).
+_IN_PROCESS_LAYERS = ("t3_", "t4_", "t5_")
+
+
+@pytest.fixture(autouse=True)
+def log_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The log check (module docstring). Autouse, so set up before the test's other fixtures
+    and torn down after them: daemon logs are read once every mount is gone."""
+    node = request.node
+    tmp_path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames \
+        else None
+    in_process = node.module.__name__.startswith(_IN_PROCESS_LAYERS)
+    DAEMON_LOGS.clear()
+    with logcheck.in_process_records() as records:
+        yield
+    if _test_failed(node) or not (in_process or DAEMON_LOGS or tmp_path):
+        return
+    entries = list(records) if in_process else []
+    for path in logcheck.daemon_logs(DAEMON_LOGS, tmp_path):
+        entries += logcheck.entries_of(str(path), path.read_text(errors="replace"))
+    patterns = [p for mark in node.iter_markers("expect_log") for p in mark.args]
+    bad = logcheck.undeclared(entries, patterns)
+    if bad:
+        pytest.fail(logcheck.report(bad), pytrace=False)
 
 
 def markers_keep_metadata(mount: Mount) -> bool:

@@ -49,6 +49,9 @@ METADATA_TTL = 1.0
 CLI_TIMEOUT = 60.0
 #: After this long the watchdog kills the daemon of a mount that is still up (a hung test).
 WATCHDOG_SECONDS = 150.0
+#: The log file of every daemon a `Mount` started during the current test, for the log check
+#: (tests/logcheck.py; the conftest empties it before each test).
+DAEMON_LOGS: list[Path] = []
 
 
 # -- FUSE availability ------------------------------------------------------------------------
@@ -380,6 +383,7 @@ class Mount:
 
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        DAEMON_LOGS.append(self.log_path)
         started = time.monotonic()
         zonefs_cli(*self.mount_args(), env=self.env)
         assert time.monotonic() - started < 30

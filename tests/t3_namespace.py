@@ -162,6 +162,7 @@ async def test_namespace_changes_while_the_store_is_down(env: Env) -> None:
         await check_invariants(vfs)
 
 
+@pytest.mark.expect_log("conflict: 'd/taken' was changed in the bucket")
 async def test_new_files_in_a_directory_never_listed_while_the_store_is_down(
         env: Env) -> None:
     """Connections refused, in directories the mount never listed (the root and `d`, known

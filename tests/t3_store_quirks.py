@@ -211,6 +211,7 @@ async def test_names_with_a_backslash_follow_the_probe(env: Env) -> None:
         await check_invariants(vfs)
 
 
+@pytest.mark.expect_log("refused: the store rewrites a backslash in a key")
 async def test_names_with_a_backslash_are_refused_where_the_store_rewrites_them(
     env: Env, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -272,6 +273,7 @@ class RefusesOddKeys(DelegatingRemote):
         return fn(*args, **kwargs)
 
 
+@pytest.mark.expect_log("is not a valid file name; hidden")
 async def test_a_listing_never_asks_about_the_odd_keys_it_hides(env: Env) -> None:
     odd = ["a//b", "dir/" + "y" * 256, "dir//twice", "x" * 300]
     if env.kind == "local":  # HTTP stacks may normalise dot segments before S3 sees them
@@ -395,6 +397,7 @@ class LosesConditionsOverNothing(DelegatingRemote):
         return self.inner._upload(key, src, metadata, content_type, cancel, **conditions)
 
 
+@pytest.mark.expect_log("conflict: 'taken' was changed in the bucket")
 async def test_a_lost_condition_over_nothing_writes_the_file_not_a_conflict(env: Env) -> None:
     """A 412 for a key with no object is not another writer: the file is written, and no
     conflict copy is made. A real other writer still ends as a conflict copy."""

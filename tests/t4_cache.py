@@ -158,6 +158,9 @@ def test_warm_remount_reads_and_lists_without_get_or_head(mount: Mount) -> None:
 
 
 @pytest.mark.parametrize("size", [10 * KiB, 300 * KiB])
+@pytest.mark.expect_log(
+    r"zonefs.cache.blobs: cached blob [0-9a-f]{64} does not match its name \(opening 'f.bin'\)",
+)
 def test_blob_altered_between_mounts_is_downloaded_again(mount: Mount, size: int) -> None:
     body = os.urandom(size)
     put_foreign(mount, "f.bin", body)
@@ -178,6 +181,10 @@ def test_blob_altered_between_mounts_is_downloaded_again(mount: Mount, size: int
 
 
 @pytest.mark.parametrize("how", ["flipped", "truncated"])
+@pytest.mark.expect_log(
+    r"zonefs.cache.blobs: cached blob [0-9a-f]{64} does not match its name \(opening 'f.bin'\)",
+    r"zonefs.cache.blobs: cached blob [0-9a-f]{64} changed size \(102400 -> 10 bytes\)",
+)
 def test_blob_altered_while_mounted_is_never_served(mount: Mount, how: str) -> None:
     body = os.urandom(100 * KiB)
     put_foreign(mount, "f.bin", body)
@@ -212,6 +219,7 @@ def test_object_overwritten_by_another_client_shows_new_bytes_after_the_ttl(
 
 
 @pytest.mark.parametrize("size", [10 * KiB, 300 * KiB])
+@pytest.mark.expect_log("content of 'liar.bin' does not match its zonefs-sha256 header; not cached")
 def test_lying_sha256_header_never_yields_wrong_bytes(mount: Mount, size: int) -> None:
     body = os.urandom(size)
     lie = sha256(b"not these bytes")
@@ -233,6 +241,7 @@ def read_or_eio(path: Path) -> bytes | None:
 
 @pytest.mark.parametrize("size", [10 * KiB, 300 * KiB])
 @pytest.mark.parametrize("same_size", [False, True], ids=["other-size", "same-size"])
+@pytest.mark.expect_log("content of 'liar.bin' does not match its zonefs-sha256 header; not cached")
 def test_lying_header_naming_another_cached_blob_never_yields_its_bytes(
     mount: Mount, size: int, same_size: bool
 ) -> None:

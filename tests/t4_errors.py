@@ -91,6 +91,9 @@ def no_secret_anywhere(secret: str, *texts: str, files: tuple[Path, ...] = ()) -
 # -- the endpoint and the bucket ---------------------------------------------------------------
 
 
+@pytest.mark.expect_log(
+    r"ERROR zonefs: cannot reach http://127\.0\.0\.1:\d+: Connection refused",
+)
 def test_endpoint_unreachable(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -102,6 +105,7 @@ def test_endpoint_unreachable(tmp_path: Path) -> None:
                        files=(tmp_path / "cache" / "zonefs.log",))
 
 
+@pytest.mark.expect_log("ERROR zonefs: bucket 'zonefs-no-such-bucket-t4' does not exist")
 def test_bucket_missing(s3_endpoint: str, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -110,6 +114,7 @@ def test_bucket_missing(s3_endpoint: str, tmp_path: Path) -> None:
     assert_clean_failure(proc, elapsed, mnt, mentions=("zonefs-no-such-bucket-t4",))
 
 
+@pytest.mark.expect_log("ERROR zonefs: access denied to bucket 'any-bucket': check the credentials")
 def test_wrong_credentials(authenticating_endpoint: str, tmp_path: Path) -> None:
     endpoint = authenticating_endpoint
     mnt = tmp_path / "mnt"
@@ -152,6 +157,7 @@ def test_secret_key_is_never_logged_even_with_debug(
 # -- the mount point ---------------------------------------------------------------------------
 
 
+@pytest.mark.expect_log(r"ERROR zonefs: mount point \S+/no-such-dir does not exist")
 def test_mount_point_missing(local_zone: ZoneConfig, tmp_path: Path) -> None:
     mnt = tmp_path / "no-such-dir"
     proc, elapsed = try_mount(local_zone.url, mnt, tmp_path / "cache")
@@ -159,6 +165,7 @@ def test_mount_point_missing(local_zone: ZoneConfig, tmp_path: Path) -> None:
     assert not mnt.exists()
 
 
+@pytest.mark.expect_log(r"ERROR zonefs: mount point \S+/mnt is not empty")
 def test_mount_point_not_empty(local_zone: ZoneConfig, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -168,6 +175,7 @@ def test_mount_point_not_empty(local_zone: ZoneConfig, tmp_path: Path) -> None:
     assert (mnt / "precious.txt").read_bytes() == b"do not hide me"
 
 
+@pytest.mark.expect_log(r"ERROR zonefs: \S+/mnt is already a mount point")
 def test_mount_point_already_mounted(local_zone: ZoneConfig, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     first = Mount("local", local_zone.url, mnt, tmp_path / "cache",
@@ -192,6 +200,9 @@ def test_mount_point_already_mounted(local_zone: ZoneConfig, tmp_path: Path) -> 
         first.cleanup()
 
 
+@pytest.mark.expect_log(
+    r"ERROR zonefs: no zone at \S+/not-a-zone: the directory is not empty and holds no zone",
+)
 def test_local_zone_dir_that_is_not_a_zone(tmp_path: Path) -> None:
     zone_dir = tmp_path / "not-a-zone"
     zone_dir.mkdir()
@@ -203,6 +214,7 @@ def test_local_zone_dir_that_is_not_a_zone(tmp_path: Path) -> None:
     assert os.listdir(zone_dir) == ["notes.txt"]  # nothing added to it
 
 
+@pytest.mark.expect_log(r"ERROR zonefs: the cache dir \S+ is in use by another zonefs mount")
 def test_cache_dir_in_use_by_another_mount(local_zone: ZoneConfig, tmp_path: Path) -> None:
     first = Mount("local", local_zone.url, tmp_path / "mnt1", tmp_path / "cache",
                   LocalStore(local_zone, tmp_path / "scratch"))
@@ -237,6 +249,7 @@ def test_bad_zone_url(url: str, tmp_path: Path) -> None:
     assert_clean_failure(proc, elapsed, mnt, code=2)
 
 
+@pytest.mark.expect_log("ERROR zonefs: AWS profile 'zonefs-no-such-profile' not found")
 def test_missing_profile(s3_endpoint: str, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()

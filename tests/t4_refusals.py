@@ -39,6 +39,10 @@ def timed_cli(*args: str) -> tuple[int, str, float]:
 
 
 @pytest.mark.parametrize("mount", ["local"], indirect=True)
+@pytest.mark.expect_log(
+    r"write-back: the store refused '.*' \(KeyTooLongError: ",
+    r"unmount: '.*' is not in the bucket: the store refused it \(KeyTooLongError: ",
+)
 def test_sync_and_umount_name_a_refused_change_and_keep_it(mount: Mount) -> None:
     write_refused_file(mount)
 
@@ -76,6 +80,10 @@ def test_sync_and_umount_name_a_refused_change_and_keep_it(mount: Mount) -> None
 
 
 @pytest.mark.parametrize("mount", ["local"], indirect=True)
+@pytest.mark.expect_log(
+    r"write-back: the store refused '.*' \(KeyTooLongError: ",
+    r"unmount: '.*' is not in the bucket: the store refused it \(KeyTooLongError: ",
+)
 def test_sigterm_keeps_a_refused_change_for_the_next_mount(mount: Mount) -> None:
     write_refused_file(mount)
     assert wait_for(lambda: mount.status()["refused"], DEADLINE)

@@ -78,6 +78,7 @@ def test_a_name_with_a_backslash_follows_the_probe(mount: Mount) -> None:
 
 
 @pytest.mark.mount_options(backslash_keys="rewritten")
+@pytest.mark.expect_log("refused: the store rewrites a backslash in a key")
 def test_names_with_a_backslash_are_refused_where_the_store_rewrites_them(mount: Mount) -> None:
     caps = mount.status()["capabilities"]
     assert caps["backslash_keys"] == "rewritten" and "backslash_keys" in caps["overridden"]

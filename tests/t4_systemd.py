@@ -141,6 +141,9 @@ def test_mount_helper_called_like_mount8(
 
 @needs_fuse
 @pytest.mark.mount_options(writeback_delay="60")
+@pytest.mark.expect_log(
+    r"WARNING zonefs.mount.daemon: \S+/mnt: detaching the mount of a zonefs daemon that is gone",
+)
 def test_sync_shows_progress_and_a_dead_mount_is_replaced(mount: Mount) -> None:
     for n in range(3):
         (mount.path / f"p{n}.bin").write_bytes(os.urandom(100_000))

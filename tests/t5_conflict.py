@@ -38,6 +38,7 @@ def conflicts(m: Mount, name: str) -> list[str]:
     return sorted(m.store.keys(f"{name}.conflict-"))
 
 
+@pytest.mark.expect_log("conflict: 'f.txt' was changed in the bucket by another writer")
 def test_concurrent_edits_keep_both(two_mounts: tuple[Mount, Mount]) -> None:
     a, b = two_mounts
     (a.path / "f.txt").write_bytes(b"base\n")
@@ -61,6 +62,7 @@ def test_concurrent_edits_keep_both(two_mounts: tuple[Mount, Mount]) -> None:
 
 
 @pytest.mark.parametrize("two_mounts", ["conditional"], indirect=True)
+@pytest.mark.expect_log("conflict: 'new.txt' was changed in the bucket by another writer")
 def test_two_new_files_of_one_name_keep_both(two_mounts: tuple[Mount, Mount]) -> None:
     a, b = two_mounts
     b.remount(options={"writeback_delay": "30"})

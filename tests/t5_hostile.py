@@ -16,6 +16,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.expect_log(
+    "is not a valid file name; hidden",
+    "is both a file and a directory; showing the directory",
+)
 def test_hostile_keys_never_crash_a_listing_nor_escape(mount: Mount, tmp_path: Path) -> None:
     hostile = {
         "a//b": b"empty segment",

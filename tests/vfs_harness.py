@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat as st
 import threading
 import uuid
@@ -285,6 +286,16 @@ def sha1(data: bytes) -> str:
 
 def requests(vfs: Vfs, kind: str) -> int:
     return vfs.remote.requests.counts.get(kind, 0)
+
+
+MiB = 1 << 20
+#: An `mtime` header as zonefs writes it: seconds and nanoseconds.
+MTIME_RE = re.compile(r"^\d+\.\d{9}$")
+
+
+def mtime_ns_of(header: str) -> int:
+    sec, frac = header.split(".")
+    return int(sec) * 1_000_000_000 + int(frac)
 
 
 # -- invariants -------------------------------------------------------------------------------
