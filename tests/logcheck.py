@@ -36,7 +36,8 @@ TRACEBACK = "Traceback (most recent call last):"
 OFFENDING_LEVELS = {"WARNING", "ERROR", "CRITICAL"}
 #: The log file name of a background daemon (cache_dir/zonefs.log).
 DAEMON_LOG_NAME = "zonefs.log"
-#: How many lines of one entry the failure message shows.
+#: How many entries, and lines of one entry, the failure message shows.
+SHOWN_ENTRIES = 20
 SHOWN_LINES = 12
 
 
@@ -129,11 +130,13 @@ def report(entries: list[Entry]) -> str:
     """The failure message: each undeclared entry, with where it was logged."""
     out = [f"zonefs logged {len(entries)} undeclared warning(s) or traceback(s); declare the "
            "expected ones with @pytest.mark.expect_log(r\"regex\", ...):"]
-    for e in entries:
+    for e in entries[:SHOWN_ENTRIES]:
         shown = e.lines[:SHOWN_LINES]
         more = len(e.lines) - len(shown)
         out.append(f"  [{e.source}]")
         out += [f"    {line}" for line in shown]
         if more:
             out.append(f"    … {more} more line(s)")
+    if len(entries) > SHOWN_ENTRIES:
+        out.append(f"  … and {len(entries) - SHOWN_ENTRIES} more")
     return "\n".join(out)

@@ -55,6 +55,10 @@ MiB = 1 << 20
 #: it: the mount's io_timeout is raised above it), refused for 8 s (enough for uploads to fail
 #: and back off several times: 1, 2, 4 s …).
 OUTAGE_SECONDS = {"stalled": 30.0, "refused": 8.0}
+#: What write-back logs while the store refuses connections (every pending file, with a
+#: traceback at its third attempt).
+UPLOADS_RETRIED = (r"write-back: upload of '.*' failed \(attempt \d+\), retrying in [\d.]+s: "
+                   r"RemoteError: cannot reach http://127\.0\.0\.1:\d+: Connection refused")
 
 
 class Gate:
@@ -167,6 +171,7 @@ def make_tree(top: Path, count: int) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("outage", ["refused", "stalled"])
+@pytest.mark.expect_log(UPLOADS_RETRIED)
 def test_cp_r_outlives_an_outage(own_store: Any, tmp_path: Path, outage: str) -> None:
     """200 files copied in, the store down in the middle of their uploads: every file lands
     byte-exact once it is back, and `zonefs status` tells the backlog meanwhile.
@@ -261,6 +266,7 @@ def stat_errno(path: Path, timeout: float) -> str:
 
 
 @pytest.mark.parametrize("outage", ["stalled", "refused"])
+@pytest.mark.expect_log(r"did not answer within \d+ s \(io_timeout\): until it answers again")
 def test_uncached_reads_fail_with_eio_instead_of_hanging(
     own_store: Any, tmp_path: Path, outage: str
 ) -> None:
@@ -504,6 +510,7 @@ def timed(args: list[str | Path], limit: float) -> tuple[float, subprocess.Compl
     return time.monotonic() - started, proc
 
 
+@pytest.mark.expect_log(r"did not answer within \d+ s \(io_timeout\): until it answers again")
 def test_a_stalled_store_is_answered_from_the_cache_after_its_first_timeout(
     own_store: Any, tmp_path: Path
 ) -> None:
@@ -565,6 +572,7 @@ def test_a_stalled_store_is_answered_from_the_cache_after_its_first_timeout(
         mount.cleanup()
 
 
+@pytest.mark.expect_log(UPLOADS_RETRIED)
 def test_ctrl_c_on_a_control_command_leaves_the_mount(own_store: Any, tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) or SIGTERM (`timeout`) to a `zonefs sync` or `zonefs umount` that
     waits for uploads the store refuses: the command ends, the daemon and its mount stay,
