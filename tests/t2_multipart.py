@@ -324,6 +324,16 @@ async def test_an_intent_whose_search_fails_stays_for_the_next_mount(
     assert uploads_of(s3_client, bucket, "big.bin") == {}
 
 
+def test_the_multipart_log_given_to_open_remote_is_the_one_it_tells(
+    s3_zone: ZoneConfig, local_zone: ZoneConfig
+) -> None:
+    """The daemon hands the journal's log to `open_remote`: every remote it makes (boto3,
+    the lean wrapper around it, the local zone) keeps that one."""
+    for zone, lean in ((s3_zone, True), (s3_zone, False), (local_zone, False)):
+        log = RecordingLog()
+        assert open_remote(zone, lean_requests=lean, multipart_log=log).multipart_log is log
+
+
 async def test_uploads_through_a_core_leave_nothing_in_the_journal(
     s3_zone: ZoneConfig, s3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
@@ -334,7 +344,7 @@ async def test_uploads_through_a_core_leave_nothing_in_the_journal(
     src.write_bytes(os.urandom(12 * MiB))
     remote = small_parts(open_remote(s3_zone))
     async with env.vfs(remote=remote) as core:
-        assert remote.multipart_log is not None  # installed by the core
+        assert remote.multipart_log is not None  # the journal's, as the daemon gives it
         await remote.upload("big.bin", str(src), {})
         await remote.copy("big.bin", "moved.bin")
         assert core.journal.multipart_intents() == []

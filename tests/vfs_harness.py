@@ -31,6 +31,7 @@ from zonefs.common import keys
 from zonefs.common.config import MountOptions, ZoneConfig
 from zonefs.common.errors import NotFound, RemoteError
 from zonefs.core.vfs import Handle, Vfs
+from zonefs.pending.leftovers import MultipartJournal
 from zonefs.remote import ListPage, ObjectInfo, Remote, VersionPage, open_remote
 from zonefs.remote.probe import CACHE_FILE, Capabilities, load_or_probe, read_cache, write_cache
 
@@ -139,8 +140,13 @@ class Env:
         store probe's answers (`capabilities`), or those given."""
         opts = self.options(**changes)
         caps = capabilities or await self.capabilities(opts)
-        remote = remote or open_remote(self.zone)
         journal = Journal(str(self.cache_dir / "journal.sqlite"))
+        # The journal hears of every multipart upload, as the daemon arranges it; a remote
+        # a test brings gets it too, unless the test gave it a log of its own.
+        if remote is None:
+            remote = open_remote(self.zone, multipart_log=MultipartJournal(journal))
+        elif remote.multipart_log is None:
+            remote.multipart_log = MultipartJournal(journal)
         blobs = BlobStore(str(self.cache_dir), capacity=opts.cache_size)
         try:
             async with trio.open_nursery() as nursery:

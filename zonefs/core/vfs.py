@@ -51,7 +51,6 @@ from zonefs.core.values import Handle, Stat
 from zonefs.core.versions import History
 from zonefs.core.view import View
 from zonefs.pending.ledger import Ledger
-from zonefs.pending.leftovers import MultipartJournal
 from zonefs.pending.moves import LocalMoves
 
 if TYPE_CHECKING:
@@ -91,8 +90,6 @@ class Vfs:
         self.remote, self.journal, self.blobs, self.opts = remote, journal, blobs, opts
         self._spawn = spawn
         self.cache = DirCache(opts.metadata_ttl)
-        # Every multipart upload the remote starts is journaled first (see pending.leftovers).
-        remote.multipart_log = MultipartJournal(journal)
         # What the store can do: the store probe's answers, known before the mount answers.
         self.capabilities = capabilities
         self.objects = RemoteObjects(remote, journal, blobs, self.cache, opts, spawn=spawn,

@@ -39,6 +39,7 @@ from zonefs.core.vfs import Vfs
 from zonefs.mount import control
 from zonefs.mount.control_server import ControlServer
 from zonefs.mount.fuse_ops import ZonefsOperations
+from zonefs.pending.leftovers import MultipartJournal
 from zonefs.remote import open_remote
 from zonefs.remote.probe import Capabilities, load_or_probe
 
@@ -150,23 +151,25 @@ class Daemon:
         self.capabilities = Capabilities()  # the store probe's answers, once known
 
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
-        # A file:///DIR zone is created when DIR is missing or empty.
-        remote = open_remote(self.zone, max_requests=self.opts.max_requests, create=True,
-                             io_timeout=self.opts.io_timeout,
-                             lean_requests=self.opts.lean_requests)
-        try:
-            with trio.fail_after(CHECK_TIMEOUT):
-                await remote.check()
-        except trio.TooSlowError:
-            raise MountError(
-                f"{self.zone.label} did not answer within {CHECK_TIMEOUT:.0f} s"
-            ) from None
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
         os.chmod(self.cache_dir, 0o700)
         lock_fd = _lock_cache_dir(self.cache_dir)
         journal = Journal(os.path.join(self.cache_dir, "journal.sqlite"))
         blobs = BlobStore(self.cache_dir, capacity=self.opts.cache_size)
         try:
+            # A file:///DIR zone is created when DIR is missing or empty. Every multipart
+            # upload the remote starts is journaled first (see pending.leftovers).
+            remote = open_remote(self.zone, max_requests=self.opts.max_requests, create=True,
+                                 io_timeout=self.opts.io_timeout,
+                                 lean_requests=self.opts.lean_requests,
+                                 multipart_log=MultipartJournal(journal))
+            try:
+                with trio.fail_after(CHECK_TIMEOUT):
+                    await remote.check()
+            except trio.TooSlowError:
+                raise MountError(
+                    f"{self.zone.label} did not answer within {CHECK_TIMEOUT:.0f} s"
+                ) from None
             # After the lock: one daemon at a time reads and writes capabilities.json. Bounded
             # (probe.PROBE_TIMEOUT plus its clean-up) and never fails: a slow or odd store
             # gets the safe answers.

@@ -191,14 +191,15 @@ class Remote(ABC):
     #: Entries per ListObjectVersions request (S3 allows at most 1,000).
     VERSION_PAGE = 1000
 
-    def __init__(self, *, max_requests: int = 16, io_timeout: float | None = None) -> None:
+    def __init__(self, *, max_requests: int = 16, io_timeout: float | None = None,
+                 multipart_log: MultipartLog | None = None) -> None:
         self.limiter = trio.CapacityLimiter(max_requests)
         self.requests = RequestCounter()
         #: Seconds a read or lookup waits for an answer (or a transfer for its next bytes);
         #: None: as long as the backend's own timeouts let it (tools that are not a mount).
         self.io_timeout = io_timeout
-        #: Hears of multipart uploads in progress; set by the owner of the journal.
-        self.multipart_log: MultipartLog | None = None
+        #: Hears of multipart uploads in progress; given by the owner of the journal.
+        self.multipart_log: MultipartLog | None = multipart_log
         #: Whether the store answers; fails reads and lookups fast while it does not.
         self.health = StoreHealth(lambda: self.description or "the store")
 

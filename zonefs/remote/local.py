@@ -74,6 +74,7 @@ from zonefs.remote.local_versions import (
 
 if TYPE_CHECKING:
     from zonefs.common.config import ZoneConfig
+    from zonefs.remote.base import MultipartLog
 
 _CHUNK = 1 << 20
 _DEFAULT_TYPE = "binary/octet-stream"  # what S3 reports for objects stored without a type
@@ -104,8 +105,11 @@ def _guarded(fn: _F) -> _F:
 class LocalRemote(Remote):
     """A versioned object store in a local directory."""
 
-    def __init__(self, zone: ZoneConfig, *, max_requests: int = 16, create: bool = False) -> None:
-        super().__init__(max_requests=max_requests)
+    def __init__(self, zone: ZoneConfig, *, max_requests: int = 16, create: bool = False,
+                 io_timeout: float | None = None,
+                 multipart_log: MultipartLog | None = None) -> None:
+        super().__init__(max_requests=max_requests, io_timeout=io_timeout,
+                         multipart_log=multipart_log)
         self.zone = zone
         self.root = zone.local_dir
         self.description = zone.label

@@ -64,6 +64,7 @@ from zonefs.remote.s3_multipart import Cancelled, FileWindow, S3Multipart
 
 if TYPE_CHECKING:
     from zonefs.common.config import ZoneConfig
+    from zonefs.remote.base import MultipartLog
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -139,8 +140,10 @@ class S3Remote(S3Multipart, Remote):
     COPY_PART_SIZE = 512 * MiB
 
     def __init__(self, zone: ZoneConfig, *, max_requests: int = 16,
-                 io_timeout: float | None = None) -> None:
-        super().__init__(max_requests=max_requests, io_timeout=io_timeout)
+                 io_timeout: float | None = None,
+                 multipart_log: MultipartLog | None = None) -> None:
+        super().__init__(max_requests=max_requests, io_timeout=io_timeout,
+                         multipart_log=multipart_log)
         self.zone = zone
         self.bucket = zone.bucket
         self.prefix = zone.prefix

@@ -99,7 +99,7 @@ class LeanRemote(Remote):
     def __init__(self, boto: S3Remote) -> None:
         self.boto = boto  # first: `multipart_log` is the boto3 remote's
         super().__init__(max_requests=int(boto.limiter.total_tokens),
-                         io_timeout=boto.io_timeout)
+                         io_timeout=boto.io_timeout, multipart_log=boto.multipart_log)
         self.zone, self.bucket, self.prefix = boto.zone, boto.bucket, boto.prefix
         self.description = boto.description
         # Set up at the first request that wants it: None until then, False where it cannot
