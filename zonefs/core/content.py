@@ -114,12 +114,12 @@ class ContentIds:
         known = self._dirty_digests.get(path)
         if known is not None and known[0] == generation:
             return known[1]
-        digest = await trio.to_thread.run_sync(hash_file, self.self.blobs.abspath(data))
+        digest = await trio.to_thread.run_sync(hash_file, self.blobs.abspath(data))
         self._dirty_digests[path] = (generation, digest)
         return digest
 
     async def _remote_hashes(self, path: str, etag: str | None) -> tuple[str, str]:
-        memo = self.self.journal.get_object(path, etag)
+        memo = self.journal.get_object(path, etag)
         if memo is not None and memo.sha256 and memo.sha1:
             return memo.sha256, memo.sha1
         # Nothing remembered (an object written by another tool): hash its bytes, once.
@@ -133,7 +133,7 @@ class ContentIds:
         # `getfattr -d` asks for every attribute in turn: one HEAD answers them all.
         if (path, etag) in self._versions:
             return self._versions[(path, etag)]
-        info = await self.self.remote.head(path)
+        info = await self.remote.head(path)
         version = info.version_id if info.etag == etag else None
         self._versions[(path, etag)] = version
         return version
