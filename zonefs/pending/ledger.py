@@ -153,7 +153,7 @@ class Ledger:
     def refused(self) -> list[Refusal]:
         return self.writeback.refused()
 
-    def writeback_stats(self) -> dict[str, object]:
+    def writeback_stats(self) -> dict[str, int | str | None]:
         return self.writeback.stats_dict()
 
     @property
