@@ -50,13 +50,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from endpoints import Endpoint, external, moto_server, seaweedfs_server
+from meter import Meter, Usage, peak_rss_mib
 from seed import put_many
 from systems import SYSTEM_NAMES, Mount, System, daemon_pid, make_system, mount_table
 
@@ -106,6 +107,9 @@ class Params:
     list_count: int = 100_000
     timeout: float = 300.0
     groups: tuple[str, ...] = GROUPS
+    # Call the system's own sync (`zonefs sync`) before polling the bucket in the durable
+    # rows. Off by default: a user gets what write-back does on its own.
+    own_sync: bool = False
 
     def workloads(self) -> list[Workload]:
         """The rows of the table, in order (only those of the selected groups)."""
@@ -500,8 +504,12 @@ def wait_durable(
         time.sleep(0.05)
 
 
-def sync_quietly(system: System, mount: Mount) -> None:
-    """The system's own sync (zonefs sync); durability is then checked in the bucket anyway."""
+def sync_quietly(system: System, mount: Mount, params: Params) -> None:
+    """With `--own-sync`, the system's own sync (zonefs sync); durability is then checked in
+    the bucket anyway. Without it (the default), nothing: the bucket is polled while the
+    system's write-back runs on its own, as a user who does nothing gets it."""
+    if not params.own_sync:
+        return
     try:
         system.sync(mount)
     except Exception as exc:
@@ -520,7 +528,7 @@ def w2_cp(
     """`cp -r` into the mount; returns (seconds to close, seconds until durable)."""
     start = time.perf_counter()
     close, _ = timed(["cp", "-r", str(src.path), str(mount.path / dest)], params.timeout)
-    sync_quietly(system, mount)
+    sync_quietly(system, mount, params)
     expected = {f"{dest}/{name}": params.cp_size for name in src.names}
     return close, wait_durable(s3, bucket, dest + "/", expected, start, params)
 
@@ -560,7 +568,7 @@ def run_w4(
     workdir: Path,
     params: Params,
     page_cache: PageCache,
-    record: Callable[[str, float], None],
+    record: Callable[..., None],
 ) -> None:
     """W4: cold, warm, and remounted reads of the big object, then `ls -l` after a remount.
 
@@ -571,17 +579,18 @@ def run_w4(
     cache = workdir / f"{tag}-cache4"
     with system.mounted(bucket, path, cache, disk_cache=True) as mount:
         page_cache.drop()
-        record("big_cold", w4_cat(mount, big, params))
-        record("big_warm", w4_cat(mount, big, params))  # the page cache may serve this one
+        record("big_cold", *measured(mount, w4_cat, mount, big, params))
+        # The page cache may serve this one.
+        record("big_warm", *measured(mount, w4_cat, mount, big, params))
         w4_verify(mount, big, params)
         w1_ls(mount, params)  # untimed: the listing a remount may remember
     with system.mounted(bucket, path, cache, disk_cache=True) as mount:
         page_cache.drop()
-        record("big_remount", w4_cat(mount, big, params))
+        record("big_remount", *measured(mount, w4_cat, mount, big, params))
         w4_verify(mount, big, params)
     with system.mounted(bucket, path, cache, disk_cache=True) as mount:
         page_cache.drop()
-        record("ls_remount", w1_ls(mount, params))
+        record("ls_remount", *measured(mount, w1_ls, mount, params))
 
 
 def w6_random_reads(path: Path, big: BigObject) -> float:
@@ -609,13 +618,13 @@ def w5_write(
 ) -> tuple[float, float]:
     """`cp` of the local file into the mount: (seconds to close, seconds until durable).
 
-    Durable: a HEAD of the key answers with the full size (zonefs: after `zonefs sync`). The
-    content is then checked with a GET, untimed.
+    Durable: a HEAD of the key answers with the full size (with `--own-sync`, after the
+    system's sync). The content is then checked with a GET, untimed.
     """
     (mount.path / key).parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     close, _ = timed(["cp", str(src.path), str(mount.path / key)], params.timeout)
-    sync_quietly(system, mount)
+    sync_quietly(system, mount, params)
     deadline = start + params.timeout
     while True:
         try:
@@ -651,7 +660,7 @@ def w5_rename(
     size = (mount.path / old).stat().st_size
     start = time.perf_counter()
     timed(["mv", str(mount.path / old), str(mount.path / new)], params.timeout)
-    sync_quietly(system, mount)
+    sync_quietly(system, mount, params)
     prefix = os.path.commonprefix([old, new]).rpartition("/")[0]
     prefix = prefix + "/" if prefix else ""
     return wait_durable(s3, bucket, prefix, {new: size}, start, params, absent=(old,))
@@ -671,7 +680,7 @@ def w7_untar(
     start = time.perf_counter()
     cmd = ["tar", "-x", "--no-same-owner", "-f", str(tarball.path), "-C", str(mount.path / dest)]
     close, _ = timed(cmd, params.timeout)
-    sync_quietly(system, mount)
+    sync_quietly(system, mount, params)
     expected = {f"{dest}/{name}": size for name, size in tarball.sizes.items()}
     return close, wait_durable(s3, bucket, dest + "/", expected, start, params)
 
@@ -698,27 +707,35 @@ def w9_list(mount: Mount, expected: int, params: Params) -> tuple[float, float]:
     return seconds, peak_rss_mib(pid)
 
 
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM (peak resident set size) of a process, in MiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise WorkloadError(f"no VmHWM for PID {pid}")
-
-
 W4_KEYS = ["big_cold", "big_warm", "big_remount", "ls_remount"]
+
+
+#: Suffixes of the keys under which a row's daemon CPU seconds and peak RSS (MiB) are kept.
+CPU, RSS = "@cpu", "@rss"
+
+T = TypeVar("T")
+
+
+def measured(mount: Mount, fn: Callable[..., T], *args: Any) -> tuple[T, Usage | None]:
+    """`fn(*args)`, and the CPU seconds and peak RSS of the process serving `mount` meanwhile."""
+    meter = Meter(daemon_pid(mount))
+    meter.start()
+    value = fn(*args)
+    return value, meter.lap()
 
 
 @contextlib.contextmanager
 def recorded(
     results: Results, system: str, keys: list[str], summary: list[str]
-) -> Iterator[Callable[[str, float], None]]:
+) -> Iterator[Callable[..., None]]:
     """Record values as they come; on an exception, the keys not yet recorded become errors."""
     done: set[str] = set()
 
-    def record(key: str, value: float) -> None:
+    def record(key: str, value: float, usage: Usage | None = None) -> None:
         results.add(key, system, value)
+        if usage is not None:
+            results.add(key + CPU, system, usage.cpu_seconds)
+            results.add(key + RSS, system, usage.peak_rss_mib)
         summary.append(f"{key} {fmt_seconds(value)}")
         done.add(key)
 
@@ -769,19 +786,20 @@ def run_system(system: System, run: int, sh: Shared, list_once: bool) -> None:
         durable = False
         with recorded(results, system.name, keys, summary) as record, mnt(1) as mount:
             if "ls" in groups:
-                record("ls_cold", w1_ls(mount, params))
-                record("ls_warm", w1_ls(mount, params))
+                record("ls_cold", *measured(mount, w1_ls, mount, params))
+                record("ls_warm", *measured(mount, w1_ls, mount, params))
             if "cp" in groups:
-                close, durable_s = w2_cp(system, mount, s3, bucket, dest, sh.src, params)
+                (close, durable_s), usage = measured(
+                    mount, w2_cp, system, mount, s3, bucket, dest, sh.src, params)
                 record("cp_close", close)
-                record("cp_durable", durable_s)
+                record("cp_durable", durable_s, usage)
                 durable = True
         if "cp" in groups:
             with recorded(results, system.name, ["cat_cold"], summary) as record:
                 if not durable:
                     raise WorkloadError("nothing to read: W2 failed")
                 with mnt(2) as mount:
-                    record("cat_cold", w3_cat(mount, dest, sh.src, params))
+                    record("cat_cold", *measured(mount, w3_cat, mount, dest, sh.src, params))
     if "big" in groups:
         with recorded(results, system.name, W4_KEYS, summary) as record:
             run_w4(system, tag, bucket, sh.big, workdir, params, sh.page_cache, record)
@@ -792,24 +810,27 @@ def run_system(system: System, run: int, sh: Shared, list_once: bool) -> None:
         with recorded(results, system.name, keys, summary) as record, mnt(5) as mount:
             if "rand" in groups:
                 sh.page_cache.drop()
-                record("rand_cold", w6_random_reads(mount.path / sh.big.key, sh.big))
+                record("rand_cold", *measured(mount, w6_random_reads, mount.path / sh.big.key,
+                                              sh.big))
             if "write" in groups:
                 assert sh.write_src is not None
                 key = f"w5/run{run}.bin"
-                close, durable_s = w5_write(system, mount, s3, bucket, key, sh.write_src, params)
+                (close, durable_s), usage = measured(
+                    mount, w5_write, system, mount, s3, bucket, key, sh.write_src, params)
                 record("write_close", close)
-                record("write_durable", durable_s)
+                record("write_durable", durable_s, usage)
                 renamed = f"w5/run{run}-renamed.bin"
-                record("rename", w5_rename(system, mount, s3, bucket, key, renamed, params))
+                record("rename", *measured(mount, w5_rename, system, mount, s3, bucket, key,
+                                           renamed, params))
     if "untar" in groups:
         assert sh.tarball is not None
         keys = ["untar_close", "untar_durable"]
         with recorded(results, system.name, keys, summary) as record, mnt(6) as mount:
-            close, durable_s = w7_untar(
-                system, mount, s3, bucket, f"untar-run{run}", sh.tarball, params
+            (close, durable_s), usage = measured(
+                mount, w7_untar, system, mount, s3, bucket, f"untar-run{run}", sh.tarball, params
             )
             record("untar_close", close)
-            record("untar_durable", durable_s)
+            record("untar_durable", durable_s, usage)
     find_count, list_count = corpus_counts(params)
     if "find" in groups:
         with (
@@ -817,15 +838,15 @@ def run_system(system: System, run: int, sh: Shared, list_once: bool) -> None:
             system.mounted(sh.corpus, workdir / f"{tag}-mnt7", workdir / f"{tag}-cache7") as m,
         ):
             sh.page_cache.drop()
-            record("find_cold", w8_find(m, find_count, params))
+            record("find_cold", *measured(m, w8_find, m, find_count, params))
     if "list" in groups and list_once:
         with (
             recorded(results, system.name, ["list_time", "list_rss"], summary) as record,
             system.mounted(sh.corpus, workdir / f"{tag}-mnt8", workdir / f"{tag}-cache8") as m,
         ):
             sh.page_cache.drop()
-            seconds, rss = w9_list(m, list_count, params)
-            record("list_time", seconds)
+            (seconds, rss), usage = measured(m, w9_list, m, list_count, params)
+            record("list_time", seconds, usage)
             record("list_rss", rss)
     log(f"  {system.name}: " + ", ".join(summary))
 
@@ -935,6 +956,31 @@ def boto3_cell(results: Results, key: str) -> str:
     return f"{mine / limit:.2f}"
 
 
+def usage_table(results: Results, params: Params, mounts: list[str]) -> list[str]:
+    """The daemon's CPU seconds and peak RSS per row and mount (medians), where measured."""
+    rows = []
+    for w in params.workloads():
+        if not any(results.median(w.key + CPU, s) is not None for s in mounts):
+            continue
+        cells = []
+        for s in mounts:
+            cpu, rss = results.median(w.key + CPU, s), results.median(w.key + RSS, s)
+            cells.append("n/a" if cpu is None or rss is None else f"{cpu:.2f} s, {rss:.0f} MiB")
+        rows.append("| " + " | ".join([w.title, *cells]) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "CPU seconds (user + system, all threads) of the process serving each mount during the "
+        "row's step, and its peak RSS during it (medians; a step with a close and a durable row "
+        "is measured once, until durable, and shown on the durable row):",
+        "",
+        "| workload | " + " | ".join(mounts) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * len(mounts)) + " |",
+        *rows,
+    ]
+
+
 def render(results: Results, params: Params, systems: list[str], header: list[str]) -> str:
     lines = ["# zonefs benchmark", "", *[f"- {h}" for h in header], ""]
     with_boto3 = BOTO3 in systems
@@ -951,6 +997,7 @@ def render(results: Results, params: Params, systems: list[str], header: list[st
         if with_boto3:
             row.append(boto3_cell(results, w.key))
         lines.append("| " + " | ".join(row) + " |")
+    lines += usage_table(results, params, [s for s in systems if s != BOTO3])
     if results.errors:
         lines += ["", "Errors (first message per cell):", ""]
         for w in params.workloads():
@@ -1031,6 +1078,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated workload groups to run, from: {', '.join(GROUPS)} (default: all)",
     )
     parser.add_argument("--no-boto3", action="store_true", help="leave out the direct boto3 column")
+    parser.add_argument(
+        "--own-sync",
+        action="store_true",
+        help="in the durable rows, call the system's own sync (`zonefs sync`) before polling the "
+        "bucket (default: poll while write-back runs on its own, as a user gets it)",
+    )
     parser.add_argument(
         "--no-netns",
         action="store_true",
@@ -1218,6 +1271,7 @@ def main(argv: list[str] | None = None) -> int:
         list_count=args.list_count,
         timeout=args.timeout,
         groups=args.groups,
+        own_sync=args.own_sync,
     )
     # SIGTERM unwinds like Ctrl-C, so that every `finally` unmounts what it mounted.
     signal.signal(signal.SIGTERM, on_sigterm)
