@@ -41,6 +41,7 @@ from zonefs.common.keys import PosixMeta
 from zonefs.pending.backpressure import Backpressure
 from zonefs.pending.deletes import PendingDeletes
 from zonefs.pending.leftovers import abort_leftover_uploads
+from zonefs.pending.outcome import KeptAsConflict
 from zonefs.pending.rows import (
     ANY_OBJECT,
     DirtyFile,
@@ -575,7 +576,11 @@ class Ledger:
         except Refused:
             df.absent = was_absent
             raise
-        self.settler.settle(path, df, job, outcome)
+        current = None
+        if isinstance(outcome, KeptAsConflict) and (self.rows.get(path) is not df or df.writers):
+            # The file stays pending: it starts over from what the bucket holds now.
+            current = await self.uploader.current_etag(path)
+        self.settler.settle(path, df, job, outcome, current_etag=current)
 
     def below(self, path: str) -> Iterator[tuple[str, DirtyFile]]:
         """The pending rows at or below `path` (a snapshot)."""

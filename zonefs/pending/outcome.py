@@ -24,13 +24,11 @@ class Landed:
 
 @dataclass(frozen=True, slots=True)
 class KeptAsConflict:
-    """Another writer replaced the object: the local bytes are stored as `name` (`info`);
-    `current_etag` is the ETag the path holds now (None: nothing, or not known)."""
+    """Another writer replaced the object: the local bytes are stored as `name` (`info`)."""
 
     name: str
     info: ObjectInfo
     digest: Digest
-    current_etag: str | None
 
 
 class _NothingToDo:

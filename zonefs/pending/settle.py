@@ -55,9 +55,12 @@ class Settler:
         # Tells the core's object reader that a name's object changed (its open pins go).
         self._forget_opened = forget_opened
 
-    def settle(self, path: str, df: DirtyFile, job: UploadJob, outcome: Outcome) -> None:
+    def settle(self, path: str, df: DirtyFile, job: UploadJob, outcome: Outcome, *,
+               current_etag: str | None = None) -> None:
+        """Settle `outcome` on `df`; after a conflict copy, `current_etag` is what the path
+        holds now (None: nothing, or not asked)."""
         if isinstance(outcome, KeptAsConflict):
-            self._settle_conflict(path, df, outcome)
+            self._settle_conflict(path, df, outcome, current_etag)
             return
         if not isinstance(outcome, Landed):
             return
@@ -86,13 +89,14 @@ class Settler:
         self.ledger.note_progress()
         self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), df.row.meta))
 
-    def _settle_conflict(self, path: str, df: DirtyFile, kept: KeptAsConflict) -> None:
+    def _settle_conflict(self, path: str, df: DirtyFile, kept: KeptAsConflict,
+                         current_etag: str | None) -> None:
         """The local bytes are stored as a conflict copy: `path` shows the bucket's version
         again, unless written again meanwhile or still open (then it stays pending, based on
         what the bucket holds now)."""
         if self.rows.get(path) is not df or df.writers:
-            if kept.current_etag is not None:
-                df.row.base_etag = kept.current_etag
+            if current_etag is not None:
+                df.row.base_etag = current_etag
             if self.rows.get(path) is df:
                 self.journal.put_dirty(df.row)
                 self.ledger.schedule_key(path)

@@ -224,7 +224,7 @@ class Uploader:
         self.journal.put_object(ObjectRow(name, info.etag, digest.size, job.meta,
                                           digest.sha256, digest.sha1))
         self.journal.saw(digest.sha256, info.etag)
-        return KeptAsConflict(name, info, digest, await self.current_etag(job.path))
+        return KeptAsConflict(name, info, digest)
 
     def _conflict_name(self, path: str) -> str:
         """`<path>.conflict-<UTC time>`, the name cut short to fit NAME_MAX if need be."""
