@@ -126,12 +126,19 @@ class System:
         return "unknown"
 
     def _start(
-        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        log: Path,
+        disk_cache: bool,
+        cache_cap_mib: int | None,
     ) -> Mount:
         """Start the mount and return once it answers.
 
         `disk_cache` asks a system whose disk cache is off by default to keep one in
-        `cache_dir`; systems that always cache there ignore it.
+        `cache_dir`; systems that always cache there ignore it. `cache_cap_mib` caps the
+        cache at that many MiB, each system with its own option (None: its default).
         """
         raise NotImplementedError
 
@@ -152,18 +159,24 @@ class System:
 
     @contextlib.contextmanager
     def mounted(
-        self, bucket: str, path: Path, cache_dir: Path, disk_cache: bool = False
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        disk_cache: bool = False,
+        cache_cap_mib: int | None = None,
     ) -> Iterator[Mount]:
         """Mount `bucket` at `path` (created empty) with a cache dir; always unmount after.
 
-        `disk_cache=True` turns on the disk cache of a system that has none by default (s3fs).
+        `disk_cache=True` turns on the disk cache of a system that has none by default (s3fs);
+        `cache_cap_mib` caps the cache (and turns s3fs' on), see `_start`.
         """
         path.mkdir(parents=True, exist_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"{path.name}.log"
         mount: Mount | None = None
         try:
-            mount = self._start(bucket, path, cache_dir, log, disk_cache)
+            mount = self._start(bucket, path, cache_dir, log, disk_cache, cache_cap_mib)
             yield mount
         finally:
             self.unmount(mount if mount is not None else Mount(self, path, log))
@@ -258,7 +271,13 @@ class Zonefs(System):
         return {**os.environ, **self.endpoint.env()}
 
     def _start(
-        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        log: Path,
+        disk_cache: bool,
+        cache_cap_mib: int | None,
     ) -> Mount:
         exe = self.binary()
         assert exe is not None
@@ -272,6 +291,8 @@ class Zonefs(System):
             "-o",
             f"cache_dir={cache_dir}",
         ]
+        if cache_cap_mib is not None:
+            cmd += ["-o", f"cache_size={cache_cap_mib}M"]
         mount = Mount(self, path, log)
         with open(log, "ab") as out:
             try:
@@ -337,7 +358,13 @@ class Rclone(System):
         }
 
     def _start(
-        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        log: Path,
+        disk_cache: bool,
+        cache_cap_mib: int | None,
     ) -> Mount:
         exe = self.binary()
         assert exe is not None
@@ -355,6 +382,9 @@ class Rclone(System):
             "--cache-dir",
             str(cache_dir),
         ]
+        if cache_cap_mib is not None:
+            # Checked every --vfs-cache-poll-interval (1 min); files open are never evicted.
+            cmd += ["--vfs-cache-max-size", f"{cache_cap_mib}M"]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd,
@@ -399,7 +429,13 @@ class S3fs(System):
         return path
 
     def _start(
-        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        log: Path,
+        disk_cache: bool,
+        cache_cap_mib: int | None,
     ) -> Mount:
         exe = self.binary()
         assert exe is not None
@@ -419,8 +455,13 @@ class S3fs(System):
             "-o",
             f"passwd_file={self._passwd_file()}",
         ]
-        if disk_cache:
+        if disk_cache or cache_cap_mib is not None:
             cmd += ["-o", f"use_cache={cache_dir}"]
+        if cache_cap_mib is not None:
+            # s3fs has no cap on its cache's size, only a floor on the disk's free space
+            # (ensure_diskfree, in MB): set so that about `cache_cap_mib` are free for it now.
+            free_mib = shutil.disk_usage(cache_dir).free // (1024 * 1024)
+            cmd += ["-o", f"ensure_diskfree={max(1, free_mib - cache_cap_mib)}"]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
