@@ -73,7 +73,8 @@ from scale import (
     make_scale_inputs,
     run_boto3_scale,
     run_git,
-    run_huge,
+    run_huge_read,
+    run_huge_write,
     run_par_cp,
     run_par_read,
     scale_keys,
@@ -293,10 +294,10 @@ def run_scale(system: System, run: int, tag: str, sh: Shared, summary: list[str]
             elif group == "git":
                 assert inputs.git is not None
                 run_git(system, tag, run, bucket, s3, inputs.git, workdir, params, record)
-            elif group == "huge":
-                run_huge(
-                    system, tag, run, bucket, s3, inputs, workdir, params, sh.page_cache, record
-                )
+            elif group == "huge-write":
+                run_huge_write(system, tag, run, bucket, s3, inputs, workdir, params, record)
+            elif group == "huge-read":
+                run_huge_read(system, tag, bucket, inputs, workdir, params, sh.page_cache, record)
 
 
 def run_boto3(run: int, sh: Shared) -> None:
@@ -338,7 +339,7 @@ def run_boto3(run: int, sh: Shared) -> None:
                     raise WorkloadError(f"boto3: wrong bytes at offset {offset}")
             record("rand_cold", time.perf_counter() - start)
     boto3_groups = set(params.groups) & {"par-read", "huge"}
-    for group, keys in scale_keys(boto3_groups).items():
+    for group, keys in scale_keys(boto3_groups).items():  # W11 and W12 are not for boto3
         with recorded(sh.results, BOTO3, keys, summary) as record:
             run_boto3_scale(run, s3, bucket, sh.scale, params, record, group)
     log(f"  {BOTO3}: " + ", ".join(summary))
@@ -854,8 +855,7 @@ def benchmark(
     if "huge" in params.groups:
         header.append(
             f"W13: cache capped at {params.huge_cache_mib} MiB: zonefs `-o cache_size`, rclone "
-            "`--vfs-cache-max-size`, s3fs `-o use_cache` with `ensure_diskfree` leaving about "
-            "that much free disk at mount time"
+            "`--vfs-cache-max-size`; s3fs has no cap: `-o use_cache=DIR`, uncapped"
         )
     if "s3fs" in names:
         header.append("W4: s3fs with `-o use_cache=DIR` (it has no disk cache by default)")

@@ -326,7 +326,7 @@ def run_git(
         record("git_status", *measured(mount, git_status, repo, params))
 
 
-def run_huge(
+def run_huge_write(
     system: System,
     tag: str,
     run: int,
@@ -335,23 +335,41 @@ def run_huge(
     inputs: ScaleInputs,
     workdir: Path,
     params: Params,
-    page_cache: PageCache,
     record: Callable[..., None],
 ) -> None:
-    """W13: the write until durable, then the cold read, each on a fresh mount whose cache is
-    capped at `huge_cache_mib`."""
-    assert inputs.huge_src is not None and inputs.huge_object is not None
-    cap = params.huge_cache_mib
+    """W13a: the write until durable, on a fresh mount whose cache is capped at
+    `huge_cache_mib`."""
+    assert inputs.huge_src is not None
     with system.mounted(
-        bucket, workdir / f"{tag}-mnt13", workdir / f"{tag}-cache13", cache_cap_mib=cap
+        bucket,
+        workdir / f"{tag}-mnt13",
+        workdir / f"{tag}-cache13",
+        cache_cap_mib=params.huge_cache_mib,
     ) as mount:
         key = f"huge/run{run}.bin"
         (_, durable), usage = measured(
             mount, w5_write, system, mount, s3, bucket, key, inputs.huge_src, params
         )
         record("huge_write", durable, usage)
+
+
+def run_huge_read(
+    system: System,
+    tag: str,
+    bucket: str,
+    inputs: ScaleInputs,
+    workdir: Path,
+    params: Params,
+    page_cache: PageCache,
+    record: Callable[..., None],
+) -> None:
+    """W13b: the cold read, on a fresh mount whose empty cache is capped at `huge_cache_mib`."""
+    assert inputs.huge_object is not None
     with system.mounted(
-        bucket, workdir / f"{tag}-mnt14", workdir / f"{tag}-cache14", cache_cap_mib=cap
+        bucket,
+        workdir / f"{tag}-mnt14",
+        workdir / f"{tag}-cache14",
+        cache_cap_mib=params.huge_cache_mib,
     ) as mount:
         page_cache.drop()
         blobs = [inputs.huge_object]
@@ -389,26 +407,30 @@ def run_boto3_scale(
     record: Callable[..., None],
     group: str,
 ) -> None:
-    """Direct boto3 for W10 (`par-read`) or W13 (`huge`); W11 and W12 are about a file system."""
+    """Direct boto3 for W10 (`par-read`) or a row of W13 (`huge-write`, `huge-read`); W11 and
+    W12 are about a file system."""
     if group == "par-read":
         record("par_read", download_together(s3, bucket, list(inputs.par_objects)))
-    elif group == "huge":
-        assert inputs.huge_src is not None and inputs.huge_object is not None
+    elif group == "huge-write":
+        assert inputs.huge_src is not None
         key = f"huge/run{run}.bin"
         start = time.perf_counter()
         s3.upload_file(str(inputs.huge_src.path), bucket, key, Config=TransferConfig())
         record("huge_write", time.perf_counter() - start)
         check_object(s3, bucket, key, inputs.huge_src.size, inputs.huge_src.sha256)
+    elif group == "huge-read":
+        assert inputs.huge_object is not None
         record("huge_read", download_together(s3, bucket, [inputs.huge_object]))
 
 
 def scale_keys(groups: set[str]) -> dict[str, list[str]]:
-    """The rows each of W10–W13's groups records, for the selected groups."""
-    keys = {
-        "par-read": ["par_read"],
-        "par-cp": ["par_cp_close", "par_cp_durable"],
-        "git": ["git_status"],
-        "huge": ["huge_write", "huge_read"],
+    """The steps of W10–W13 in the selected groups, each with the rows it records (W13's two
+    rows are two steps, so that a failed write leaves the read to run)."""
+    steps = {  # step → (its group, its rows)
+        "par-read": ("par-read", ["par_read"]),
+        "par-cp": ("par-cp", ["par_cp_close", "par_cp_durable"]),
+        "git": ("git", ["git_status"]),
+        "huge-write": ("huge", ["huge_write"]),
+        "huge-read": ("huge", ["huge_read"]),
     }
-    return {g: k for g, k in keys.items() if g in groups}
-
+    return {step: keys for step, (group, keys) in steps.items() if group in groups}

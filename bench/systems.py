@@ -169,7 +169,7 @@ class System:
         """Mount `bucket` at `path` (created empty) with a cache dir; always unmount after.
 
         `disk_cache=True` turns on the disk cache of a system that has none by default (s3fs);
-        `cache_cap_mib` caps the cache (and turns s3fs' on), see `_start`.
+        `cache_cap_mib` caps the cache (s3fs: turns it on, uncapped; see `S3fs._start`).
         """
         path.mkdir(parents=True, exist_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -457,11 +457,11 @@ class S3fs(System):
         ]
         if disk_cache or cache_cap_mib is not None:
             cmd += ["-o", f"use_cache={cache_dir}"]
-        if cache_cap_mib is not None:
-            # s3fs has no cap on its cache's size, only a floor on the disk's free space
-            # (ensure_diskfree, in MB): set so that about `cache_cap_mib` are free for it now.
-            free_mib = shutil.disk_usage(cache_dir).free // (1024 * 1024)
-            cmd += ["-o", f"ensure_diskfree={max(1, free_mib - cache_cap_mib)}"]
+        # s3fs has no cap on its cache's size, only a floor on the cache disk's free space
+        # (ensure_diskfree), which cannot stand for a cap on a disk that the S3 server and
+        # others write to: set to leave `cache_cap_mib` free, s3fs 1.90 refused to mount when
+        # the free space moved, or failed the write with EIO when the server's own writes took
+        # the free space below it. So with a cap asked, s3fs gets its disk cache, uncapped.
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
