@@ -137,10 +137,10 @@ def make_git_checkout(root: Path, params: Params) -> GitCheckout:
     leaves = 200
     for i in range(params.git_files):
         leaf = i % leaves
-        name = path / f"pkg{leaf // 10:02d}" / f"mod{leaf % 10}" / f"file{i:05d}.py"
-        name.parent.mkdir(parents=True, exist_ok=True)
+        file = path / f"pkg{leaf // 10:02d}" / f"mod{leaf % 10}" / f"file{i:05d}.py"
+        file.parent.mkdir(parents=True, exist_ok=True)
         size = int(rng.lognormvariate(7.0, 1.0)) % 8192 + 50
-        name.write_bytes(rng.randbytes(size))
+        file.write_bytes(rng.randbytes(size))
     git(path, "init", "-q", "--template=", "-b", "main")
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "the checkout W12 runs `git status` in")
@@ -148,7 +148,7 @@ def make_git_checkout(root: Path, params: Params) -> GitCheckout:
     git(path, "prune-packed", "-q")
     if CLEAN not in git(path, "status"):
         raise WorkloadError("the local git checkout is not clean")
-    sizes = {}
+    sizes: dict[str, int] = {}
     for dirpath, _, files in os.walk(path):
         for name in files:
             full = Path(dirpath) / name
