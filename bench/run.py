@@ -541,7 +541,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--huge-mib",
         type=int,
-        help="size of W13's file in MiB (default 1024; 128 with --quick); the cache cap is half",
+        help=f"size of W13's file in MiB (default 1024; 128 with --quick; {MOTO_BIG_MIB_LIMIT} and "
+        "at most that on moto); the cache cap is half",
     )
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="limit in seconds for each timed step"
@@ -582,7 +583,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.find_count = pick(args.find_count, 10_000, 2000)
     args.list_count = pick(args.list_count, 100_000, 10_000)
     args.git_files = pick(args.git_files, 4000, 1000)
-    args.huge_mib = pick(args.huge_mib, 1024, 128)
+    args.huge_mib = pick(args.huge_mib, MOTO_BIG_MIB_LIMIT if on_moto else 1024, 128)
+    if on_moto and args.huge_mib > MOTO_BIG_MIB_LIMIT:
+        if "--huge-mib" in (argv if argv is not None else sys.argv):
+            parser.error(f"--huge-mib above {MOTO_BIG_MIB_LIMIT} is refused on moto, as --big-mib")
+        args.huge_mib = MOTO_BIG_MIB_LIMIT
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.big_mib < 1:
