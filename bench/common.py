@@ -138,6 +138,12 @@ class Params:
                 "git",
             ),
             Workload(
+                "git_requests",
+                "W12 requests sent during that `git status` (zonefs' own count)",
+                "git",
+                "requests",
+            ),
+            Workload(
                 "huge_write",
                 f"W13a write of {huge} (`cp`), cache cap {self.huge_cache_mib} MiB, durable",
                 "huge",

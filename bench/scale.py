@@ -10,7 +10,7 @@ than the mount's cache.
 - W12: a git checkout of `git_files` files is copied into the mount (untimed, until it is all
   in the bucket), the mount is remounted with the same cache dir, `git status` runs once to warm
   (untimed), and after `git_ttl_wait` seconds idle `git status` is timed; both must report a
-  clean tree.
+  clean tree. For a system that counts its requests (zonefs), those the timed one sent.
 - W13: with the mount's cache capped below the file's size (`huge_cache_mib`), a `cp` of a local
   file of `huge_size` into a fresh mount until a HEAD shows it (then its SHA-256 is checked in
   the bucket), and a `cat` of an object of `huge_size` on another fresh mount, cold (then its
@@ -42,6 +42,7 @@ from common import (
     Params,
     WorkloadError,
     check_object,
+    log,
     measured,
     sync_quietly,
     timed,
@@ -323,7 +324,14 @@ def run_git(
         repo = mount.path / dest
         git_status(repo, slow)  # untimed: reads what the remount does not know yet
         time.sleep(params.git_ttl_wait)
+        before = system.request_counts(mount)
         record("git_status", *measured(mount, git_status, repo, params))
+        after = system.request_counts(mount)
+        if before is not None and after is not None:
+            sent = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+            record("git_requests", float(sum(sent.values())))
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(sent.items())) or "none"
+            log(f"    {system.name}: the timed `git status` sent {kinds}")
 
 
 def run_huge_write(

@@ -11,6 +11,7 @@ control, so that no daemon is left behind).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -148,6 +149,10 @@ class System:
 
     def sync(self, mount: Mount) -> None:
         """Ask the system to upload everything pending, if it has a way to; default: nothing."""
+
+    def request_counts(self, mount: Mount) -> dict[str, int] | None:
+        """Requests the mount has sent to the store so far, by kind; None if it does not say."""
+        return None
 
     # --- shared machinery --------------------------------------------------------------------
 
@@ -324,6 +329,26 @@ class Zonefs(System):
         status = _run_quiet([exe, "sync", str(mount.path)], mount.log)
         if status != 0:
             raise MountError(f"zonefs sync exited with {status}: {log_tail(mount.log, 400)}")
+
+    def request_counts(self, mount: Mount) -> dict[str, int] | None:
+        """The daemon's request counters, from `zonefs status --json`."""
+        exe = self.binary()
+        assert exe is not None
+        try:
+            out = subprocess.run(
+                [exe, "status", "--json", str(mount.path)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=self._env(),
+                timeout=60,
+                check=False,
+            )
+            if out.returncode != 0:
+                return None
+            counts = json.loads(out.stdout)["requests"]
+            return {str(kind): int(n) for kind, n in counts.items()}
+        except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
 
 class Rclone(System):
