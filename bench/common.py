@@ -139,7 +139,7 @@ class Params:
             ),
             Workload(
                 "git_requests",
-                "W12 requests sent during that `git status` (zonefs' own count)",
+                "W12 requests zonefs sent during that `git status`",
                 "git",
                 "requests",
             ),
