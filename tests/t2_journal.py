@@ -169,6 +169,27 @@ def test_get_object_filters_by_etag(journal: Journal) -> None:
     assert journal.get_object("k", "e2") == obj("k", "e2", None)
 
 
+def test_remembered_objects_read_from_memory_follow_every_write(journal: Journal) -> None:
+    # get_object answers from memory after the first query: each write must show at once,
+    # and a write rolled back must not.
+    assert journal.get_object("a") is None  # remembered as absent
+    journal.put_dirty(row("a"))
+    journal.finish_upload("a", obj("a", "e1"))
+    assert journal.get_object("a", "e1") == obj("a", "e1")
+    bad = ObjectRow("a", None, 5, META)  # type: ignore[arg-type]
+    journal.put_dirty(row("a"))
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.finish_upload("a", bad)
+    assert journal.get_object("a") == obj("a", "e1"), "the rolled-back write does not show"
+    journal.put_object(obj("a", "e2"))
+    assert journal.get_object("a", "e1") is None and journal.get_object("a", "e2")
+    journal.drop_delete("a")
+    assert journal.get_object("a") is None
+    journal.put_object(obj("a", "e3"))
+    journal.drop_object("a")
+    assert journal.get_object("a") is None
+
+
 def test_drop_object_and_blob_in_use(journal: Journal) -> None:
     journal.put_object(obj("k1", sha256="c" * 64))
     journal.put_object(obj("k2", sha256="c" * 64))

@@ -65,6 +65,8 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 
+from cachetools import LRUCache
+
 from zonefs.cache.journal_schema import (
     MOVE_COPY,
     MOVE_DELETE,
@@ -91,6 +93,10 @@ __all__ = [
 ]
 
 
+#: Remembered objects `get_object` keeps in memory (a few hundred bytes each).
+OBJECTS_CACHED = 20_000
+
+
 class Journal:
     """Synchronous access to the journal database at `path` (created 0600)."""
 
@@ -107,6 +113,11 @@ class Journal:
         self._durable = False
         self._lazy = False  # a commit since the last `sync` was not fsync'ed
         self._after_sync: list[Callable[[], None]] = []
+        # What `get_object` found by key (None: no row), so that `ls -l` and `find`, which
+        # ask several times per file, query SQLite once: each query lets go of the GIL, and
+        # the loop's thread then waits for it behind the request threads. Every write of the
+        # objects table goes through the methods below, which keep this in step.
+        self._objects: LRUCache[str, ObjectRow | None] = LRUCache(maxsize=OBJECTS_CACHED)
         self._set_durable(True)
 
     def _set_durable(self, durable: bool) -> None:
@@ -226,6 +237,7 @@ class Journal:
         with self._tx():
             self._db.execute("DELETE FROM deletes WHERE key = ?", (key,))
             self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
+        self._objects[key] = None
 
     def deletes(self) -> list[tuple[str, str | None]]:
         """(key, ETag) of every pending delete."""
@@ -286,22 +298,36 @@ class Journal:
 
     def _put_object(self, obj: ObjectRow) -> None:
         m = obj.meta
+        self._objects.pop(obj.key, None)
         self._db.execute(
             "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?)",
             (obj.key, obj.etag, obj.size, m.mode, m.uid, m.gid, m.mtime_ns, obj.sha256, obj.sha1),
         )
+        if not self._db.in_transaction:  # committed (a transaction around it may roll back)
+            self._objects[obj.key] = obj
 
     def get_object(self, key: str, etag: str | None = None) -> ObjectRow | None:
         """The remembered object at `key`, only if its ETag is `etag` (when given)."""
-        row = self._db.execute("SELECT * FROM objects WHERE key = ?", (key,)).fetchone()
-        if row is None or (etag is not None and row[1] != etag):
+        try:
+            found = self._objects[key]
+        except KeyError:
+            row = self._db.execute("SELECT * FROM objects WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                found = None
+            else:
+                key_, etag_, size, mode, uid, gid, mtime_ns, sha256, sha1 = row
+                found = ObjectRow(key_, etag_, size, PosixMeta(mode, uid, gid, mtime_ns),
+                                  sha256, sha1)
+            if not self._db.in_transaction:  # an open one may still roll back
+                self._objects[key] = found
+        if found is None or (etag is not None and found.etag != etag):
             return None
-        key, etag_, size, mode, uid, gid, mtime_ns, sha256, sha1 = row
-        return ObjectRow(key, etag_, size, PosixMeta(mode, uid, gid, mtime_ns), sha256, sha1)
+        return found
 
     def drop_object(self, key: str) -> None:
         self._set_durable(False)
         self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
+        self._objects[key] = None
 
     def keys_with_sha1(self, sha1: str, limit: int = 10) -> list[str]:
         """Remembered keys whose bytes have this SHA-1 (the Kachery content ID)."""
