@@ -190,6 +190,38 @@ def test_remembered_objects_read_from_memory_follow_every_write(journal: Journal
     assert journal.get_object("a") is None
 
 
+def test_remembered_headers_are_written_in_batches_and_read_at_once(
+    journal: Journal, db_path: str,
+) -> None:
+    journal.remember_object(obj("h1", "e1", sha256="d" * 64))
+    assert journal.get_object("h1", "e1") == obj("h1", "e1", sha256="d" * 64)
+    assert journal.blob_in_use("d" * 64), "queries of the table see rows held back"
+    journal.remember_object(obj("h2", "e1"))
+    journal.put_object(obj("h2", "e2"))  # a later write wins over the held-back one
+    journal.remember_object(obj("h3", "e1"))
+    journal.drop_object("h3")
+    journal.sync()
+    assert journal.get_object("h2") == obj("h2", "e2")
+    assert journal.get_object("h3") is None
+    db = sqlite3.connect(db_path)
+    try:
+        written = dict(db.execute("SELECT key, etag FROM objects WHERE key LIKE 'h%'"))
+    finally:
+        db.close()
+    assert written == {"h1": "e1", "h2": "e2"}
+
+
+def test_remembered_headers_survive_a_clean_close(db_path: str) -> None:
+    first = Journal(db_path)
+    first.remember_object(obj("k"))
+    first.close()
+    second = Journal(db_path)
+    try:
+        assert second.get_object("k") == obj("k")
+    finally:
+        second.close()
+
+
 def test_drop_object_and_blob_in_use(journal: Journal) -> None:
     journal.put_object(obj("k1", sha256="c" * 64))
     journal.put_object(obj("k2", sha256="c" * 64))

@@ -76,7 +76,7 @@ class RemoteObjects:
         if not is_dir:
             md = info.metadata or {}
             known = self.journal.get_object(key, info.etag)
-            self.journal.put_object(ObjectRow(
+            self.journal.remember_object(ObjectRow(
                 key, info.etag, info.size, meta,
                 md.get(SHA256_KEY) or (known.sha256 if known else None),
                 md.get(SHA1_KEY) or (known.sha1 if known else None),
