@@ -133,13 +133,50 @@ class RemoteObjects:
             if info is None:
                 entry.meta = self.default_meta(entry)
             else:
-                fresh = self.remember_headers(key, info)
-                entry.meta = fresh.meta
-                if not entry.is_dir:
-                    entry.size, entry.etag, entry.version_id = info.size, info.etag, info.version_id
+                self._fill(entry, key, info)
         finally:
             del self._meta_waits[path]
             event.set()
+
+    async def prefetch_headers(self, todo: list[tuple[str, Entry]], *, workers: int) -> None:
+        """Fill the headers of many entries at once (a listing's, for `ls -l`): one batch of
+        HEADs (`Remote.head_many`) for those neither known nor already being asked for. A
+        reader that needs one of them meanwhile waits for its answer instead of asking again;
+        an entry whose HEAD failed is left for its reader to ask."""
+        wanted: dict[str, tuple[str, Entry, trio.Event]] = {}
+        for path, entry in todo:
+            if path in self._meta_waits or self.remembered_meta(path, entry):
+                continue
+            event = self._meta_waits[path] = trio.Event()
+            wanted[keys.dir_key(path) if entry.is_dir else path] = (path, entry, event)
+
+        def answered(key: str, answer: ObjectInfo | Exception) -> None:
+            path, entry, event = wanted.pop(key)
+            if isinstance(answer, NotFound):
+                entry.meta = self.default_meta(entry)
+            elif isinstance(answer, Exception):
+                log.debug("headers of %r not prefetched: %s", path, answer)
+            else:
+                self._fill(entry, key, answer)
+            self._done_waiting(path, event)
+
+        try:
+            await self.remote.head_many(list(wanted), answered, workers=workers)
+        finally:
+            for path, _, event in wanted.values():
+                self._done_waiting(path, event)
+
+    def _done_waiting(self, path: str, event: trio.Event) -> None:
+        if self._meta_waits.get(path) is event:
+            del self._meta_waits[path]
+        event.set()
+
+    def _fill(self, entry: Entry, key: str, info: ObjectInfo) -> None:
+        """`entry` takes the headers a request for `key` answered."""
+        fresh = self.remember_headers(key, info)
+        entry.meta = fresh.meta
+        if not entry.is_dir:
+            entry.size, entry.etag, entry.version_id = info.size, info.etag, info.version_id
 
     def default_meta(self, entry: Entry) -> PosixMeta:
         mode = (st.S_IFDIR | self.opts.dir_mode) if entry.is_dir else (
