@@ -37,7 +37,7 @@ from zonefs.common.errors import (
     ReadOnly,
     RemoteError,
 )
-from zonefs.core.fetch import CHUNK, PAGE, RangeFetcher
+from zonefs.core.fetch import CHUNK, KEEP_BEHIND, PAGE, READAHEAD, RangeFetcher
 
 # -- reading remote objects -----------------------------------------------------------------------
 
@@ -173,6 +173,29 @@ async def test_a_blob_is_hashed_right_whatever_order_its_bytes_arrive(
     data, handed, contents = await fetch_in_order(env, tmp_path, size, reads)
     assert handed == [Digest(sha256(data), hashlib.sha1(data).hexdigest(), size)]
     assert contents == [data]
+
+
+async def test_an_object_larger_than_the_cache_is_read_through(env: Env, tmp_path: Path) -> None:
+    # cache_size below the object: it can never be a blob, so it is not hashed, and the disk
+    # space behind a sequential reader is released as it goes.
+    size = 10 * CHUNK + 99
+    data = await put_large(env, tmp_path, size, seed=13)
+    async with env.vfs(cache_size=2 * CHUNK) as vfs:
+        handle = await vfs.open("large", os.O_RDONLY)
+        fetcher = handle.fetcher
+        assert fetcher is not None and fetcher.read_through
+        out, most = bytearray(), 0
+        while chunk := await vfs.read(handle, len(out), MiB):
+            out += chunk
+            most = max(most, os.stat(fetcher.path).st_blocks * 512)
+        assert out == data
+        assert most <= (KEEP_BEHIND + READAHEAD + 2) * CHUNK < size
+        # A reader going back gets the bytes again, fetched anew.
+        assert await vfs.read(handle, 10, 100) == data[10:110]
+        await vfs.release(handle)
+        assert not vfs.blobs.has(sha256(data))
+        assert os.listdir(Path(vfs.blobs.root) / "tmp") == []
+        await check_invariants(vfs)
 
 
 async def test_large_object_closed_right_after_last_read_leaves_no_temp(

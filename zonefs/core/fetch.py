@@ -8,6 +8,11 @@ The blob's digest is computed while the file fills: the bytes are hashed in orde
 they are contiguous from the start, from the fetched buffers themselves when a sequential reader
 brought them (no pass over the file once it is whole), else read back from the file.
 
+An object larger than the whole cache (`cache_size`) is read through: it can never be kept, so
+its bytes are not hashed, and the disk space of the chunks a sequential reader has left behind
+is released as it goes (holes punched in the sparse file), so reading it takes a few chunks of
+disk, not its size.
+
 Invariants:
 - Every ranged GET carries If-Match with the ETag the reader opened (or asks for its version),
   so one file never mixes bytes of two versions.
@@ -18,6 +23,9 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import hashlib
 import logging
 import os
@@ -49,6 +57,24 @@ INLINE_WRITE = 1 << 20
 #: this far ahead of what is hashed; anything else is read back from the file when the hash
 #: gets there.
 HOLD = 32 << 20
+#: Chunks behind a sequential reader of a read-through object kept on disk (a reader that
+#: steps back a little still finds them); older ones are punched out.
+KEEP_BEHIND = 2
+
+_FALLOC_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Release the disk space of [offset, offset+length) of `fd` (reads give zeros); False
+    where the file system cannot."""
+    if _libc.fallocate(fd, _FALLOC_PUNCH_HOLE, ctypes.c_int64(offset),
+                       ctypes.c_int64(length)) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+        log.debug("cannot release cache space: %s", os.strerror(err))
+    return False
 
 Spawn = Callable[[Callable[[], Awaitable[Any]]], None]
 
@@ -112,6 +138,9 @@ class RangeFetcher:
         self._held: dict[int, bytes] = {}  # fetched bytes by offset, kept for the hash
         self._hashing = False
         self._handed_on = False  # the digest went to on_complete
+        # Larger than the whole cache: never kept (see the module docstring).
+        self.read_through = size > blobs.capacity
+        self._released = 0  # read-through: chunks below this one were punched out
         self._have: set[int] = set()  # pages present
         self._events: dict[int, trio.Event] = {}  # pages in flight (or failed, until read)
         self._errors: dict[int, BaseException] = {}
@@ -147,7 +176,32 @@ class RangeFetcher:
                     del self._events[p]  # let a later read try again
                     raise err
         self._next_offset = end
-        return os.pread(self._fd, end - offset, offset)
+        data = os.pread(self._fd, end - offset, offset)
+        if self.read_through:
+            self._release_before(first // PAGES_PER_CHUNK - KEEP_BEHIND)
+        return data
+
+    def _release_before(self, chunk: int) -> None:
+        """Read-through: punch out the present pages of the chunks below `chunk` (those in
+        flight stay), and forget them: a read that comes back fetches them again."""
+        if chunk <= self._released:
+            return
+        for c in range(self._released, chunk):
+            first, stop = c * PAGES_PER_CHUNK, min((c + 1) * PAGES_PER_CHUNK, self._npages)
+            p = first
+            while p < stop:  # each run of present pages alone: a page in flight may be
+                if p not in self._have:  # written already, and not yet marked present
+                    p += 1
+                    continue
+                run = p
+                while p < stop and p in self._have:
+                    p += 1
+                if not _punch_hole(self._fd, run * PAGE, min(p * PAGE, self.size) - run * PAGE):
+                    self._released = chunk  # this file system cannot: keep the bytes
+                    return
+                self._have.difference_update(range(run, p))
+            self._claimed.discard(c)
+        self._released = chunk
 
     def _start(self, first: int, stop: int, *, hold: bool = False) -> None:
         """Fetch every run of pages in [first, stop) neither present nor in flight; `hold`:
@@ -182,7 +236,7 @@ class RangeFetcher:
                 await trio.to_thread.run_sync(_write_at, self.path, data, start)
                 if self.closed:
                     raise RemoteError(f"{self.key}: read after close")  # the file may be gone
-            if hold and start - self._hashed < HOLD:
+            if hold and not self.read_through and start - self._hashed < HOLD:
                 self._held[start] = data
             self._have.update(range(first, stop))
             for p in range(first, stop):
@@ -198,6 +252,8 @@ class RangeFetcher:
                 raise
         finally:
             event.set()
+        if self.read_through:
+            return  # never a blob: nothing to hash
         if len(self._have) == self._npages:
             # Whole now, even if its readers are gone: worth keeping as a blob. Readers still
             # open keep using their descriptor after the file moves into blobs/.
