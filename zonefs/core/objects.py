@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat as st
 from typing import TYPE_CHECKING
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 WHOLE_OBJECT_LIMIT = 8 << 20
 #: Objects up to this size are fetched whole instead of HEAD'ed when their headers are needed.
 SMALL_OBJECT = 64 << 10
+#: Seconds a lookup waits for its key's answer in a batch of prefetched headers before it
+#: sends its own request.
+PREFETCH_PATIENCE = 0.25
 
 
 class RemoteObjects:
@@ -57,6 +61,7 @@ class RemoteObjects:
             remote, journal, blobs, cache, opts)
         self._spawn = spawn
         self._meta_waits: dict[str, trio.Event] = {}
+        self._prefetching: set[trio.Event] = set()  # the waits of `prefetch_headers`
         self._fetchers: dict[tuple[str, str], RangeFetcher] = {}
         self._opened_etag: dict[str, str] = {}
         # The store probe found that the store keeps no metadata on directory markers.
@@ -110,7 +115,11 @@ class RemoteObjects:
             return
         waiting = self._meta_waits.get(path)
         if waiting is not None:
-            await waiting.wait()
+            # A batch of prefetched headers may reach this key late (a stat out of the
+            # listing's order, a slow store): past PREFETCH_PATIENCE, ask for it alone.
+            patience = PREFETCH_PATIENCE if waiting in self._prefetching else math.inf
+            with trio.move_on_after(patience):
+                await waiting.wait()
             if entry.meta is not None:
                 return
         event = self._meta_waits[path] = trio.Event()
@@ -148,6 +157,7 @@ class RemoteObjects:
             if path in self._meta_waits or self.remembered_meta(path, entry):
                 continue
             event = self._meta_waits[path] = trio.Event()
+            self._prefetching.add(event)
             wanted[keys.dir_key(path) if entry.is_dir else path] = (path, entry, event)
 
         def answered(key: str, answer: ObjectInfo | Exception) -> None:
@@ -169,6 +179,7 @@ class RemoteObjects:
     def _done_waiting(self, path: str, event: trio.Event) -> None:
         if self._meta_waits.get(path) is event:
             del self._meta_waits[path]
+        self._prefetching.discard(event)
         event.set()
 
     def _fill(self, entry: Entry, key: str, info: ObjectInfo) -> None:
