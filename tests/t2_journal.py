@@ -169,6 +169,59 @@ def test_get_object_filters_by_etag(journal: Journal) -> None:
     assert journal.get_object("k", "e2") == obj("k", "e2", None)
 
 
+def test_remembered_objects_read_from_memory_follow_every_write(journal: Journal) -> None:
+    # get_object answers from memory after the first query: each write must show at once,
+    # and a write rolled back must not.
+    assert journal.get_object("a") is None  # remembered as absent
+    journal.put_dirty(row("a"))
+    journal.finish_upload("a", obj("a", "e1"))
+    assert journal.get_object("a", "e1") == obj("a", "e1")
+    bad = ObjectRow("a", None, 5, META)  # type: ignore[arg-type]
+    journal.put_dirty(row("a"))
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.finish_upload("a", bad)
+    assert journal.get_object("a") == obj("a", "e1"), "the rolled-back write does not show"
+    journal.put_object(obj("a", "e2"))
+    assert journal.get_object("a", "e1") is None and journal.get_object("a", "e2")
+    journal.drop_delete("a")
+    assert journal.get_object("a") is None
+    journal.put_object(obj("a", "e3"))
+    journal.drop_object("a")
+    assert journal.get_object("a") is None
+
+
+def test_remembered_headers_are_written_in_batches_and_read_at_once(
+    journal: Journal, db_path: str,
+) -> None:
+    journal.remember_object(obj("h1", "e1", sha256="d" * 64))
+    assert journal.get_object("h1", "e1") == obj("h1", "e1", sha256="d" * 64)
+    assert journal.blob_in_use("d" * 64), "queries of the table see rows held back"
+    journal.remember_object(obj("h2", "e1"))
+    journal.put_object(obj("h2", "e2"))  # a later write wins over the held-back one
+    journal.remember_object(obj("h3", "e1"))
+    journal.drop_object("h3")
+    journal.sync()
+    assert journal.get_object("h2") == obj("h2", "e2")
+    assert journal.get_object("h3") is None
+    db = sqlite3.connect(db_path)
+    try:
+        written = dict(db.execute("SELECT key, etag FROM objects WHERE key LIKE 'h%'"))
+    finally:
+        db.close()
+    assert written == {"h1": "e1", "h2": "e2"}
+
+
+def test_remembered_headers_survive_a_clean_close(db_path: str) -> None:
+    first = Journal(db_path)
+    first.remember_object(obj("k"))
+    first.close()
+    second = Journal(db_path)
+    try:
+        assert second.get_object("k") == obj("k")
+    finally:
+        second.close()
+
+
 def test_drop_object_and_blob_in_use(journal: Journal) -> None:
     journal.put_object(obj("k1", sha256="c" * 64))
     journal.put_object(obj("k2", sha256="c" * 64))

@@ -247,6 +247,47 @@ async def test_delete_then_head_is_not_found(remote: Remote) -> None:
     await remote.delete("never-was")
 
 
+async def test_head_many_answers_each_key_once(remote: Remote) -> None:
+    present = [f"many/{n:03d}" for n in range(40)]
+    for key in present:
+        await remote.put_bytes(key, key.encode(), {"mode": "33152"})
+    asked = present + ["many/missing-1", "many/missing-2"]
+    answers: dict[str, list[object]] = {}
+    before = remote.requests.counts.get("head", 0)
+    await remote.head_many(asked, lambda k, a: answers.setdefault(k, []).append(a), workers=4)
+    assert sorted(answers) == sorted(asked)
+    assert all(len(got) == 1 for got in answers.values()), "one answer per key"
+    for key in present:
+        (info,) = answers[key]
+        assert not isinstance(info, Exception) and info.size == len(key)
+        assert info.metadata is not None and info.metadata.get("mode") == "33152"
+    assert all(isinstance(answers[k][0], NotFound) for k in asked[-2:])
+    assert remote.requests.counts["head"] - before == len(asked)
+
+
+async def test_head_many_gives_up_on_a_store_gone_quiet(local_zone: ZoneConfig) -> None:
+    # A HEAD that never answers must not hold the caller (a listing's prefetch) past
+    # io_timeout: the keys left get no answer, and their readers ask for themselves.
+    release = threading.Event()
+
+    class Stalling(LocalRemote):
+        def _head(self, key: str, version_id: str | None = None) -> Any:
+            if key == "stuck":
+                release.wait(10)
+            return super()._head(key, version_id)
+
+    remote = Stalling(local_zone, io_timeout=0.5)
+    await remote.put_bytes("fine", b"x", {})
+    answers: dict[str, object] = {}
+    start = time.monotonic()
+    try:
+        await remote.head_many(["stuck", "fine"], answers.__setitem__, workers=2)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 5
+    assert list(answers) == ["fine"]
+
+
 async def test_versions_and_if_match(remote: Remote, tmp_path: Path) -> None:
     v1 = await remote.put_bytes("v", b"one", {"n": "1"})
     v2 = await remote.put_bytes("v", b"two!", {"n": "2"})

@@ -7,6 +7,7 @@ listings, errors) and ends with `check_invariants`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import stat as st
@@ -30,12 +31,13 @@ from vfs_harness import (
     write_file,
 )
 
+from zonefs.cache.blobs import Digest
 from zonefs.common.errors import (
     NotFound,
     ReadOnly,
     RemoteError,
 )
-from zonefs.core.fetch import CHUNK, PAGE
+from zonefs.core.fetch import CHUNK, KEEP_BEHIND, PAGE, READAHEAD, RangeFetcher
 
 # -- reading remote objects -----------------------------------------------------------------------
 
@@ -124,6 +126,75 @@ async def test_random_reads_fetch_about_what_they_ask(env: Env, tmp_path: Path) 
         # Each fetched its page or two, not a whole chunk.
         assert vfs.remote.requests.downloaded_bytes <= 20 * 2 * PAGE
         await vfs.release(handle)
+        await check_invariants(vfs)
+
+
+async def fetch_in_order(env: Env, tmp_path: Path, size: int,
+                         reads: list[tuple[int, int]]) -> tuple[bytes, list[Digest], list[bytes]]:
+    """Fill a `RangeFetcher` of the object "large" with `reads` (offset, length), in order,
+    then read it whole; what it hands on as a blob: (bytes put, digests, file contents)."""
+    data = await put_large(env, tmp_path, size, seed=11)
+    handed: list[Digest] = []
+    contents: list[bytes] = []
+
+    def on_complete(digest: Digest, path: str) -> None:
+        handed.append(digest)
+        contents.append(Path(path).read_bytes())
+
+    async with env.vfs() as vfs, trio.open_nursery() as nursery:
+        info = await vfs.remote.head("large")
+        assert info is not None
+        fetcher = RangeFetcher(vfs.remote, vfs.blobs, lambda fn: nursery.start_soon(fn),
+                               key="large", etag=info.etag, version_id=None, size=size,
+                               on_complete=on_complete)
+        for offset, length in reads + [(o, MiB) for o in range(0, size, MiB)]:
+            assert await fetcher.read(offset, length) == data[offset:offset + length]
+        await wait_until(lambda: bool(handed))
+        fetcher.close()
+    return data, handed, contents
+
+
+@pytest.mark.parametrize("order", ["middle first", "end first", "random pages first"])
+async def test_a_blob_is_hashed_right_whatever_order_its_bytes_arrive(
+    env: Env, tmp_path: Path, order: str,
+) -> None:
+    """The digest is computed while the file fills, in order, from fetched buffers or read back
+    from the file: every order of arrival gives the digest of the bytes, handed on once."""
+    size = 3 * CHUNK + 777
+    rng = random.Random(5)
+    reads = {
+        # a sequential reader starting mid-object: its chunks wait (held) for the first one
+        "middle first": [(CHUNK + o, MiB) for o in range(0, 2 * CHUNK, MiB)],
+        # the tail, then the head: pieces beyond the hold window are read back from the file
+        "end first": [(size - 500, 500), (3 * CHUNK, MiB)],
+        # scattered pages, not held; the sequential pass later fills the gaps between them
+        "random pages first": [(rng.randrange(size - 4096), 4096) for _ in range(30)],
+    }[order]
+    data, handed, contents = await fetch_in_order(env, tmp_path, size, reads)
+    assert handed == [Digest(sha256(data), hashlib.sha1(data).hexdigest(), size)]
+    assert contents == [data]
+
+
+async def test_an_object_larger_than_the_cache_is_read_through(env: Env, tmp_path: Path) -> None:
+    # cache_size below the object: it can never be a blob, so it is not hashed, and the disk
+    # space behind a sequential reader is released as it goes.
+    size = 10 * CHUNK + 99
+    data = await put_large(env, tmp_path, size, seed=13)
+    async with env.vfs(cache_size=2 * CHUNK) as vfs:
+        handle = await vfs.open("large", os.O_RDONLY)
+        fetcher = handle.fetcher
+        assert fetcher is not None and fetcher.read_through
+        out, most = bytearray(), 0
+        while chunk := await vfs.read(handle, len(out), MiB):
+            out += chunk
+            most = max(most, os.stat(fetcher.path).st_blocks * 512)
+        assert out == data
+        assert most <= (KEEP_BEHIND + READAHEAD + 2) * CHUNK < size
+        # A reader going back gets the bytes again, fetched anew.
+        assert await vfs.read(handle, 10, 100) == data[10:110]
+        await vfs.release(handle)
+        assert not vfs.blobs.has(sha256(data))
+        assert os.listdir(Path(vfs.blobs.root) / "tmp") == []
         await check_invariants(vfs)
 
 

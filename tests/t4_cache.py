@@ -26,6 +26,7 @@ from mounts import METADATA_TTL, Mount, needs_fuse, run, wait_for
 pytestmark = needs_fuse
 
 KiB = 1 << 10
+MiB = 1 << 20
 
 
 def sha256(data: bytes) -> str:
@@ -254,3 +255,24 @@ def test_lying_header_naming_another_cached_blob_never_yields_its_bytes(
     assert got != other, "the header's claim served another object's bytes"
     assert got in (None, body)
     assert cat(mount.path / "other.bin") == other, "the honest object's blob is untouched"
+
+
+# -- the kernel's read-ahead window ------------------------------------------------------------
+
+
+def read_ahead_kb(path: Path) -> int:
+    dev = os.stat(path).st_dev
+    return int(Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").read_text())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a mount's read-ahead")
+def test_large_reads_reach_the_daemon_in_requests_of_1_mib(mount: Mount) -> None:
+    # A sequential read of a large file costs a FUSE round trip per kernel request: the mount
+    # asks the kernel for 1 MiB requests (the largest it sends) instead of 128 KiB ones.
+    assert read_ahead_kb(mount.path) == 1024
+    body = os.urandom(20 * MiB)
+    put_foreign(mount, "big.bin", body)
+    assert cat(mount.path / "big.bin") == body
+    mount.remount(options={"read_ahead": "0"})  # 0: the kernel's own window stays
+    assert read_ahead_kb(mount.path) < 1024
+    assert cat(mount.path / "big.bin") == body

@@ -65,6 +65,8 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 
+from cachetools import LRUCache
+
 from zonefs.cache.journal_schema import (
     MOVE_COPY,
     MOVE_DELETE,
@@ -91,6 +93,12 @@ __all__ = [
 ]
 
 
+#: Remembered objects `get_object` keeps in memory (a few hundred bytes each).
+OBJECTS_CACHED = 20_000
+#: `remember_object` rows held back before they are written in one transaction.
+OBJECTS_BATCH = 256
+
+
 class Journal:
     """Synchronous access to the journal database at `path` (created 0600)."""
 
@@ -107,6 +115,14 @@ class Journal:
         self._durable = False
         self._lazy = False  # a commit since the last `sync` was not fsync'ed
         self._after_sync: list[Callable[[], None]] = []
+        # What `get_object` found by key (None: no row), so that `ls -l` and `find`, which
+        # ask several times per file, query SQLite once: each query lets go of the GIL, and
+        # the loop's thread then waits for it behind the request threads. Every write of the
+        # objects table goes through the methods below, which keep this in step.
+        self._objects: LRUCache[str, ObjectRow | None] = LRUCache(maxsize=OBJECTS_CACHED)
+        # `remember_object` rows not written yet (see there); every other write of the same key
+        # takes them over.
+        self._unwritten: dict[str, ObjectRow] = {}
         self._set_durable(True)
 
     def _set_durable(self, durable: bool) -> None:
@@ -124,7 +140,9 @@ class Journal:
 
     def sync(self) -> None:
         """Make every commit so far durable: fsync the WAL file, where SQLite's WAL mode has
-        written them (what a `synchronous=FULL` commit does). Cheap when nothing is lazy."""
+        written them (what a `synchronous=FULL` commit does), after writing the remembered
+        objects held back. Cheap when nothing is lazy."""
+        self._write_remembered()
         if self._lazy:
             self._lazy = False
             try:
@@ -226,6 +244,8 @@ class Journal:
         with self._tx():
             self._db.execute("DELETE FROM deletes WHERE key = ?", (key,))
             self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
+        self._unwritten.pop(key, None)
+        self._objects[key] = None
 
     def deletes(self) -> list[tuple[str, str | None]]:
         """(key, ETag) of every pending delete."""
@@ -284,27 +304,65 @@ class Journal:
         self._set_durable(False)
         self._put_object(obj)
 
+    def remember_object(self, obj: ObjectRow) -> None:
+        """`put_object` for what a HEAD said, held back and written with others in one
+        transaction (at OBJECTS_BATCH rows, `sync` or `close`): a cold `ls -l` remembers every
+        file's headers, and one commit each cost the loop's thread more than the rest of the
+        lookup. A crash of the process loses the rows held back: they are asked again."""
+        self._objects[obj.key] = obj
+        self._unwritten[obj.key] = obj
+        if len(self._unwritten) >= OBJECTS_BATCH:
+            self._write_remembered()
+
+    def _write_remembered(self) -> None:
+        if not self._unwritten:
+            return
+        rows, self._unwritten = list(self._unwritten.values()), {}
+        self._set_durable(False)
+        with self._tx():
+            for obj in rows:
+                self._put_object(obj)
+        for obj in rows:
+            self._objects[obj.key] = obj
+
     def _put_object(self, obj: ObjectRow) -> None:
         m = obj.meta
+        self._unwritten.pop(obj.key, None)
+        self._objects.pop(obj.key, None)
         self._db.execute(
             "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?)",
             (obj.key, obj.etag, obj.size, m.mode, m.uid, m.gid, m.mtime_ns, obj.sha256, obj.sha1),
         )
+        if not self._db.in_transaction:  # committed (a transaction around it may roll back)
+            self._objects[obj.key] = obj
 
     def get_object(self, key: str, etag: str | None = None) -> ObjectRow | None:
         """The remembered object at `key`, only if its ETag is `etag` (when given)."""
-        row = self._db.execute("SELECT * FROM objects WHERE key = ?", (key,)).fetchone()
-        if row is None or (etag is not None and row[1] != etag):
+        try:
+            found = self._objects[key]
+        except KeyError:
+            row = self._db.execute("SELECT * FROM objects WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                found = None
+            else:
+                key_, etag_, size, mode, uid, gid, mtime_ns, sha256, sha1 = row
+                found = ObjectRow(key_, etag_, size, PosixMeta(mode, uid, gid, mtime_ns),
+                                  sha256, sha1)
+            if not self._db.in_transaction:  # an open one may still roll back
+                self._objects[key] = found
+        if found is None or (etag is not None and found.etag != etag):
             return None
-        key, etag_, size, mode, uid, gid, mtime_ns, sha256, sha1 = row
-        return ObjectRow(key, etag_, size, PosixMeta(mode, uid, gid, mtime_ns), sha256, sha1)
+        return found
 
     def drop_object(self, key: str) -> None:
         self._set_durable(False)
         self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
+        self._unwritten.pop(key, None)
+        self._objects[key] = None
 
     def keys_with_sha1(self, sha1: str, limit: int = 10) -> list[str]:
         """Remembered keys whose bytes have this SHA-1 (the Kachery content ID)."""
+        self._write_remembered()
         rows = self._db.execute("SELECT key FROM objects WHERE sha1 = ? LIMIT ?", (sha1, limit))
         return [key for (key,) in rows]
 
@@ -326,6 +384,7 @@ class Journal:
             self.saw(sha256, copy_etag)
 
     def blob_in_use(self, sha256: str) -> bool:
+        self._write_remembered()
         row = self._db.execute("SELECT 1 FROM objects WHERE sha256 = ? LIMIT 1", (sha256,))
         return row.fetchone() is not None
 

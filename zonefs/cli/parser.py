@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-bundle", help="CA certificates (PEM) for an https endpoint")
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="ro, allow_other, uid=, gid=, umask=, cache_dir=, cache_size=, "
-                        "writeback_delay=, metadata_ttl=, io_timeout=, at=, kachery_mirror; "
+                        "writeback_delay=, metadata_ttl=, io_timeout=, read_ahead=, at=, "
+                        "kachery_mirror; "
                         "the store probe's answers: "
                         "versioning=, conditional_writes=, checksums=on|off, dir_markers=, "
                         "backslash_keys=, max_name_bytes=")

@@ -144,6 +144,9 @@ class MountOptions:
     # not bounded by it: they retry until they land.
     io_timeout: float = 30.0
     max_requests: int = 16
+    # The kernel's read-ahead window for the mount, the largest read request it sends (root
+    # only; see mount/readahead.py). 0 leaves the kernel's own (128 KiB).
+    read_ahead: int = 1 << 20
     fsname: str = "zonefs"
     kachery_mirror: bool = False  # also copy each upload to sha1/ab/cd/ef/<sha1>
     at: float | None = None  # show the zone as it was at this time (seconds since the epoch)
@@ -304,6 +307,8 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["cache_dir"] = os.path.abspath(value)
             elif name == "cache_size":
                 changes["cache_size"] = parse_size(value)
+            elif name == "read_ahead":
+                changes["read_ahead"] = parse_size(value)
             elif name in ("writeback_delay", "metadata_ttl"):
                 changes[name] = _parse_seconds(name, value)
             elif name == "io_timeout":

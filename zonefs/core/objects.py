@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat as st
 from typing import TYPE_CHECKING
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 WHOLE_OBJECT_LIMIT = 8 << 20
 #: Objects up to this size are fetched whole instead of HEAD'ed when their headers are needed.
 SMALL_OBJECT = 64 << 10
+#: Seconds a lookup waits for its key's answer in a batch of prefetched headers before it
+#: sends its own request.
+PREFETCH_PATIENCE = 0.25
 
 
 class RemoteObjects:
@@ -57,6 +61,7 @@ class RemoteObjects:
             remote, journal, blobs, cache, opts)
         self._spawn = spawn
         self._meta_waits: dict[str, trio.Event] = {}
+        self._prefetching: set[trio.Event] = set()  # the waits of `prefetch_headers`
         self._fetchers: dict[tuple[str, str], RangeFetcher] = {}
         self._opened_etag: dict[str, str] = {}
         # The store probe found that the store keeps no metadata on directory markers.
@@ -76,7 +81,7 @@ class RemoteObjects:
         if not is_dir:
             md = info.metadata or {}
             known = self.journal.get_object(key, info.etag)
-            self.journal.put_object(ObjectRow(
+            self.journal.remember_object(ObjectRow(
                 key, info.etag, info.size, meta,
                 md.get(SHA256_KEY) or (known.sha256 if known else None),
                 md.get(SHA1_KEY) or (known.sha1 if known else None),
@@ -110,7 +115,11 @@ class RemoteObjects:
             return
         waiting = self._meta_waits.get(path)
         if waiting is not None:
-            await waiting.wait()
+            # A batch of prefetched headers may reach this key late (a stat out of the
+            # listing's order, a slow store): past PREFETCH_PATIENCE, ask for it alone.
+            patience = PREFETCH_PATIENCE if waiting in self._prefetching else math.inf
+            with trio.move_on_after(patience):
+                await waiting.wait()
             if entry.meta is not None:
                 return
         event = self._meta_waits[path] = trio.Event()
@@ -133,13 +142,52 @@ class RemoteObjects:
             if info is None:
                 entry.meta = self.default_meta(entry)
             else:
-                fresh = self.remember_headers(key, info)
-                entry.meta = fresh.meta
-                if not entry.is_dir:
-                    entry.size, entry.etag, entry.version_id = info.size, info.etag, info.version_id
+                self._fill(entry, key, info)
         finally:
             del self._meta_waits[path]
             event.set()
+
+    async def prefetch_headers(self, todo: list[tuple[str, Entry]], *, workers: int) -> None:
+        """Fill the headers of many entries at once (a listing's, for `ls -l`): one batch of
+        HEADs (`Remote.head_many`) for those neither known nor already being asked for. A
+        reader that needs one of them meanwhile waits for its answer instead of asking again;
+        an entry whose HEAD failed is left for its reader to ask."""
+        wanted: dict[str, tuple[str, Entry, trio.Event]] = {}
+        for path, entry in todo:
+            if path in self._meta_waits or self.remembered_meta(path, entry):
+                continue
+            event = self._meta_waits[path] = trio.Event()
+            self._prefetching.add(event)
+            wanted[keys.dir_key(path) if entry.is_dir else path] = (path, entry, event)
+
+        def answered(key: str, answer: ObjectInfo | Exception) -> None:
+            path, entry, event = wanted.pop(key)
+            if isinstance(answer, NotFound):
+                entry.meta = self.default_meta(entry)
+            elif isinstance(answer, Exception):
+                log.debug("headers of %r not prefetched: %s", path, answer)
+            else:
+                self._fill(entry, key, answer)
+            self._done_waiting(path, event)
+
+        try:
+            await self.remote.head_many(list(wanted), answered, workers=workers)
+        finally:
+            for path, _, event in wanted.values():
+                self._done_waiting(path, event)
+
+    def _done_waiting(self, path: str, event: trio.Event) -> None:
+        if self._meta_waits.get(path) is event:
+            del self._meta_waits[path]
+        self._prefetching.discard(event)
+        event.set()
+
+    def _fill(self, entry: Entry, key: str, info: ObjectInfo) -> None:
+        """`entry` takes the headers a request for `key` answered."""
+        fresh = self.remember_headers(key, info)
+        entry.meta = fresh.meta
+        if not entry.is_dir:
+            entry.size, entry.etag, entry.version_id = info.size, info.etag, info.version_id
 
     def default_meta(self, entry: Entry) -> PosixMeta:
         mode = (st.S_IFDIR | self.opts.dir_mode) if entry.is_dir else (

@@ -33,8 +33,6 @@ import stat as st
 import time
 from typing import TYPE_CHECKING
 
-import trio
-
 from zonefs.cache.dircache import UNKNOWN, DirCache, Entry
 from zonefs.common import keys
 from zonefs.common.errors import (
@@ -61,8 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Header fetches started ahead of a listing's reader, at most this many at once.
-PREFETCH_TASKS = 64
+#: Entries whose headers are fetched ahead of a listing's reader in one batch of HEADs.
+PREFETCH_BATCH = 1000
 #: Times a lookup or listing is asked again when a local change raced it (see `DirCache`); the
 #: last answer stands, uncached.
 FETCH_ATTEMPTS = 3
@@ -408,20 +406,15 @@ class View:
             self._spawn(lambda: self._prefetch_all(todo))
 
     async def _prefetch_all(self, todo: list[tuple[str, Entry]]) -> None:
-        # One task per entry in flight at most PREFETCH_TASKS at a time, so that listing a
-        # directory of 100,000 keys does not hold 100,000 waiting tasks.
-        slots = trio.Semaphore(PREFETCH_TASKS)
-        for path, entry in todo:
-            await slots.acquire()
-            self._spawn(lambda p=path, e=entry: self._quiet_meta(p, e, slots))
-
-    async def _quiet_meta(self, path: str, entry: Entry, slots: trio.Semaphore) -> None:
-        try:
-            await self.objects.ensure_meta(path, entry, whole=False)
-        except Exception as exc:  # the reader that needs it will see the error itself
-            log.debug("prefetch of %r failed: %s", path, exc)
-        finally:
-            slots.release()
+        # In batches of PREFETCH_BATCH, so that listing a directory of 100,000 keys does not
+        # hold 100,000 waits at once; half the request slots, so that reads still get theirs.
+        workers = max(1, self.remote.limiter.total_tokens // 2)
+        for at in range(0, len(todo), PREFETCH_BATCH):
+            try:
+                await self.objects.prefetch_headers(todo[at:at + PREFETCH_BATCH],
+                                                    workers=int(workers))
+            except Exception as exc:  # the reader that needs it will see the error itself
+                log.debug("prefetch in %r failed: %s", todo[at][0], exc)
 
     def has_pending_below(self, path: str) -> bool:
         return self.ledger.has_below(path)

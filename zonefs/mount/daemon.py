@@ -39,6 +39,7 @@ from zonefs.core.vfs import Vfs
 from zonefs.mount import control
 from zonefs.mount.control_server import ControlServer
 from zonefs.mount.fuse_ops import ZonefsOperations
+from zonefs.mount.readahead import set_read_ahead
 from zonefs.pending.leftovers import MultipartJournal
 from zonefs.remote import open_remote
 from zonefs.remote.probe import Capabilities, load_or_probe
@@ -202,6 +203,7 @@ class Daemon:
                 try:
                     await nursery.start(ControlServer(self).run)
                     nursery.start_soon(self._signals)
+                    nursery.start_soon(self._tune_kernel, ops)
                     if os.environ.get("NOTIFY_SOCKET"):
                         nursery.start_soon(self._report_backlog)
                     log.info("mounted %s at %s", self.zone.label, self.mountpoint)
@@ -286,6 +288,12 @@ class Daemon:
                 await self.drain(signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
+
+    async def _tune_kernel(self, ops: ZonefsOperations) -> None:
+        """Once the kernel's FUSE_INIT is answered (and its limits applied), widen the mount's
+        read-ahead window: the kernel would cap it again at INIT."""
+        await ops.initialized.wait()
+        set_read_ahead(self.mountpoint, self.opts.read_ahead)
 
     async def unmount(self, *, lazy: bool) -> None:
         """End the mount for `zonefs umount` and return once it is unmounted; `answered` follows

@@ -81,6 +81,13 @@ class ZonefsOperations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[str, Stat]]] = {}
         self._dir_paths: dict[int, str] = {}
         self._next_fh = 1
+        # Set once the kernel's FUSE_INIT is answered: the kernel applies its own limits to the
+        # mount then (its read-ahead window among them), so tuning waits for this.
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        # Called by pyfuse3 on FUSE_INIT, just before the reply goes out in the same step.
+        self.initialized.set()
 
     # -- helpers ----------------------------------------------------------------------------------
 

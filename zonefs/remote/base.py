@@ -39,13 +39,14 @@ import functools
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
 from zonefs.common.errors import RemoteError, ZonefsError
+from zonefs.remote.fanout import head_many
 from zonefs.remote.health import StoreHealth
 
 log = logging.getLogger(__name__)
@@ -402,6 +403,27 @@ class Remote(ABC):
 
     async def head(self, key: str, version_id: str | None = None) -> ObjectInfo:
         return await self._run_bounded("head", self._head, key, version_id)
+
+    async def head_many(self, keys: Sequence[str],
+                        on_answer: Callable[[str, ObjectInfo | ZonefsError], None], *,
+                        workers: int) -> None:
+        """HEAD each key, `workers` at a time from one queue, answers in batches on the loop's
+        thread (see `fanout`): headers of many entries at a fraction of `head`'s cost each."""
+        if self.health.not_answering("") is not None:
+            return  # each reader asks, and fails fast, itself
+
+        def answered(key: str, answer: ObjectInfo | Exception) -> None:
+            self.requests.add("head")
+            if isinstance(answer, Exception):
+                if not isinstance(answer, ZonefsError):  # a bug: still an answer for the key
+                    answer = RemoteError(f"{self.object_uri(key)}: HEAD failed: {answer}")
+                self.health.observe(answer)
+            else:
+                self.health.answered()
+            on_answer(key, answer)
+
+        await head_many(lambda key: self._head(key), keys, answered, workers=workers,
+                        limiter=self.limiter, io_timeout=self.io_timeout)
 
     async def list(
         self, prefix: str, delimiter: str | None = "/", token: str | None = None,
