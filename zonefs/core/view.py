@@ -18,6 +18,12 @@ Invariants:
   by a directory of the same name) are never a crash: each is reported once (`reported`, for
   `zonefs status`) and hidden.
 - While the store cannot be reached, lookups and listings answer from what was last known.
+- Past the metadata TTL, a name in a directory whose last listing held at most `RELIST_ENTRIES`
+  entries is answered from a new listing of that directory, shared by every lookup in it
+  meanwhile (`git status` revalidates a directory with one LIST, not one per name); in a
+  larger directory each name is looked up alone until as many names were looked up there as
+  a listing would take pages, then it is listed again (never more than twice the requests of
+  the cheaper way). At most one listing of a directory is on its way at a time.
 - A listing never waits for headers (nor, while the store cannot be reached, does a stat of
   an entry a listing showed): an entry whose headers are not remembered shows the
   mount's defaults as a `provisional` Stat (the kernel is told not to keep it), with the type
@@ -68,6 +74,18 @@ PREFETCH_TASKS = 64
 FETCH_ATTEMPTS = 3
 #: Odd keys remembered for `zonefs status` (each is still logged once, up to this many).
 MAX_REPORTED = 1000
+#: Entries of one LIST page. A lookup past the TTL in a directory whose last listing held at
+#: most this many entries lists the directory again (one request, like a lookup of the name).
+RELIST_ENTRIES = 1000
+
+
+class _Listing:
+    """One listing of a directory on its way; who else needs it waits for `done`."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.names: dict[str, Entry] | None = None
+        self.error: Exception | None = None
 
 
 class View:
@@ -84,6 +102,9 @@ class View:
         # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
         self.reported: dict[str, str] = {}
         self._prefetched: dict[str, int] = {}  # directory -> id() of the listing prefetched
+        self._listing: dict[str, _Listing] = {}  # directory -> its listing on its way
+        # directory -> (id() of its last listing, names looked up alone since it expired)
+        self._lookups: dict[str, tuple[int, int]] = {}
 
     # -- stat -----------------------------------------------------------------------------------
 
@@ -167,7 +188,7 @@ class View:
         """The remote entry at `path` (cached), or NotFound."""
         entry = self.cache.entry(path)
         if entry is UNKNOWN:
-            entry = await self._fetch_entry(path)
+            entry = await self._revalidate(path)
         if entry is not None:
             assert isinstance(entry, Entry)
             entry = self._visible(path, entry)
@@ -176,6 +197,45 @@ class View:
                 return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
             raise NotFound(path)
         return entry
+
+    async def _revalidate(self, path: str) -> Entry | None:
+        """What `path` is in the store, nothing being cached of it: from a new listing of its
+        directory when that costs no more than a lookup of the name (see the module
+        docstring), else from a lookup of the name alone."""
+        parent = keys.split(path)[0]
+        if self._relist_pays(parent):
+            try:
+                await self._list_shared(parent)
+            except RemoteError as exc:
+                if not exc.transient:
+                    raise
+                return self._last_known(path, exc)
+            entry = self.cache.entry(path)
+            if entry is not UNKNOWN:
+                return entry  # type: ignore[return-value]
+            # Local changes kept racing the listing (it was not kept), or dropped it since:
+            # ask for the name alone.
+        return await self._fetch_entry(path)
+
+    def _relist_pays(self, parent: str) -> bool:
+        """Whether a lookup in `parent` (its listing expired) should list it again: its last
+        listing took one page, or as many names were looked up alone since it expired as a
+        listing takes pages."""
+        last = self.cache.last_listing(parent)
+        if last is None:
+            return False  # never listed (or changed here since): the size is unknown
+        pages = -(-len(last) // RELIST_ENTRIES)
+        if pages <= 1:
+            return True
+        seen, alone = self._lookups.get(parent, (0, 0))
+        alone = alone + 1 if seen == id(last) else 1
+        if alone > pages:
+            self._lookups.pop(parent, None)
+            return True
+        if len(self._lookups) > 4096:
+            self._lookups.clear()
+        self._lookups[parent] = (id(last), alone)
+        return False
 
     async def _fetch_entry(self, path: str) -> Entry | None:
         """Ask the store what `path` is; while it cannot be reached, what was last known."""
@@ -197,21 +257,25 @@ class View:
             except RemoteError as exc:
                 if not exc.transient:
                     raise
-                # The store cannot be reached: answer from what was last known (the entry, or
-                # its directory's last listing), so that known names still resolve. A name
-                # nothing is known of shows as absent (not remembered as such): it can be
-                # created in any directory meanwhile, and its upload waits and never
-                # replaces an object another writer put there (that ends as a conflict copy).
-                stale = self.cache.last_entry(path)
-                if stale is UNKNOWN:
-                    log.debug("store unreachable; %r taken for absent: %s", path, exc)
-                    return None, None
-                log.debug("store unreachable; %r answered from what was last known", path)
-                return stale, stale  # type: ignore[return-value]
+                stale = self._last_known(path, exc)
+                return stale, stale
             # An upload that landed meanwhile knows better than the lookup.
             return found, self.cache.put_fetched(path, found, since)
         finally:
             self.cache.end_fetch()
+
+    def _last_known(self, path: str, exc: RemoteError) -> Entry | None:
+        """The store cannot be reached: answer from what was last known (the entry, or its
+        directory's last listing), so that known names still resolve. A name nothing is known
+        of shows as absent (not remembered as such): it can be created in any directory
+        meanwhile, and its upload waits and never replaces an object another writer put
+        there (that ends as a conflict copy)."""
+        stale = self.cache.last_entry(path)
+        if stale is UNKNOWN:
+            log.debug("store unreachable; %r taken for absent: %s", path, exc)
+            return None
+        log.debug("store unreachable; %r answered from what was last known", path)
+        return stale  # type: ignore[return-value]
 
     def _visible(self, path: str, entry: Entry) -> Entry | None:
         """The remote entry at `path` as the mount shows it: None when its delete is pending
@@ -315,13 +379,39 @@ class View:
         if cached is not None:
             return cached
         try:
-            return await self._list_remote(path)
+            return await self._list_shared(path)
         except RemoteError as exc:
             stale = self.cache.last_listing(path) if exc.transient else None
             if stale is None:
                 raise
             log.debug("store unreachable; listing of %r from its last listing", path)
             return stale
+
+    async def _list_shared(self, path: str) -> dict[str, Entry]:
+        """`_list_remote(path)`, one at a time per directory: who needs it while a listing of
+        it is on its way (lookups past the TTL, a readdir) waits for that one and shares its
+        answer or its error. What a local change meanwhile did is in it (`put_listing`), and
+        in the dircache that waiters read afterwards."""
+        while True:
+            flight = self._listing.get(path)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.names is not None:
+                return flight.names
+            if flight.error is not None:
+                raise flight.error
+            # The task that listed was cancelled: list here.
+        flight = self._listing[path] = _Listing()
+        try:
+            flight.names = await self._list_remote(path)
+            return flight.names
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._listing[path]
+            flight.done.set()
 
     async def _list_remote(self, path: str) -> dict[str, Entry]:
         for _ in range(FETCH_ATTEMPTS):
