@@ -253,3 +253,21 @@ async def test_markers_and_shadowed_files_through_a_new_listing(env: Env) -> Non
         assert await read_file(vfs, "d/both") == b"file body"
         assert await vfs.listdir("d/empty") == []
         await check_invariants(vfs)
+
+
+async def test_concurrent_lookups_of_one_name_share_one_request(env: Env) -> None:
+    """The kernel sends a lookup per caller: eight threads stat'ing the same path in a
+    directory never listed cost one LIST, not eight."""
+    await seed(env, "d", 3)
+    async with env.vfs(metadata_ttl=TTL) as vfs:
+        lists = requests(vfs, "list")
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(vfs.stat, "d")
+        # One lookup of `d` (the root was never listed either).
+        assert requests(vfs, "list") - lists == 1
+        lists = requests(vfs, "list")
+        got = await stat_all(vfs, ["d/f00"] * 8)
+        assert got == {"d/f00": 3}
+        assert requests(vfs, "list") - lists == 1
+        await check_invariants(vfs)

@@ -23,7 +23,8 @@ Invariants:
   meanwhile (`git status` revalidates a directory with one LIST, not one per name); in a
   larger directory each name is looked up alone until as many names were looked up there as
   a listing would take pages, then it is listed again (never more than twice the requests of
-  the cheaper way). At most one listing of a directory is on its way at a time.
+  the cheaper way). At most one listing of a directory, and one lookup of a name, is on its
+  way at a time: who needs it meanwhile waits for it (the kernel sends a lookup per caller).
 - A listing never waits for headers (nor, while the store cannot be reached, does a stat of
   an entry a listing showed): an entry whose headers are not remembered shows the
   mount's defaults as a `provisional` Stat (the kernel is told not to keep it), with the type
@@ -37,7 +38,8 @@ from __future__ import annotations
 import logging
 import stat as st
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Header fetches started ahead of a listing's reader, at most this many at once.
 PREFETCH_TASKS = 64
@@ -79,13 +82,38 @@ MAX_REPORTED = 1000
 RELIST_ENTRIES = 1000
 
 
-class _Listing:
-    """One listing of a directory on its way; who else needs it waits for `done`."""
+class _Flight:
+    """One request of the store on its way (a listing, a lookup); who else needs the same
+    answer meanwhile waits for `done` and shares it (`result`, or `error`)."""
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.names: dict[str, Entry] | None = None
+        self.finished = False
+        self.result: Any = None
         self.error: Exception | None = None
+
+
+async def _shared(flights: dict[str, _Flight], key: str,
+                  fetch: Callable[[], Awaitable[T]]) -> T:
+    """`await fetch()`, unless the same one (`key` in `flights`) is on its way: then its
+    answer, or its error. If the task that fetched was cancelled, fetch anew."""
+    while (flight := flights.get(key)) is not None:
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        if flight.finished:
+            return flight.result  # type: ignore[no-any-return]
+    flight = flights[key] = _Flight()
+    try:
+        flight.result = await fetch()
+        flight.finished = True
+        return flight.result  # type: ignore[no-any-return]
+    except Exception as exc:
+        flight.error = exc
+        raise
+    finally:
+        del flights[key]
+        flight.done.set()
 
 
 class View:
@@ -102,7 +130,8 @@ class View:
         # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
         self.reported: dict[str, str] = {}
         self._prefetched: dict[str, int] = {}  # directory -> id() of the listing prefetched
-        self._listing: dict[str, _Listing] = {}  # directory -> its listing on its way
+        self._listing: dict[str, _Flight] = {}  # directory -> its listing on its way
+        self._lookup: dict[str, _Flight] = {}  # path -> its lookup on its way
         # directory -> (id() of its last listing, names looked up alone since it expired)
         self._lookups: dict[str, tuple[int, int]] = {}
 
@@ -215,12 +244,17 @@ class View:
                 return entry  # type: ignore[return-value]
             # Local changes kept racing the listing (it was not kept), or dropped it since:
             # ask for the name alone.
-        return await self._fetch_entry(path)
+        found = await _shared(self._lookup, path, lambda: self._fetch_entry(path))
+        # Who waited for another task's lookup: a local change may have come since.
+        known = self.cache.entry(path)
+        return found if known is UNKNOWN else known  # type: ignore[return-value]
 
     def _relist_pays(self, parent: str) -> bool:
         """Whether a lookup in `parent` (its listing expired) should list it again: its last
         listing took one page, or as many names were looked up alone since it expired as a
         listing takes pages."""
+        if parent in self._listing:
+            return True  # on its way: waiting for it costs nothing
         last = self.cache.last_listing(parent)
         if last is None:
             return False  # never listed (or changed here since): the size is unknown
@@ -392,26 +426,7 @@ class View:
         it is on its way (lookups past the TTL, a readdir) waits for that one and shares its
         answer or its error. What a local change meanwhile did is in it (`put_listing`), and
         in the dircache that waiters read afterwards."""
-        while True:
-            flight = self._listing.get(path)
-            if flight is None:
-                break
-            await flight.done.wait()
-            if flight.names is not None:
-                return flight.names
-            if flight.error is not None:
-                raise flight.error
-            # The task that listed was cancelled: list here.
-        flight = self._listing[path] = _Listing()
-        try:
-            flight.names = await self._list_remote(path)
-            return flight.names
-        except Exception as exc:
-            flight.error = exc
-            raise
-        finally:
-            del self._listing[path]
-            flight.done.set()
+        return await _shared(self._listing, path, lambda: self._list_remote(path))
 
     async def _list_remote(self, path: str) -> dict[str, Entry]:
         for _ in range(FETCH_ATTEMPTS):
