@@ -133,7 +133,7 @@ class View:
         self._listing: dict[str, _Flight] = {}  # directory -> its listing on its way
         self._lookup: dict[str, _Flight] = {}  # path -> its lookup on its way
         # directory -> (id() of its last listing, names looked up alone since it expired)
-        self._lookups: dict[str, tuple[int, int]] = {}
+        self._alone: dict[str, tuple[int, int]] = {}
 
     # -- stat -----------------------------------------------------------------------------------
 
@@ -261,14 +261,14 @@ class View:
         pages = -(-len(last) // RELIST_ENTRIES)
         if pages <= 1:
             return True
-        seen, alone = self._lookups.get(parent, (0, 0))
+        seen, alone = self._alone.get(parent, (0, 0))
         alone = alone + 1 if seen == id(last) else 1
         if alone > pages:
-            self._lookups.pop(parent, None)
+            self._alone.pop(parent, None)
             return True
-        if len(self._lookups) > 4096:
-            self._lookups.clear()
-        self._lookups[parent] = (id(last), alone)
+        if len(self._alone) > 4096:
+            self._alone.clear()
+        self._alone[parent] = (id(last), alone)
         return False
 
     async def _fetch_entry(self, path: str) -> Entry | None:
