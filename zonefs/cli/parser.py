@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 
 from zonefs import __version__
-from zonefs.common import zones
+
+#: `zones.ZONE_ENV`, named here so that parsing (every command) does not load the zones files'
+#: reader and the config module: `zonefs umount` and `sync` need neither.
+ZONE_ENV = "ZONEFS_ZONE"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mount", help="mount a zone")
     p.add_argument("zone", nargs="?",
                    help="s3://BUCKET[/PREFIX], file:///DIR, or a zone name from zones.toml "
-                        f"(default: ${zones.ZONE_ENV})")
+                        f"(default: ${ZONE_ENV})")
     p.add_argument("mountpoint", nargs="?", help="default: the zone's mountpoint")
     p.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
     p.add_argument("--region")

@@ -18,6 +18,13 @@ Invariants:
   by a directory of the same name) are never a crash: each is reported once (`reported`, for
   `zonefs status`) and hidden.
 - While the store cannot be reached, lookups and listings answer from what was last known.
+- Past the metadata TTL, a name in a directory whose last listing held at most `RELIST_ENTRIES`
+  entries is answered from a new listing of that directory, shared by every lookup in it
+  meanwhile (`git status` revalidates a directory with one LIST, not one per name); in a
+  larger directory each name is looked up alone until as many names were looked up there as
+  a listing would take pages, then it is listed again (never more than twice the requests of
+  the cheaper way). At most one listing of a directory, and one lookup of a name, is on its
+  way at a time: who needs it meanwhile waits for it (the kernel sends a lookup per caller).
 - A listing never waits for headers (nor, while the store cannot be reached, does a stat of
   an entry a listing showed): an entry whose headers are not remembered shows the
   mount's defaults as a `provisional` Stat (the kernel is told not to keep it), with the type
@@ -31,7 +38,8 @@ from __future__ import annotations
 import logging
 import stat as st
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zonefs.cache.dircache import UNKNOWN, DirCache, Entry
 from zonefs.common import keys
@@ -58,6 +66,7 @@ if TYPE_CHECKING:
     from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Entries whose headers are fetched ahead of a listing's reader in one batch of HEADs.
 PREFETCH_BATCH = 1000
@@ -66,6 +75,43 @@ PREFETCH_BATCH = 1000
 FETCH_ATTEMPTS = 3
 #: Odd keys remembered for `zonefs status` (each is still logged once, up to this many).
 MAX_REPORTED = 1000
+#: Entries of one LIST page. A lookup past the TTL in a directory whose last listing held at
+#: most this many entries lists the directory again (one request, like a lookup of the name).
+RELIST_ENTRIES = 1000
+
+
+class _Flight:
+    """One request of the store on its way (a listing, a lookup); who else needs the same
+    answer meanwhile waits for `done` and shares it (`result`, or `error`)."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.finished = False
+        self.result: Any = None
+        self.error: Exception | None = None
+
+
+async def _shared(flights: dict[str, _Flight], key: str,
+                  fetch: Callable[[], Awaitable[T]]) -> T:
+    """`await fetch()`, unless the same one (`key` in `flights`) is on its way: then its
+    answer, or its error. If the task that fetched was cancelled, fetch anew."""
+    while (flight := flights.get(key)) is not None:
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        if flight.finished:
+            return flight.result  # type: ignore[no-any-return]
+    flight = flights[key] = _Flight()
+    try:
+        flight.result = await fetch()
+        flight.finished = True
+        return flight.result  # type: ignore[no-any-return]
+    except Exception as exc:
+        flight.error = exc
+        raise
+    finally:
+        del flights[key]
+        flight.done.set()
 
 
 class View:
@@ -82,6 +128,10 @@ class View:
         # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
         self.reported: dict[str, str] = {}
         self._prefetched: dict[str, int] = {}  # directory -> id() of the listing prefetched
+        self._listing: dict[str, _Flight] = {}  # directory -> its listing on its way
+        self._lookup: dict[str, _Flight] = {}  # path -> its lookup on its way
+        # directory -> (id() of its last listing, names looked up alone since it expired)
+        self._alone: dict[str, tuple[int, int]] = {}
 
     # -- stat -----------------------------------------------------------------------------------
 
@@ -165,7 +215,7 @@ class View:
         """The remote entry at `path` (cached), or NotFound."""
         entry = self.cache.entry(path)
         if entry is UNKNOWN:
-            entry = await self._fetch_entry(path)
+            entry = await self._revalidate(path)
         if entry is not None:
             assert isinstance(entry, Entry)
             entry = self._visible(path, entry)
@@ -174,6 +224,50 @@ class View:
                 return Entry(is_dir=True, mtime=self.mount_time_ns / 1e9)
             raise NotFound(path)
         return entry
+
+    async def _revalidate(self, path: str) -> Entry | None:
+        """What `path` is in the store, nothing being cached of it: from a new listing of its
+        directory when that costs no more than a lookup of the name (see the module
+        docstring), else from a lookup of the name alone."""
+        parent = keys.split(path)[0]
+        if self._relist_pays(parent):
+            try:
+                await self._list_shared(parent)
+            except RemoteError as exc:
+                if not exc.transient:
+                    raise
+                return self._last_known(path, exc)
+            entry = self.cache.entry(path)
+            if entry is not UNKNOWN:
+                return entry  # type: ignore[return-value]
+            # Local changes kept racing the listing (it was not kept), or dropped it since:
+            # ask for the name alone.
+        found = await _shared(self._lookup, path, lambda: self._fetch_entry(path))
+        # Who waited for another task's lookup: a local change may have come since.
+        known = self.cache.entry(path)
+        return found if known is UNKNOWN else known  # type: ignore[return-value]
+
+    def _relist_pays(self, parent: str) -> bool:
+        """Whether a lookup in `parent` (its listing expired) should list it again: its last
+        listing took one page, or as many names were looked up alone since it expired as a
+        listing takes pages."""
+        if parent in self._listing:
+            return True  # on its way: waiting for it costs nothing
+        last = self.cache.last_listing(parent)
+        if last is None:
+            return False  # never listed (or changed here since): the size is unknown
+        pages = -(-len(last) // RELIST_ENTRIES)
+        if pages <= 1:
+            return True
+        seen, alone = self._alone.get(parent, (0, 0))
+        alone = alone + 1 if seen == id(last) else 1
+        if alone > pages:
+            self._alone.pop(parent, None)
+            return True
+        if len(self._alone) > 4096:
+            self._alone.clear()
+        self._alone[parent] = (id(last), alone)
+        return False
 
     async def _fetch_entry(self, path: str) -> Entry | None:
         """Ask the store what `path` is; while it cannot be reached, what was last known."""
@@ -195,21 +289,25 @@ class View:
             except RemoteError as exc:
                 if not exc.transient:
                     raise
-                # The store cannot be reached: answer from what was last known (the entry, or
-                # its directory's last listing), so that known names still resolve. A name
-                # nothing is known of shows as absent (not remembered as such): it can be
-                # created in any directory meanwhile, and its upload waits and never
-                # replaces an object another writer put there (that ends as a conflict copy).
-                stale = self.cache.last_entry(path)
-                if stale is UNKNOWN:
-                    log.debug("store unreachable; %r taken for absent: %s", path, exc)
-                    return None, None
-                log.debug("store unreachable; %r answered from what was last known", path)
-                return stale, stale  # type: ignore[return-value]
+                stale = self._last_known(path, exc)
+                return stale, stale
             # An upload that landed meanwhile knows better than the lookup.
             return found, self.cache.put_fetched(path, found, since)
         finally:
             self.cache.end_fetch()
+
+    def _last_known(self, path: str, exc: RemoteError) -> Entry | None:
+        """The store cannot be reached: answer from what was last known (the entry, or its
+        directory's last listing), so that known names still resolve. A name nothing is known
+        of shows as absent (not remembered as such): it can be created in any directory
+        meanwhile, and its upload waits and never replaces an object another writer put
+        there (that ends as a conflict copy)."""
+        stale = self.cache.last_entry(path)
+        if stale is UNKNOWN:
+            log.debug("store unreachable; %r taken for absent: %s", path, exc)
+            return None
+        log.debug("store unreachable; %r answered from what was last known", path)
+        return stale  # type: ignore[return-value]
 
     def _visible(self, path: str, entry: Entry) -> Entry | None:
         """The remote entry at `path` as the mount shows it: None when its delete is pending
@@ -313,13 +411,20 @@ class View:
         if cached is not None:
             return cached
         try:
-            return await self._list_remote(path)
+            return await self._list_shared(path)
         except RemoteError as exc:
             stale = self.cache.last_listing(path) if exc.transient else None
             if stale is None:
                 raise
             log.debug("store unreachable; listing of %r from its last listing", path)
             return stale
+
+    async def _list_shared(self, path: str) -> dict[str, Entry]:
+        """`_list_remote(path)`, one at a time per directory: who needs it while a listing of
+        it is on its way (lookups past the TTL, a readdir) waits for that one and shares its
+        answer or its error. What a local change meanwhile did is in it (`put_listing`), and
+        in the dircache that waiters read afterwards."""
+        return await _shared(self._listing, path, lambda: self._list_remote(path))
 
     async def _list_remote(self, path: str) -> dict[str, Entry]:
         for _ in range(FETCH_ATTEMPTS):
