@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
@@ -29,6 +30,7 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +100,36 @@ def _read_at(path: str, offset: int, length: int) -> bytes:
 def _update(hashes: tuple[Any, Any], data: bytes) -> None:
     for h in hashes:
         h.update(data)  # hashlib lets go of the GIL for buffers this large
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):  # where threads have no priority of their own
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
+
+
+#: Hashing downloaded bytes is the largest CPU cost of a cold read (SHA-256 and SHA-1 of
+#: every byte), and nothing waits for it but the blob's entry into the cache: it runs in one
+#: thread of its own at the lowest priority, so that it takes only CPU time that serving
+#: reads, downloads (and a store on the same machine) leave.
+HASH_NICENESS = 19
+_hasher = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="zonefs-hash", initializer=_lower_priority)
+
+
+async def _hash_in_background(hashes: tuple[Any, Any], data: bytes) -> None:
+    """`_update` in the hashing thread; returns once it is done."""
+    done = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def wake(_: object) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    future = _hasher.submit(_update, hashes, data)
+    future.add_done_callback(wake)
+    with trio.CancelScope(shield=True):  # the caller counts these bytes as hashed only after
+        await done.wait()
+    future.result()
 
 
 class RangeFetcher:
@@ -275,7 +307,7 @@ class RangeFetcher:
                     data = await self._read_back(pos)
                     if data is None:
                         return  # the next bytes are not here yet
-                await trio.to_thread.run_sync(_update, self._hashes, data)
+                await _hash_in_background(self._hashes, data)
                 self._hashed = pos + len(data)
         except OSError as exc:  # a background task must not take the mount down
             log.warning("%s: not cached: %s", self.key, exc)
