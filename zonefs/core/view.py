@@ -41,6 +41,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import trio
+
 from zonefs.cache.dircache import UNKNOWN, DirCache, Entry
 from zonefs.common import keys
 from zonefs.common.errors import (
