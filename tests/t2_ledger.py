@@ -70,7 +70,7 @@ class Rig:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.ledger.wrote(df, offset + len(data))
+        self.ledger.wrote(df, offset, data)
 
     async def new_file(self, path: str, data: bytes = b"", *, exists: bool = False,
                        etag: str | None = None) -> DirtyFile:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from zonefs.cache.journal import DirtyRow
+from zonefs.cache.streamhash import StreamHasher
 from zonefs.common import keys
 from zonefs.common.errors import Refused, RemoteError, StoreFailing, ZonefsError
 from zonefs.common.keys import PosixMeta
@@ -70,6 +71,15 @@ log = logging.getLogger(__name__)
 
 #: Longest time a lazy journal commit (an attribute change) waits for its fsync.
 JOURNAL_SYNC_INTERVAL = 1.0
+#: A file larger than this, written from its start to its end in one pass, is uploaded
+#: STREAMED_DELAY after its last close instead of `writeback_delay` (docs/semantics.md#close):
+#: it is finished output (a copy, a download, an archive member), and its upload takes longer
+#: than the delay would save.
+STREAMED_OVER = 16 << 20
+#: Seconds between the last close of such a file and its upload: long enough for what a
+#: program does right after closing it (`tar`'s and `cp -p`'s utime and chmod, the rename of
+#: a temporary name) to reach the row before the upload starts.
+STREAMED_DELAY = 0.1
 
 
 class Ledger:
@@ -340,7 +350,8 @@ class Ledger:
         row = DirtyRow(path, data, 0, meta, base, 1)
         df = self.rows[path] = DirtyFile(row, Kind.BYTES, writers=1,
                                          absent=not exists and not claimed,
-                                         claimed=path if claimed else None)
+                                         claimed=path if claimed else None,
+                                         hasher=StreamHasher())
         if old is not None and old.persisted:
             self.persist(df)
         return df
@@ -364,6 +375,10 @@ class Ledger:
         """The row's local file was cut (or grown) to `size` (truncate, O_TRUNC, ftruncate)."""
         df.row.size = size
         df.kind = Kind.BYTES
+        if df.hasher is not None:
+            df.hasher.abandon()
+        # Emptied, it may be written again from its start (`cp` over a file, O_TRUNC).
+        df.hasher = StreamHasher() if size == 0 else None
         self._changed(df)
 
     def took_local_copy(self, path: str, data: str, size: int, meta: PosixMeta,
@@ -374,11 +389,14 @@ class Ledger:
         (uploaded even if unwritten)."""
         df = self.rows.get(path)
         row = DirtyRow(path, data, size, meta, base_etag, (df.row.generation + 1) if df else 1)
+        hasher = StreamHasher() if truncated or size == 0 else None
         if df is None:
-            df = self.rows[path] = DirtyFile(row, Kind.BYTES if truncated else Kind.UNCHANGED)
+            df = self.rows[path] = DirtyFile(row, Kind.BYTES if truncated else Kind.UNCHANGED,
+                                             hasher=hasher)
             return df
         source = df.row.source if df.is_copy else None
         df.row = row  # was a metadata-only change, or a copy still to be made
+        df.hasher = hasher
         df.kind = Kind.BYTES if truncated or source is not None else Kind.METADATA
         if source is not None:
             self.source_released(df, source)
@@ -387,11 +405,14 @@ class Ledger:
     def opened_for_write(self, df: DirtyFile) -> None:
         df.writers += 1
 
-    def wrote(self, df: DirtyFile, end: int) -> None:
-        """Bytes were written up to offset `end` of the row's local file."""
+    def wrote(self, df: DirtyFile, offset: int, data: bytes) -> None:
+        """`data` was written at `offset` of the row's local file (in the order of the
+        writes: the file's digest is taken as it is written, see `StreamHasher`)."""
         row = df.row
         df.kind = Kind.BYTES
-        row.size = max(row.size, end)
+        if df.hasher is not None:
+            df.hasher.feed(offset, data)
+        row.size = max(row.size, offset + len(data))
         row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
         self._changed(df)
 
@@ -439,6 +460,8 @@ class Ledger:
             self._revert_unchanged(path, df)
         elif df.uploaded_generation == df.row.generation and df.uploaded is not None:
             self.settler.finish_clean(path, df, *df.uploaded)
+        elif streamed(df):
+            self.writeback.schedule(path, at_most=STREAMED_DELAY)
         else:
             self.writeback.schedule(path)
 
@@ -585,3 +608,10 @@ class Ledger:
     def below(self, path: str) -> Iterator[tuple[str, DirtyFile]]:
         """The pending rows at or below `path` (a snapshot)."""
         return iter([(p, df) for p, df in self.rows.items() if keys.is_within(p, path)])
+
+
+def streamed(df: DirtyFile) -> bool:
+    """Whether `df` is a large file written from its start to its end in one pass."""
+    h = df.hasher
+    return (h is not None and not h.broken and h.end == df.row.size
+            and df.row.size > STREAMED_OVER)

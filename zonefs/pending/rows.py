@@ -20,6 +20,7 @@ from zonefs.common.keys import parents
 if TYPE_CHECKING:
     from zonefs.cache.blobs import Digest
     from zonefs.cache.journal import DirtyRow
+    from zonefs.cache.streamhash import StreamHasher
     from zonefs.remote.base import ObjectInfo
 
 #: The base ETag of an edit that replaces whatever object its name holds: the name's delete
@@ -78,6 +79,9 @@ class DirtyFile:
     # The key of a pending delete this row took over (a file created where one was just
     # removed): its journal row leaves in the transaction that first journals this one.
     claimed: str | None = None
+    # The digest of its local file as written from its start (a new or truncated file), so
+    # that its upload need not hash the file again; None, or broken, when it was not.
+    hasher: StreamHasher | None = None
 
     def __post_init__(self) -> None:
         if self.kind is None:
