@@ -190,7 +190,7 @@ class Files:
                 raise NoSpace("the cache disk is full") from exc
             raise
         handle.wrote = True
-        self.ledger.wrote(df, offset, data if n == len(data) else data[:n])
+        self.ledger.wrote(df, offset, n)
         return n
 
     async def flush(self, handle: Handle) -> None:

@@ -351,7 +351,7 @@ class Ledger:
         df = self.rows[path] = DirtyFile(row, Kind.BYTES, writers=1,
                                          absent=not exists and not claimed,
                                          claimed=path if claimed else None,
-                                         hasher=StreamHasher())
+                                         hasher=StreamHasher(self.blobs.abspath(data)))
         if old is not None and old.persisted:
             self.persist(df)
         return df
@@ -378,7 +378,8 @@ class Ledger:
         if df.hasher is not None:
             df.hasher.abandon()
         # Emptied, it may be written again from its start (`cp` over a file, O_TRUNC).
-        df.hasher = StreamHasher() if size == 0 else None
+        df.hasher = (StreamHasher(self.blobs.abspath(df.row.data))
+                     if size == 0 and df.row.data is not None else None)
         self._changed(df)
 
     def took_local_copy(self, path: str, data: str, size: int, meta: PosixMeta,
@@ -389,7 +390,7 @@ class Ledger:
         (uploaded even if unwritten)."""
         df = self.rows.get(path)
         row = DirtyRow(path, data, size, meta, base_etag, (df.row.generation + 1) if df else 1)
-        hasher = StreamHasher() if truncated or size == 0 else None
+        hasher = StreamHasher(self.blobs.abspath(data)) if truncated or size == 0 else None
         if df is None:
             df = self.rows[path] = DirtyFile(row, Kind.BYTES if truncated else Kind.UNCHANGED,
                                              hasher=hasher)
@@ -405,14 +406,15 @@ class Ledger:
     def opened_for_write(self, df: DirtyFile) -> None:
         df.writers += 1
 
-    def wrote(self, df: DirtyFile, offset: int, data: bytes) -> None:
-        """`data` was written at `offset` of the row's local file (in the order of the
-        writes: the file's digest is taken as it is written, see `StreamHasher`)."""
+    def wrote(self, df: DirtyFile, offset: int, length: int) -> None:
+        """`length` bytes were written at `offset` of the row's local file (told in the
+        order of the writes: the file's digest is taken as it is written, see
+        `StreamHasher`)."""
         row = df.row
         df.kind = Kind.BYTES
         if df.hasher is not None:
-            df.hasher.feed(offset, data)
-        row.size = max(row.size, offset + len(data))
+            df.hasher.wrote(offset, length)
+        row.size = max(row.size, offset + length)
         row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
         self._changed(df)
 
