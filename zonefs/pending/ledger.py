@@ -20,8 +20,11 @@ Invariants (tests/t2_ledger.py, and t3's check after every test):
   the row has writers (the last close does, with what the upload parked on the row).
 - A key has at most one pending change: a row takes over a pending delete of its key
   (`DirtyFile.claimed`), and a removal turns a row into a delete in one transaction.
-- At start, rows whose data file is gone are dropped with an error, and staging files no row
-  names (never closed, so never acknowledged) are removed.
+- At start, a row whose bytes were journaled with it in an earlier boot gets its data file
+  written again from them; rows whose data file is gone are dropped with an error, and
+  staging files no row names (never closed, so never acknowledged) are removed.
+- A row's journaled bytes are those of its last close: replaced at the next close or by a
+  truncation by name (`truncated` with no writer), kept by every other persist.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from zonefs.cache.journal import DirtyRow
+from zonefs.cache.journal import KEEP, DirtyRow
 from zonefs.cache.streamhash import StreamHasher
 from zonefs.common import keys
 from zonefs.common.errors import Refused, RemoteError, StoreFailing, ZonefsError
@@ -45,6 +48,7 @@ from zonefs.pending.leftovers import abort_leftover_uploads
 from zonefs.pending.outcome import KeptAsConflict
 from zonefs.pending.rows import (
     ANY_OBJECT,
+    INLINE_MAX,
     DirtyFile,
     Kind,
     PendingRows,
@@ -98,7 +102,9 @@ class Ledger:
         self.deletes = PendingDeletes(remote, journal, cache, schedule=self.writeback.schedule,
                                       progress=self.note_progress,
                                       still_needed=self.rows.copies_from)
-        for row in journal.dirty_rows():
+        for row in list(journal.dirty_rows()):
+            if row.data is not None:
+                self._restore_inline(row, blobs.abspath(row.data))
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
                 journal.drop_dirty(row.path)
@@ -110,6 +116,21 @@ class Ledger:
             self.rows[row.path] = DirtyFile(row, persisted=True)
         self.settler = Settler(self, journal, blobs, cache, forget_opened)
         self._remove_orphans()
+
+    def _restore_inline(self, row: DirtyRow, data: str) -> None:
+        """After a reboot, a small file's data file (never fsync'ed) is written again from
+        the bytes its last close journaled."""
+        content = self.journal.inline_bytes(row.path)
+        if content is None:
+            return
+        fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # Durable now: the row need not be restored again after another reboot.
+        self.journal.put_dirty(row, inline=None)
 
     # -- queries (the core reads; it never changes what these return) ----------------------
 
@@ -372,9 +393,13 @@ class Ledger:
         return df
 
     def truncated(self, df: DirtyFile, size: int) -> None:
-        """The row's local file was cut (or grown) to `size` (truncate, O_TRUNC, ftruncate)."""
+        """The row's local file was cut (or grown) to `size` (truncate, O_TRUNC, ftruncate).
+        With no writer (a truncation by name) no close follows: the bytes journaled with the
+        row become the truncated file's (journaled within JOURNAL_SYNC_INTERVAL)."""
         df.row.size = size
         df.kind = Kind.BYTES
+        if df.writers == 0 and df.persisted and df.row.data is not None:
+            self.persist(df, durable=False, inline=self._bytes_now(df))
         if df.hasher is not None:
             df.hasher.abandon()
         # Emptied, it may be written again from its start (`cp` over a file, O_TRUNC).
@@ -442,13 +467,30 @@ class Ledger:
         if df.writers == 0 and self.rows.get(df.row.path) is df:
             self.schedule(df)
 
-    def closed(self, df: DirtyFile, *, wrote: bool) -> bool:
-        """close() of a writer (its bytes fsync'ed by the caller when it `wrote`): journal
-        the row (fsync'ed). False when there was nothing to journal."""
+    def closed(self, df: DirtyFile, *, wrote: bool, inline: bytes | None = None) -> bool:
+        """close() of a writer: journal the row (fsync'ed), with the file's bytes `inline`
+        (a file up to INLINE_MAX; else the caller fsync'ed the data file when it `wrote`).
+        False when there was nothing to journal."""
         if df.kind is not Kind.BYTES or not (wrote or not df.persisted):
             return False
-        self.persist(df)
+        self.persist(df, inline=inline)
         return True
+
+    def _bytes_now(self, df: DirtyFile) -> bytes | None:
+        """The bytes of a small row's data file, to journal with it; None for a larger one,
+        whose data file is fsync'ed instead (blocking: a truncation by name, rare)."""
+        assert df.row.data is not None
+        path = self.blobs.abspath(df.row.data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if df.row.size <= INLINE_MAX:
+                content = os.pread(fd, INLINE_MAX + 1, 0)
+                if len(content) <= INLINE_MAX:
+                    return content
+            os.fsync(fd)
+            return None
+        finally:
+            os.close(fd)
 
     def last_close(self, df: DirtyFile) -> None:
         """A writer let go of `df`; at the last one the row is settled: an unwritten copy
@@ -516,13 +558,15 @@ class Ledger:
             if self.blobs.relpath(entry.path) not in used:
                 os.unlink(entry.path)
 
-    def persist(self, df: DirtyFile, *, durable: bool = True) -> None:
+    def persist(self, df: DirtyFile, *, durable: bool = True, inline: bytes | None = KEEP) -> None:
         """Write the row to the journal if it is still the path's current one; a pending
         delete it took over leaves the journal in the same transaction. Fsync'ed, unless
         `durable` is False (attribute changes): then at the next `sync_journal`, within
-        JOURNAL_SYNC_INTERVAL."""
+        JOURNAL_SYNC_INTERVAL. `inline`: the file's bytes to journal with it (KEEP: those
+        its last close journaled)."""
         if self.rows.get(df.row.path) is df:
-            self.journal.put_dirty(df.row, replaces_delete=df.claimed, durable=durable)
+            self.journal.put_dirty(df.row, replaces_delete=df.claimed, durable=durable,
+                                   inline=inline)
             df.persisted = True
             df.claimed = None
 

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 #: was pending with the object's ETag unknown (an upload of ours may have landed there). Its
 #: upload is unconditional. Never a real ETag (those are hex digits).
 ANY_OBJECT = "*"
+#: A file up to this size has its bytes journaled with its row at close (one fsync for both;
+#: the data file is not fsync'ed: see cache/journal.py).
+INLINE_MAX = 64 << 10
 
 
 class Kind(enum.Enum):
