@@ -32,8 +32,8 @@ from zonefs.common import keys
 from zonefs.common.config import MountOptions, ZoneConfig
 from zonefs.common.keys import PosixMeta
 from zonefs.pending import upload
-from zonefs.pending.ledger import STREAMED_OVER, Ledger
-from zonefs.pending.rows import ANY_OBJECT, DirtyFile, Kind
+from zonefs.pending.ledger import Ledger
+from zonefs.pending.rows import ANY_OBJECT, STREAMED_OVER, DirtyFile, Kind
 from zonefs.remote import ObjectInfo, Remote, open_remote
 from zonefs.remote.probe import Capabilities
 

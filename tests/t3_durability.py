@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import random
 import stat as st
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 from vfs_harness import (
+    DRAIN_TIMEOUT,
     GID,
     HOLD,
     UID,
@@ -39,6 +42,9 @@ from zonefs.common.errors import (
 )
 from zonefs.pending.rows import INLINE_MAX
 from zonefs.remote import Remote, open_remote
+
+if TYPE_CHECKING:
+    from zonefs.core.values import Handle
 
 # -- durability: fsync, coalescing, in-flight rewrites --------------------------------------------
 
@@ -398,4 +404,45 @@ async def test_a_truncation_by_name_survives_a_power_loss(
     async with env.vfs(writeback_delay=HOLD) as vfs:
         await drain(vfs)
         assert await env.store.read("t") == b"0123"
+        await check_invariants(vfs)
+
+
+async def test_closes_at_once_share_one_journal_fsync_and_each_waits_for_it(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each close returns only once its row's commit is fsync'ed; closes that come while an
+    fsync runs share the next one (group commit), not one each."""
+    fsyncs: list[int] = []
+    gate = threading.Event()
+    real = Journal.fsync_wal
+
+    def held_fsync(self: Journal) -> None:
+        fsyncs.append(len(list(self.dirty_rows())))
+        gate.wait(DRAIN_TIMEOUT)
+        real(self)
+
+    monkeypatch.setattr(Journal, "fsync_wal", held_fsync)
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        handles = []
+        for i in range(5):
+            handle, _ = await vfs.create(f"f{i}", 0o644, UID, GID)
+            await vfs.write(handle, 0, b"bytes of %d" % i)
+            handles.append(handle)
+        closed: list[str] = []
+
+        async def flush(handle: Handle) -> None:
+            await vfs.flush(handle)
+            closed.append(handle.path)
+
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(flush, handle)
+            # Every close committed its row and waits: the first fsync is held.
+            await wait_until(lambda: len(list(vfs.journal.dirty_rows())) == 5 and bool(fsyncs))
+            await trio.sleep(0.05)
+            assert closed == [], "no close returns before its commit is fsync'ed"
+            gate.set()
+        assert sorted(closed) == [f"f{i}" for i in range(5)]
+        assert len(fsyncs) <= 2, fsyncs  # the first close's, then one for the four others
+        for handle in handles:
+            await vfs.release(handle)
         await check_invariants(vfs)

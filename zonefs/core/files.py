@@ -208,7 +208,9 @@ class Files:
                 inline = None
         if handle.wrote and inline is None:
             await trio.to_thread.run_sync(os.fsync, handle.fd)
-        self.ledger.closed(df, wrote=handle.wrote, inline=inline)
+        if self.ledger.closed(df, wrote=handle.wrote, inline=inline, durable=False):
+            # Acknowledged once the commit is fsync'ed (shared with the closes at the time).
+            await self.ledger.wait_durable()
         handle.wrote = False
 
     async def fsync(self, handle: Handle) -> None:

@@ -13,8 +13,10 @@ its outcome.
 
 Invariants (tests/t2_ledger.py, and t3's check after every test):
 - A row is in the journal (fsync'ed) before its path is handed to the write-back queue by
-  close, fsync or setattr; it leaves the journal only in the transaction that records the
-  uploaded object, before its data file moves into the blob cache.
+  close, fsync or setattr (a close's commit is fsync'ed by `wait_durable`, which the close
+  awaits; the last close, which queues the upload, comes after it); it leaves the journal
+  only in the transaction that records the uploaded object, before its data file moves into
+  the blob cache.
 - Every change of a row's bytes or attributes bumps its generation (`_changed`); an upload
   settles a row as clean only if its generation did not move while it ran, and never while
   the row has writers (the last close does, with what the upload parked on the row).
@@ -44,15 +46,17 @@ from zonefs.common.errors import Refused, RemoteError, StoreFailing, ZonefsError
 from zonefs.common.keys import PosixMeta
 from zonefs.pending.backpressure import Backpressure
 from zonefs.pending.deletes import PendingDeletes
+from zonefs.pending.durable import GroupCommit, bytes_to_journal, restore_journaled_bytes
 from zonefs.pending.leftovers import abort_leftover_uploads
 from zonefs.pending.outcome import KeptAsConflict
 from zonefs.pending.rows import (
     ANY_OBJECT,
-    INLINE_MAX,
+    STREAMED_DELAY,
     DirtyFile,
     Kind,
     PendingRows,
     may_exist,
+    streamed,
 )
 from zonefs.pending.settle import Settler
 from zonefs.pending.upload import Uploader, UploadJob
@@ -75,15 +79,6 @@ log = logging.getLogger(__name__)
 
 #: Longest time a lazy journal commit (an attribute change) waits for its fsync.
 JOURNAL_SYNC_INTERVAL = 1.0
-#: A file larger than this, written from its start to its end in one pass, is uploaded
-#: STREAMED_DELAY after its last close instead of `writeback_delay` (docs/semantics.md#close):
-#: it is finished output (a copy, a download, an archive member), and its upload takes longer
-#: than the delay would save.
-STREAMED_OVER = 16 << 20
-#: Seconds between the last close of such a file and its upload: long enough for what a
-#: program does right after closing it (`tar`'s and `cp -p`'s utime and chmod, the rename of
-#: a temporary name) to reach the row before the upload starts.
-STREAMED_DELAY = 0.1
 
 
 class Ledger:
@@ -104,7 +99,7 @@ class Ledger:
                                       still_needed=self.rows.copies_from)
         for row in list(journal.dirty_rows()):
             if row.data is not None:
-                self._restore_inline(row, blobs.abspath(row.data))
+                restore_journaled_bytes(journal, row, blobs.abspath(row.data))
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
                 journal.drop_dirty(row.path)
@@ -115,22 +110,8 @@ class Ledger:
                 row.size = os.stat(blobs.abspath(row.data)).st_size
             self.rows[row.path] = DirtyFile(row, persisted=True)
         self.settler = Settler(self, journal, blobs, cache, forget_opened)
+        self.group_commit = GroupCommit(journal)
         self._remove_orphans()
-
-    def _restore_inline(self, row: DirtyRow, data: str) -> None:
-        """After a reboot, a small file's data file (never fsync'ed) is written again from
-        the bytes its last close journaled."""
-        content = self.journal.inline_bytes(row.path)
-        if content is None:
-            return
-        fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # Durable now: the row need not be restored again after another reboot.
-        self.journal.put_dirty(row, inline=None)
 
     # -- queries (the core reads; it never changes what these return) ----------------------
 
@@ -225,6 +206,11 @@ class Ledger:
 
     def sync_journal(self) -> None:
         self.journal.sync()
+
+    async def wait_durable(self) -> None:
+        """Return once every journal commit made before this call is fsync'ed (group
+        commit: see `durable.GroupCommit`)."""
+        await self.group_commit.wait()
 
     async def abort_leftover_uploads(self) -> int:
         """Abort the multipart uploads a process that died left in the bucket (at mount,
@@ -399,7 +385,8 @@ class Ledger:
         df.row.size = size
         df.kind = Kind.BYTES
         if df.writers == 0 and df.persisted and df.row.data is not None:
-            self.persist(df, durable=False, inline=self._bytes_now(df))
+            self.persist(df, durable=False, inline=bytes_to_journal(
+                self.blobs.abspath(df.row.data), df.row.size))
         if df.hasher is not None:
             df.hasher.abandon()
         # Emptied, it may be written again from its start (`cp` over a file, O_TRUNC).
@@ -467,30 +454,17 @@ class Ledger:
         if df.writers == 0 and self.rows.get(df.row.path) is df:
             self.schedule(df)
 
-    def closed(self, df: DirtyFile, *, wrote: bool, inline: bytes | None = None) -> bool:
+    def closed(self, df: DirtyFile, *, wrote: bool, inline: bytes | None = None,
+               durable: bool = True) -> bool:
         """close() of a writer: journal the row (fsync'ed), with the file's bytes `inline`
         (a file up to INLINE_MAX; else the caller fsync'ed the data file when it `wrote`).
-        False when there was nothing to journal."""
+        With `durable` False the commit is not fsync'ed here: the caller awaits
+        `wait_durable` before it acknowledges the close. False when there was nothing to
+        journal."""
         if df.kind is not Kind.BYTES or not (wrote or not df.persisted):
             return False
-        self.persist(df, inline=inline)
+        self.persist(df, inline=inline, durable=durable)
         return True
-
-    def _bytes_now(self, df: DirtyFile) -> bytes | None:
-        """The bytes of a small row's data file, to journal with it; None for a larger one,
-        whose data file is fsync'ed instead (blocking: a truncation by name, rare)."""
-        assert df.row.data is not None
-        path = self.blobs.abspath(df.row.data)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if df.row.size <= INLINE_MAX:
-                content = os.pread(fd, INLINE_MAX + 1, 0)
-                if len(content) <= INLINE_MAX:
-                    return content
-            os.fsync(fd)
-            return None
-        finally:
-            os.close(fd)
 
     def last_close(self, df: DirtyFile) -> None:
         """A writer let go of `df`; at the last one the row is settled: an unwritten copy
@@ -655,9 +629,3 @@ class Ledger:
         """The pending rows at or below `path` (a snapshot)."""
         return iter([(p, df) for p, df in self.rows.items() if keys.is_within(p, path)])
 
-
-def streamed(df: DirtyFile) -> bool:
-    """Whether `df` is a large file written from its start to its end in one pass."""
-    h = df.hasher
-    return (h is not None and not h.broken and h.end == df.row.size
-            and df.row.size > STREAMED_OVER)
