@@ -545,7 +545,9 @@ class Ledger:
             df.claimed = None
 
     def discard_data(self, df: DirtyFile) -> None:
-        """Delete the row's local data file, if it has one."""
+        """Delete the row's local data file, if it has one (and stop hashing it)."""
+        if df.hasher is not None:
+            df.hasher.abandon()
         if df.row.data is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.blobs.abspath(df.row.data))
