@@ -11,6 +11,7 @@ orphan staging files removed at start, and writes waiting for uploads when the c
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat as st
 import time
@@ -20,17 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from vfs_harness import DRAIN_TIMEOUT, HOLD, DelegatingRemote, Store
 
-from zonefs.cache.blobs import BlobStore
+from zonefs.cache.blobs import BlobStore, Digest
 from zonefs.cache.dircache import DirCache
 from zonefs.cache.journal import DirtyRow, Journal
 from zonefs.common import keys
 from zonefs.common.config import MountOptions, ZoneConfig
 from zonefs.common.keys import PosixMeta
+from zonefs.pending import upload
 from zonefs.pending.ledger import Ledger
-from zonefs.pending.rows import ANY_OBJECT, DirtyFile, Kind
+from zonefs.pending.rows import ANY_OBJECT, STREAMED_OVER, DirtyFile, Kind
 from zonefs.remote import ObjectInfo, Remote, open_remote
 from zonefs.remote.probe import Capabilities
 
@@ -70,7 +73,7 @@ class Rig:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.ledger.wrote(df, offset + len(data))
+        self.ledger.wrote(df, offset, len(data))
 
     async def new_file(self, path: str, data: bytes = b"", *, exists: bool = False,
                        etag: str | None = None) -> DirtyFile:
@@ -531,3 +534,87 @@ async def test_open_files_alone_over_cache_size_do_not_block_a_write(
         await rig.write(second, b"abcdefgh")
         assert rig.ledger.dirty_bytes() == 16
         assert rig.ledger.row("first") is first and await rig.store.keys() == set()
+
+
+# -- a large file written in one pass -------------------------------------------------------------
+
+
+def big_data(size: int = STREAMED_OVER + (1 << 20)) -> bytes:
+    return hashlib.sha256(b"seed").digest() * (size // 32)
+
+
+async def write_in_pieces(rig: Rig, df: DirtyFile, data: bytes, piece: int = 1 << 20) -> None:
+    for start in range(0, len(data), piece):
+        await rig.write(df, data[start:start + piece], start)
+
+
+async def test_a_large_file_written_in_one_pass_uploads_soon_after_close_without_a_rehash(
+        local_zone: ZoneConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written from its start to its end, over STREAMED_OVER: uploaded STREAMED_DELAY after
+    its last close (the write-back delay is an hour here), with the content IDs taken as it
+    was written: the upload does not hash the file again."""
+    rehashed: list[str] = []
+    real_hash_file = upload.hash_file
+
+    def counting_hash_file(path: str) -> Digest:
+        rehashed.append(path)
+        return real_hash_file(path)
+
+    monkeypatch.setattr(upload, "hash_file", counting_hash_file)
+    data = big_data()
+    async with running(local_zone, tmp_path / "cache") as rig:
+        df = await rig.new_file("big")
+        await write_in_pieces(rig, df, data)
+        assert rig.ledger.closed(df, wrote=True)
+        rig.ledger.last_close(df)
+        with trio.fail_after(DRAIN_TIMEOUT):
+            while rig.ledger.row("big") is not None:
+                await trio.sleep(0.01)
+        info = await rig.store.head("big")
+        assert info is not None and info.metadata is not None
+        assert info.metadata[keys.SHA256_KEY] == hashlib.sha256(data).hexdigest()
+        assert info.metadata[keys.SHA1_KEY] == hashlib.sha1(data).hexdigest()
+        assert await rig.store.read("big") == data
+        assert rehashed == []
+
+
+async def test_a_large_file_written_out_of_its_order_waits_for_the_delay_and_is_hashed_whole(
+        local_zone: ZoneConfig, tmp_path: Path) -> None:
+    """A large file whose writes went back over written bytes is not "written in one pass":
+    it waits for the write-back delay like any other, and its content IDs are those of its
+    final bytes."""
+    data = bytearray(big_data())
+    async with running(local_zone, tmp_path / "cache") as rig:
+        df = await rig.new_file("big")
+        await write_in_pieces(rig, df, bytes(data))
+        data[5:10] = b"AGAIN"
+        await rig.write(df, b"AGAIN", 5)
+        assert rig.ledger.closed(df, wrote=True)
+        rig.ledger.last_close(df)
+        await trio.sleep(1.0)  # many times STREAMED_DELAY
+        assert await rig.store.head("big") is None and rig.ledger.is_queued("big")
+        await rig.ledger.flush(["big"])
+        info = await rig.store.head("big")
+        assert info is not None and info.metadata is not None
+        assert info.metadata[keys.SHA256_KEY] == hashlib.sha256(data).hexdigest()
+        assert await rig.store.read("big") == bytes(data)
+
+
+async def test_a_truncated_and_rewritten_file_gets_the_digest_of_its_new_bytes(
+        local_zone: ZoneConfig, tmp_path: Path) -> None:
+    """O_TRUNC of a file written in one pass starts its digest over: the new bytes' IDs."""
+    first, second = big_data(), big_data()[::-1]
+    async with running(local_zone, tmp_path / "cache") as rig:
+        df = await rig.new_file("big")
+        await write_in_pieces(rig, df, first)
+        assert df.row.data is not None
+        os.truncate(rig.blobs.abspath(df.row.data), 0)
+        rig.ledger.truncated(df, 0)
+        await write_in_pieces(rig, df, second)
+        assert rig.ledger.closed(df, wrote=True)
+        rig.ledger.last_close(df)
+        await rig.ledger.flush(["big"])
+        info = await rig.store.head("big")
+        assert info is not None and info.metadata is not None
+        assert info.metadata[keys.SHA256_KEY] == hashlib.sha256(second).hexdigest()
+        assert info.metadata[keys.SHA1_KEY] == hashlib.sha1(second).hexdigest()

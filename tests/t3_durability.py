@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import random
 import stat as st
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 from vfs_harness import (
+    DRAIN_TIMEOUT,
     GID,
     HOLD,
     UID,
@@ -32,11 +35,16 @@ from vfs_harness import (
     write_file,
 )
 
+from zonefs.cache import journal as journal_module
 from zonefs.cache.journal import Journal
 from zonefs.common.errors import (
     Refused,
 )
+from zonefs.pending.rows import INLINE_MAX
 from zonefs.remote import Remote, open_remote
+
+if TYPE_CHECKING:
+    from zonefs.core.values import Handle
 
 # -- durability: fsync, coalescing, in-flight rewrites --------------------------------------------
 
@@ -333,4 +341,108 @@ async def test_history_follows_this_mounts_changes_at_once(env: Env) -> None:
         await vfs.restore("doc", version_id=older.version_id)
         assert len(await vfs.listdir(".zonefs/versions/doc")) == 3
         assert await read_file(vfs, "doc") == b"one"
+        await check_invariants(vfs)
+
+
+async def test_a_small_file_closed_before_a_power_loss_comes_back_from_the_journal(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small file's close journals its bytes with its row (one fsync) and does not fsync its
+    staging file. After a reboot (another boot id) whatever the staging file became (emptied,
+    gone) is written again from the journal: the closed bytes are uploaded. A larger file's
+    staging file was fsync'ed at close and is used as it is."""
+    small, large = os.urandom(5000), os.urandom(INLINE_MAX + 1)
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await write_file(vfs, "small", small)
+        await write_file(vfs, "gone", b"gone from the disk")
+        await write_file(vfs, "large", large)
+        staged = {p: vfs.blobs.abspath(vfs.ledger.row(p).row.data)  # type: ignore[union-attr]
+                  for p in ("small", "gone", "large")}
+    # A power loss before the kernel wrote the staging files back.
+    os.truncate(staged["small"], 0)
+    os.unlink(staged["gone"])
+    monkeypatch.setattr(journal_module, "BOOT_ID", "another-boot")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        assert (await vfs.stat("small")).size == len(small)
+        assert await read_file(vfs, "gone") == b"gone from the disk"
+        await drain(vfs)
+        assert await env.store.read("small") == small
+        assert await env.store.read("gone") == b"gone from the disk"
+        assert await env.store.read("large") == large
+        await check_invariants(vfs)
+
+
+async def test_within_one_boot_the_staging_file_is_the_truth(env: Env) -> None:
+    """The process was killed, the machine did not reboot: the page cache kept every write,
+    so a small file's staging file is used as it is (its writes after the last close too),
+    not the bytes its close journaled; and a truncation by name is what is journaled."""
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await write_file(vfs, "f", b"first close")
+        handle = await vfs.open("f", os.O_WRONLY)
+        await vfs.flush(handle)
+        await vfs.write(handle, 0, b"FIRST")  # after the last close: allowed to be lost
+        os.close(handle.fd)  # killed: no flush, no release
+        await write_file(vfs, "t", b"0123456789")
+        await vfs.setattr("t", size=4)
+        vfs.journal.sync()
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await drain(vfs)
+        assert await env.store.read("f") == b"FIRST close"
+        assert await env.store.read("t") == b"0123"
+        await check_invariants(vfs)
+
+
+async def test_a_truncation_by_name_survives_a_power_loss(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No close follows a truncation by name: it replaces the bytes journaled with the row."""
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await write_file(vfs, "t", b"0123456789")
+        await vfs.setattr("t", size=4)
+        vfs.journal.sync()  # the attribute change's commit, fsync'ed within a second
+        staged = vfs.blobs.abspath(vfs.ledger.row("t").row.data)  # type: ignore[union-attr]
+    os.truncate(staged, 0)
+    monkeypatch.setattr(journal_module, "BOOT_ID", "another-boot")
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        await drain(vfs)
+        assert await env.store.read("t") == b"0123"
+        await check_invariants(vfs)
+
+
+async def test_closes_at_once_share_one_journal_fsync_and_each_waits_for_it(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each close returns only once its row's commit is fsync'ed; closes that come while an
+    fsync runs share the next one (group commit), not one each."""
+    fsyncs: list[int] = []
+    gate = threading.Event()
+    real = Journal.fsync_wal
+
+    def held_fsync(self: Journal) -> None:
+        fsyncs.append(len(list(self.dirty_rows())))
+        gate.wait(DRAIN_TIMEOUT)
+        real(self)
+
+    monkeypatch.setattr(Journal, "fsync_wal", held_fsync)
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        handles = []
+        for i in range(5):
+            handle, _ = await vfs.create(f"f{i}", 0o644, UID, GID)
+            await vfs.write(handle, 0, b"bytes of %d" % i)
+            handles.append(handle)
+        closed: list[str] = []
+
+        async def flush(handle: Handle) -> None:
+            await vfs.flush(handle)
+            closed.append(handle.path)
+
+        async with trio.open_nursery() as nursery:
+            for handle in handles:
+                nursery.start_soon(flush, handle)
+            # Every close committed its row and waits: the first fsync is held.
+            await wait_until(lambda: len(list(vfs.journal.dirty_rows())) == 5 and bool(fsyncs))
+            await trio.sleep(0.05)
+            assert closed == [], "no close returns before its commit is fsync'ed"
+            gate.set()
+        assert sorted(closed) == [f"f{i}" for i in range(5)]
+        assert len(fsyncs) <= 2, fsyncs  # the first close's, then one for the four others
+        for handle in handles:
+            await vfs.release(handle)
         await check_invariants(vfs)

@@ -27,6 +27,7 @@ from vfs_harness import (
     requests,
     sha1,
     sha256,
+    write_all,
     write_file,
 )
 
@@ -278,4 +279,36 @@ async def test_rename_directory_with_file_open_for_write_before_any_write(env: E
         assert await env.store.read("e/f") == b"content"
         assert not [k for k in await env.store.keys() if k.startswith("d/")]
         assert await read_file(vfs, "e/f") == b"content"
+        await check_invariants(vfs)
+
+
+async def test_an_uploaded_file_becomes_its_blob_without_a_copy(env: Env) -> None:
+    """After the upload, the staging file is the blob (the same inode, counted once in the
+    cache), its staging name goes once the journal is durable, a second file with the same
+    bytes shares that blob, and both read back from it."""
+    data = os.urandom(200_000)
+    async with env.vfs(writeback_delay=HOLD) as vfs:
+        handle, _ = await vfs.create("a", 0o644, UID, GID)
+        await write_all(vfs, handle, data)
+        await close(vfs, handle)
+        df = vfs.ledger.row("a")
+        assert df is not None and df.row.data is not None
+        staged = vfs.blobs.abspath(df.row.data)
+        inode = os.stat(staged).st_ino
+        await drain(vfs)
+        digest = sha256(data)
+        blob = vfs.blobs.blob_path(digest)
+        assert os.stat(blob).st_ino == inode, "the blob is the staging file, not a copy"
+        assert vfs.blobs.used == len(data)
+        vfs.journal.sync()  # what the journal timer does within a second
+        assert not os.path.exists(staged)
+        assert os.listdir(env.cache_dir / "staging") == []
+        await write_file(vfs, "b", data)
+        await drain(vfs)
+        vfs.journal.sync()
+        assert vfs.blobs.stats()["blobs"] == 1 and vfs.blobs.used == len(data)
+        assert os.stat(blob).st_ino == inode
+        assert os.listdir(env.cache_dir / "staging") == []
+        assert await read_file(vfs, "a") == data and await read_file(vfs, "b") == data
+        assert await env.store.read("b") == data
         await check_invariants(vfs)

@@ -8,6 +8,7 @@ deleted or renamed before the crash stay so.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 
@@ -162,3 +163,23 @@ def test_directory_rename_cut_by_kill_9_is_finished_at_next_mount(mount: Mount) 
     assert set(mount.store.keys()) - {"new/"} == set(expected)
     for key, body in expected.items():
         assert mount.store.must_get(key).body == body, key
+
+
+@pytest.mark.mount_options(writeback_delay="60")
+def test_a_large_file_killed_during_its_early_upload_is_uploaded_at_next_mount(
+        mount: Mount) -> None:
+    """A file over 16 MiB written in one pass starts its upload 0.1 s after close, hashed as
+    it was written: killed while that upload runs, the next mount uploads it whole, with the
+    content IDs of its bytes; a small file closed with it (its bytes journaled with its row)
+    comes back too."""
+    big = os.urandom(20 << 20)
+    (mount.path / "big.bin").write_bytes(big)
+    (mount.path / "small.txt").write_bytes(b"journaled with its row\n")
+    kill_and_detach(mount)
+    mount.start()
+    assert (mount.path / "small.txt").read_bytes() == b"journaled with its row\n"
+    mount.sync()
+    got = mount.store.must_get("big.bin")
+    assert got.body == big
+    assert got.metadata["zonefs-sha256"] == hashlib.sha256(big).hexdigest()
+    assert mount.store.must_get("small.txt").body == b"journaled with its row\n"

@@ -7,6 +7,13 @@ Tables:
   put (`mkdir`, `chmod` of a directory: a row with a directory mode and no data). A row is
   committed *before* the path is handed to the write-back queue, and deleted only in the same
   transaction that records the uploaded object.
+  A small file's row also holds its bytes as they were at its last close (`inline`, with the
+  boot id of that moment), committed with the row: one fsync makes both the row and the bytes
+  durable, and the data file is not fsync'ed. After a reboot (another boot id) the data file,
+  which was never fsync'ed, is written again from them (`inline_bytes`); within one boot (the
+  process was killed) the data file in the page cache is the truth, as for any other row. A
+  row's `inline` is replaced only by a new close or a truncation by name, and kept by every
+  other write of the row (`KEEP`).
 - `attempts`: the SHA-256 of the bytes each upload of a dirty file was started with, so that
   an upload that lands after it was cancelled, or after the process died, is told from another
   writer's object (it carries the same `zonefs-sha256`). Forgotten with the upload's end, and
@@ -85,6 +92,22 @@ from zonefs.cache.journal_schema import (
 )
 from zonefs.common.keys import PosixMeta
 
+#: `put_dirty(inline=KEEP)`: the row keeps the bytes a close journaled with it, if any.
+KEEP = b"\0keep"
+
+
+def boot_id() -> str:
+    """This boot of the machine (Linux's random boot id; "" where there is none): a data
+    file written but not fsync'ed is whole as long as this did not change."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+BOOT_ID = boot_id()
+
 #: The rows and constants of the tables, used by the callers of the journal with it.
 __all__ = [
     "MOVE_COPY", "MOVE_DELETE", "MOVE_DIRTY", "MOVE_DROP", "MOVE_KINDS", "MOVE_MARKER",
@@ -111,6 +134,9 @@ class Journal:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(dirty)")}
         if "source" not in columns:  # a journal from before renames by pending copies
             self._db.execute("ALTER TABLE dirty ADD COLUMN source TEXT")
+        if "inline" not in columns:  # a journal from before small files' bytes were kept
+            self._db.execute("ALTER TABLE dirty ADD COLUMN inline BLOB")
+            self._db.execute("ALTER TABLE dirty ADD COLUMN inline_boot TEXT")
         self._wal = path + "-wal"
         self._durable = False
         self._lazy = False  # a commit since the last `sync` was not fsync'ed
@@ -158,6 +184,26 @@ class Journal:
         for fn in callbacks:
             fn()
 
+    def start_sync(self) -> list[Callable[[], None]]:
+        """For a `fsync_wal` about to run in a worker thread: every commit so far is counted
+        as synced (a later lazy commit marks the journal unsynced again), and the callbacks
+        waiting for it are handed over, to run once that fsync returned."""
+        self._lazy = False
+        callbacks, self._after_sync = self._after_sync, []
+        return callbacks
+
+    def fsync_wal(self) -> None:
+        """Fsync the WAL file, where every commit so far was written (blocking, and the one
+        call safe in a worker thread while the trio thread commits: it touches no state)."""
+        try:
+            fd = os.open(self._wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # checkpointed and removed: the database file holds (and synced) it all
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def after_sync(self, fn: Callable[[], None]) -> None:
         """Call `fn` once every commit so far is durable (at the next `sync`): what must not
         happen before a lazy commit can no longer be undone."""
@@ -170,25 +216,44 @@ class Journal:
     # -- dirty files ---------------------------------------------------------------------------
 
     def put_dirty(self, row: DirtyRow, *, replaces_delete: str | None = None,
-                  durable: bool = True) -> None:
+                  durable: bool = True, inline: bytes | None = KEEP) -> None:
         """Write a dirty row (fsync'ed unless `durable` is False: an attribute change of a row
         whose bytes are journaled, made durable by the next `sync`). `replaces_delete`: a
         pending delete of that key is forgotten in the same transaction (the row writes the
-        key again)."""
+        key again). `inline`: the file's bytes as of now, kept with the row (None: none; KEEP:
+        what the row held)."""
         self._set_durable(durable)
         with self._tx():
-            self._put_dirty(row)
+            self._put_dirty(row, inline)
             if replaces_delete is not None:
                 self._db.execute("DELETE FROM deletes WHERE key = ?", (replaces_delete,))
 
-    def _put_dirty(self, row: DirtyRow) -> None:
+    def _put_dirty(self, row: DirtyRow, inline: bytes | None = KEEP) -> None:
         m = row.meta
-        self._db.execute(
-            "INSERT OR REPLACE INTO dirty (path, data, size, mode, uid, gid, mtime_ns, "
-            "base_etag, generation, source) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (row.path, row.data, row.size, m.mode, m.uid, m.gid, m.mtime_ns, row.base_etag,
-             row.generation, row.source),
-        )
+        values = (row.path, row.data, row.size, m.mode, m.uid, m.gid, m.mtime_ns, row.base_etag,
+                  row.generation, row.source)
+        columns = ("INSERT OR REPLACE INTO dirty (path, data, size, mode, uid, gid, mtime_ns, "
+                   "base_etag, generation, source, inline, inline_boot) ")
+        if inline is KEEP:
+            # Read before the row is replaced: what the last close journaled stays.
+            self._db.execute(
+                columns + "VALUES (?,?,?,?,?,?,?,?,?,?,"
+                "(SELECT inline FROM dirty WHERE path = ?), "
+                "(SELECT inline_boot FROM dirty WHERE path = ?))",
+                (*values, row.path, row.path))
+        else:
+            self._db.execute(columns + "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                             (*values, inline, None if inline is None else BOOT_ID))
+
+    def inline_bytes(self, path: str) -> bytes | None:
+        """The bytes journaled with the row of `path` at its last close, when they were
+        journaled in an earlier boot of the machine (its data file was not fsync'ed since:
+        they are the truth); None otherwise."""
+        row = self._db.execute("SELECT inline, inline_boot FROM dirty WHERE path = ?",
+                               (path,)).fetchone()
+        if row is None or row[0] is None or row[1] == BOOT_ID:
+            return None
+        return bytes(row[0])
 
     def move_by_copy(self, row: DirtyRow, old: str, *, delete_etag: str | None,
                      replaces_delete: str | None) -> None:
@@ -198,7 +263,7 @@ class Journal:
         self._set_durable(True)
         with self._tx():
             self._db.execute("DELETE FROM dirty WHERE path = ?", (old,))
-            self._put_dirty(row)
+            self._put_dirty(row, None)
             self._db.execute("INSERT OR REPLACE INTO deletes VALUES (?, ?)", (old, delete_etag))
             if replaces_delete is not None:
                 self._db.execute("DELETE FROM deletes WHERE key = ?", (replaces_delete,))

@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS dirty (
     mtime_ns   INTEGER NOT NULL,
     base_etag  TEXT,              -- ETag of the remote object this edit started from; NULL: new
     generation INTEGER NOT NULL,
-    source     TEXT               -- zone key to copy the object from (a renamed clean file)
+    source     TEXT,              -- zone key to copy the object from (a renamed clean file)
+    inline     BLOB,              -- a small file's bytes at its last close (see journal.py)
+    inline_boot TEXT              -- the boot id of the machine when `inline` was written
 );
 CREATE TABLE IF NOT EXISTS attempts (
     path   TEXT NOT NULL,        -- a dirty file's path

@@ -7,8 +7,10 @@ from the blob cache or downloaded, unless truncated), serves reads from a local 
 to a file's pending row: it changes none itself.
 
 Invariants:
-- close() returns once the bytes are fsync'ed in their staging file and the row is in the
-  journal (fsync'ed); the upload is scheduled at the last writer's close (or by fsync).
+- close() returns once the row is in the journal (fsync'ed) and the bytes are durable: for a
+  file up to `INLINE_MAX`, journaled with the row in the same commit; for a larger one,
+  fsync'ed in their staging file first. The upload is scheduled at the last writer's close
+  (or by fsync).
 - While a file has writers, no upload of it is in flight: opening for write cancels one.
 - A file unlinked or renamed over while open lives on in its handles only: reads, writes,
   `stat_open` and `setattr_open` work on its local file, and nothing of it reaches the journal
@@ -38,7 +40,7 @@ from zonefs.common.errors import (
 )
 from zonefs.common.keys import RESERVED, PosixMeta
 from zonefs.core.values import Handle, Stat
-from zonefs.pending.rows import Kind
+from zonefs.pending.rows import INLINE_MAX, Kind
 
 if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore
@@ -190,7 +192,7 @@ class Files:
                 raise NoSpace("the cache disk is full") from exc
             raise
         handle.wrote = True
-        self.ledger.wrote(df, offset + n)
+        self.ledger.wrote(df, offset, n)
         return n
 
     async def flush(self, handle: Handle) -> None:
@@ -198,9 +200,17 @@ class Files:
         df = handle.dirty
         if df is None or df.kind is not Kind.BYTES or not (handle.wrote or not df.persisted):
             return
-        if handle.wrote:
+        inline = None
+        if df.row.size <= INLINE_MAX:
+            # Journaled with the row: one fsync for both (a small read from the page cache).
+            inline = os.pread(handle.fd, INLINE_MAX + 1, 0)
+            if len(inline) > INLINE_MAX:
+                inline = None
+        if handle.wrote and inline is None:
             await trio.to_thread.run_sync(os.fsync, handle.fd)
-        self.ledger.closed(df, wrote=handle.wrote)
+        if self.ledger.closed(df, wrote=handle.wrote, inline=inline, durable=False):
+            # Acknowledged once the commit is fsync'ed (shared with the closes at the time).
+            await self.ledger.wait_durable()
         handle.wrote = False
 
     async def fsync(self, handle: Handle) -> None:

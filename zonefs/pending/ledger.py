@@ -13,15 +13,20 @@ its outcome.
 
 Invariants (tests/t2_ledger.py, and t3's check after every test):
 - A row is in the journal (fsync'ed) before its path is handed to the write-back queue by
-  close, fsync or setattr; it leaves the journal only in the transaction that records the
-  uploaded object, before its data file moves into the blob cache.
+  close, fsync or setattr (a close's commit is fsync'ed by `wait_durable`, which the close
+  awaits; the last close, which queues the upload, comes after it); it leaves the journal
+  only in the transaction that records the uploaded object, before its data file moves into
+  the blob cache.
 - Every change of a row's bytes or attributes bumps its generation (`_changed`); an upload
   settles a row as clean only if its generation did not move while it ran, and never while
   the row has writers (the last close does, with what the upload parked on the row).
 - A key has at most one pending change: a row takes over a pending delete of its key
   (`DirtyFile.claimed`), and a removal turns a row into a delete in one transaction.
-- At start, rows whose data file is gone are dropped with an error, and staging files no row
-  names (never closed, so never acknowledged) are removed.
+- At start, a row whose bytes were journaled with it in an earlier boot gets its data file
+  written again from them; rows whose data file is gone are dropped with an error, and
+  staging files no row names (never closed, so never acknowledged) are removed.
+- A row's journaled bytes are those of its last close: replaced at the next close or by a
+  truncation by name (`truncated` with no writer), kept by every other persist.
 """
 
 from __future__ import annotations
@@ -34,20 +39,24 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from zonefs.cache.journal import DirtyRow
+from zonefs.cache.journal import KEEP, DirtyRow
+from zonefs.cache.streamhash import StreamHasher
 from zonefs.common import keys
 from zonefs.common.errors import Refused, RemoteError, StoreFailing, ZonefsError
 from zonefs.common.keys import PosixMeta
 from zonefs.pending.backpressure import Backpressure
 from zonefs.pending.deletes import PendingDeletes
+from zonefs.pending.durable import GroupCommit, bytes_to_journal, restore_journaled_bytes
 from zonefs.pending.leftovers import abort_leftover_uploads
 from zonefs.pending.outcome import KeptAsConflict
 from zonefs.pending.rows import (
     ANY_OBJECT,
+    STREAMED_DELAY,
     DirtyFile,
     Kind,
     PendingRows,
     may_exist,
+    streamed,
 )
 from zonefs.pending.settle import Settler
 from zonefs.pending.upload import Uploader, UploadJob
@@ -88,7 +97,9 @@ class Ledger:
         self.deletes = PendingDeletes(remote, journal, cache, schedule=self.writeback.schedule,
                                       progress=self.note_progress,
                                       still_needed=self.rows.copies_from)
-        for row in journal.dirty_rows():
+        for row in list(journal.dirty_rows()):
+            if row.data is not None:
+                restore_journaled_bytes(journal, row, blobs.abspath(row.data))
             if row.data is not None and not os.path.exists(blobs.abspath(row.data)):
                 log.error("%r: its pending bytes are gone from the cache dir; dropped", row.path)
                 journal.drop_dirty(row.path)
@@ -99,6 +110,7 @@ class Ledger:
                 row.size = os.stat(blobs.abspath(row.data)).st_size
             self.rows[row.path] = DirtyFile(row, persisted=True)
         self.settler = Settler(self, journal, blobs, cache, forget_opened)
+        self.group_commit = GroupCommit(journal)
         self._remove_orphans()
 
     # -- queries (the core reads; it never changes what these return) ----------------------
@@ -194,6 +206,11 @@ class Ledger:
 
     def sync_journal(self) -> None:
         self.journal.sync()
+
+    async def wait_durable(self) -> None:
+        """Return once every journal commit made before this call is fsync'ed (group
+        commit: see `durable.GroupCommit`)."""
+        await self.group_commit.wait()
 
     async def abort_leftover_uploads(self) -> int:
         """Abort the multipart uploads a process that died left in the bucket (at mount,
@@ -340,7 +357,8 @@ class Ledger:
         row = DirtyRow(path, data, 0, meta, base, 1)
         df = self.rows[path] = DirtyFile(row, Kind.BYTES, writers=1,
                                          absent=not exists and not claimed,
-                                         claimed=path if claimed else None)
+                                         claimed=path if claimed else None,
+                                         hasher=StreamHasher(self.blobs.abspath(data)))
         if old is not None and old.persisted:
             self.persist(df)
         return df
@@ -361,9 +379,19 @@ class Ledger:
         return df
 
     def truncated(self, df: DirtyFile, size: int) -> None:
-        """The row's local file was cut (or grown) to `size` (truncate, O_TRUNC, ftruncate)."""
+        """The row's local file was cut (or grown) to `size` (truncate, O_TRUNC, ftruncate).
+        With no writer (a truncation by name) no close follows: the bytes journaled with the
+        row become the truncated file's (journaled within JOURNAL_SYNC_INTERVAL)."""
         df.row.size = size
         df.kind = Kind.BYTES
+        if df.writers == 0 and df.persisted and df.row.data is not None:
+            self.persist(df, durable=False, inline=bytes_to_journal(
+                self.blobs.abspath(df.row.data), df.row.size))
+        if df.hasher is not None:
+            df.hasher.abandon()
+        # Emptied, it may be written again from its start (`cp` over a file, O_TRUNC).
+        df.hasher = (StreamHasher(self.blobs.abspath(df.row.data))
+                     if size == 0 and df.row.data is not None else None)
         self._changed(df)
 
     def took_local_copy(self, path: str, data: str, size: int, meta: PosixMeta,
@@ -374,11 +402,14 @@ class Ledger:
         (uploaded even if unwritten)."""
         df = self.rows.get(path)
         row = DirtyRow(path, data, size, meta, base_etag, (df.row.generation + 1) if df else 1)
+        hasher = StreamHasher(self.blobs.abspath(data)) if truncated or size == 0 else None
         if df is None:
-            df = self.rows[path] = DirtyFile(row, Kind.BYTES if truncated else Kind.UNCHANGED)
+            df = self.rows[path] = DirtyFile(row, Kind.BYTES if truncated else Kind.UNCHANGED,
+                                             hasher=hasher)
             return df
         source = df.row.source if df.is_copy else None
         df.row = row  # was a metadata-only change, or a copy still to be made
+        df.hasher = hasher
         df.kind = Kind.BYTES if truncated or source is not None else Kind.METADATA
         if source is not None:
             self.source_released(df, source)
@@ -387,11 +418,15 @@ class Ledger:
     def opened_for_write(self, df: DirtyFile) -> None:
         df.writers += 1
 
-    def wrote(self, df: DirtyFile, end: int) -> None:
-        """Bytes were written up to offset `end` of the row's local file."""
+    def wrote(self, df: DirtyFile, offset: int, length: int) -> None:
+        """`length` bytes were written at `offset` of the row's local file (told in the
+        order of the writes: the file's digest is taken as it is written, see
+        `StreamHasher`)."""
         row = df.row
         df.kind = Kind.BYTES
-        row.size = max(row.size, end)
+        if df.hasher is not None:
+            df.hasher.wrote(offset, length)
+        row.size = max(row.size, offset + length)
         row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
         self._changed(df)
 
@@ -419,12 +454,16 @@ class Ledger:
         if df.writers == 0 and self.rows.get(df.row.path) is df:
             self.schedule(df)
 
-    def closed(self, df: DirtyFile, *, wrote: bool) -> bool:
-        """close() of a writer (its bytes fsync'ed by the caller when it `wrote`): journal
-        the row (fsync'ed). False when there was nothing to journal."""
+    def closed(self, df: DirtyFile, *, wrote: bool, inline: bytes | None = None,
+               durable: bool = True) -> bool:
+        """close() of a writer: journal the row (fsync'ed), with the file's bytes `inline`
+        (a file up to INLINE_MAX; else the caller fsync'ed the data file when it `wrote`).
+        With `durable` False the commit is not fsync'ed here: the caller awaits
+        `wait_durable` before it acknowledges the close. False when there was nothing to
+        journal."""
         if df.kind is not Kind.BYTES or not (wrote or not df.persisted):
             return False
-        self.persist(df)
+        self.persist(df, inline=inline, durable=durable)
         return True
 
     def last_close(self, df: DirtyFile) -> None:
@@ -439,6 +478,8 @@ class Ledger:
             self._revert_unchanged(path, df)
         elif df.uploaded_generation == df.row.generation and df.uploaded is not None:
             self.settler.finish_clean(path, df, *df.uploaded)
+        elif streamed(df):
+            self.writeback.schedule(path, at_most=STREAMED_DELAY)
         else:
             self.writeback.schedule(path)
 
@@ -491,18 +532,22 @@ class Ledger:
             if self.blobs.relpath(entry.path) not in used:
                 os.unlink(entry.path)
 
-    def persist(self, df: DirtyFile, *, durable: bool = True) -> None:
+    def persist(self, df: DirtyFile, *, durable: bool = True, inline: bytes | None = KEEP) -> None:
         """Write the row to the journal if it is still the path's current one; a pending
         delete it took over leaves the journal in the same transaction. Fsync'ed, unless
         `durable` is False (attribute changes): then at the next `sync_journal`, within
-        JOURNAL_SYNC_INTERVAL."""
+        JOURNAL_SYNC_INTERVAL. `inline`: the file's bytes to journal with it (KEEP: those
+        its last close journaled)."""
         if self.rows.get(df.row.path) is df:
-            self.journal.put_dirty(df.row, replaces_delete=df.claimed, durable=durable)
+            self.journal.put_dirty(df.row, replaces_delete=df.claimed, durable=durable,
+                                   inline=inline)
             df.persisted = True
             df.claimed = None
 
     def discard_data(self, df: DirtyFile) -> None:
-        """Delete the row's local data file, if it has one."""
+        """Delete the row's local data file, if it has one (and stop hashing it)."""
+        if df.hasher is not None:
+            df.hasher.abandon()
         if df.row.data is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.blobs.abspath(df.row.data))
@@ -585,3 +630,4 @@ class Ledger:
     def below(self, path: str) -> Iterator[tuple[str, DirtyFile]]:
         """The pending rows at or below `path` (a snapshot)."""
         return iter([(p, df) for p, df in self.rows.items() if keys.is_within(p, path)])
+

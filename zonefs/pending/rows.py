@@ -20,12 +20,25 @@ from zonefs.common.keys import parents
 if TYPE_CHECKING:
     from zonefs.cache.blobs import Digest
     from zonefs.cache.journal import DirtyRow
+    from zonefs.cache.streamhash import StreamHasher
     from zonefs.remote.base import ObjectInfo
 
 #: The base ETag of an edit that replaces whatever object its name holds: the name's delete
 #: was pending with the object's ETag unknown (an upload of ours may have landed there). Its
 #: upload is unconditional. Never a real ETag (those are hex digits).
 ANY_OBJECT = "*"
+#: A file up to this size has its bytes journaled with its row at close (one fsync for both;
+#: the data file is not fsync'ed: see cache/journal.py).
+INLINE_MAX = 64 << 10
+#: A file larger than this, written from its start to its end in one pass, is uploaded
+#: STREAMED_DELAY after its last close instead of `writeback_delay` (docs/semantics.md#close):
+#: it is finished output (a copy, a download, an archive member), and its upload takes longer
+#: than the delay would save.
+STREAMED_OVER = 16 << 20
+#: Seconds between the last close of such a file and its upload: long enough for what a
+#: program does right after closing it (`tar`'s and `cp -p`'s utime and chmod, the rename of
+#: a temporary name) to reach the row before the upload starts.
+STREAMED_DELAY = 0.1
 
 
 class Kind(enum.Enum):
@@ -78,6 +91,9 @@ class DirtyFile:
     # The key of a pending delete this row took over (a file created where one was just
     # removed): its journal row leaves in the transaction that first journals this one.
     claimed: str | None = None
+    # The digest of its local file as written from its start (a new or truncated file), so
+    # that its upload need not hash the file again; None, or broken, when it was not.
+    hasher: StreamHasher | None = None
 
     def __post_init__(self) -> None:
         if self.kind is None:
@@ -187,3 +203,10 @@ def may_exist(df: DirtyFile | None, etag: str | None) -> tuple[bool, str | None]
     if df.absent and df.claimed is None and df.row.base_etag is None:
         return False, None
     return True, df.row.base_etag
+
+
+def streamed(df: DirtyFile) -> bool:
+    """Whether `df` is a large file written from its start to its end in one pass."""
+    h = df.hasher
+    return (h is not None and not h.broken and h.end == df.row.size
+            and df.row.size > STREAMED_OVER)

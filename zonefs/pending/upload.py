@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
     from zonefs.cache.blobs import BlobStore
     from zonefs.cache.journal import Journal
+    from zonefs.cache.streamhash import StreamHasher
     from zonefs.pending.outcome import Outcome
     from zonefs.pending.rows import DirtyFile
     from zonefs.remote.base import ObjectInfo, Remote
@@ -62,12 +64,23 @@ class UploadJob:
     meta: PosixMeta
     base_etag: str | None
     generation: int
+    hasher: StreamHasher | None = None  # the digest of `data` as it was written, if taken
 
     @classmethod
     def of(cls, df: DirtyFile, abspath: Callable[[str], str]) -> UploadJob:
         row = df.row
         return cls(row.path, df.kind, abspath(row.data) if row.data is not None else None,
-                   row.source, row.meta, row.base_etag, row.generation)
+                   row.source, row.meta, row.base_etag, row.generation, df.hasher)
+
+
+def digest_of(src: str, hasher: StreamHasher | None) -> Digest:
+    """The digest of the file `src`: the one taken as it was written when that covers the
+    whole file, else hashed now (blocking: run it in a thread)."""
+    if hasher is not None:
+        digest = hasher.result(os.stat(src).st_size)
+        if digest is not None:
+            return digest
+    return hash_file(src)
 
 
 class _Conflict(Exception):
@@ -125,7 +138,7 @@ class Uploader:
     async def _send_bytes(self, job: UploadJob, cancel: threading.Event) -> Outcome:
         assert job.data is not None
         path, src = job.path, job.data
-        digest = await trio.to_thread.run_sync(hash_file, src)
+        digest = await trio.to_thread.run_sync(digest_of, src, job.hasher)
         md = keys.encode_meta(job.meta, **{SHA256_KEY: digest.sha256, SHA1_KEY: digest.sha1})
         # Where the probe saw the store verify checksums, it checks the bytes it receives
         # against the hash taken here (single-part PUTs; zone-buckets.md §6.3).

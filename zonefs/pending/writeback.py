@@ -212,14 +212,18 @@ class WriteBack:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def schedule(self, path: str, *, delay: float | None = None) -> None:
-        """Queue `path` to upload after `delay` (default `self.delay`; 0 while draining).
+    def schedule(self, path: str, *, delay: float | None = None,
+                 at_most: float | None = None) -> None:
+        """Queue `path` to upload after `delay` (default `self.delay`; 0 while draining), or
+        after `at_most` when that is sooner.
 
         Rescheduling moves the due time to the new value, so rapid rewrites coalesce into one
         upload; an upload of `path` in flight is cancelled, as its bytes are out of date.
         """
         if delay is None:
             delay = 0.0 if self._draining else self.delay
+        if at_most is not None:
+            delay = min(delay, at_most)
         entry = self._entries.get(path)
         if entry is None:
             entry = self._entries[path] = _Entry(path)
