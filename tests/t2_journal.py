@@ -27,6 +27,7 @@ from zonefs.cache.journal import (
     MultipartIntent,
     ObjectRow,
 )
+from zonefs.common.errors import NoSpace
 from zonefs.common.keys import PosixMeta
 
 META = PosixMeta(0o100644, 1000, 1000, 1_700_000_000_123_456_789)
@@ -156,6 +157,23 @@ def test_finish_upload_is_atomic(journal: Journal) -> None:
     assert journal.get_object("a") is None
     journal.put_dirty(row("b"))  # the connection is usable after the rollback
     assert [r.path for r in journal.dirty_rows()] == ["a", "b"]
+
+
+def test_a_journal_that_cannot_grow_fails_with_enospc_and_commits_nothing(
+    journal: Journal, db_path: str,
+) -> None:
+    # A full cache disk: the close that cannot journal its row gets ENOSPC (not EIO and a
+    # traceback), nothing is half-written, and the journal works again once there is room.
+    journal.put_dirty(row("a"))
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]  # noqa: SLF001
+    journal._db.execute(f"PRAGMA max_page_count = {pages}")  # noqa: SLF001 - a full disk
+    with pytest.raises(NoSpace):
+        for n in range(2000):
+            journal.put_dirty(row(f"big/{n:04d}/" + "x" * 200))
+    assert "a" in [r.path for r in rows_of(db_path)]
+    journal._db.execute("PRAGMA max_page_count = 1073741823")  # noqa: SLF001 - room again
+    journal.put_dirty(row("b"))
+    assert "b" in [r.path for r in rows_of(db_path)]
 
 
 def test_get_object_filters_by_etag(journal: Journal) -> None:

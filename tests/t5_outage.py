@@ -416,7 +416,15 @@ def test_full_cache_disk_gives_enospc_and_harms_nothing_else(
         mount.umount()
     finally:
         mount.cleanup()
-        subprocess.run(["umount", str(cache)], check=False, capture_output=True, timeout=30)
+        # The daemon may still be letting go of its log file: wait for it, then detach.
+        for _ in range(50):
+            if subprocess.run(["umount", str(cache)], check=False, capture_output=True,
+                              timeout=30).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            subprocess.run(["umount", "-l", str(cache)], check=False, capture_output=True,
+                           timeout=30)
 
 
 def test_new_files_in_known_directories_during_an_outage(own_store: Any, tmp_path: Path) -> None:

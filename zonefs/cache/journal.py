@@ -90,6 +90,7 @@ from zonefs.cache.journal_schema import (
     ObjectRow,
     RenameRow,
 )
+from zonefs.common.errors import NoSpace
 from zonefs.common.keys import PosixMeta
 
 #: `put_dirty(inline=KEEP)`: the row keeps the bytes a close journaled with it, if any.
@@ -603,11 +604,26 @@ class Journal:
 
 
 class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on an error. A cache disk too full for the
+    journal to grow fails it with NoSpace (ENOSPC to the caller), nothing committed."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
     def __enter__(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as err:
+                exc = err
+        if self._db.in_transaction:  # a failed COMMIT may have rolled back already
+            self._db.execute("ROLLBACK")
+        if (isinstance(exc, sqlite3.OperationalError)
+                and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL):
+            raise NoSpace("the cache disk is full: the journal cannot grow") from exc
+        if exc_type is None and exc is not None:
+            raise exc
