@@ -13,6 +13,7 @@ import stat as st
 from collections.abc import Mapping
 
 import pytest
+import trio
 from vfs_harness import (
     GID,
     HOLD,
@@ -66,6 +67,28 @@ async def test_rename_clean_file(env: Env) -> None:
         assert (await vfs.stat("b")).size == len(data)
         assert names(await vfs.listdir("")) == ["b"]
         assert await read_file(vfs, "b") == data
+        await check_invariants(vfs)
+
+
+async def test_a_renamed_clean_file_reaches_the_store_without_the_writeback_delay(
+    env: Env,
+) -> None:
+    # There are no bytes to coalesce: the copy and the delete follow the rename at once, as
+    # `mv` with any S3 tool would, even with a long writeback_delay.
+    data = os.urandom(5_000)
+    async with env.vfs(writeback_delay=60.0) as vfs:
+        await write_file(vfs, "a", data)
+        await drain(vfs)
+        await vfs.rename("a", "b")
+
+        async def moved() -> bool:
+            return await env.store.keys() == {"b"}
+
+        with trio.move_on_after(5):  # far below the 60 s delay
+            while not await moved():
+                await trio.sleep(0.05)
+        assert await env.store.keys() == {"b"}
+        assert await env.store.read("b") == data
         await check_invariants(vfs)
 
 

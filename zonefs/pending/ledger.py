@@ -51,6 +51,7 @@ from zonefs.pending.leftovers import abort_leftover_uploads
 from zonefs.pending.outcome import KeptAsConflict
 from zonefs.pending.rows import (
     ANY_OBJECT,
+    MOVED_DELAY,
     STREAMED_DELAY,
     DirtyFile,
     Kind,
@@ -570,7 +571,9 @@ class Ledger:
         written to): what waited for that copy there (a delete, an upload) may go."""
         source = source if source is not None else df.row.source
         if source is not None and self._has_change(source):
-            self.writeback.schedule(source)
+            # The delete a rename left there follows its copy at once (see MOVED_DELAY).
+            self.writeback.schedule(source,
+                                    at_most=MOVED_DELAY if source in self.deletes else None)
 
     # -- the write-back queue's callable, and settling what an upload did ---------------------
 

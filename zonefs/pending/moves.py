@@ -18,7 +18,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from zonefs.cache.journal import MOVE_DIRTY, MOVE_DROP, DirtyRow
-from zonefs.pending.rows import ANY_OBJECT, DirtyFile, Kind, may_exist, moves_as_row
+from zonefs.pending.rows import (
+    ANY_OBJECT,
+    MOVED_DELAY,
+    DirtyFile,
+    Kind,
+    may_exist,
+    moves_as_row,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -131,7 +138,7 @@ class LocalMoves:
         moved = DirtyFile(row, Kind.COPY, persisted=True, absent=base is None)
         self.rows[new] = moved
         ledger.deletes.remember(old, etag)  # applied once the copy is made
-        ledger.schedule(moved)
+        ledger.schedule(moved, delay=MOVED_DELAY)
         return True
 
     def _replaced_base(self, new: str, dst_etag: str | None, dst_exists: bool,

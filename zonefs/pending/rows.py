@@ -39,6 +39,11 @@ STREAMED_OVER = 16 << 20
 #: program does right after closing it (`tar`'s and `cp -p`'s utime and chmod, the rename of
 #: a temporary name) to reach the row before the upload starts.
 STREAMED_DELAY = 0.1
+#: Seconds between the rename of a clean file (a pending copy in the store) and that copy:
+#: a `mv` in the mount shows in the bucket about as soon as it does with any S3 tool, since
+#: there are no bytes to coalesce; a rename that follows within it still moves the pending
+#: copy locally (one copy for the chain).
+MOVED_DELAY = 0.1
 
 
 class Kind(enum.Enum):
