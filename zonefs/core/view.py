@@ -515,11 +515,11 @@ class View:
     async def _prefetch_all(self, todo: list[tuple[str, Entry]]) -> None:
         # In batches of PREFETCH_BATCH, so that listing a directory of 100,000 keys does not
         # hold 100,000 waits at once; half the request slots, so that reads still get theirs.
-        workers = max(1, self.remote.limiter.total_tokens // 2)
+        workers = max(1, self.opts.max_requests // 2)
         for at in range(0, len(todo), PREFETCH_BATCH):
             try:
                 await self.objects.prefetch_headers(todo[at:at + PREFETCH_BATCH],
-                                                    workers=int(workers))
+                                                    workers=workers)
             except Exception as exc:  # the reader that needs it will see the error itself
                 log.debug("prefetch in %r failed: %s", todo[at][0], exc)
 

@@ -32,11 +32,12 @@ def is_mounted(mountpoint: str) -> bool:
 def _mount_table() -> list[tuple[str, str]]:
     with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
         rows = [line.split() for line in f]
-    return [(_unescape(r[1]), r[2]) for r in rows if len(r) > 2]
+    return [(unescape_mount_field(r[1]), r[2]) for r in rows if len(r) > 2]
 
 
-def _unescape(field: str) -> str:
-    # /proc/mounts escapes space, tab, newline and backslash as octal.
+def unescape_mount_field(field: str) -> str:
+    """A path field of /proc/mounts or /proc/self/mountinfo as it is: both escape space, tab,
+    newline and backslash as octal."""
     for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
         field = field.replace(code, char)
     return field

@@ -17,23 +17,12 @@ from __future__ import annotations
 import logging
 import os
 
+from zonefs.mount.control import unescape_mount_field
+
 log = logging.getLogger(__name__)
 
 MOUNTINFO = "/proc/self/mountinfo"
 SYSFS_BDI = "/sys/class/bdi"
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040 …)."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
 
 
 def mount_device(mountpoint: str, mountinfo: str = MOUNTINFO) -> str | None:
@@ -46,7 +35,7 @@ def mount_device(mountpoint: str, mountinfo: str = MOUNTINFO) -> str | None:
                 if len(fields) < 5 or "-" not in fields:
                     continue
                 fstype = fields[fields.index("-") + 1]
-                if _unescape(fields[4]) == mountpoint and fstype.startswith("fuse"):
+                if unescape_mount_field(fields[4]) == mountpoint and fstype.startswith("fuse"):
                     found = fields[2]
     except OSError:
         return None
