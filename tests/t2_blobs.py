@@ -510,3 +510,32 @@ def test_stamps_saved_at_close_spare_the_next_store_a_hash(tmp_path: Path) -> No
     # A crash leaves no stamps: the store after it trusts nothing it has not hashed.
     crashed = BlobStore(str(tmp_path), capacity=1 << 20)
     assert not crashed.is_verified(digest.sha256)
+
+
+async def test_staging_files_are_made_ahead_and_the_unused_removed_at_close(
+    tmp_path: Path,
+) -> None:
+    from zonefs.cache.staging import HIGH
+
+    store = BlobStore(str(tmp_path), capacity=1 << 20)
+    staging = tmp_path / "staging"
+    path, fd = store.open_new_staging()  # the first one is made on the spot
+    try:
+        os.write(fd, b"mine")
+        assert Path(path).read_bytes() == b"mine"
+    finally:
+        os.close(fd)
+    with trio.fail_after(10):
+        while len(os.listdir(staging)) < 1 + HIGH:  # the refill thread fills the pool
+            await trio.sleep(0.01)
+    taken = [store.open_new_staging() for _ in range(3)]
+    for p, f in taken:
+        assert os.fstat(f).st_size == 0
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+        os.write(f, b"x")  # open for writing
+        os.close(f)
+    assert len({p for p, _ in taken} | {path}) == 4
+    store.close()
+    # What nobody took is gone; what was taken stays (the ledger owns it).
+    assert sorted(os.listdir(staging)) == sorted(os.path.basename(p) for p in [path] + [
+        p for p, _ in taken])

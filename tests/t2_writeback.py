@@ -13,7 +13,13 @@ import pytest
 import trio
 
 from zonefs.common.errors import Refused, RemoteError, StoreFailing
-from zonefs.pending.writeback import DRAIN_RETRY_CAP, HELD_AFTER, WriteBack
+from zonefs.pending.writeback import (
+    BURST_MAX_WAIT,
+    BURST_QUIET,
+    DRAIN_RETRY_CAP,
+    HELD_AFTER,
+    WriteBack,
+)
 
 
 @dataclass
@@ -566,3 +572,71 @@ async def test_a_store_failing_as_a_whole_is_waited_for(
         with trio.fail_after(3600):
             await wb.drain()
         assert not wb.is_pending("a") and not wb.is_pending("b")
+
+
+async def creating(wb: WriteBack, seconds: float, every: float = 0.1) -> None:
+    """A burst of creates: one every `every` seconds for `seconds`."""
+    end = now() + seconds
+    while now() < end:
+        wb.note_create()
+        await trio.sleep(every)
+
+
+async def test_a_burst_of_creates_holds_due_uploads_until_it_pauses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpload()
+    async with running(WriteBack(up, delay=2)) as wb:
+        t0 = now()
+        wb.schedule("a")
+        await creating(wb, 4)  # `a` is due at 2 s, the burst goes on until 4 s
+        assert up.calls == []
+        await trio.sleep(BURST_QUIET + 0.1)
+        assert [c.path for c in up.calls] == ["a"]
+        assert up.calls[0].start - t0 == pytest.approx(4 + BURST_QUIET, abs=0.11)
+
+
+async def test_a_long_burst_holds_an_upload_at_most_burst_max_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpload()
+    async with running(WriteBack(up, delay=2)) as wb:
+        t0 = now()
+        wb.schedule("a")
+        await creating(wb, 2 + BURST_MAX_WAIT + 5)
+        assert [c.path for c in up.calls] == ["a"]
+        assert up.calls[0].start - t0 == pytest.approx(2 + BURST_MAX_WAIT, abs=0.11)
+
+
+async def test_a_burst_never_holds_fsync_a_full_cache_or_a_drain(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpload(duration=0.2)
+    async with running(WriteBack(up, delay=2)) as wb, trio.open_nursery() as nursery:
+        nursery.start_soon(creating, wb, 20)
+        await trio.sleep(0.05)
+        wb.schedule("fsynced")
+        t = now()
+        await wb.flush("fsynced")  # fsync
+        assert now() - t == pytest.approx(0.2)
+        wb.schedule("room", delay=0)  # the cache is full: upload now
+        await trio.sleep(0.3)
+        assert [c.path for c in up.calls] == ["fsynced", "room"]
+        wb.schedule("x")
+        wb.schedule("y")
+        t = now()
+        assert await wb.drain() == 2  # `zonefs sync`, unmount
+        assert now() - t == pytest.approx(0.2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_upload_due_after_the_burst_is_not_delayed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpload()
+    async with running(WriteBack(up, delay=5)) as wb:
+        t0 = now()
+        wb.schedule("a")
+        await creating(wb, 1)
+        await trio.sleep(6)
+        assert [(c.path, c.start - t0) for c in up.calls] == [("a", 5.0)]

@@ -27,6 +27,7 @@ from vfs_harness import (
     read_file,
     requests,
     sha256,
+    staging_files,
     write_file,
 )
 
@@ -282,7 +283,7 @@ async def test_write_handle_kept_across_unlink_and_recreate(env: Env) -> None:
         assert await env.store.keys() == {"f"}
         assert await env.store.read("f") == b"second"
         vfs.ledger.sync_journal()  # staging files of uploads go once that is durable
-        assert os.listdir(os.path.join(vfs.blobs.root, "staging")) == []
+        assert await staging_files(vfs) == []
         await check_invariants(vfs)
 
 

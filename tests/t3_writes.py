@@ -27,6 +27,7 @@ from vfs_harness import (
     requests,
     sha1,
     sha256,
+    staging_files,
     write_all,
     write_file,
 )
@@ -302,13 +303,13 @@ async def test_an_uploaded_file_becomes_its_blob_without_a_copy(env: Env) -> Non
         assert vfs.blobs.used == len(data)
         vfs.journal.sync()  # what the journal timer does within a second
         assert not os.path.exists(staged)
-        assert os.listdir(env.cache_dir / "staging") == []
+        assert await staging_files(vfs) == []
         await write_file(vfs, "b", data)
         await drain(vfs)
         vfs.journal.sync()
         assert vfs.blobs.stats()["blobs"] == 1 and vfs.blobs.used == len(data)
         assert os.stat(blob).st_ino == inode
-        assert os.listdir(env.cache_dir / "staging") == []
+        assert await staging_files(vfs) == []
         assert await read_file(vfs, "a") == data and await read_file(vfs, "b") == data
         assert await env.store.read("b") == data
         await check_invariants(vfs)

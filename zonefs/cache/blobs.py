@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import trio
 
+from zonefs.cache.staging import StagingPool
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
@@ -100,6 +102,7 @@ class BlobStore:
         shutil.rmtree(os.path.join(root, "tmp"), ignore_errors=True)
         os.makedirs(os.path.join(root, "tmp"), mode=0o700, exist_ok=True)
         self._counter = itertools.count()
+        self._staging = StagingPool(os.path.join(root, "staging"))
         self._pins: defaultdict[str, int] = defaultdict(int)
         self._lru: OrderedDict[str, int] = OrderedDict()  # sha256 -> size, oldest first
         self._used = 0  # sum of self._lru's sizes
@@ -154,7 +157,9 @@ class BlobStore:
                 self._stamps[sha256] = tuple(stamp)  # type: ignore[assignment]
 
     def close(self) -> None:
-        """Save the stamps of verified blobs, so that the next mount need not hash them."""
+        """Save the stamps of verified blobs, so that the next mount need not hash them, and
+        remove the staging files made ahead that no create took."""
+        self._staging.close()
         keep = {sha: list(stamp) for sha, stamp in self._stamps.items()
                 if sha in self._lru and sha not in self._doomed}
         tmp = self.new_tmp()
@@ -200,14 +205,20 @@ class BlobStore:
 
     def new_staging(self) -> str:
         """A new empty file for dirty data."""
-        path, fd = self._fresh("staging")
+        path, fd = self._staging.take()
         os.close(fd)
         return path
 
     def open_new_staging(self) -> tuple[str, int]:
         """A new empty file for dirty data, and a descriptor open on it for reading and
-        writing (one open instead of two: `tar` and `cp` create thousands)."""
-        return self._fresh("staging", os.O_RDWR)
+        writing (one open instead of two: `tar` and `cp` create thousands), made ahead of
+        time by the staging pool."""
+        return self._staging.take()
+
+    @property
+    def staging_pool(self) -> StagingPool:
+        """The staging files made ahead of creates (queries only: tests, invariants)."""
+        return self._staging
 
     def new_tmp(self) -> str:
         """A new empty file for a download in progress."""

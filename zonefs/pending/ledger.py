@@ -340,6 +340,7 @@ class Ledger:
         for writing once, replacing what the path held (`exists`, with `existing_etag`).
         Journaled at close, unless it replaces a journaled row, which must not outlive its
         bytes: then the empty file takes over at once."""
+        self.writeback.note_create()
         await self.writeback.cancel(path)
         old = self.rows.pop(path, None)
         if old is not None:

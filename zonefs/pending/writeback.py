@@ -38,6 +38,13 @@ Further invariants:
   event fails with its own error); one that succeeds after its path was rescheduled is counted
   in `stats.uploaded` but is not final: the path stays queued for the new bytes.
 
+Bursts of creates: while files are being created (the last `note_create()` less than
+`BURST_QUIET` ago: `tar -x`, `cp -r`, a checkout, a build), a due upload waits for the burst to
+pause, at most `BURST_MAX_WAIT` past its due time. Uploads competing with the burst for the CPU
+and the event loop doubled an untar of 2,000 small files (6 s instead of 3 s, SeaweedFS on 2
+cores) and barely brought its last upload sooner. Never held: paths scheduled with an explicit
+`delay=0` (fsync, a full cache) or waited for by `flush()`, and everything while `drain()` runs.
+
 Retry policy: after the n-th consecutive failure of a path it is due again after
 ``min(max_retry_delay, 2 ** (n - 1)) * uniform(0.5, 1.0)`` seconds: 1, 2, 4 ... s up to
 `max_retry_delay`, with jitter so that a store coming back is not hit by every path at once.
@@ -76,6 +83,10 @@ DRAIN_RETRY_CAP = 2.0
 #: (`StoreFailing.others_answered`), after which the path is held: reported as refused, no
 #: longer waited for by a drain, and still retried on its timer.
 HELD_AFTER = 5
+#: A burst of creates lasts while the last create is less than this old, in seconds.
+BURST_QUIET = 0.5
+#: Longest a due upload waits for a burst of creates to pause, in seconds past its due time.
+BURST_MAX_WAIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,7 @@ class _Entry:
     warned: str | None = None  # the answer last logged as a warning, so each is logged once
     # Internal errors (500) in a row for this path while the store answered other requests.
     internal_streak: int = 0
+    urgent: bool = False  # asked for now (delay=0, flush): not held by a burst of creates
 
 
 @dataclass(eq=False, slots=True)
@@ -158,6 +170,8 @@ class WriteBack:
         self._retries = 0
         self._last_error: str | None = None
         self._scope: trio.CancelScope | None = None
+        self._last_create = -math.inf  # trio time of the latest note_create()
+        self._urgent: dict[str, _Entry] = {}  # queued entries marked urgent, oldest first
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -220,6 +234,7 @@ class WriteBack:
         Rescheduling moves the due time to the new value, so rapid rewrites coalesce into one
         upload; an upload of `path` in flight is cancelled, as its bytes are out of date.
         """
+        urgent = delay == 0
         if delay is None:
             delay = 0.0 if self._draining else self.delay
         if at_most is not None:
@@ -237,7 +252,13 @@ class WriteBack:
         if attempt is not None and not attempt.cancel.is_set():
             log.debug("write-back: %r changed during its upload; cancelling it", path)
             attempt.abort()
+        if urgent:
+            self._mark_urgent(entry)
         self._arm(entry, trio.current_time() + delay)
+
+    def note_create(self) -> None:
+        """A file was created: due uploads wait while creates keep coming (see "Bursts")."""
+        self._last_create = trio.current_time()
 
     async def cancel(self, path: str) -> None:
         """Forget `path`; return once no upload of it runs any more."""
@@ -276,6 +297,9 @@ class WriteBack:
                 raise entry.refused
             if entry is not None and not in_flight and entry.due is not None:
                 now = trio.current_time()
+                if not entry.urgent:
+                    self._mark_urgent(entry)
+                    self._notify()
                 if entry.due > now:
                     self._arm(entry, now)
             await self._changed.wait()
@@ -323,6 +347,15 @@ class WriteBack:
     def _start_due(self, nursery: trio.Nursery) -> float:
         """Start every due upload a slot is free for; return when to look again."""
         now = trio.current_time()
+        for path, entry in list(self._urgent.items()):
+            if self._entries.get(path) is not entry or entry.due is None or path in self._running:
+                del self._urgent[path]  # started, cancelled, or re-queued once its attempt ends
+                entry.urgent = False
+            elif entry.due <= now:  # one due later (a retry's backoff) starts from the heap
+                if len(self._running) >= self.max_uploads:
+                    return math.inf  # a finishing upload notifies
+                self._start(nursery, entry)
+        burst_ends = self._last_create + BURST_QUIET
         heap = self._heap
         while heap:
             due, seq, path = heap[0]
@@ -333,15 +366,30 @@ class WriteBack:
                 continue
             if due > now:
                 return due
+            if (now < burst_ends and now < due + BURST_MAX_WAIT and not entry.urgent
+                    and not self._draining):
+                return min(burst_ends, due + BURST_MAX_WAIT)
             if len(self._running) >= self.max_uploads:
                 return math.inf  # a finishing upload notifies
             heapq.heappop(heap)
-            entry.due = None
-            self._attempts += 1
-            attempt = _Attempt(entry, self._attempts)
-            self._running[path] = attempt
-            nursery.start_soon(self._attempt, attempt, name=f"upload {path!r}")
+            self._start(nursery, entry)
         return math.inf
+
+    def _start(self, nursery: trio.Nursery, entry: _Entry) -> None:
+        """Start an attempt for the queued `entry`; its heap item becomes stale."""
+        entry.due = None
+        if entry.urgent:
+            entry.urgent = False
+            self._urgent.pop(entry.path, None)
+        self._attempts += 1
+        attempt = _Attempt(entry, self._attempts)
+        self._running[entry.path] = attempt
+        nursery.start_soon(self._attempt, attempt, name=f"upload {entry.path!r}")
+
+    def _mark_urgent(self, entry: _Entry) -> None:
+        entry.urgent = True
+        self._urgent.pop(entry.path, None)
+        self._urgent[entry.path] = entry
 
     async def _attempt(self, attempt: _Attempt) -> None:
         path = attempt.entry.path
