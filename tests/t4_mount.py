@@ -864,13 +864,12 @@ def test_git_init_add_commit_inside_the_mount(mount: Mount, tmp_path: Path) -> N
 # -- what is refused -------------------------------------------------------------------------
 
 
-def test_hard_links_and_special_files_are_refused(mount: Mount) -> None:
+def test_hard_links_and_device_nodes_are_refused(mount: Mount) -> None:
     root = mount.path
     (root / "f.txt").write_bytes(b"only one name\n")
     assert errno_of(os.link, root / "f.txt", root / "g.txt") == errno.EPERM
     assert run("ln", root / "f.txt", root / "g.txt", check=False).returncode != 0
     refused = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
-    assert errno_of(os.mkfifo, root / "fifo") in refused
     if os.geteuid() == 0:  # creating device nodes needs root before the file system is asked
         assert errno_of(os.mknod, root / "null", stat.S_IFCHR | 0o600,
                         os.makedev(1, 3)) in refused
@@ -1424,3 +1423,126 @@ def test_directory_attributes_survive_a_store_that_drops_marker_metadata(mount: 
     mount.store.put("private/", b"")  # what such a store keeps: a bare marker
     mount.remount()
     assert (mount.path / "private").stat().st_mode & 0o7777 == 0o710
+
+
+def test_names_over_name_max_are_enametoolong_on_every_call(mount: Mount) -> None:
+    """A name over 255 bytes gives ENAMETOOLONG whatever the call, as on ext4: not only a
+    create, but a stat, chmod, unlink, open without O_CREAT, rename and rmdir of it."""
+    root = mount.path
+    (root / "d").mkdir()
+    (root / "f").write_bytes(b"f")
+    long = root / "d" / ("x" * 256)
+    for call in (os.stat, os.lstat, os.unlink, os.rmdir, lambda p: os.chmod(p, 0o600),
+                 lambda p: os.open(p, os.O_RDONLY), lambda p: os.open(p, os.O_WRONLY | os.O_CREAT),
+                 os.mkdir,
+                 lambda p: os.rename(root / "f", p), lambda p: os.rename(p, root / "g")):
+        assert errno_of(call, long) == errno.ENAMETOOLONG, call
+    assert errno_of(os.stat, root / ("é" * 128)) == errno.ENAMETOOLONG  # 256 bytes
+    assert sorted(os.listdir(root)) == ["d", "f"] and os.listdir(root / "d") == []
+
+
+def test_readdir_lists_dot_and_dotdot(mount: Mount) -> None:
+    """`ls -a` shows `.` and `..` with their inode numbers, in every directory."""
+    root = mount.path
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "file").write_bytes(b"x")
+    for directory, parent in ((root, root), (root / "a", root), (root / "a" / "b", root / "a")):
+        out = subprocess.run(["ls", "-ai1", str(directory)], capture_output=True, text=True,
+                             check=True).stdout.split("\n")
+        shown = dict(reversed(line.split(maxsplit=1)) for line in out if line.strip())
+        assert int(shown["."]) == os.stat(directory).st_ino
+        if directory != root:  # the root's `..` belongs to the filesystem it is mounted on
+            assert int(shown[".."]) == os.stat(parent).st_ino
+        assert set(shown) - {".", ".."} == set(os.listdir(directory))
+    # Many entries: the offsets after `.` and `..` go on across readdir calls.
+    many = root / "many"
+    many.mkdir()
+    for i in range(300):
+        (many / f"n{i:03d}").write_bytes(b"")
+    listed = subprocess.run(["ls", "-a1", str(many)], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert listed == [".", ".."] + [f"n{i:03d}" for i in range(300)]
+
+
+def test_default_permissions_is_accepted(mount: Mount) -> None:
+    """`-o default_permissions` (common in fstab lines) is accepted: the kernel always checks
+    permissions on a zonefs mount."""
+    (mount.path / "f").write_bytes(b"kept")
+    mount.remount(options={"default_permissions": ""})
+    assert (mount.path / "f").read_bytes() == b"kept"
+    os.chmod(mount.path / "f", 0o400)
+    if os.geteuid() == 0:
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              "cat", str(mount.path / "f")], capture_output=True, text=True)
+        assert out.returncode != 0 and "Permission denied" in out.stderr
+
+
+def test_o_trunc_and_truncate_set_mtime_to_now(mount: Mount) -> None:
+    """Emptying a file with O_TRUNC (`> file` in a shell) or `truncate` changes its mtime, even
+    when no byte is written after, and the bucket's `mtime` header follows."""
+    root = mount.path
+    for name in ("clean", "pending", "empty"):
+        (root / name).write_bytes(b"" if name == "empty" else b"some bytes\n")
+    mount.sync()  # `clean` and `empty` now only in the bucket; `pending` is rewritten below
+    (root / "pending").write_bytes(b"pending bytes\n")
+    old = 1_500_000_000_000_000_000
+    for name in ("clean", "pending", "empty"):
+        os.utime(root / name, ns=(old, old))
+    before = time.time_ns() - 1_000_000_000
+    for name in ("clean", "pending", "empty"):
+        os.close(os.open(root / name, os.O_WRONLY | os.O_TRUNC))
+        s = os.stat(root / name)
+        assert (s.st_size, s.st_mtime_ns >= before) == (0, True), name
+    (root / "by-name").write_bytes(b"cut by name\n")
+    mount.sync()
+    os.utime(root / "by-name", ns=(old, old))
+    run("truncate", "-s", "4", root / "by-name")
+    assert os.stat(root / "by-name").st_mtime_ns >= before
+    mount.sync()
+    for name in ("clean", "pending", "empty", "by-name"):
+        obj = mount.store.must_get(name)
+        assert header_mtime_ns(obj) >= before, name
+
+
+def test_fifos_and_sockets_are_kept_as_objects_with_their_mode(mount: Mount,
+                                                                tmp_path: Path) -> None:
+    """`mkfifo` and a unix socket's `bind()` make entries of their type: an empty object whose
+    `mode` header carries the type bits (as s3fs writes them). The kernel gives them their
+    behaviour: a FIFO passes bytes between a writer and a reader."""
+    import socket
+    import threading
+
+    root = mount.path
+    (root / "d").mkdir()
+    os.mkfifo(root / "d" / "fifo", 0o640)
+    sock_path = root / "d" / "sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(sock_path))
+        assert stat.S_ISSOCK(os.stat(sock_path).st_mode)
+    fifo = root / "d" / "fifo"
+    s = os.stat(fifo)
+    assert stat.S_ISFIFO(s.st_mode) and stat.S_IMODE(s.st_mode) == 0o640
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    fifo.write_bytes(b"through the pipe\n")
+    reader.join(10)
+    assert got == [b"through the pipe\n"]
+    assert os.stat(fifo).st_size == 0
+    mount.sync()
+    for name, kind in (("d/fifo", stat.S_IFIFO), ("d/sock", stat.S_IFSOCK)):
+        obj = mount.store.must_get(name)
+        assert obj.body == b""
+        assert stat.S_IFMT(int(obj.metadata["mode"])) == kind, (name, obj.metadata)
+    assert int(mount.store.must_get("d/fifo").metadata["mode"]) == stat.S_IFIFO | 0o640
+    mount.remount(cache_dir=tmp_path / "fresh-cache")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert stat.S_ISSOCK(os.stat(sock_path).st_mode)
+    listed = subprocess.run(["find", str(root / "d"), "-type", "p"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert listed == [str(fifo)]
+    os.unlink(fifo)
+    os.unlink(sock_path)
+    mount.sync()
+    left = mount.store.keys()
+    assert [k for k in left if k.startswith("d/") and k != "d/"] == []

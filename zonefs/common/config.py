@@ -252,7 +252,9 @@ def _parse_id(name: str, text: str) -> int:
 
 # Mount-style options that mount(8) and fstab pass along and zonefs accepts without effect.
 _IGNORED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "dev",
-            "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime"}
+            "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
+            # The kernel always checks permissions on a zonefs mount (pyfuse3's default).
+            "default_permissions"}
 
 
 def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> MountOptions:

@@ -123,7 +123,10 @@ class Files:
         if existing is not None and existing.is_dir:
             raise IsADirectory(path)
         staging, fd = self.blobs.open_new_staging()
-        meta = PosixMeta(st.S_IFREG | (mode & 0o7777), uid, gid, time.time_ns())
+        # A FIFO or a socket (mknod, bind) is an empty object whose `mode` header says so;
+        # the kernel gives it its behaviour. Anything else created here is a regular file.
+        kind = st.S_IFMT(mode) if st.S_IFMT(mode) in (st.S_IFIFO, st.S_IFSOCK) else st.S_IFREG
+        meta = PosixMeta(kind | (mode & 0o7777), uid, gid, time.time_ns())
         try:
             df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
                                            existing.etag if existing else None,

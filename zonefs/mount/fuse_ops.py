@@ -31,7 +31,7 @@ import pyfuse3
 import trio
 
 from zonefs.common.errors import NotFound, ZonefsError
-from zonefs.common.keys import join
+from zonefs.common.keys import NAME_MAX, join
 from zonefs.core.content import XATTR_NAMES, XATTR_PREFIX
 from zonefs.mount.inodes import InodeTable
 
@@ -96,7 +96,10 @@ class ZonefsOperations(pyfuse3.Operations):
 
     def _child(self, parent_inode: int, name: bytes, *, new: bool = False) -> str:
         """The path of `name` in a directory. Keys are UTF-8: a name that is not cannot exist
-        (ENOENT) and cannot be created (EINVAL)."""
+        (ENOENT) and cannot be created (EINVAL). A name over NAME_MAX bytes is ENAMETOOLONG
+        for every call, as on a local filesystem (the kernel passes FUSE up to 1,024)."""
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         try:
             text = name.decode("utf-8")
         except UnicodeDecodeError:
@@ -254,8 +257,8 @@ class ZonefsOperations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> Any:
-        if not st.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.ENOTSUP)  # devices, fifos and sockets have no object
+        if not (st.S_ISREG(mode) or st.S_ISFIFO(mode) or st.S_ISSOCK(mode)):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)  # devices: their number is not kept yet
         async with _errors("mknod", parent_inode, name):
             path = self._child(parent_inode, name, new=True)
             handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid)
@@ -320,17 +323,32 @@ class ZonefsOperations(pyfuse3.Operations):
             return fh
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        """Offsets: 1 is after `.`, 2 after `..`, 2 + i + 1 after the snapshot's entry i."""
         async with _errors("readdir", fh, start_id):
             entries = self._dirs[fh]
             parent = self._dir_paths[fh]
-            for index in range(start_id, len(entries)):
+            for offset, name in ((0, "."), (1, "..")):
+                # The kernel keeps no entry for these (no lookup is counted); it only takes
+                # their inode numbers and types, for `ls -ai`.
+                if start_id <= offset and not pyfuse3.readdir_reply(
+                        token, name.encode(), self._dot_attr(parent, name), offset + 1):
+                    return
+            for index in range(max(0, start_id - 2), len(entries)):
                 name, s = entries[index]
                 path = join(parent, name)
                 inode = self.inodes.lookup(path)
                 if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(inode, s),
-                                             index + 1):
+                                             index + 3):
                     self.inodes.forget(inode, 1)
                     break
+
+    def _dot_attr(self, path: str, name: str) -> pyfuse3.EntryAttributes:
+        """What readdir says of `.` or `..` in `path`: a directory and its inode number."""
+        target = path if name == "." else path.rpartition("/")[0]
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = self.inodes.ino_of(target) or self.inodes.ino_of(path) or pyfuse3.ROOT_INODE
+        a.st_mode = st.S_IFDIR | 0o755
+        return a
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)

@@ -386,6 +386,8 @@ class Ledger:
         row become the truncated file's (journaled within JOURNAL_SYNC_INTERVAL)."""
         df.row.size = size
         df.kind = Kind.BYTES
+        meta = df.row.meta  # its data changed: mtime is now (POSIX, for O_TRUNC too)
+        df.row.meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
         if df.writers == 0 and df.persisted and df.row.data is not None:
             self.persist(df, durable=False, inline=bytes_to_journal(
                 self.blobs.abspath(df.row.data), df.row.size))
@@ -403,6 +405,8 @@ class Ledger:
         change or copy the path had becomes this row; a copy's bytes are new under this name
         (uploaded even if unwritten)."""
         df = self.rows.get(path)
+        if truncated:  # O_TRUNC: its data changed, so mtime is now, even if it was empty
+            meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
         row = DirtyRow(path, data, size, meta, base_etag, (df.row.generation + 1) if df else 1)
         hasher = StreamHasher(self.blobs.abspath(data)) if truncated or size == 0 else None
         if df is None:
