@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import trio
 
-from zonefs.cache.staging import StagingPool
+from zonefs.cache.staging import StagingPool, new_private_file
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +196,8 @@ class BlobStore:
         return os.path.join(self.root, rel)
 
     def _fresh(self, sub: str, flags: int = os.O_WRONLY) -> tuple[str, int]:
-        while True:
-            path = os.path.join(self.root, sub, f"{os.getpid()}-{next(self._counter)}")
-            try:
-                return path, os.open(path, os.O_CREAT | os.O_EXCL | flags, 0o600)
-            except FileExistsError:
-                continue
+        return new_private_file(os.path.join(self.root, sub), f"{os.getpid()}-", self._counter,
+                                flags)
 
     def new_staging(self) -> str:
         """A new empty file for dirty data."""

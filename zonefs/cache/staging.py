@@ -34,25 +34,31 @@ LOW = 16
 HIGH = 48
 
 
+def new_private_file(directory: str, prefix: str, counter: itertools.count[int],
+                     flags: int = os.O_RDWR) -> tuple[str, int]:
+    """A new empty 0600 file `<prefix><n>` in `directory`, with the first n from `counter`
+    not taken: its path and a descriptor opened with `flags`. `next` on an itertools.count is
+    atomic, so threads may share one."""
+    while True:
+        path = os.path.join(directory, f"{prefix}{next(counter)}")
+        try:
+            return path, os.open(path, os.O_CREAT | os.O_EXCL | flags, 0o600)
+        except FileExistsError:
+            continue
+
+
 class StagingPool:
     """Hands out new empty staging files under `directory`, made ahead in a worker thread."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
+        # Named apart from the blob store's own files (`<pid>-<n>`) in the same directories.
+        self._prefix = f"{os.getpid()}-s"
         self._counter = itertools.count()
         # deque's append and popleft are atomic: the refill thread appends, the loop takes.
         self._ready: collections.deque[tuple[str, int]] = collections.deque()
         self._refilling = False
         self._closed = False
-
-    def fresh(self, flags: int = os.O_RDWR) -> tuple[str, int]:
-        """A new empty 0600 file: its path and a descriptor opened with `flags`."""
-        while True:
-            path = os.path.join(self.directory, f"{os.getpid()}-s{next(self._counter)}")
-            try:
-                return path, os.open(path, os.O_CREAT | os.O_EXCL | flags, 0o600)
-            except FileExistsError:
-                continue
 
     def take(self) -> tuple[str, int]:
         """A new empty staging file open for reading and writing (from the queue when it has
@@ -60,7 +66,7 @@ class StagingPool:
         try:
             item = self._ready.popleft()
         except IndexError:
-            item = self.fresh()
+            item = new_private_file(self.directory, self._prefix, self._counter)
         if len(self._ready) < LOW and not self._refilling and not self._closed:
             self._refilling = True
             trio.lowlevel.start_thread_soon(self._refill, self._refill_done)
@@ -78,7 +84,7 @@ class StagingPool:
     def _refill(self) -> None:
         """Worker thread: queue new files up to HIGH."""
         while len(self._ready) < HIGH and not self._closed:
-            self._ready.append(self.fresh())
+            self._ready.append(new_private_file(self.directory, self._prefix, self._counter))
         if self._closed:  # `close` ran while the file was being made: drain what is left
             self._drain()
 

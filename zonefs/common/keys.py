@@ -8,6 +8,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -99,6 +100,10 @@ class PosixMeta:
     uid: int
     gid: int
     mtime_ns: int
+
+    def modified_now(self) -> PosixMeta:
+        """The same attributes with mtime set to now: the file's data changed."""
+        return PosixMeta(self.mode, self.uid, self.gid, time.time_ns())
 
 
 def encode_meta(meta: PosixMeta, **extra: str) -> dict[str, str]:

@@ -299,7 +299,7 @@ class Files:
             os.ftruncate(writer.fd, size)
             self.ledger.truncated(writer.dirty, size)
             if mtime_ns is None:
-                meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+                meta = meta.modified_now()
         written = {id(h.dirty): h.dirty for h in handles if h.dirty is not None}
         for df in written.values():
             self.ledger.set_meta(df, meta)

@@ -358,7 +358,7 @@ class Vfs:
             os.truncate(self.blobs.abspath(df.row.data or ""), size)
             self.ledger.truncated(df, size)
             if mtime_ns is None:
-                meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+                meta = meta.modified_now()
             self.ledger.set_meta(df, meta)
         else:
             self.ledger.metadata_changed(path, meta, size=s.size, etag=s.etag)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -43,7 +42,6 @@ from zonefs.cache.journal import KEEP, DirtyRow
 from zonefs.cache.streamhash import StreamHasher
 from zonefs.common import keys
 from zonefs.common.errors import Refused, RemoteError, StoreFailing, ZonefsError
-from zonefs.common.keys import PosixMeta
 from zonefs.pending.backpressure import Backpressure
 from zonefs.pending.deletes import PendingDeletes
 from zonefs.pending.durable import GroupCommit, bytes_to_journal, restore_journaled_bytes
@@ -71,6 +69,7 @@ if TYPE_CHECKING:
     from zonefs.cache.dircache import DirCache
     from zonefs.cache.journal import Journal
     from zonefs.common.config import MountOptions
+    from zonefs.common.keys import PosixMeta
     from zonefs.pending.deletes import PendingDelete
     from zonefs.pending.writeback import Progress, Refusal
     from zonefs.remote.base import Remote
@@ -386,8 +385,7 @@ class Ledger:
         row become the truncated file's (journaled within JOURNAL_SYNC_INTERVAL)."""
         df.row.size = size
         df.kind = Kind.BYTES
-        meta = df.row.meta  # its data changed: mtime is now (POSIX, for O_TRUNC too)
-        df.row.meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+        df.row.meta = df.row.meta.modified_now()  # POSIX, for O_TRUNC too
         if df.writers == 0 and df.persisted and df.row.data is not None:
             self.persist(df, durable=False, inline=bytes_to_journal(
                 self.blobs.abspath(df.row.data), df.row.size))
@@ -406,7 +404,7 @@ class Ledger:
         (uploaded even if unwritten)."""
         df = self.rows.get(path)
         if truncated:  # O_TRUNC: its data changed, so mtime is now, even if it was empty
-            meta = PosixMeta(meta.mode, meta.uid, meta.gid, time.time_ns())
+            meta = meta.modified_now()
         row = DirtyRow(path, data, size, meta, base_etag, (df.row.generation + 1) if df else 1)
         hasher = StreamHasher(self.blobs.abspath(data)) if truncated or size == 0 else None
         if df is None:
@@ -433,7 +431,7 @@ class Ledger:
         if df.hasher is not None:
             df.hasher.wrote(offset, length)
         row.size = max(row.size, offset + length)
-        row.meta = PosixMeta(row.meta.mode, row.meta.uid, row.meta.gid, time.time_ns())
+        row.meta = row.meta.modified_now()
         self._changed(df)
 
     def metadata_changed(self, path: str, meta: PosixMeta, *, size: int,

@@ -297,11 +297,9 @@ class WriteBack:
                 raise entry.refused
             if entry is not None and not in_flight and entry.due is not None:
                 now = trio.current_time()
-                if not entry.urgent:
+                if not entry.urgent or entry.due > now:
                     self._mark_urgent(entry)
-                    self._notify()
-                if entry.due > now:
-                    self._arm(entry, now)
+                    self._arm(entry, min(entry.due, now))
             await self._changed.wait()
 
     async def drain(
