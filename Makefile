@@ -21,6 +21,8 @@ STAMP := $(VENV)/.stamp
 # fuse3: fusermount3 and /dev/fuse support; libfuse3-dev, pkg-config, python3-dev: to build
 # pyfuse3; python3-venv: ensurepip for `python3 -m venv`; systemd: systemd-analyze (unit tests).
 APT_PKGS := fuse3 libfuse3-dev pkg-config python3-venv python3-dev systemd
+# s3fs: the tests that share a bucket with s3fs-fuse (tests/t4_interop.py).
+TEST_APT_PKGS := s3fs
 BENCH_APT_PKGS := rclone s3fs
 
 PYTEST_ARGS ?=
@@ -40,7 +42,7 @@ LINT_PATHS := zonefs tests bench
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup sysdeps bench-sysdeps bench-extra test lint demo bench clean install
+.PHONY: help setup sysdeps test-sysdeps bench-sysdeps bench-extra test lint demo bench clean install
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -49,6 +51,9 @@ setup: $(STAMP)
 
 sysdeps:
 	@bash scripts/apt-ensure $(APT_PKGS)
+
+test-sysdeps:
+	@bash scripts/apt-ensure $(TEST_APT_PKGS)
 
 bench-sysdeps:
 	@bash scripts/apt-ensure $(BENCH_APT_PKGS)
@@ -73,7 +78,7 @@ lint: setup
 # One pytest run per server in TEST_S3_SERVERS (ZONEFS_TEST_S3_SERVER tells conftest which to
 # start); each says how long it took. A failed run does not stop the next one.
 # pytest exits 5 when it collected nothing (e.g. a -k that matches no test): not a failure here.
-test: setup $(if $(filter seaweedfs,$(TEST_S3_SERVERS)),bench-extra)
+test: setup test-sysdeps $(if $(filter seaweedfs,$(TEST_S3_SERVERS)),bench-extra)
 	$(PY) -m ruff check $(LINT_PATHS)
 	@rc=0; for server in $(TEST_S3_SERVERS); do \
 		extra=; lean=on; \

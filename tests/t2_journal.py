@@ -30,7 +30,8 @@ from zonefs.cache.journal import (
 from zonefs.common.errors import NoSpace
 from zonefs.common.keys import PosixMeta
 
-META = PosixMeta(0o100644, 1000, 1000, 1_700_000_000_123_456_789)
+META = PosixMeta(0o100644, 1000, 1000, 1_700_000_000_123_456_789, 1_700_000_001_000_000_000,
+                 1_600_000_000_000_000_007)
 
 
 def row(path: str, data: str | None = "staging/1", size: int = 5, gen: int = 1,
@@ -70,7 +71,7 @@ def test_dirty_rows_round_trip_in_path_order(journal: Journal) -> None:
     rows = [
         row("b/x", "staging/2", 0, 3, "etag-b"),
         row("a", None, 42, 7),  # metadata only
-        DirtyRow("c", "staging/3", 1 << 40, PosixMeta(0o120777, 0, 0, -1), None, 1),
+        DirtyRow("c", "staging/3", 1 << 40, PosixMeta(0o120777, 0, 0, -1, -1, -1), None, 1),
     ]
     for r in rows:
         journal.put_dirty(r)

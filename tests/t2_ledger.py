@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as st
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ UID, GID = 1234, 5678
 
 
 def file_meta(mode: int = 0o644, kind: int = st.S_IFREG) -> PosixMeta:
-    return PosixMeta(kind | mode, UID, GID, time.time_ns())
+    return PosixMeta.new(kind | mode, UID, GID)
 
 
 @dataclass

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -864,15 +865,13 @@ def test_git_init_add_commit_inside_the_mount(mount: Mount, tmp_path: Path) -> N
 # -- what is refused -------------------------------------------------------------------------
 
 
-def test_hard_links_and_device_nodes_are_refused(mount: Mount) -> None:
+def test_hard_links_are_refused(mount: Mount) -> None:
+    """One file is one object: a second name for it cannot be kept (the one POSIX behaviour
+    zonefs does not give)."""
     root = mount.path
     (root / "f.txt").write_bytes(b"only one name\n")
     assert errno_of(os.link, root / "f.txt", root / "g.txt") == errno.EPERM
     assert run("ln", root / "f.txt", root / "g.txt", check=False).returncode != 0
-    refused = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
-    if os.geteuid() == 0:  # creating device nodes needs root before the file system is asked
-        assert errno_of(os.mknod, root / "null", stat.S_IFCHR | 0o600,
-                        os.makedev(1, 3)) in refused
     assert os.listdir(root) == ["f.txt"]
     mount.sync()
     assert mount.store.keys() == ["f.txt"]
@@ -1000,8 +999,8 @@ def test_attribute_changes_that_change_nothing_make_no_new_version(mount: Mount)
     before = mount.store.versions("f.txt")
     if before == 0:
         pytest.skip("the store keeps no versions")
-    run("touch", "-a", f)  # atime is not stored
     run("chmod", "644", f)  # the mode it already has
+    os.chown(f, -1, -1)  # the owner it already has
     time.sleep(0.5)  # past the write-back delay
     mount.sync()
     assert mount.store.versions("f.txt") == before
@@ -1546,3 +1545,168 @@ def test_fifos_and_sockets_are_kept_as_objects_with_their_mode(mount: Mount,
     mount.sync()
     left = mount.store.keys()
     assert [k for k in left if k.startswith("d/") and k != "d/"] == []
+
+
+def header_ns(obj: StoredObject, name: str) -> int:
+    """A time header (`mtime`, `ctime`, `atime`: decimal seconds) in nanoseconds."""
+    sec, _, frac = obj.metadata[name].partition(".")
+    return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating device nodes needs root")
+def test_device_nodes_keep_their_type_and_number(mount: Mount, tmp_path: Path) -> None:
+    """`mknod` of a character or block device makes an entry of its type with its device
+    number, kept as the `mode` and `rdev` headers of an empty object. The mount is nodev (as
+    every FUSE mount is unless asked): a device node in a bucket cannot be opened through it."""
+    root = mount.path
+    null, disk = root / "null", root / "disk"
+    os.mknod(null, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.mknod(disk, stat.S_IFBLK | 0o600, os.makedev(8, 17))
+    for path, kind, dev in ((null, stat.S_IFCHR, (1, 3)), (disk, stat.S_IFBLK, (8, 17))):
+        s = os.lstat(path)
+        assert stat.S_IFMT(s.st_mode) == kind
+        assert (os.major(s.st_rdev), os.minor(s.st_rdev)) == dev
+    assert errno_of(open, null, "rb") == errno.EACCES
+    mount.sync()
+    obj = mount.store.must_get("null")
+    assert obj.body == b""
+    assert int(obj.metadata["mode"]) == stat.S_IFCHR | 0o600
+    assert int(obj.metadata["rdev"]) == os.makedev(1, 3)
+    mount.remount(cache_dir=tmp_path / "fresh-cache")
+    s = os.lstat(disk)
+    assert stat.S_ISBLK(s.st_mode) and s.st_rdev == os.makedev(8, 17)
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    listed = subprocess.run(["find", str(root), "-type", "c"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert listed == [str(null)]
+
+
+def test_ctime_and_atime_are_kept_and_change_as_on_a_local_filesystem(
+        mount: Mount, tmp_path: Path) -> None:
+    """ctime changes with the data, mode, owner, times and name of a file; atime is what
+    `utimensat` set (reads do not move it: the mount is noatime). The three times are the
+    object's `mtime`, `ctime` and `atime` headers (s3fs' names, decimal seconds), exactly, and
+    a new mount with an empty cache dir shows them again."""
+    root = mount.path
+    f = root / "f"
+    f.write_bytes(b"first bytes\n")
+    s = os.stat(f)
+    assert s.st_atime_ns <= s.st_mtime_ns == s.st_ctime_ns  # created, then written
+
+    def changes(action: Callable[[], object], *, mtime: bool, path: Path = f) -> None:
+        before = os.stat(f)
+        time.sleep(0.02)
+        action()
+        after = os.stat(path)
+        assert after.st_ctime_ns > before.st_ctime_ns, action
+        assert (after.st_mtime_ns > before.st_mtime_ns) == mtime, action
+
+    changes(lambda: os.chmod(f, 0o600), mtime=False)
+    changes(lambda: os.chown(f, os.getuid(), os.getgid() + 1), mtime=False)
+    changes(lambda: f.write_bytes(b"second bytes\n"), mtime=True)
+    changes(lambda: os.truncate(f, 3), mtime=True)
+    changes(lambda: os.utime(f, ns=(1_000_000_000_123, 2_000_000_000_456)), mtime=False)
+    s = os.stat(f)
+    assert (s.st_atime_ns, s.st_mtime_ns) == (1_000_000_000_123, 2_000_000_000_456)
+    g = root / "g"
+    changes(lambda: os.rename(f, g), mtime=False, path=g)
+    assert (os.stat(g).st_atime_ns, os.stat(g).st_mtime_ns) == (
+        1_000_000_000_123, 2_000_000_000_456)
+    assert g.read_bytes() == b"sec"
+    assert os.stat(g).st_atime_ns == 1_000_000_000_123  # noatime: reads keep it
+    run("touch", "-a", "-d", "@1500000000.5", g)
+    shown = os.stat(g)
+    assert shown.st_atime_ns == 1_500_000_000_500_000_000
+    mount.sync()
+    obj = mount.store.must_get("g")
+    assert (header_ns(obj, "atime"), header_ns(obj, "mtime"), header_ns(obj, "ctime")) == (
+        shown.st_atime_ns, shown.st_mtime_ns, shown.st_ctime_ns)
+    mount.remount(cache_dir=tmp_path / "fresh-cache")
+    again = os.stat(g)
+    assert (again.st_atime_ns, again.st_mtime_ns, again.st_ctime_ns) == (
+        shown.st_atime_ns, shown.st_mtime_ns, shown.st_ctime_ns)
+    assert again.st_gid == os.getgid() + 1 and stat.S_IMODE(again.st_mode) == 0o600
+
+
+def test_a_directory_s_times_change_with_its_entries(mount: Mount, tmp_path: Path) -> None:
+    """Creating, removing or renaming an entry sets its directory's mtime and ctime to now, at
+    once; the new times are kept on the directory's marker, one put however many entries
+    changed, and a new mount with an empty cache dir shows them."""
+    root = mount.path
+    (root / "d").mkdir()
+    (root / "e").mkdir()
+    mount.sync()
+    old = 1_500_000_000_000_000_000
+
+    def check(action: Callable[[], object], *dirs: str) -> None:
+        for name in dirs:
+            os.utime(root / name, ns=(old, old))
+        before = time.time_ns() - 5_000_000
+        action()
+        for name in dirs:
+            s = os.stat(root / name)
+            assert s.st_mtime_ns >= before and s.st_ctime_ns >= before, (action, name)
+
+    check(lambda: (root / "d" / "f").write_bytes(b"f"), "d")
+    check(lambda: (root / "d" / "sub").mkdir(), "d")
+    check(lambda: os.symlink("f", root / "d" / "link"), "d")
+    check(lambda: os.mkfifo(root / "d" / "fifo"), "d")
+    check(lambda: os.unlink(root / "d" / "link"), "d")
+    check(lambda: os.rmdir(root / "d" / "sub"), "d")
+    check(lambda: os.rename(root / "d" / "f", root / "e" / "f"), "d", "e")
+    check(lambda: os.rename(root / "e" / "f", root / "e" / "g"), "e")
+    root_before = os.stat(root).st_mtime_ns
+    time.sleep(0.02)
+    (root / "top").write_bytes(b"t")
+    assert os.stat(root).st_mtime_ns > root_before
+    mount.sync()
+    puts = int(mount.status()["requests"].get("put", 0))
+    for i in range(50):
+        (root / "d" / f"many-{i}").write_bytes(b"m")
+    mount.sync()
+    # The 50 files, and the marker of `d` once.
+    assert int(mount.status()["requests"]["put"]) - puts == 51
+    shown = os.stat(root / "d")
+    kept = mount.status()["capabilities"]["dir_markers"] == "kept"
+    if kept:
+        assert header_ns(mount.store.must_get("d/"), "mtime") == shown.st_mtime_ns
+    mount.remount(cache_dir=tmp_path / "fresh-cache")
+    if kept:  # else only the machine that set them remembers them
+        again = os.stat(root / "d")
+        assert (again.st_mtime_ns, again.st_ctime_ns) == (shown.st_mtime_ns, shown.st_ctime_ns)
+
+
+def test_a_directory_made_only_of_keys_gets_no_marker_for_its_times(mount: Mount) -> None:
+    """A directory that exists only as the prefix of other keys (another tool's layout) shows
+    its new times in the mount, but no marker object is added to the bucket for them."""
+    mount.store.put("data/a.csv", b"a")
+    root = mount.path
+    assert os.listdir(root / "data") == ["a.csv"]
+    before = time.time_ns() - 5_000_000
+    (root / "data" / "b.csv").write_bytes(b"b")
+    assert os.stat(root / "data").st_mtime_ns >= before
+    mount.sync()
+    assert mount.store.keys() == ["data/a.csv", "data/b.csv"]
+
+
+def test_a_directory_s_link_count_is_two_and_one_per_subdirectory(mount: Mount,
+                                                                  tmp_path: Path) -> None:
+    """`st_nlink` of a directory is 2 plus its subdirectories (each one's `..`), as far as the
+    mount knows them: from its last listing, kept up by this mount's mkdir, rmdir and renames."""
+    root = mount.path
+    (root / "d").mkdir()
+    assert os.stat(root / "d").st_nlink == 2
+    for name in ("a", "b", "c"):
+        (root / "d" / name).mkdir()
+    (root / "d" / "file").write_bytes(b"not a directory")
+    assert os.stat(root / "d").st_nlink == 5
+    os.rmdir(root / "d" / "a")
+    assert os.stat(root / "d").st_nlink == 4
+    (root / "e").mkdir()
+    os.rename(root / "d" / "b", root / "e" / "b")
+    assert (os.stat(root / "d").st_nlink, os.stat(root / "e").st_nlink) == (3, 3)
+    mount.remount(cache_dir=tmp_path / "fresh-cache")
+    os.listdir(root / "d")  # known once listed
+    assert os.stat(root / "d").st_nlink == 3
+    listed = os.listdir(root)
+    assert os.stat(root).st_nlink == 2 + len(listed)

@@ -43,6 +43,9 @@ class Entry:
     # A directory's entry that hides an object of the same name (`x` and `x/y` both exist):
     # that object, shown if the directory's delete is pending.
     shadowed: Entry | None = None
+    # A directory's: whether a marker object (`dir/`) holds its attributes (None: not known
+    # yet; False: the directory exists only as a prefix of other keys).
+    marker: bool | None = None
 
 
 #: What `DirCache.entry` returns when it knows nothing (distinct from None: "known missing").
@@ -175,6 +178,16 @@ class DirCache:
                 listing.pop(name, None)
             else:
                 listing[name] = entry
+
+    def set_meta(self, path: str, meta: PosixMeta) -> None:
+        """The attributes of the entry at `path` are `meta` here (not in the store): in its
+        cached entry and its parent's listings, until they are fetched again."""
+        parent, name = split(path)
+        for source in (self._entries.get(path), self._last_entries.get(path),
+                       *(x.get(name) for x in (self._listings.get(parent), self._last.get(parent))
+                         if x is not None)):
+            if isinstance(source, Entry):
+                source.meta = meta
 
     def invalidate(self, path: str) -> None:
         """Forget `path` and its parent's listing."""

@@ -96,6 +96,16 @@ from zonefs.common.keys import PosixMeta
 #: `put_dirty(inline=KEEP)`: the row keeps the bytes a close journaled with it, if any.
 KEEP = b"\0keep"
 
+#: The attribute columns of `dirty` and `objects`, in the order `_meta` takes them.
+_META_COLUMNS = "mode, uid, gid, mtime_ns, ctime_ns, atime_ns, rdev"
+
+
+def _meta(mode: int, uid: int, gid: int, mtime_ns: int, ctime_ns: int | None,
+          atime_ns: int | None, rdev: int) -> PosixMeta:
+    """A row's attributes; a row from before ctime and atime were kept has them NULL."""
+    return PosixMeta(mode, uid, gid, mtime_ns, mtime_ns if ctime_ns is None else ctime_ns,
+                     mtime_ns if atime_ns is None else atime_ns, rdev)
+
 
 def boot_id() -> str:
     """This boot of the machine (Linux's random boot id; "" where there is none): a data
@@ -138,6 +148,13 @@ class Journal:
         if "inline" not in columns:  # a journal from before small files' bytes were kept
             self._db.execute("ALTER TABLE dirty ADD COLUMN inline BLOB")
             self._db.execute("ALTER TABLE dirty ADD COLUMN inline_boot TEXT")
+        for table in ("dirty", "objects"):  # a journal from before ctime, atime and rdev
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if "ctime_ns" not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN ctime_ns INTEGER")
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN atime_ns INTEGER")
+                self._db.execute(
+                    f"ALTER TABLE {table} ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
         self._wal = path + "-wal"
         self._durable = False
         self._lazy = False  # a commit since the last `sync` was not fsync'ed
@@ -231,19 +248,20 @@ class Journal:
 
     def _put_dirty(self, row: DirtyRow, inline: bytes | None = KEEP) -> None:
         m = row.meta
-        values = (row.path, row.data, row.size, m.mode, m.uid, m.gid, m.mtime_ns, row.base_etag,
-                  row.generation, row.source)
+        values = (row.path, row.data, row.size, m.mode, m.uid, m.gid, m.mtime_ns, m.ctime_ns,
+                  m.atime_ns, m.rdev, row.base_etag, row.generation, row.source)
         columns = ("INSERT OR REPLACE INTO dirty (path, data, size, mode, uid, gid, mtime_ns, "
-                   "base_etag, generation, source, inline, inline_boot) ")
+                   "ctime_ns, atime_ns, rdev, base_etag, generation, source, inline, "
+                   "inline_boot) ")
         if inline is KEEP:
             # Read before the row is replaced: what the last close journaled stays.
             self._db.execute(
-                columns + "VALUES (?,?,?,?,?,?,?,?,?,?,"
+                columns + "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,"
                 "(SELECT inline FROM dirty WHERE path = ?), "
                 "(SELECT inline_boot FROM dirty WHERE path = ?))",
                 (*values, row.path, row.path))
         else:
-            self._db.execute(columns + "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            self._db.execute(columns + "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                              (*values, inline, None if inline is None else BOOT_ID))
 
     def inline_bytes(self, path: str) -> bytes | None:
@@ -327,12 +345,11 @@ class Journal:
             self._db.execute("UPDATE dirty SET path = ? WHERE path = ?", (new, old))
 
     def dirty_rows(self) -> Iterator[DirtyRow]:
-        for path, data, size, mode, uid, gid, mtime_ns, base, gen, source in self._db.execute(
-            "SELECT path, data, size, mode, uid, gid, mtime_ns, base_etag, generation, source "
-            "FROM dirty ORDER BY path"
+        for path, data, size, base, gen, source, *meta in self._db.execute(
+            "SELECT path, data, size, base_etag, generation, source, " + _META_COLUMNS +
+            " FROM dirty ORDER BY path"
         ):
-            yield DirtyRow(path, data, size, PosixMeta(mode, uid, gid, mtime_ns), base, gen,
-                           source)
+            yield DirtyRow(path, data, size, _meta(*meta), base, gen, source)
 
     def finish_upload(self, path: str, obj: ObjectRow) -> None:
         """The upload of `path` landed as `obj`: forget the dirty row and its upload attempts,
@@ -396,8 +413,10 @@ class Journal:
         self._unwritten.pop(obj.key, None)
         self._objects.pop(obj.key, None)
         self._db.execute(
-            "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?)",
-            (obj.key, obj.etag, obj.size, m.mode, m.uid, m.gid, m.mtime_ns, obj.sha256, obj.sha1),
+            "INSERT OR REPLACE INTO objects (key, etag, size, mode, uid, gid, mtime_ns, ctime_ns, "
+            "atime_ns, rdev, sha256, sha1) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (obj.key, obj.etag, obj.size, m.mode, m.uid, m.gid, m.mtime_ns, m.ctime_ns,
+             m.atime_ns, m.rdev, obj.sha256, obj.sha1),
         )
         if not self._db.in_transaction:  # committed (a transaction around it may roll back)
             self._objects[obj.key] = obj
@@ -407,13 +426,14 @@ class Journal:
         try:
             found = self._objects[key]
         except KeyError:
-            row = self._db.execute("SELECT * FROM objects WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute(
+                "SELECT key, etag, size, sha256, sha1, " + _META_COLUMNS +
+                " FROM objects WHERE key = ?", (key,)).fetchone()
             if row is None:
                 found = None
             else:
-                key_, etag_, size, mode, uid, gid, mtime_ns, sha256, sha1 = row
-                found = ObjectRow(key_, etag_, size, PosixMeta(mode, uid, gid, mtime_ns),
-                                  sha256, sha1)
+                key_, etag_, size, sha256, sha1, *meta = row
+                found = ObjectRow(key_, etag_, size, _meta(*meta), sha256, sha1)
             if not self._db.in_transaction:  # an open one may still roll back
                 self._objects[key] = found
         if found is None or (etag is not None and found.etag != etag):

@@ -26,7 +26,10 @@ CREATE TABLE IF NOT EXISTS dirty (
     generation INTEGER NOT NULL,
     source     TEXT,              -- zone key to copy the object from (a renamed clean file)
     inline     BLOB,              -- a small file's bytes at its last close (see journal.py)
-    inline_boot TEXT              -- the boot id of the machine when `inline` was written
+    inline_boot TEXT,             -- the boot id of the machine when `inline` was written
+    ctime_ns   INTEGER,           -- NULL (a row from before ctime was kept): mtime_ns
+    atime_ns   INTEGER,           -- NULL: mtime_ns
+    rdev       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS attempts (
     path   TEXT NOT NULL,        -- a dirty file's path
@@ -46,7 +49,10 @@ CREATE TABLE IF NOT EXISTS objects (
     gid      INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     sha256   TEXT,
-    sha1     TEXT
+    sha1     TEXT,
+    ctime_ns INTEGER,            -- NULL (a row from before ctime was kept): mtime_ns
+    atime_ns INTEGER,            -- NULL: mtime_ns
+    rdev     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS objects_sha1 ON objects (sha1);
 CREATE TABLE IF NOT EXISTS renames (

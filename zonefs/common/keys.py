@@ -10,7 +10,7 @@ from __future__ import annotations
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NAME_MAX = 255
 #: The reserved virtual directory at the mount root; never stored in the bucket.
@@ -94,36 +94,86 @@ def is_valid_name(name: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class PosixMeta:
-    """The POSIX attributes zonefs keeps in object metadata. `mode` includes the type bits."""
+    """The POSIX attributes zonefs keeps in object metadata. `mode` includes the type bits;
+    `rdev` is the device number of a character or block device (0 for anything else).
+
+    Times are nanoseconds since the epoch. ctime changes with every change of the file
+    (data, mode, owner, times, name); atime is what `utimensat` set (reads do not move it:
+    the mount is noatime).
+    """
 
     mode: int
     uid: int
     gid: int
     mtime_ns: int
+    ctime_ns: int
+    atime_ns: int
+    rdev: int = 0
+
+    @classmethod
+    def new(cls, mode: int, uid: int, gid: int, rdev: int = 0) -> PosixMeta:
+        """The attributes of a file created now: all three times are now."""
+        now = time.time_ns()
+        return cls(mode, uid, gid, now, now, now, rdev)
 
     def modified_now(self) -> PosixMeta:
-        """The same attributes with mtime set to now: the file's data changed."""
-        return PosixMeta(self.mode, self.uid, self.gid, time.time_ns())
+        """The same attributes with mtime and ctime set to now: the file's data changed."""
+        now = time.time_ns()
+        return replace(self, mtime_ns=now, ctime_ns=now)
+
+    def changed_now(self) -> PosixMeta:
+        """The same attributes with ctime set to now: its mode, owner, times or name changed."""
+        return replace(self, ctime_ns=time.time_ns())
+
+    def set_to(self, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+               mtime_ns: int | None = None, atime_ns: int | None = None,
+               ctime_ns: int | None = None) -> PosixMeta:
+        """chmod, chown or utimensat: the attributes given (of `mode`, its permission bits)
+        change, and ctime is now unless given."""
+        return PosixMeta(
+            (self.mode & ~0o7777) | (mode & 0o7777) if mode is not None else self.mode,
+            self.uid if uid is None else uid,
+            self.gid if gid is None else gid,
+            self.mtime_ns if mtime_ns is None else mtime_ns,
+            time.time_ns() if ctime_ns is None else ctime_ns,
+            self.atime_ns if atime_ns is None else atime_ns,
+            self.rdev,
+        )
+
+    def same_but_ctime(self, other: PosixMeta) -> bool:
+        """Whether `other` differs from these attributes in nothing but ctime."""
+        return replace(other, ctime_ns=self.ctime_ns) == self
+
+
+def _format_ns(ns: int) -> str:
+    sec, nsec = divmod(ns, 1_000_000_000)
+    return f"{sec}.{nsec:09d}"
 
 
 def encode_meta(meta: PosixMeta, **extra: str) -> dict[str, str]:
-    """Object metadata (names without `x-amz-meta-`) in the s3fs-compatible form.
+    """Object metadata (names without `x-amz-meta-`) in the s3fs-compatible form: decimal
+    mode, uid and gid, the three times in decimal seconds, and `rdev` for a device only.
 
-    >>> encode_meta(PosixMeta(0o100644, 0, 0, 1_500_000_000_000_000_001))
-    {'mode': '33188', 'uid': '0', 'gid': '0', 'mtime': '1500000000.000000001'}
+    >>> encode_meta(PosixMeta(0o100644, 0, 0, 1_500_000_000_000_000_001, 1_500_000_000, 7))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'mode': '33188', 'uid': '0', 'gid': '0', 'mtime': '1500000000.000000001',
+     'ctime': '1.500000000', 'atime': '0.000000007'}
     """
-    sec, nsec = divmod(meta.mtime_ns, 1_000_000_000)
     out = {
         "mode": str(meta.mode),
         "uid": str(meta.uid),
         "gid": str(meta.gid),
-        "mtime": f"{sec}.{nsec:09d}",
+        "mtime": _format_ns(meta.mtime_ns),
+        "ctime": _format_ns(meta.ctime_ns),
+        "atime": _format_ns(meta.atime_ns),
     }
+    if stat.S_ISCHR(meta.mode) or stat.S_ISBLK(meta.mode):
+        out["rdev"] = str(meta.rdev)
     out.update(extra)
     return out
 
 
-def _parse_mtime_ns(text: str) -> int | None:
+def _parse_time_ns(text: str) -> int | None:
     sec, dot, frac = text.strip().partition(".")
     if not sec.lstrip("-").isdigit() or (dot and not frac.isdigit()):
         return None
@@ -152,7 +202,9 @@ def decode_meta(
 
     >>> decode_meta({"mode": "0100600", "mtime": "12.5"}, is_dir=False, default_mode=0o644,
     ...             default_uid=1, default_gid=2, fallback_mtime=0.0)
-    PosixMeta(mode=33152, uid=1, gid=2, mtime_ns=12500000000)
+    ... # doctest: +NORMALIZE_WHITESPACE
+    PosixMeta(mode=33152, uid=1, gid=2, mtime_ns=12500000000, ctime_ns=12500000000,
+              atime_ns=12500000000, rdev=0)
     """
     md = metadata or {}
     want_type = stat.S_IFDIR if is_dir else stat.S_IFREG
@@ -167,12 +219,20 @@ def decode_meta(
         mode = stat.S_IFREG | (mode & 0o7777)
     uid = md.get("uid", "")
     gid = md.get("gid", "")
-    mtime_ns = _parse_mtime_ns(md["mtime"]) if "mtime" in md else None
+    mtime_ns = _parse_time_ns(md["mtime"]) if "mtime" in md else None
     if mtime_ns is None:
         mtime_ns = int(fallback_mtime * 1_000_000_000)
+    # An object another tool wrote without ctime or atime: both are its mtime.
+    ctime_ns = _parse_time_ns(md["ctime"]) if "ctime" in md else None
+    atime_ns = _parse_time_ns(md["atime"]) if "atime" in md else None
+    rdev = md.get("rdev", "").strip()
+    is_device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
     return PosixMeta(
         mode=mode,
         uid=int(uid) if uid.isdigit() else default_uid,
         gid=int(gid) if gid.isdigit() else default_gid,
         mtime_ns=mtime_ns,
+        ctime_ns=mtime_ns if ctime_ns is None else ctime_ns,
+        atime_ns=mtime_ns if atime_ns is None else atime_ns,
+        rdev=int(rdev) if is_device and rdev.isdigit() else 0,
     )

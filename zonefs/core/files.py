@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -52,6 +51,9 @@ if TYPE_CHECKING:
     from zonefs.pending.ledger import Ledger
     from zonefs.pending.rows import DirtyFile
     from zonefs.remote.base import Remote
+
+#: The file types `create` keeps besides regular files (mknod, bind).
+_SPECIAL_TYPES = (st.S_IFIFO, st.S_IFSOCK, st.S_IFCHR, st.S_IFBLK)
 
 
 def _copy_fd_to(fd: int, dest: str) -> None:
@@ -115,7 +117,12 @@ class Files:
                 return
         await self.remote.download(key, dest, None, etag)
 
-    async def create(self, path: str, mode: int, uid: int, gid: int) -> tuple[Handle, Stat]:
+    async def create(self, path: str, mode: int, uid: int, gid: int,
+                     rdev: int = 0) -> tuple[Handle, Stat]:
+        """A new file at `path`, open for writing. `mode`'s type may also be a FIFO, a socket
+        or a device (mknod, bind): an empty object whose `mode` header (and `rdev`, for a
+        device) says so; the kernel gives it its behaviour. Any other type is a regular
+        file."""
         self.view.check_writable(path)
         self.view.check_new_name(path)
         await self.view.parent_dir(path)
@@ -123,10 +130,9 @@ class Files:
         if existing is not None and existing.is_dir:
             raise IsADirectory(path)
         staging, fd = self.blobs.open_new_staging()
-        # A FIFO or a socket (mknod, bind) is an empty object whose `mode` header says so;
-        # the kernel gives it its behaviour. Anything else created here is a regular file.
-        kind = st.S_IFMT(mode) if st.S_IFMT(mode) in (st.S_IFIFO, st.S_IFSOCK) else st.S_IFREG
-        meta = PosixMeta(kind | (mode & 0o7777), uid, gid, time.time_ns())
+        kind = st.S_IFMT(mode) if st.S_IFMT(mode) in _SPECIAL_TYPES else st.S_IFREG
+        device = kind in (st.S_IFCHR, st.S_IFBLK)
+        meta = PosixMeta.new(kind | (mode & 0o7777), uid, gid, rdev if device else 0)
         try:
             df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
                                            existing.etag if existing else None,
@@ -269,6 +275,8 @@ class Files:
         gid: int | None = None,
         size: int | None = None,
         mtime_ns: int | None = None,
+        atime_ns: int | None = None,
+        ctime_ns: int | None = None,
         handle: Handle | None = None,
     ) -> Stat:
         """setattr of a file that is open but has no name any more, through its open
@@ -282,12 +290,8 @@ class Files:
         if self.opts.read_only:
             raise ReadOnly("the mount is read-only")
         s = self.stat_open(handles)
-        meta = PosixMeta(
-            (s.meta.mode & ~0o7777) | (mode & 0o7777) if mode is not None else s.meta.mode,
-            s.meta.uid if uid is None else uid,
-            s.meta.gid if gid is None else gid,
-            s.meta.mtime_ns if mtime_ns is None else mtime_ns,
-        )
+        meta = s.meta.set_to(mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns, atime_ns=atime_ns,
+                             ctime_ns=ctime_ns)
         if size is not None:
             candidates = [handle] if handle is not None else handles
             writer = next((h for h in candidates if h.writable and h.dirty is not None), None)

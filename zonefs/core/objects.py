@@ -103,7 +103,7 @@ class RemoteObjects:
             # set last is the best answer there is; a HEAD would only give defaults.
             memo = self.journal.get_object(keys.dir_key(path))
             if memo is not None:
-                entry.meta = memo.meta
+                entry.meta, entry.marker = memo.meta, True
                 return True
         return False
 
@@ -141,6 +141,7 @@ class RemoteObjects:
                 info = None
             if info is None:
                 entry.meta = self.default_meta(entry)
+                entry.marker = False if entry.is_dir else None
             else:
                 self._fill(entry, key, info)
         finally:
@@ -164,6 +165,7 @@ class RemoteObjects:
             path, entry, event = wanted.pop(key)
             if isinstance(answer, NotFound):
                 entry.meta = self.default_meta(entry)
+                entry.marker = False if entry.is_dir else None
             elif isinstance(answer, Exception):
                 log.debug("headers of %r not prefetched: %s", path, answer)
             else:
@@ -186,13 +188,16 @@ class RemoteObjects:
         """`entry` takes the headers a request for `key` answered."""
         fresh = self.remember_headers(key, info)
         entry.meta = fresh.meta
-        if not entry.is_dir:
+        if entry.is_dir:
+            entry.marker = True
+        else:
             entry.size, entry.etag, entry.version_id = info.size, info.etag, info.version_id
 
     def default_meta(self, entry: Entry) -> PosixMeta:
         mode = (st.S_IFDIR | self.opts.dir_mode) if entry.is_dir else (
             st.S_IFREG | self.opts.file_mode)
-        return PosixMeta(mode, self.opts.uid, self.opts.gid, int(entry.mtime * 1e9))
+        mtime_ns = int(entry.mtime * 1e9)
+        return PosixMeta(mode, self.opts.uid, self.opts.gid, mtime_ns, mtime_ns, mtime_ns)
 
 
     async def open(self, path: str, s: Stat) -> Handle:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import stat as st
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from zonefs.cache.journal import (
@@ -90,13 +91,16 @@ class Renamer:
 
     # -- planning -------------------------------------------------------------------------------
 
-    def _copy_headers(self, key: str, etag: str | None,
-                      df: DirtyFile | None) -> dict[str, str] | None:
-        """Headers for the copy of `key`: those of a pending metadata change (`df`), keeping
-        the content IDs; None keeps the source's."""
-        if df is None:
+    def _copy_headers(self, key: str, etag: str | None, df: DirtyFile | None,
+                      meta: PosixMeta | None = None) -> dict[str, str] | None:
+        """Headers for the copy of `key`: `meta`, or those of a pending metadata change
+        (`df`), keeping the content IDs; None keeps the source's."""
+        if df is not None:
+            meta = df.row.meta if meta is None else replace(df.row.meta,
+                                                              ctime_ns=meta.ctime_ns)
+        if meta is None:
             return None
-        return keys.encode_meta(df.row.meta, **self.ledger.hash_headers(key, etag))
+        return keys.encode_meta(meta, **self.ledger.hash_headers(key, etag))
 
     async def move_file(self, old: str, new: str, src: Stat) -> None:
         """Move the file `old` (whose stat is `src`; no pending bytes) to `new` by a copy in
@@ -109,7 +113,9 @@ class Renamer:
         # Only rows that are in the journal get steps: a file never closed has none to move.
         if replaced is not None and replaced.persisted:
             plan.append(Move(MOVE_DROP, new))  # first: the row moved to `new` must survive
-        plan.append(Move(MOVE_COPY, old, new, src.etag, self._copy_headers(old, src.etag, df)))
+        # The moved file's ctime is now (its name changed).
+        plan.append(Move(MOVE_COPY, old, new, src.etag,
+                         self._copy_headers(old, src.etag, df, src.meta.changed_now())))
         if df is not None and df.persisted:
             plan.append(Move(MOVE_DROP, old, new))
         batch = self.journal.begin_rename(old, new)
@@ -164,6 +170,8 @@ class Renamer:
         self._apply_pending(batch)
         for path, df in moving.items():
             self.moves.carry(path, keys.rebase(path, old, new), df, path in listed)
+        if moved_row is not None and moved_row.is_dir and moves_as_row(moved_row):
+            self.ledger.set_meta(moved_row, meta)  # a pending directory: its new ctime
         await self._run_remote(batch, moving)
         self._hide_what_stays(old)
 

@@ -41,6 +41,7 @@ from zonefs.common.errors import (
     NotADirectory,
     NotEmpty,
     NotPermitted,
+    ZonefsError,
 )
 from zonefs.common.keys import RESERVED, PosixMeta
 from zonefs.core.content import ContentIds
@@ -147,14 +148,21 @@ class Vfs:
     async def stat(self, path: str) -> Stat:
         return await self.view.stat(path)
 
+    def subdirs(self, path: str) -> int:
+        """How many subdirectories the directory `path` has, as far as the mount knows."""
+        return self.view.subdirs(path)
+
     async def listdir(self, path: str) -> list[tuple[str, Stat]]:
         """Sorted (name, Stat) of a directory, pending local changes included."""
         return await self.view.listdir(path)
 
     # -- open files (files.Files) -----------------------------------------------------------
 
-    async def create(self, path: str, mode: int, uid: int, gid: int) -> tuple[Handle, Stat]:
-        return await self.files.create(path, mode, uid, gid)
+    async def create(self, path: str, mode: int, uid: int, gid: int,
+                     rdev: int = 0) -> tuple[Handle, Stat]:
+        made = await self.files.create(path, mode, uid, gid, rdev)
+        await self._entries_changed(path)
+        return made
 
     async def open(self, path: str, flags: int) -> Handle:
         return await self.files.open(path, flags)
@@ -186,14 +194,46 @@ class Vfs:
 
     # -- namespace changes ------------------------------------------------------------------------
 
+    async def _entries_changed(self, *paths: str) -> None:
+        """Entries were created, removed or renamed at `paths`: the directories holding them
+        get mtime and ctime now, shown at once, and kept on their markers by write-back as a
+        pending attribute change (one row per directory: a burst of creates in one
+        directory costs one marker put when it is quiet)."""
+        for parent in dict.fromkeys(keys.split(p)[0] for p in paths):
+            if parent == "":
+                self.view.root_changed()
+                continue
+            try:
+                s = await self.stat(parent)
+            except ZonefsError:
+                # Removed meanwhile, or its headers cannot be fetched now: the change itself
+                # was made, only the directory's times are not.
+                continue
+            if not s.is_dir or s.provisional:
+                continue  # its headers are not known: a put would replace them by defaults
+            meta = s.meta.modified_now()
+            if self.ledger.row(parent) is not None or self.view.has_marker(parent):
+                self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag)
+            else:
+                # A directory that exists only as a prefix of other keys gets no marker for
+                # this (the bucket keeps the layout other tools gave it): its new times show
+                # while the mount remembers its entry.
+                self.view.set_cached_meta(parent, meta)
+
     async def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Stat:
+        made = await self._mkdir(path, mode, uid, gid)
+        self.view.dir_added(path)
+        await self._entries_changed(path)
+        return made
+
+    async def _mkdir(self, path: str, mode: int, uid: int, gid: int) -> Stat:
         """A pending directory: its marker is put by the write-back queue."""
         self.view.check_writable(path)
         self.view.check_new_name(path)
         await self.view.parent_dir(path)
         if await self.view.exists(path) is not None:
             raise Exists(path)
-        meta = PosixMeta(st.S_IFDIR | (mode & 0o7777), uid, gid, time.time_ns())
+        meta = PosixMeta.new(st.S_IFDIR | (mode & 0o7777), uid, gid)
         await self.ledger.created_entry(DirtyRow(path, None, 0, meta, None, 1))
         # A new directory is empty: lookups in it need not ask the bucket (and work while it
         # cannot be reached).
@@ -204,7 +244,7 @@ class Vfs:
         """Put the marker of `path` now (a rename's step; mkdir goes through write-back)."""
         info = await self.remote.put_bytes(keys.dir_key(path), b"", keys.encode_meta(meta),
                                            keys.DIR_CONTENT_TYPE)
-        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), meta))
+        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), meta, marker=True))
         # Remembered too: where the store drops a marker's metadata (the probe's
         # dir_markers=dropped), this machine still shows the attributes it set.
         self.journal.put_object(ObjectRow(keys.dir_key(path), info.etag, 0, meta))
@@ -222,6 +262,11 @@ class Vfs:
         return entry.meta
 
     async def rmdir(self, path: str) -> None:
+        await self._rmdir(path)
+        self.view.dir_removed(path)
+        await self._entries_changed(path)
+
+    async def _rmdir(self, path: str) -> None:
         """A pending delete of the directory's marker (once nothing below it is pending)."""
         self.view.check_writable(path)
         if path == "":
@@ -237,13 +282,18 @@ class Vfs:
         await self.ledger.removed(path, is_dir=s.is_dir, etag=s.etag)
 
     async def symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
+        made = await self._symlink(path, target, uid, gid)
+        await self._entries_changed(path)
+        return made
+
+    async def _symlink(self, path: str, target: str, uid: int, gid: int) -> Stat:
         """A pending symlink: a small object whose body is the target, put by write-back."""
         self.view.check_writable(path)
         self.view.check_new_name(path)
         await self.view.parent_dir(path)
         if await self.view.exists(path) is not None:
             raise Exists(path)
-        meta = PosixMeta(st.S_IFLNK | 0o777, uid, gid, time.time_ns())
+        meta = PosixMeta.new(st.S_IFLNK | 0o777, uid, gid)
         body = os.fsencode(target)
         staging = self.blobs.new_staging()
         await trio.to_thread.run_sync(_write_synced, staging, body)
@@ -270,8 +320,14 @@ class Vfs:
         if s.is_dir:
             raise IsADirectory(path)
         await self.ledger.removed(path, is_dir=s.is_dir, etag=s.etag)
+        await self._entries_changed(path)
 
     async def rename(self, old: str, new: str, flags: int = 0) -> None:
+        if await self._rename(old, new, flags):
+            await self._entries_changed(old, new)
+
+    async def _rename(self, old: str, new: str, flags: int) -> bool:
+        """Whether anything moved."""
         self.view.check_writable(old)
         self.view.check_writable(new)
         if flags & RENAME_EXCHANGE:
@@ -279,7 +335,7 @@ class Vfs:
         if flags & ~RENAME_NOREPLACE:
             raise InvalidArgument(f"rename flags {flags:#x}")
         if old == new:
-            return
+            return False
         if keys.is_within(new, old):
             raise InvalidArgument("cannot move a directory into itself")
         self.view.check_new_name(new)
@@ -308,21 +364,25 @@ class Vfs:
             # Pending bytes go up under the new name: no request now, none of the caches'
             # remote facts change (the overlay of pending changes shows the move).
             if await self.moves.move_pending_file(old, new, dst_etag, dst is not None):
-                return
+                return True
             src = await self.stat(old)  # uploaded meanwhile: moved by a copy in the store
         if not src.is_dir and await self.moves.move_by_copy(
-                old, new, size=src.size, meta=src.meta, etag=src.etag, dst_etag=dst_etag,
+                old, new, size=src.size, meta=src.meta.changed_now(), etag=src.etag,
+                dst_etag=dst_etag,
                 dst_exists=dst is not None):
-            return  # a pending copy, then the old name's delete: no request now either
+            return True  # a pending copy, then the old name's delete: no request now either
         try:
+            # A rename changes the ctime of what it moves (as on a local filesystem).
             if src.is_dir:
-                await self.renamer.move_dir(old, new, src.meta)
+                await self.renamer.move_dir(old, new, src.meta.changed_now())
+                self.view.dir_moved(old, new, replaced=dst is not None)
             else:
                 await self.renamer.move_file(old, new, src)
         finally:
             # Also after a rename that failed part-way: objects may be under both names.
             self.cache.invalidate_tree(old)
             self.cache.invalidate_tree(new)
+        return True
 
     # -- attributes changes ---------------------------------------------------------------------
 
@@ -335,20 +395,20 @@ class Vfs:
         gid: int | None = None,
         size: int | None = None,
         mtime_ns: int | None = None,
+        atime_ns: int | None = None,
+        ctime_ns: int | None = None,
         handle: Handle | None = None,
     ) -> Stat:
         self.view.check_writable(path)
         s = await self.stat(path)
         if size is not None and s.is_dir:
             raise IsADirectory(path)
-        meta = PosixMeta(
-            (s.meta.mode & ~0o7777) | (mode & 0o7777) if mode is not None else s.meta.mode,
-            s.meta.uid if uid is None else uid,
-            s.meta.gid if gid is None else gid,
-            s.meta.mtime_ns if mtime_ns is None else mtime_ns,
-        )
-        if size is None and meta == s.meta:
-            return s  # nothing changes: no new object version for `touch -a` or a same chmod
+        meta = s.meta.set_to(mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns, atime_ns=atime_ns,
+                             ctime_ns=ctime_ns)
+        if size is None and s.meta.same_but_ctime(meta):
+            # Nothing changes: no new object version for a chmod to the same mode or a
+            # `chown -1 -1` (which leave ctime as it was on a local filesystem too).
+            return s
         if path == "":
             raise NotPermitted("the mount root's attributes come from the mount options")
         if size is not None:

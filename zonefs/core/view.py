@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
+from cachetools import LRUCache
 
 from zonefs.cache.dircache import UNKNOWN, DirCache, Entry
 from zonefs.common import keys
@@ -116,6 +117,10 @@ async def _shared(flights: dict[str, _Flight], key: str,
         flight.done.set()
 
 
+#: Directories whose subdirectory count (`View.subdirs`) is remembered.
+SUBDIR_COUNTS = 4096
+
+
 class View:
     """Stat and listings of paths; see the module docstring for the invariants."""
 
@@ -127,6 +132,13 @@ class View:
         self.capabilities = capabilities
         self._spawn = spawn
         self.mount_time_ns = time.time_ns()
+        # When an entry of the mount root was last created, removed or renamed: its mtime
+        # and ctime (the root has no marker to keep them: they last as long as the mount).
+        self._root_changed_ns = self.mount_time_ns
+        # directory -> how many subdirectories it has, as far as this mount knows: counted at
+        # its last listing (or 0 at its mkdir), then kept up by this mount's mkdir, rmdir and
+        # renames (`st_nlink` is 2 plus this, as on a local filesystem).
+        self._subdirs: LRUCache[str, int] = LRUCache(maxsize=SUBDIR_COUNTS)
         # Keys the mount cannot show as they are (reported once each; `zonefs status` lists them).
         self.reported: dict[str, str] = {}
         self._prefetched: dict[str, int] = {}  # directory -> id() of the listing prefetched
@@ -138,8 +150,13 @@ class View:
     # -- stat -----------------------------------------------------------------------------------
 
     def root_meta(self) -> PosixMeta:
-        return PosixMeta(st.S_IFDIR | self.opts.dir_mode, self.opts.uid, self.opts.gid,
+        at = self._root_changed_ns
+        return PosixMeta(st.S_IFDIR | self.opts.dir_mode, self.opts.uid, self.opts.gid, at, at,
                          self.mount_time_ns)
+
+    def root_changed(self) -> None:
+        """An entry of the mount root was created, removed or renamed."""
+        self._root_changed_ns = time.time_ns()
 
     def check_writable(self, path: str) -> None:
         if self.opts.read_only:
@@ -395,7 +412,48 @@ class View:
                 continue
             assert entry.meta is not None
             out.append((name, Stat(entry.meta, size, entry.etag)))
+        self._subdirs[path] = sum(1 for _, s in out if s.is_dir)
         return out
+
+    # -- subdirectory counts (st_nlink) -----------------------------------------------------
+
+    def subdirs(self, path: str) -> int:
+        """How many subdirectories the directory `path` has, as far as this mount knows (0
+        for a directory never listed here)."""
+        return self._subdirs.get(path, 0)
+
+    def _count(self, parent: str, delta: int) -> None:
+        if parent in self._subdirs:
+            self._subdirs[parent] = max(0, self._subdirs[parent] + delta)
+
+    def dir_added(self, path: str) -> None:
+        """`mkdir path`: a new, empty directory in its parent."""
+        self._subdirs[path] = 0
+        self._count(keys.split(path)[0], +1)
+
+    def dir_removed(self, path: str) -> None:
+        self._subdirs.pop(path, None)
+        self._count(keys.split(path)[0], -1)
+
+    def dir_moved(self, old: str, new: str, *, replaced: bool) -> None:
+        """The directory `old` is now `new` (`replaced`: an empty directory was there)."""
+        count = self._subdirs.pop(old, None)
+        self._count(keys.split(old)[0], -1)
+        if not replaced:
+            self._count(keys.split(new)[0], +1)
+        if count is not None:
+            self._subdirs[new] = count
+
+    def has_marker(self, path: str) -> bool:
+        """Whether the directory `path` is known to have a marker object (`dir/`)."""
+        known = self.cache.entry(path)
+        if not isinstance(known, Entry):
+            known = self.cache.last_entry(path)
+        return isinstance(known, Entry) and known.is_dir and known.marker is True
+
+    def set_cached_meta(self, path: str, meta: PosixMeta) -> None:
+        """Show `meta` for the remote entry `path` until the mount fetches it again."""
+        self.cache.set_meta(path, meta)
 
     def _freshest(self, path: str, entry: Entry) -> Entry:
         """`entry` (from a listing, or standing in for a pending row), or what the dircache

@@ -113,15 +113,23 @@ class ZonefsOperations(pyfuse3.Operations):
         # Stand-in attributes (a listing that did not wait for headers) are asked for again.
         a.entry_timeout = a.attr_timeout = 0 if s.provisional else self.opts.metadata_ttl
         a.st_mode = s.meta.mode
-        # An unlinked file has no link left (the kernel counted it down itself at unlink).
-        a.st_nlink = 0 if not linked else 2 if st.S_ISDIR(s.meta.mode) else 1
+        # An unlinked file has no link left (the kernel counted it down itself at unlink). A
+        # directory has 2 and one per subdirectory ('..' in each), as far as the mount knows.
+        a.st_nlink = 0 if not linked else 1
+        if linked and st.S_ISDIR(s.meta.mode):
+            try:
+                a.st_nlink = 2 + self.vfs.subdirs(self._path(inode))
+            except NotFound:
+                a.st_nlink = 2
         a.st_uid = s.meta.uid
         a.st_gid = s.meta.gid
-        a.st_rdev = 0
+        a.st_rdev = s.meta.rdev
         a.st_size = s.size
         a.st_blksize = 1 << 20
         a.st_blocks = (s.size + 511) // 512
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = s.meta.mtime_ns
+        a.st_mtime_ns = s.meta.mtime_ns
+        a.st_ctime_ns = s.meta.ctime_ns
+        a.st_atime_ns = s.meta.atime_ns
         return a
 
     def _entry(self, path: str, s: Stat) -> pyfuse3.EntryAttributes:
@@ -194,6 +202,8 @@ class ZonefsOperations(pyfuse3.Operations):
                 "gid": attr.st_gid if fields.update_gid else None,
                 "size": attr.st_size if fields.update_size else None,
                 "mtime_ns": attr.st_mtime_ns if fields.update_mtime else None,
+                "atime_ns": attr.st_atime_ns if fields.update_atime else None,
+                "ctime_ns": attr.st_ctime_ns if fields.update_ctime else None,
                 "handle": self._handles.get(fh) if fh is not None else None,
             }
             handles = self._unlinked_handles(inode)
@@ -257,11 +267,9 @@ class ZonefsOperations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> Any:
-        if not (st.S_ISREG(mode) or st.S_ISFIFO(mode) or st.S_ISSOCK(mode)):
-            raise pyfuse3.FUSEError(errno.ENOTSUP)  # devices: their number is not kept yet
         async with _errors("mknod", parent_inode, name):
             path = self._child(parent_inode, name, new=True)
-            handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid)
+            handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid, rdev)
             await self.vfs.flush(handle)
             await self.vfs.release(handle)
             return self._entry(path, s)

@@ -15,6 +15,7 @@ operations change the rows, the deletes and the queue, through the ledger they b
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from zonefs.cache.journal import MOVE_DIRTY, MOVE_DROP, DirtyRow
@@ -93,11 +94,14 @@ class LocalMoves:
             replaced.persisted = False  # its row went with the move
             ledger.drop(new, replaced)
         df.row.path, df.row.base_etag = new, base
+        df.row.meta = df.row.meta.changed_now()  # a rename changes ctime
         df.absent = base is None
         # An upload made under the old name (by fsync while open) is not this name's: the
         # last close must upload again rather than take it as done.
         df.uploaded_generation, df.uploaded = -1, None
         self.rows[new] = df
+        if df.persisted:
+            ledger.persist(df, durable=False)  # its new ctime
         ledger.schedule(df)
         return True
 
@@ -128,8 +132,9 @@ class LocalMoves:
         df = self.rows.pop(old, None)
         base = self._replaced_base(new, dst_etag, dst_exists, replacing, replaced, claimed,
                                    claimed_etag)
-        row = DirtyRow(new, None, size, df.row.meta if df is not None else meta, base, 1,
-                       source=old)
+        # The copy's headers: a pending attribute change's, and ctime now (`meta`'s).
+        row = DirtyRow(new, None, size, replace(df.row.meta, ctime_ns=meta.ctime_ns)
+                       if df is not None else meta, base, 1, source=old)
         self.journal.move_by_copy(row, old, delete_etag=etag,
                                   replaces_delete=new if claimed else None)
         if replaced is not None:

@@ -87,7 +87,8 @@ class Settler:
         self.journal.finish_upload(path, ObjectRow(key, info.etag, 0, df.row.meta))
         del self.rows[path]
         self.ledger.note_progress()
-        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), df.row.meta))
+        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), df.row.meta,
+                                         marker=True))
 
     def _settle_conflict(self, path: str, df: DirtyFile, kept: KeptAsConflict,
                          current_etag: str | None) -> None:
