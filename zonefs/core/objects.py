@@ -107,6 +107,13 @@ class RemoteObjects:
                 return True
         return False
 
+    def remember_dir_meta(self, path: str, meta: PosixMeta) -> None:
+        """Where the store keeps no headers on markers: the attributes this machine gave the
+        directory `path` (what `remembered_meta` answers for it from now on)."""
+        key = keys.dir_key(path)
+        memo = self.journal.get_object(key)
+        self.journal.put_object(ObjectRow(key, memo.etag if memo is not None else "", 0, meta))
+
     async def ensure_meta(self, path: str, entry: Entry, *, whole: bool = True) -> None:
         """Fill `entry.meta` from memory, the journal or a request (one at a time per path):
         a small object is fetched whole when `whole` (a stat is often followed by a read),

@@ -212,7 +212,14 @@ class Vfs:
             if not s.is_dir or s.provisional:
                 continue  # its headers are not known: a put would replace them by defaults
             meta = s.meta.modified_now()
-            if self.ledger.row(parent) is not None or self.view.has_marker(parent):
+            if self.ledger.row(parent) is not None:
+                self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag)  # coalesced
+            elif self.objects.dir_markers_dropped:
+                # The store keeps no headers on markers (SeaweedFS): a put would keep nothing.
+                # This machine remembers them, as it does the attributes it sets there.
+                self.objects.remember_dir_meta(parent, meta)
+                self.view.set_cached_meta(parent, meta)
+            elif self.view.has_marker(parent):
                 self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag)
             else:
                 # A directory that exists only as a prefix of other keys gets no marker for
