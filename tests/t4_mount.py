@@ -1477,8 +1477,8 @@ def test_default_permissions_is_accepted(mount: Mount) -> None:
 
 
 def test_o_trunc_and_truncate_set_mtime_to_now(mount: Mount) -> None:
-    """Emptying a file with O_TRUNC (`> file` in a shell) or `truncate` changes its mtime, even
-    when no byte is written after, and the bucket's `mtime` header follows."""
+    """Emptying a file with O_TRUNC (`> file` in a shell) or `truncate` changes its mtime and
+    ctime, even when no byte is written after, and the bucket's `mtime` header follows."""
     root = mount.path
     for name in ("clean", "pending", "empty"):
         (root / name).write_bytes(b"" if name == "empty" else b"some bytes\n")
@@ -1491,12 +1491,13 @@ def test_o_trunc_and_truncate_set_mtime_to_now(mount: Mount) -> None:
     for name in ("clean", "pending", "empty"):
         os.close(os.open(root / name, os.O_WRONLY | os.O_TRUNC))
         s = os.stat(root / name)
-        assert (s.st_size, s.st_mtime_ns >= before) == (0, True), name
+        assert (s.st_size, s.st_mtime_ns >= before, s.st_ctime_ns >= before) == (0, True, True)
     (root / "by-name").write_bytes(b"cut by name\n")
     mount.sync()
     os.utime(root / "by-name", ns=(old, old))
     run("truncate", "-s", "4", root / "by-name")
     assert os.stat(root / "by-name").st_mtime_ns >= before
+    assert os.stat(root / "by-name").st_ctime_ns >= before
     mount.sync()
     for name in ("clean", "pending", "empty", "by-name"):
         obj = mount.store.must_get(name)
