@@ -11,14 +11,17 @@ import os
 import stat as st
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from conftest import QUIRK_LONG_NAMES, seaweedfs_quirk
 from vfs_harness import (
     GID,
     HOLD,
     UID,
     Env,
+    OutageRemote,
     check_invariants,
     close,
     drain,
@@ -42,13 +45,15 @@ from zonefs.common.errors import (
     NotSupported,
     ReadOnly,
 )
+from zonefs.remote import open_remote
 
 # -- directories, symlinks, unlink ---------------------------------------------------------------
 
 
 @pytest.mark.unversioned_on_moto
 async def test_mkdir_and_rmdir(env: Env) -> None:
-    async with env.vfs(writeback_delay=HOLD) as vfs:
+    # A pending mkdir (exclusive on this mount only): its marker is put by write-back.
+    async with env.vfs(writeback_delay=HOLD, exclusive_creates="local") as vfs:
         s = await vfs.mkdir("d", 0o750, UID, GID)
         assert s.is_dir
         assert (await vfs.stat("d")).state == "dirty"  # journaled; the marker is put later
@@ -332,4 +337,73 @@ async def test_key_that_is_file_and_prefix_shows_the_directory(env: Env) -> None
         assert (await vfs.stat("both")).is_dir
         assert names(await vfs.listdir("both")) == ["inner"]
         assert await read_file(vfs, "both/inner") == b"in"
+        await check_invariants(vfs)
+
+
+async def test_o_excl_and_mkdir_are_exclusive_across_mounts(env: Env, tmp_path: Path) -> None:
+    """Two mounts of one zone (two cache dirs) race for the same names: `create(O_EXCL)` and
+    `mkdir` take the name in the store before they return (`If-None-Match: *`), so exactly one
+    of each race wins and the other gets EEXIST. Other creates stay pending (no request)."""
+    other = replace(env, cache_dir=tmp_path / "other-cache")
+    other.cache_dir.mkdir()
+    async with env.vfs(writeback_delay=HOLD) as a, other.vfs(writeback_delay=HOLD) as b:
+        if not a.exclusive.enforced:
+            pytest.skip("the store does not enforce conditional creates (the probe's answer)")
+        won: list[str] = []
+
+        async def take(vfs: Any, who: str, kind: str, name: str) -> None:
+            try:
+                if kind == "file":
+                    handle, _ = await vfs.create(name, 0o644, UID, GID, exclusive=True)
+                    await vfs.write(handle, 0, who.encode())
+                    await close(vfs, handle)
+                else:
+                    await vfs.mkdir(name, 0o755, UID, GID)
+                won.append(who)
+            except Exists:
+                pass
+
+        for i in range(10):
+            for kind, name in (("file", f"lock{i}"), ("dir", f"dir{i}")):
+                won.clear()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(take, a, "a", kind, name)
+                    nursery.start_soon(take, b, "b", kind, name)
+                assert len(won) == 1, (kind, name, won)
+                key = f"{name}/" if kind == "dir" else name
+                assert await env.store.head(key) is not None, "in the store before it returned"
+        # The winner's bytes replace the empty object it took the name with.
+        await drain(a)
+        await drain(b)
+        holder = (await env.store.read("lock0")).decode()
+        assert holder in ("a", "b")
+        # A lock released here (its delete still pending) can be taken again at once.
+        loser, winner = (b, a) if holder == "a" else (a, b)
+        await winner.unlink("lock0")
+        handle, _ = await winner.create("lock0", 0o644, UID, GID, exclusive=True)
+        await close(winner, handle)
+        with pytest.raises(Exists):
+            await loser.create("lock0", 0o644, UID, GID, exclusive=True)
+        # Without O_EXCL a create stays pending: nothing is sent before the write-back.
+        before = dict(a.remote.requests.counts)
+        await write_file(a, "plain", b"pending")
+        assert a.remote.requests.counts.get("put", 0) == before.get("put", 0)
+        await check_invariants(a)
+
+
+async def test_exclusive_creates_stay_pending_while_the_store_is_down(env: Env) -> None:
+    """While the store cannot be reached, `mkdir` and `create(O_EXCL)` work as any create does
+    (exclusive on this mount only) and reach the store once it is back."""
+    remote = OutageRemote(open_remote(env.zone))
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        remote.down = True
+        await vfs.mkdir("d", 0o755, UID, GID)
+        handle, _ = await vfs.create("d/lock", 0o644, UID, GID, exclusive=True)
+        await vfs.write(handle, 0, b"held")
+        await close(vfs, handle)
+        assert (await vfs.stat("d")).state == "dirty"
+        remote.down = False
+        await drain(vfs)
+        assert await env.store.keys() == {"d/", "d/lock"}
+        assert await env.store.read("d/lock") == b"held"
         await check_invariants(vfs)

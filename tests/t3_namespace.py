@@ -54,7 +54,9 @@ async def test_unlink_then_create_replaces_the_object(env: Env) -> None:
 
 
 async def test_a_file_never_uploaded_is_removed_without_a_request(env: Env) -> None:
-    async with env.vfs(writeback_delay=HOLD) as vfs:
+    # mkdir pending like any create (exclusive_creates=local), as on a store without
+    # conditional writes.
+    async with env.vfs(writeback_delay=HOLD, exclusive_creates="local") as vfs:
         await write_file(vfs, "tmp", b"scratch")
         await vfs.unlink("tmp")
         await vfs.mkdir("d", 0o755, UID, GID)
@@ -106,7 +108,9 @@ async def test_removed_tree_stays_hidden_and_markers_go_last(env: Env) -> None:
 async def test_namespace_changes_survive_a_crash(env: Env) -> None:
     await env.store.put("gone", b"deleted before the crash")
     await env.store.put("empty/", b"", content_type="application/x-directory")
-    async with env.vfs(writeback_delay=HOLD) as vfs:
+    # mkdir pending like any create (exclusive_creates=local): the crash comes before it
+    # reaches the store.
+    async with env.vfs(writeback_delay=HOLD, exclusive_creates="local") as vfs:
         await vfs.mkdir("d", 0o750, UID, GID)
         await vfs.symlink("d/link", "../target", UID, GID)
         await vfs.unlink("gone")
@@ -253,7 +257,9 @@ async def test_fsync_of_a_directory_applies_its_changes(env: Env) -> None:
 
 
 async def test_chmod_of_a_directory_and_symlink_is_batched(env: Env) -> None:
-    async with env.vfs(writeback_delay=HOLD) as vfs:
+    # mkdir pending like any create (exclusive_creates=local), as on a store without
+    # conditional writes.
+    async with env.vfs(writeback_delay=HOLD, exclusive_creates="local") as vfs:
         await vfs.mkdir("d", 0o755, UID, GID)
         await vfs.setattr("d", mode=0o700)
         await vfs.setattr("d", uid=7)
@@ -290,7 +296,9 @@ async def test_write_handle_kept_across_unlink_and_recreate(env: Env) -> None:
 async def test_directory_removed_and_made_again_before_its_deletes(env: Env) -> None:
     """A directory whose marker never reached the store, holding a file that did (fsync):
     `rm -r` hides it at once, and a new `mkdir` of the name works and starts empty."""
-    async with env.vfs(writeback_delay=HOLD) as vfs:
+    # mkdir pending like any create (exclusive_creates=local), as on a store without
+    # conditional writes.
+    async with env.vfs(writeback_delay=HOLD, exclusive_creates="local") as vfs:
         await vfs.mkdir("d", 0o755, UID, GID)
         handle, _ = await vfs.create("d/f", 0o644, UID, GID)
         await vfs.write(handle, 0, b"durable")

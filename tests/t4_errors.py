@@ -233,6 +233,27 @@ def test_cache_dir_in_use_by_another_mount(local_zone: ZoneConfig, tmp_path: Pat
 # -- the command line ------------------------------------------------------------------------
 
 
+@pytest.mark.expect_log(r"ERROR zonefs: cannot serve metrics at 127\.0\.0\.1:\d+: .*")
+def test_metrics_port_in_use(local_zone: ZoneConfig, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc, elapsed = try_mount(local_zone.url, mnt, tmp_path / "cache",
+                                  options=f"metrics=127.0.0.1:{port}")
+    assert_clean_failure(proc, elapsed, mnt, code=1, mentions=("metrics", str(port)))
+
+
+@pytest.mark.parametrize("value", ["9101", "127.0.0.1:", "127.0.0.1:99999", "host:port"])
+def test_bad_metrics_address(value: str, local_zone: ZoneConfig, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc, elapsed = try_mount(local_zone.url, mnt, tmp_path / "cache", options=f"metrics={value}")
+    assert_clean_failure(proc, elapsed, mnt, code=2, mentions=("metrics=",))
+
+
 def test_unknown_mount_option(local_zone: ZoneConfig, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -617,3 +617,55 @@ def test_ctrl_c_on_a_control_command_leaves_the_mount(own_store: Any, tmp_path: 
         mount.umount()
     finally:
         mount.cleanup()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The samples of `/metrics` (name with labels -> value), as Prometheus reads them."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        assert answer.status == 200
+        text = answer.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_show_the_backlog_rise_and_fall_through_an_outage(own_store: Any,
+                                                                  tmp_path: Path) -> None:
+    """`-o metrics=127.0.0.1:PORT`: scraped during a `cp -r` and an outage (connections
+    refused), the pending changes and the oldest one's age rise, retries count the failed
+    attempts, and everything falls back to nothing once the store is back."""
+    server, gate, store = own_store
+    port = free_port()
+    files = make_tree(tmp_path / "src", 100)
+    mount = own_mount(tmp_path, gate, store, writeback_delay="2", metrics=f"127.0.0.1:{port}")
+    try:
+        mount.start()
+        first = scrape(port)
+        assert first["zonefs_store_up"] == 1 and first["zonefs_pending_changes"] == 0
+        assert os.listdir(mount.path) == []  # known empty: names in it need no request
+        gate.close()
+        run("cp", "-r", tmp_path / "src", mount.path / "dst")
+        assert scrape(port)["zonefs_pending_files"] == len(files)
+        assert wait_for(lambda: scrape(port)["zonefs_upload_retries_total"] > 0, 30)
+        during = scrape(port)
+        assert during["zonefs_pending_changes"] >= len(files)
+        assert during["zonefs_oldest_pending_change_seconds"] >= 2
+        gate.open()
+        mount.sync()
+        after = scrape(port)
+        assert after["zonefs_pending_changes"] == 0
+        assert after["zonefs_oldest_pending_change_seconds"] == 0
+        assert after["zonefs_uploads_total"] >= len(files)
+        assert after['zonefs_requests_total{kind="put"}'] >= len(files)
+        assert after['zonefs_request_duration_seconds_count{kind="put"}'] >= len(files)
+        assert after["zonefs_uploaded_bytes_total"] >= sum(map(len, files.values()))
+        for rel, body in files.items():
+            assert store.must_get(f"dst/{rel}").body == body, rel
+        mount.umount()
+    finally:
+        mount.cleanup()

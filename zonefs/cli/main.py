@@ -71,7 +71,12 @@ def _run_foreground(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptio
 
     try:
         preflight(args.mountpoint, opts)
-        trio.run(Daemon(zone, opts, args.mountpoint).serve, on_ready)
+        try:
+            trio.run(Daemon(zone, opts, args.mountpoint).serve, on_ready)
+        except BaseExceptionGroup as group:
+            # A mount error raised inside the daemon's nursery (the mount point, the metrics
+            # address) arrives wrapped: it is told as itself, in one line.
+            raise _only_error(group) from None
     except ZonefsError as exc:
         log.error("%s", exc)
         code = 2 if isinstance(exc, ConfigError) else 1
@@ -94,6 +99,21 @@ def _run_foreground(args: argparse.Namespace, zone: ZoneConfig, opts: MountOptio
         # the daemon ends as soon as its mount does (`fusermount3 -u`, `systemctl stop`).
         gc.freeze()
     return 0
+
+
+def _only_error(group: BaseExceptionGroup) -> BaseException:
+    """The ZonefsError a group of exceptions holds when it holds nothing else; else the group.
+
+    >>> _only_error(ExceptionGroup("x", [ExceptionGroup("y", [ZonefsError("no")])]))
+    ZonefsError('no')
+    """
+    errors, rest = group.split(ZonefsError)
+    if errors is None or rest is not None:
+        return group
+    leaf: BaseException = errors
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 #: Each subcommand and what runs it ("module:function", imported when it runs).

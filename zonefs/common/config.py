@@ -157,6 +157,12 @@ class MountOptions:
     # sent by zonefs itself rather than through boto3 (remote/lean/);
     # off: every request through boto3.
     lean_requests: bool = True
+    # Where `open(O_CREAT|O_EXCL)` and `mkdir` are exclusive: "store" (across every mount of
+    # the zone: a conditional create before they return, where the store enforces it) or
+    # "local" (on this mount only: they stay pending like any create; no round trip).
+    exclusive_creates: str = "store"
+    # Where to serve Prometheus metrics (`/metrics`): (address, port); None: nowhere.
+    metrics: tuple[str, int] | None = None
 
     @property
     def file_mode(self) -> int:
@@ -244,6 +250,19 @@ def parse_time(text: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
+def _parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` of `metrics=` (an IPv6 address in brackets).
+
+    >>> _parse_address("127.0.0.1:9101"), _parse_address("[::1]:9101")
+    (('127.0.0.1', 9101), ('::1', 9101))
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"metrics= takes HOST:PORT such as 127.0.0.1:9101, not {text!r}")
+    return host, int(port)
+
+
 def _parse_id(name: str, text: str) -> int:
     if not text.isdigit():
         raise ConfigError(f"{name}= takes a numeric id, not {text!r}")
@@ -297,6 +316,12 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 if value not in ("on", "off"):
                     raise ConfigError(f"lean_requests= takes on|off, not {value!r}")
                 changes["lean_requests"] = value == "on"
+            elif name == "metrics":
+                changes["metrics"] = _parse_address(value)
+            elif name == "exclusive_creates":
+                if value not in ("store", "local"):
+                    raise ConfigError(f"exclusive_creates= takes store|local, not {value!r}")
+                changes["exclusive_creates"] = value
             elif name in ("uid", "gid"):
                 changes[name] = _parse_id(name, value)
             elif name == "umask":

@@ -30,6 +30,7 @@ import trio
 
 from zonefs.common import keys
 from zonefs.common.errors import (
+    Exists,
     InvalidArgument,
     IsADirectory,
     NoSpace,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore
     from zonefs.cache.journal import Journal
     from zonefs.common.config import MountOptions
+    from zonefs.core.exclusive import ExclusiveCreates
     from zonefs.core.objects import RemoteObjects
     from zonefs.core.versions import History
     from zonefs.core.view import View
@@ -70,9 +72,10 @@ class Files:
 
     def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore,
                  objects: RemoteObjects, ledger: Ledger, history: History, view: View,
-                 opts: MountOptions) -> None:
+                 exclusive: ExclusiveCreates, opts: MountOptions) -> None:
         self.remote, self.journal, self.blobs, self.objects = remote, journal, blobs, objects
         self.ledger, self.history, self.view, self.opts = ledger, history, view, opts
+        self.exclusive = exclusive
 
 
     async def make_dirty(self, path: str, *, truncate: bool) -> DirtyFile:
@@ -117,26 +120,37 @@ class Files:
                 return
         await self.remote.download(key, dest, None, etag)
 
-    async def create(self, path: str, mode: int, uid: int, gid: int,
-                     rdev: int = 0) -> tuple[Handle, Stat]:
+    async def create(self, path: str, mode: int, uid: int, gid: int, rdev: int = 0, *,
+                     exclusive: bool = False) -> tuple[Handle, Stat]:
         """A new file at `path`, open for writing. `mode`'s type may also be a FIFO, a socket
         or a device (mknod, bind): an empty object whose `mode` header (and `rdev`, for a
         device) says so; the kernel gives it its behaviour. Any other type is a regular
-        file."""
+        file. `exclusive` (O_EXCL): the name is taken in the store before this returns
+        (`ExclusiveCreates`), Exists if another client has it."""
         self.view.check_writable(path)
         self.view.check_new_name(path)
         await self.view.parent_dir(path)
         existing = await self.view.exists(path)
         if existing is not None and existing.is_dir:
             raise IsADirectory(path)
+        if exclusive and existing is not None:
+            raise Exists(path)  # made since the kernel looked the name up
         staging, fd = self.blobs.open_new_staging()
         kind = st.S_IFMT(mode) if st.S_IFMT(mode) in _SPECIAL_TYPES else st.S_IFREG
         device = kind in (st.S_IFCHR, st.S_IFBLK)
         meta = PosixMeta.new(kind | (mode & 0o7777), uid, gid, rdev if device else 0)
         try:
-            df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
-                                           existing.etag if existing else None,
-                                           existing is not None)
+            made = None
+            if exclusive:
+                made = await self.exclusive.create(path, path, b"", keys.encode_meta(meta))
+            if made is not None:
+                # Taken in the store: the file's bytes replace that empty object at close.
+                df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
+                                               made.etag, True)
+            else:
+                df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
+                                               existing.etag if existing else None,
+                                               existing is not None)
         except BaseException:
             os.close(fd)
             os.unlink(staging)

@@ -45,6 +45,7 @@ from zonefs.common.errors import (
 )
 from zonefs.common.keys import RESERVED, PosixMeta
 from zonefs.core.content import ContentIds
+from zonefs.core.exclusive import ExclusiveCreates
 from zonefs.core.files import Files
 from zonefs.core.objects import RemoteObjects
 from zonefs.core.renames import Renamer
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore
     from zonefs.common.config import MountOptions
     from zonefs.core.fetch import Spawn
-    from zonefs.remote.base import Remote
+    from zonefs.remote.base import ObjectInfo, Remote
     from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,9 @@ class Vfs:
         self.cache.on_local_change(self.history.forget)
         self.view = View(remote, journal, self.cache, self.objects, self.ledger, self.history,
                          opts, capabilities, spawn=spawn)
+        self.exclusive = ExclusiveCreates(remote, self.ledger, self.cache, capabilities, opts)
         self.files = Files(remote, journal, blobs, self.objects, self.ledger, self.history,
-                           self.view, opts)
+                           self.view, self.exclusive, opts)
         self.content = ContentIds(remote, journal, blobs, self.cache, self.objects, self.ledger,
                                   self.view, self.files, ttl=opts.metadata_ttl)
 
@@ -158,9 +160,9 @@ class Vfs:
 
     # -- open files (files.Files) -----------------------------------------------------------
 
-    async def create(self, path: str, mode: int, uid: int, gid: int,
-                     rdev: int = 0) -> tuple[Handle, Stat]:
-        made = await self.files.create(path, mode, uid, gid, rdev)
+    async def create(self, path: str, mode: int, uid: int, gid: int, rdev: int = 0, *,
+                     exclusive: bool = False) -> tuple[Handle, Stat]:
+        made = await self.files.create(path, mode, uid, gid, rdev, exclusive=exclusive)
         await self._entries_changed(path)
         return made
 
@@ -234,27 +236,41 @@ class Vfs:
         return made
 
     async def _mkdir(self, path: str, mode: int, uid: int, gid: int) -> Stat:
-        """A pending directory: its marker is put by the write-back queue."""
+        """A new directory: its marker put in the store at once where the store enforces
+        conditional creates (`ExclusiveCreates`: of mounts racing for the name, one wins), else
+        a pending one, put by the write-back queue."""
         self.view.check_writable(path)
         self.view.check_new_name(path)
         await self.view.parent_dir(path)
         if await self.view.exists(path) is not None:
             raise Exists(path)
         meta = PosixMeta.new(st.S_IFDIR | (mode & 0o7777), uid, gid)
-        await self.ledger.created_entry(DirtyRow(path, None, 0, meta, None, 1))
+        key = keys.dir_key(path)
+        made = await self.exclusive.create(key, path, b"", keys.encode_meta(meta),
+                                           keys.DIR_CONTENT_TYPE)
+        if made is not None:
+            self._marker_made(path, made, meta)
+            state = "clean"
+        else:
+            await self.ledger.created_entry(DirtyRow(path, None, 0, meta, None, 1))
+            state = "dirty"
         # A new directory is empty: lookups in it need not ask the bucket (and work while it
         # cannot be reached).
         self.cache.put_listing(path, {})
-        return Stat(meta, 0, None, "dirty")
+        return Stat(meta, 0, made.etag if made is not None else None, state)
+
+    def _marker_made(self, path: str, info: ObjectInfo, meta: PosixMeta) -> None:
+        """The marker of the directory `path` was put (`info`) with the attributes `meta`."""
+        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), meta, marker=True))
+        # Remembered too: where the store drops a marker's metadata (the probe's
+        # dir_markers=dropped), this machine still shows the attributes it set.
+        self.journal.put_object(ObjectRow(keys.dir_key(path), info.etag, 0, meta))
 
     async def _put_marker(self, path: str, meta: PosixMeta) -> None:
         """Put the marker of `path` now (a rename's step; mkdir goes through write-back)."""
         info = await self.remote.put_bytes(keys.dir_key(path), b"", keys.encode_meta(meta),
                                            keys.DIR_CONTENT_TYPE)
-        self.cache.put_entry(path, Entry(True, 0, info.etag, time.time(), meta, marker=True))
-        # Remembered too: where the store drops a marker's metadata (the probe's
-        # dir_markers=dropped), this machine still shows the attributes it set.
-        self.journal.put_object(ObjectRow(keys.dir_key(path), info.etag, 0, meta))
+        self._marker_made(path, info, meta)
 
     async def _marker_meta(self, path: str, mtime: float) -> PosixMeta:
         """The attributes of the directory `path` as the store (or this machine, where the
@@ -508,6 +524,13 @@ class Vfs:
         return [{"path": r.path, "answer": r.answer, "since": round(r.since, 3)}
                 for r in self.ledger.refused()]
 
+    def metrics(self) -> dict[str, Any]:
+        """`status`, with the request latencies by kind (bucket counts and sum): what the
+        metrics endpoint shows (`mount.metrics`), taken on the trio thread."""
+        return {**self.status(),
+                "latency": {kind: (list(lat.buckets), lat.total)
+                            for kind, lat in self.remote.requests.latency.items()}}
+
     def status(self) -> dict[str, Any]:
         dirty_bytes = self.dirty_bytes
         return {
@@ -526,4 +549,5 @@ class Vfs:
             "requests": dict(self.remote.requests.counts),
             "odd_keys": [{"key": k, "what": w} for k, w in sorted(self.view.reported.items())],
             "conflicts": self.ledger.conflicts,
+            "exclusive_creates": self.exclusive.to_dict(),
         }

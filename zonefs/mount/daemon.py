@@ -36,7 +36,7 @@ from zonefs.cache.journal import Journal
 from zonefs.common.config import MountOptions, ZoneConfig, format_size
 from zonefs.common.errors import MountError
 from zonefs.core.vfs import Vfs
-from zonefs.mount import control
+from zonefs.mount import control, metrics
 from zonefs.mount.control_server import ControlServer
 from zonefs.mount.fuse_ops import ZonefsOperations
 from zonefs.mount.readahead import set_read_ahead
@@ -157,6 +157,7 @@ class Daemon:
         lock_fd = _lock_cache_dir(self.cache_dir)
         journal = Journal(os.path.join(self.cache_dir, "journal.sqlite"))
         blobs = BlobStore(self.cache_dir, capacity=self.opts.cache_size)
+        metrics_server: Any = None
         try:
             # A file:///DIR zone is created when DIR is missing or empty. Every multipart
             # upload the remote starts is journaled first (see pending.leftovers).
@@ -193,6 +194,13 @@ class Daemon:
                 pending = vfs.requeue_dirty()
                 if pending:
                     log.info("%d change(s) from an earlier mount are queued for upload", pending)
+                if self.opts.metrics is not None:
+                    host, port = self.opts.metrics
+                    try:
+                        metrics_server = metrics.serve(host, port, vfs.metrics)
+                    except OSError as exc:
+                        raise MountError(f"cannot serve metrics at {host}:{port}: "
+                                         f"{exc.strerror or exc}") from None
                 options = _fuse_options(self.opts, self.zone)
                 if debug_fuse:
                     options.add("debug")
@@ -222,6 +230,11 @@ class Daemon:
                         await self._answered.wait()  # let `zonefs umount` read its answer
                 nursery.cancel_scope.cancel()
         finally:
+            if metrics_server is not None:
+                # In a thread: a scrape in progress asks this (trio) thread for its snapshot.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(metrics_server.shutdown)
+                metrics_server.server_close()
             # First: lazy commits made durable, and the staging files of uploads they cover
             # removed (which touches their blobs' stamps), before the stamps are saved.
             journal.sync()

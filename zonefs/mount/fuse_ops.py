@@ -280,7 +280,9 @@ class ZonefsOperations(pyfuse3.Operations):
                      ctx: Any) -> Any:
         async with _errors("create", parent_inode, name):
             path = self._child(parent_inode, name, new=True)
-            handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid)
+            # O_EXCL: the caller is promised the name was not there, on any machine.
+            handle, s = await self.vfs.create(path, mode, ctx.uid, ctx.gid,
+                                              exclusive=bool(flags & os.O_EXCL))
             handle.append = bool(flags & os.O_APPEND)
             entry = self._entry(path, s)
             fh = self._add_handle(entry.st_ino, handle)

@@ -99,6 +99,8 @@ class WriteBackStats:
     retries: int  # failed attempts since start (each one is retried)
     last_error: str | None  # "<path>: <error>" of the latest failed attempt
     refused: int  # paths the store refused for good, waiting for a change (see refused())
+    # How long the oldest path in the queue (queued, running or refused) has been pending.
+    oldest_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ class _Entry:
     # Internal errors (500) in a row for this path while the store answered other requests.
     internal_streak: int = 0
     urgent: bool = False  # asked for now (delay=0, flush): not held by a burst of creates
+    since: float = 0.0  # trio.current_time() when it was first queued (its change is pending)
 
 
 @dataclass(eq=False, slots=True)
@@ -184,6 +187,8 @@ class WriteBack:
             retries=self._retries,
             last_error=self._last_error,
             refused=sum(1 for e in self._entries.values() if e.refused is not None),
+            oldest_seconds=max((trio.current_time() - e.since for e in self._entries.values()),
+                               default=0.0),
         )
 
     def stats_dict(self) -> dict[str, int | str | None]:
@@ -196,6 +201,7 @@ class WriteBack:
             "retries": s.retries,
             "last_error": s.last_error,
             "refused": s.refused,
+            "oldest_pending_seconds": round(s.oldest_seconds, 1),
         }
 
     def refused(self) -> list[Refusal]:
@@ -241,7 +247,7 @@ class WriteBack:
             delay = min(delay, at_most)
         entry = self._entries.get(path)
         if entry is None:
-            entry = self._entries[path] = _Entry(path)
+            entry = self._entries[path] = _Entry(path, since=trio.current_time())
         else:
             entry.failures = 0  # new bytes: the backoff starts over
             entry.internal_streak = 0

@@ -35,9 +35,11 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -172,16 +174,42 @@ class ListPage:
     next_token: str | None = None
 
 
+#: Upper bounds (seconds) of the request latency buckets (`RequestCounter.latency`).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(slots=True)
+class Latency:
+    """How long the requests of one kind took: a count per bucket of LATENCY_BUCKETS (the
+    last one: longer than them all), and their sum."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
 @dataclass(slots=True)
 class RequestCounter:
-    """Requests made, by kind; read by `zonefs status` and by tests that count GETs."""
+    """Requests made, by kind, and how long they took; read by `zonefs status`, the metrics
+    endpoint, and tests that count GETs. Written on the trio thread only (`Remote._run`)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     downloaded_bytes: int = 0  # bodies received by GETs
     uploaded_bytes: int = 0  # bodies sent by PUTs and multipart uploads
+    latency: dict[str, Latency] = field(default_factory=dict)  # by kind, of those that ended
 
     def add(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def took(self, kind: str, seconds: float) -> None:
+        """A request of `kind` ended (answered or failed) after `seconds`."""
+        found = self.latency.get(kind)
+        if found is None:
+            found = self.latency[kind] = Latency()
+        found.observe(seconds)
 
 
 class Remote(ABC):
@@ -319,11 +347,14 @@ class Remote(ABC):
         self.requests.add(kind)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %r", kind, args[0] if args else "")  # the key only: never bodies
+        started = time.monotonic()
         try:
             result = await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except ZonefsError as exc:
             self.health.observe(exc)
             raise
+        finally:
+            self.requests.took(kind, time.monotonic() - started)
         self.health.answered()
         return result
 
@@ -369,6 +400,7 @@ class Remote(ABC):
                 finally:
                     _progress.hook = None
 
+            started = time.monotonic()
             try:
                 # abandon_on_cancel: a thread stuck in a socket read cannot be interrupted;
                 # the FUSE request waiting on it must return all the same.
@@ -379,6 +411,7 @@ class Remote(ABC):
                 raise
             finally:
                 abandoned.set()  # no effect once the thread has returned
+                self.requests.took(kind, time.monotonic() - started)
             self.health.answered()
             return result
         # The reader sees only EIO: `health` says why in the log, once per outage.
