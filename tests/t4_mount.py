@@ -954,12 +954,19 @@ def test_pending_files_are_visible_and_sync_waits_for_the_bucket(mount: Mount) -
     assert os.stat(root / "dir" / "p2.bin").st_size == 50_000
     assert (root / "p1.txt").read_bytes() == b"pending one\n"
     assert mount.store.get("p1.txt") is None and mount.store.get("dir/p2.bin") is None
-    assert mount.store.get("dir/") is None  # mkdir is journaled and put by write-back too
     status = mount.status()
-    assert (status["dirty_files"], status["pending_dirs"], status["pending"]) == (2, 1, 3)
+    # mkdir is in the store at once where it is exclusive across mounts, else put by
+    # write-back; either way the directory's new times (a file was made in it) are pending,
+    # unless the store drops a marker's headers (then the cache dir remembers them).
+    exclusive = status["exclusive_creates"]["across_mounts"]
+    assert (mount.store.get("dir/") is not None) == exclusive
+    dirs = 1 if not exclusive or markers_keep_metadata(mount) else 0
+    assert (status["dirty_files"], status["pending_dirs"], status["pending"]) == (
+        2, dirs, 2 + dirs)
     human = zonefs_cli("status", str(root)).stdout
     assert re.search(r"dirty files\s+2\b", human), human
-    assert re.search(r"pending\s+1 directories to create or change, 0 deletes", human), human
+    assert re.search(rf"pending\s+{dirs} directories to create or change, 0 deletes",
+                     human), human
 
     # Within the delay, rewrites and attribute changes are coalesced into one upload.
     (root / "p1.txt").write_bytes(b"pending one, rewritten\n")
@@ -967,7 +974,7 @@ def test_pending_files_are_visible_and_sync_waits_for_the_bucket(mount: Mount) -
     (root / "p1.txt").write_bytes(b"pending one\n")
 
     out = mount.sync()
-    assert "3 change(s)" in out, out
+    assert f"{2 + dirs} change(s)" in out, out
     # `zonefs sync` has returned: the objects must be there now, without waiting further.
     check_file_object(mount.store.must_get("p1.txt"), b"pending one\n", mode=0o100640)
     check_file_object(mount.store.must_get("dir/p2.bin"), b"2" * 50_000)
@@ -1694,6 +1701,7 @@ def test_a_directory_made_only_of_keys_gets_no_marker_for_its_times(mount: Mount
     assert mount.store.keys() == ["data/a.csv", "data/b.csv"]
 
 
+@pytest.mark.unversioned_on_moto
 def test_a_directory_s_link_count_is_two_and_one_per_subdirectory(mount: Mount,
                                                                   tmp_path: Path) -> None:
     """`st_nlink` of a directory is 2 plus its subdirectories (each one's `..`), as far as the
