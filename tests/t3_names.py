@@ -43,7 +43,9 @@ from zonefs.common.errors import (
     NotFound,
     NotPermitted,
     NotSupported,
+    PreconditionFailed,
     ReadOnly,
+    RemoteError,
 )
 from zonefs.remote import open_remote
 
@@ -406,4 +408,52 @@ async def test_exclusive_creates_stay_pending_while_the_store_is_down(env: Env) 
         await drain(vfs)
         assert await env.store.keys() == {"d/", "d/lock"}
         assert await env.store.read("d/lock") == b"held"
+        await check_invariants(vfs)
+
+
+class _LostAnswers(OutageRemote):
+    """A store whose answer to a PUT is lost after the PUT landed: `lose` says how, once
+    ("reset": a connection reset; "retried": a retry of it answered 412)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.lose: str | None = None
+
+    def _call(self, kind: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        result = super()._call(kind, fn, *args, **kwargs)
+        if kind == "put" and self.lose is not None:
+            lose, self.lose = self.lose, None
+            if lose == "reset":
+                raise RemoteError("put: connection reset by peer (test)", transient=True)
+            raise PreconditionFailed("put: 412 to a retry of a PUT that landed (test)")
+        return result
+
+
+@pytest.mark.parametrize("lose", ["reset", "retried"])
+async def test_an_exclusive_create_whose_answer_is_lost_is_still_this_mounts(
+        env: Env, lose: str) -> None:
+    """The conditional create landed but its answer did not come (a reset), or a retry of it
+    was refused (412): the object carries this create's token, so the create succeeded; no
+    EEXIST for the mount that holds the name, and no lock left behind that nobody holds."""
+    remote = _LostAnswers(open_remote(env.zone))
+    async with env.vfs(remote=remote, writeback_delay=HOLD) as vfs:
+        if not vfs.exclusive.enforced:
+            pytest.skip("the store does not enforce conditional creates (the probe's answer)")
+        # A marker's token is readable only where the store keeps a marker's headers: where
+        # it drops them (SeaweedFS), a lost answer to a mkdir cannot be told from another
+        # mount's mkdir, and is EEXIST (never two holders).
+        tokens_on_markers = vfs.capabilities.dir_markers == "kept"
+        remote.lose = lose if tokens_on_markers else None
+        await vfs.mkdir("lockdir", 0o755, UID, GID)
+        remote.lose = lose
+        handle, _ = await vfs.create("lock", 0o644, UID, GID, exclusive=True)
+        await vfs.write(handle, 0, b"held")
+        await close(vfs, handle)
+        assert vfs.exclusive.made == 2
+        await drain(vfs)
+        assert await env.store.read("lock") == b"held"
+        await vfs.unlink("lock")
+        await vfs.rmdir("lockdir")
+        await drain(vfs)
+        assert await env.store.keys() == set()
         await check_invariants(vfs)

@@ -68,3 +68,23 @@ def test_hostile_keys_never_crash_a_listing_nor_escape(mount: Mount, tmp_path: P
     (mount.path / "ok" / "new.txt").write_bytes(b"new")
     mount.sync()
     assert mount.store.must_get("ok/new.txt").body == b"new"
+
+
+def test_hostile_headers_never_break_a_listing(mount: Mount) -> None:
+    """Headers any writer of the bucket can set, out of every range the kernel takes (a device
+    number over 32 bits, times past a 64-bit count of nanoseconds, garbage): the objects list
+    and stat with those fields taken as absent, and their neighbours are not affected."""
+    import stat as st
+
+    huge = "9" * 30
+    mount.store.put("dev", b"", {"mode": str(st.S_IFCHR | 0o600), "rdev": huge})
+    mount.store.put("times", b"t", {"mtime": huge, "ctime": f"-{huge}", "atime": "1.5e9"})
+    mount.store.put("fine", b"f", {"mtime": "1500000000.5", "ctime": "1600000000",
+                                   "atime": "1400000000"})
+    assert sorted(os.listdir(mount.path)) == ["dev", "fine", "times"]
+    assert os.lstat(mount.path / "dev").st_rdev == 0
+    s = os.stat(mount.path / "times")
+    assert s.st_mtime_ns == s.st_ctime_ns == s.st_atime_ns  # LastModified for all three
+    f = os.stat(mount.path / "fine")
+    assert (f.st_mtime_ns, f.st_ctime_ns, f.st_atime_ns) == (
+        1_500_000_000_500_000_000, 1_600_000_000_000_000_000, 1_400_000_000_000_000_000)

@@ -198,14 +198,15 @@ def _watch_schedules(core: Vfs) -> None:
     seen = _UNJOURNALED[id(core)] = []
     schedule = core.ledger.writeback.schedule
 
-    def checked(key: str, *, delay: float | None = None, at_most: float | None = None) -> None:
+    def checked(key: str, *, delay: float | None = None, at_most: float | None = None,
+                keep_due: bool = False) -> None:
         # Queue names are zone keys: a file's path, a directory's marker key, a deleted key.
         journaled = {f"{r.path}/" if st.S_ISDIR(r.meta.mode) else r.path
                      for r in core.journal.dirty_rows()}
         journaled.update(k for k, _ in core.journal.deletes())
         if key not in journaled:
             seen.append(key)
-        schedule(key, delay=delay, at_most=at_most)
+        schedule(key, delay=delay, at_most=at_most, keep_due=keep_due)
 
     core.ledger.writeback.schedule = checked  # type: ignore[method-assign]
 

@@ -148,13 +148,14 @@ class Journal:
         if "inline" not in columns:  # a journal from before small files' bytes were kept
             self._db.execute("ALTER TABLE dirty ADD COLUMN inline BLOB")
             self._db.execute("ALTER TABLE dirty ADD COLUMN inline_boot TEXT")
-        for table in ("dirty", "objects"):  # a journal from before ctime, atime and rdev
+        # A journal from before ctime, atime and rdev: each column checked on its own, so that
+        # a crash between two ALTERs (each commits alone) is finished at the next open.
+        for table in ("dirty", "objects"):
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if "ctime_ns" not in have:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN ctime_ns INTEGER")
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN atime_ns INTEGER")
-                self._db.execute(
-                    f"ALTER TABLE {table} ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
+            for column, kind in (("ctime_ns", "INTEGER"), ("atime_ns", "INTEGER"),
+                                 ("rdev", "INTEGER NOT NULL DEFAULT 0")):
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._wal = path + "-wal"
         self._durable = False
         self._lazy = False  # a commit since the last `sync` was not fsync'ed

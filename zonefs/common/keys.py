@@ -173,12 +173,20 @@ def encode_meta(meta: PosixMeta, **extra: str) -> dict[str, str]:
     return out
 
 
+#: The range of a time in nanoseconds the kernel is told (a signed 64-bit count): a header
+#: beyond it, which any writer of the bucket could set, is taken as absent.
+_NS_RANGE = range(-(1 << 63), 1 << 63)
+#: A device number FUSE carries (32 bits): a larger `rdev` header is taken as 0.
+_RDEV_MAX = (1 << 32) - 1
+
+
 def _parse_time_ns(text: str) -> int | None:
     sec, dot, frac = text.strip().partition(".")
-    if not sec.lstrip("-").isdigit() or (dot and not frac.isdigit()):
+    if not sec.lstrip("-").isdigit() or (dot and not frac.isdigit()) or len(sec) > 20:
         return None
     # rclone writes a float with fewer or more digits; keep nanoseconds exactly where given.
-    return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9] if dot else 0)
+    ns = int(sec) * 1_000_000_000 + int((frac + "000000000")[:9] if dot else 0)
+    return ns if ns in _NS_RANGE else None
 
 
 def _parse_mode(text: str) -> int | None:
@@ -234,5 +242,5 @@ def decode_meta(
         mtime_ns=mtime_ns,
         ctime_ns=mtime_ns if ctime_ns is None else ctime_ns,
         atime_ns=mtime_ns if atime_ns is None else atime_ns,
-        rdev=int(rdev) if is_device and rdev.isdigit() else 0,
+        rdev=int(rdev) if is_device and rdev.isdigit() and int(rdev) <= _RDEV_MAX else 0,
     )

@@ -14,10 +14,12 @@ pending ledger's row for a file, the listing cache for a directory).
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zonefs.common.errors import Exists, PreconditionFailed, RemoteError
+from zonefs.common.errors import Exists, NotFound, PreconditionFailed, RemoteError
 
 if TYPE_CHECKING:
     from zonefs.cache.dircache import DirCache
@@ -27,6 +29,22 @@ if TYPE_CHECKING:
     from zonefs.remote.probe import Capabilities
 
 log = logging.getLogger(__name__)
+
+
+#: The metadata header (`x-amz-meta-zonefs-create`) that names one conditional create: after
+#: an answer that was lost, or a 412 that may be the store's own mistake, the object at the key
+#: is looked at, and it is this create's if it carries the token.
+TOKEN_KEY = "zonefs-create"
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What a conditional create came to: `info`, the object it put (the name is this mount's
+    in the store); or None: the create stays pending, and `may_exist` says whether an object
+    of this create may be at the key all the same (its answer was lost)."""
+
+    info: ObjectInfo | None
+    may_exist: bool = False
 
 
 class ExclusiveCreates:
@@ -47,13 +65,11 @@ class ExclusiveCreates:
         return {"across_mounts": self.enforced, "made": self.made}
 
     async def create(self, key: str, path: str, data: bytes, metadata: Mapping[str, str],
-                     content_type: str | None = None) -> ObjectInfo | None:
-        """Put `data` at `key` (the zone key of `path`) only if nothing is there. Returns what
-        was put; None when the create is to stay pending (the store does not enforce the
-        condition, or cannot be reached now). Raises Exists when another client has the name.
-        """
+                     content_type: str | None = None) -> Taken:
+        """Put `data` at `key` (the zone key of `path`) only if nothing is there. Raises
+        Exists when another client has the name; see `Taken` for the rest."""
         if not self.enforced or self.remote.health.not_answering(key) is not None:
-            return None
+            return Taken(None)
         if self.ledger.has_delete(key):
             # Removed here, still in the store: the delete goes first, else the condition
             # would find the object this mount already took away (`rm lock; mkdir lock`).
@@ -61,19 +77,52 @@ class ExclusiveCreates:
                 await self.ledger.flush([key])
             except RemoteError as exc:
                 log.debug("exclusive create of %r stays pending: %s", path, exc)
-                return None
+                return Taken(None)
+        token = uuid.uuid4().hex
         try:
-            info = await self.remote.put_bytes(key, data, metadata, content_type,
-                                               if_none_match=True)
+            info = await self.remote.put_bytes(key, data, {**metadata, TOKEN_KEY: token},
+                                               content_type, if_none_match=True)
         except PreconditionFailed:
-            # Another mount (or tool) made it meanwhile: show it from now on.
-            self.cache.invalidate(path)
-            raise Exists(path) from None
+            # Another client's, unless a retry of this very PUT found the first attempt's
+            # object, or the store answered 412 for nothing there (SeaweedFS, where a
+            # directory of that name was emptied): look.
+            try:
+                found = await self._look(key)
+            except RemoteError:
+                self.cache.invalidate(path)
+                raise Exists(path) from None  # cannot tell: the name is not claimed
+            return self._taken_or_exists(path, found, token)
         except RemoteError as exc:
             if not exc.transient:
                 raise
-            log.debug("exclusive create of %r stays pending (the store does not answer): %s",
-                      path, exc)
+            log.debug("exclusive create of %r: %s; looking whether it landed", path, exc)
+            try:
+                found = await self._look(key)
+            except RemoteError:
+                return Taken(None, may_exist=True)  # pending; it may have landed all the same
+            if found is not None and (found.metadata or {}).get(TOKEN_KEY) == token:
+                return self._took(found)
+            if found is not None:
+                self.cache.invalidate(path)
+                raise Exists(path) from None
+            return Taken(None)
+        return self._took(info)
+
+    async def _look(self, key: str) -> ObjectInfo | None:
+        try:
+            return await self.remote.head(key)
+        except NotFound:
             return None
+
+    def _taken_or_exists(self, path: str, found: ObjectInfo | None, token: str) -> Taken:
+        if found is None:
+            return Taken(None)  # a 412 with nothing there: the create stays pending
+        if (found.metadata or {}).get(TOKEN_KEY) == token:
+            return self._took(found)
+        # Another mount (or tool) made it: show it from now on.
+        self.cache.invalidate(path)
+        raise Exists(path)
+
+    def _took(self, info: ObjectInfo) -> Taken:
         self.made += 1
-        return info
+        return Taken(info)

@@ -39,8 +39,9 @@ from zonefs.common.errors import (
     ReadOnly,
 )
 from zonefs.common.keys import RESERVED, PosixMeta
+from zonefs.core.exclusive import Taken
 from zonefs.core.values import Handle, Stat
-from zonefs.pending.rows import INLINE_MAX, Kind
+from zonefs.pending.rows import ANY_OBJECT, INLINE_MAX, Kind
 
 if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore
@@ -140,13 +141,17 @@ class Files:
         device = kind in (st.S_IFCHR, st.S_IFBLK)
         meta = PosixMeta.new(kind | (mode & 0o7777), uid, gid, rdev if device else 0)
         try:
-            made = None
+            taken = Taken(None)
             if exclusive:
-                made = await self.exclusive.create(path, path, b"", keys.encode_meta(meta))
-            if made is not None:
+                taken = await self.exclusive.create(path, path, b"", keys.encode_meta(meta))
+            if taken.info is not None:
                 # Taken in the store: the file's bytes replace that empty object at close.
                 df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
-                                               made.etag, True)
+                                               taken.info.etag, True)
+            elif taken.may_exist:
+                # Its answer was lost: an empty object of this create may be there.
+                df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
+                                               ANY_OBJECT, True)
             else:
                 df = await self.ledger.created(path, self.blobs.relpath(staging), meta,
                                                existing.etag if existing else None,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat as st
 import time
 from collections.abc import Sequence
@@ -202,32 +203,37 @@ class Vfs:
         pending attribute change (one row per directory: a burst of creates in one
         directory costs one marker put when it is quiet)."""
         for parent in dict.fromkeys(keys.split(p)[0] for p in paths):
-            if parent == "":
-                self.view.root_changed()
-                continue
             try:
-                s = await self.stat(parent)
-            except ZonefsError:
-                # Removed meanwhile, or its headers cannot be fetched now: the change itself
-                # was made, only the directory's times are not.
-                continue
-            if not s.is_dir or s.provisional:
-                continue  # its headers are not known: a put would replace them by defaults
-            meta = s.meta.modified_now()
-            if self.ledger.row(parent) is not None:
-                self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag)  # coalesced
-            elif self.objects.dir_markers_dropped:
-                # The store keeps no headers on markers (SeaweedFS): a put would keep nothing.
-                # This machine remembers them, as it does the attributes it sets there.
-                self.objects.remember_dir_meta(parent, meta)
-                self.view.set_cached_meta(parent, meta)
-            elif self.view.has_marker(parent):
-                self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag)
-            else:
-                # A directory that exists only as a prefix of other keys gets no marker for
-                # this (the bucket keeps the layout other tools gave it): its new times show
-                # while the mount remembers its entry.
-                self.view.set_cached_meta(parent, meta)
+                await self._dir_changed(parent)
+            except (ZonefsError, sqlite3.Error, OSError) as exc:
+                # The change itself was made (and answered as done): only the directory's
+                # times are not kept (removed meanwhile, headers not known now, a full disk).
+                log.info("the times of %r were not updated: %s", parent or "/", exc)
+
+    async def _dir_changed(self, parent: str) -> None:
+        """An entry of the directory `parent` was created, removed or renamed."""
+        if parent == "":
+            self.view.root_changed()
+            return
+        s = await self.stat(parent)
+        if not s.is_dir or s.provisional:
+            return  # its headers are not known: a put would replace them by defaults
+        meta = s.meta.modified_now()
+        if self.ledger.row(parent) is not None:
+            self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag,
+                                         keep_due=True)  # coalesced
+        elif self.objects.dir_markers_dropped:
+            # The store keeps no headers on markers (SeaweedFS): a put would keep nothing.
+            # This machine remembers them, as it does the attributes it sets there.
+            self.objects.remember_dir_meta(parent, meta)
+            self.view.set_cached_meta(parent, meta)
+        elif self.view.has_marker(parent):
+            self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag, keep_due=True)
+        else:
+            # A directory that exists only as a prefix of other keys gets no marker for
+            # this (the bucket keeps the layout other tools gave it): its new times show
+            # while the mount remembers its entry.
+            self.view.set_cached_meta(parent, meta)
 
     async def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Stat:
         made = await self._mkdir(path, mode, uid, gid)
@@ -246,13 +252,15 @@ class Vfs:
             raise Exists(path)
         meta = PosixMeta.new(st.S_IFDIR | (mode & 0o7777), uid, gid)
         key = keys.dir_key(path)
-        made = await self.exclusive.create(key, path, b"", keys.encode_meta(meta),
-                                           keys.DIR_CONTENT_TYPE)
+        taken = await self.exclusive.create(key, path, b"", keys.encode_meta(meta),
+                                            keys.DIR_CONTENT_TYPE)
+        made = taken.info
         if made is not None:
             self._marker_made(path, made, meta)
             state = "clean"
         else:
-            await self.ledger.created_entry(DirtyRow(path, None, 0, meta, None, 1))
+            await self.ledger.created_entry(DirtyRow(path, None, 0, meta, None, 1),
+                                            may_exist=taken.may_exist)
             state = "dirty"
         # A new directory is empty: lookups in it need not ask the bucket (and work while it
         # cannot be reached).

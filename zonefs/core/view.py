@@ -438,6 +438,8 @@ class View:
     def dir_moved(self, old: str, new: str, *, replaced: bool) -> None:
         """The directory `old` is now `new` (`replaced`: an empty directory was there)."""
         count = self._subdirs.pop(old, None)
+        for below in [p for p in self._subdirs if keys.is_within(p, old)]:
+            del self._subdirs[below]  # listed again under their new names
         self._count(keys.split(old)[0], -1)
         if not replaced:
             self._count(keys.split(new)[0], +1)

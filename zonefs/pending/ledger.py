@@ -308,9 +308,10 @@ class Ledger:
         """Queue the change of the zone key `key` (journaled already)."""
         self.writeback.schedule(key)
 
-    def schedule(self, df: DirtyFile, *, delay: float | None = None) -> None:
-        """Queue the upload of a row (journaled already)."""
-        self.writeback.schedule(df.queue_key, delay=delay)
+    def schedule(self, df: DirtyFile, *, delay: float | None = None,
+                 keep_due: bool = False) -> None:
+        """Queue the upload of a row (journaled already); `keep_due`: see WriteBack.schedule."""
+        self.writeback.schedule(df.queue_key, delay=delay, keep_due=keep_due)
 
     async def cancel(self, key: str) -> None:
         """Stop a queued or running change of `key` (it stays pending) before the caller
@@ -364,16 +365,17 @@ class Ledger:
             self.persist(df)
         return df
 
-    async def created_entry(self, row: DirtyRow) -> DirtyFile:
+    async def created_entry(self, row: DirtyRow, *, may_exist: bool = False) -> DirtyFile:
         """mkdir or symlink: a new pending path acknowledged at once, journaled (taking over
-        a pending delete of its key) and queued."""
+        a pending delete of its key) and queued. `may_exist`: an object of this create may be
+        in the store already (a conditional create whose answer was lost)."""
         df = DirtyFile(row)
         key = df.queue_key
         claimed, etag = await self.claim(key)
         if claimed:
             df.claimed, row.base_etag = key, etag or ANY_OBJECT
         else:
-            df.absent = True
+            df.absent = not may_exist
         self.rows[row.path] = df
         self.persist(df)
         self.schedule(df)
@@ -435,19 +437,20 @@ class Ledger:
         self._changed(df)
 
     def metadata_changed(self, path: str, meta: PosixMeta, *, size: int,
-                         etag: str | None) -> DirtyFile:
+                         etag: str | None, keep_due: bool = False) -> DirtyFile:
         """chmod, chown or utimens of `path` (not its size): its row (a new metadata-only one
         for a clean file of `size` at `etag`) takes the attributes, journaled within
-        JOURNAL_SYNC_INTERVAL and queued unless open for writing."""
+        JOURNAL_SYNC_INTERVAL and queued unless open for writing (`keep_due`: see
+        WriteBack.schedule)."""
         df = self.rows.get(path)
         if df is None:
             df = self.rows[path] = DirtyFile(DirtyRow(path, None, size, meta, etag, 0))
         elif df.kind is Kind.UNCHANGED:
             df.kind = Kind.METADATA
-        self.set_meta(df, meta)
+        self.set_meta(df, meta, keep_due=keep_due)
         return df
 
-    def set_meta(self, df: DirtyFile, meta: PosixMeta) -> None:
+    def set_meta(self, df: DirtyFile, meta: PosixMeta, *, keep_due: bool = False) -> None:
         """The attributes of a row (also one whose name is gone, open only) become `meta`;
         journaled within JOURNAL_SYNC_INTERVAL and queued unless open for writing."""
         df.row.meta = meta
@@ -456,7 +459,7 @@ class Ledger:
         # fsync per file, not two).
         self.persist(df, durable=False)
         if df.writers == 0 and self.rows.get(df.row.path) is df:
-            self.schedule(df)
+            self.schedule(df, keep_due=keep_due)
 
     def closed(self, df: DirtyFile, *, wrote: bool, inline: bytes | None = None,
                durable: bool = True) -> bool:

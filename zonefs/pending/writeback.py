@@ -233,13 +233,18 @@ class WriteBack:
     # -- requests ----------------------------------------------------------------------------
 
     def schedule(self, path: str, *, delay: float | None = None,
-                 at_most: float | None = None) -> None:
+                 at_most: float | None = None, keep_due: bool = False) -> None:
         """Queue `path` to upload after `delay` (default `self.delay`; 0 while draining), or
         after `at_most` when that is sooner.
 
         Rescheduling moves the due time to the new value, so rapid rewrites coalesce into one
         upload; an upload of `path` in flight is cancelled, as its bytes are out of date.
+        With `keep_due`, a path already waiting keeps its due time: a change that comes often
+        (a directory's times, at each entry made in it) does not put its upload off forever.
         """
+        queued = self._entries.get(path)
+        if keep_due and queued is not None and queued.due is not None and not self._draining:
+            return
         urgent = delay == 0
         if delay is None:
             delay = 0.0 if self._draining else self.delay
