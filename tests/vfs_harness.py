@@ -159,7 +159,14 @@ class Env:
                 if requeue:
                     await core.recover()  # what the daemon does before it mounts
                     core.requeue_dirty()
-                yield core
+                try:
+                    yield core
+                finally:
+                    # A crash ends the process and its threads: the staging pool's refill
+                    # must not go on making files beside the next core (same pid, same
+                    # names) after that core's start-up removed the ones it found.
+                    while blobs.staging_pool.refilling:
+                        await trio.sleep(0.001)
                 nursery.cancel_scope.cancel()
         finally:
             journal.close()
