@@ -207,9 +207,6 @@ QUIRK_LONG_NAMES = ("in a versioned bucket, a name of 247 to 255 bytes is answer
                     "name taken, and the file's upload is then held after five 500s")
 QUIRK_EMPTY_DIR_412 = ("PUT If-None-Match: * of `x` answers 412 where `x/` was a directory "
                        "whose keys are all deleted, so a new file there becomes a conflict copy")
-QUIRK_RACY_MARKER_CREATES = ("two PUTs If-None-Match: * of the same `dir/` marker at once may both "
-                             "succeed (one after the other, the second gets its 412): mkdir is "
-                             "not exclusive across mounts there")
 QUIRK_CUT_PUT_STORED = ("a PUT whose connection closes after its headers, before any body byte, "
                         "stores an empty object")
 

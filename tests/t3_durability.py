@@ -166,7 +166,7 @@ async def test_restart_uploads_what_the_journal_holds(env: Env) -> None:
         os.close(unacked.fd)  # the process dies: no flush, no release, no drain
         # `d`: made in the store at once, or pending; then its new times (a file was made in
         # it) are pending too, unless the store drops a marker's headers (then remembered).
-        made_at_once = vfs.exclusive.enforced
+        made_at_once = vfs.exclusive.dirs_enforced
         kept = vfs.capabilities.dir_markers == "kept"
     assert await env.store.head("f1") is None
     other = Journal(str(env.cache_dir / "journal.sqlite"))

@@ -58,19 +58,28 @@ class ExclusiveCreates:
         #: across every mount of the zone, not only this one.
         self.enforced = (capabilities.conditional_writes == "enforced"
                          and opts.exclusive_creates == "store")
+        #: mkdir too: only where a marker keeps its headers, so that the token tells this
+        #: mount's marker from another's. Where it does not (SeaweedFS), an emptied directory
+        #: lingers in the store and answers 412 like another mount's mkdir (and concurrent
+        #: conditional PUTs of a marker may both succeed there): mkdir is exclusive on this
+        #: mount only.
+        self.dirs_enforced = self.enforced and capabilities.dir_markers == "kept"
         self.made = 0  # conditional creates that took their name in the store
 
     def to_dict(self) -> dict[str, Any]:
         """What `zonefs status` shows: where O_EXCL and mkdir are exclusive."""
-        return {"across_mounts": self.enforced, "made": self.made}
+        return {"across_mounts": self.enforced, "mkdir_across_mounts": self.dirs_enforced,
+                "made": self.made}
 
     async def create(self, key: str, path: str, data: bytes, metadata: Mapping[str, str],
                      content_type: str | None = None) -> Taken:
         """Put `data` at `key` (the zone key of `path`) only if nothing is there. Raises
         Exists when another client has the name; see `Taken` for the rest."""
-        if not self.enforced or self.remote.health.not_answering(key) is not None:
+        enforced = self.dirs_enforced if key.endswith("/") else self.enforced
+        if not enforced or self.remote.health.not_answering(key) is not None:
             return Taken(None)
-        if self.ledger.has_delete(key):
+        removed_here = self.ledger.has_delete(key)
+        if removed_here:
             # Removed here, still in the store: the delete goes first, else the condition
             # would find the object this mount already took away (`rm lock; mkdir lock`).
             try:
@@ -91,6 +100,14 @@ class ExclusiveCreates:
             except RemoteError:
                 self.cache.invalidate(path)
                 raise Exists(path) from None  # cannot tell: the name is not claimed
+            if removed_here and found is not None and (found.metadata or {}).get(
+                    TOKEN_KEY) != token:
+                # This mount removed the name a moment ago and the store still shows it: a
+                # directory the store keeps once emptied (SeaweedFS answers its `dir/` with
+                # 200 and 412). The create stays pending, exclusive on this mount.
+                log.debug("exclusive create of %r stays pending: the store still shows the "
+                          "name this mount removed", path)
+                return Taken(None)
             return self._taken_or_exists(path, found, token)
         except RemoteError as exc:
             if not exc.transient:

@@ -122,9 +122,12 @@ class Capabilities:
             parts[0] += _DELETE_TEXT.get(self.delete_markers, "")
         parts.append(_CONDITIONAL_TEXT.get(self.conditional_writes,
                                            f"conditional writes {self.conditional_writes}"))
-        parts.append("O_EXCL and mkdir exclusive across mounts"
-                     if self.conditional_writes == "enforced" else
-                     "O_EXCL and mkdir exclusive on each mount only (not across machines)")
+        if self.conditional_writes != "enforced":
+            parts.append("O_EXCL and mkdir exclusive on each mount only (not across machines)")
+        elif self.dir_markers != "kept":
+            parts.append("O_EXCL exclusive across mounts, mkdir on each mount only")
+        else:
+            parts.append("O_EXCL and mkdir exclusive across mounts")
         if self.checksums:
             parts.append("checksums verified by the store (single-part uploads send their "
                          "SHA-256)")
