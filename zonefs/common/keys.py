@@ -111,10 +111,14 @@ class PosixMeta:
     rdev: int = 0
 
     @classmethod
+    def at(cls, mode: int, uid: int, gid: int, time_ns: int, rdev: int = 0) -> PosixMeta:
+        """Attributes whose three times are `time_ns` (what nothing says otherwise of)."""
+        return cls(mode, uid, gid, time_ns, time_ns, time_ns, rdev)
+
+    @classmethod
     def new(cls, mode: int, uid: int, gid: int, rdev: int = 0) -> PosixMeta:
         """The attributes of a file created now: all three times are now."""
-        now = time.time_ns()
-        return cls(mode, uid, gid, now, now, now, rdev)
+        return cls.at(mode, uid, gid, time.time_ns(), rdev)
 
     def modified_now(self) -> PosixMeta:
         """The same attributes with mtime and ctime set to now: the file's data changed."""

@@ -47,6 +47,11 @@ class Taken:
     may_exist: bool = False
 
 
+def _ours(found: ObjectInfo, token: str) -> bool:
+    """Whether the object `found` was put by the conditional create of `token`."""
+    return (found.metadata or {}).get(TOKEN_KEY) == token
+
+
 class ExclusiveCreates:
     """Conditional creates of new names in the store; see the module docstring."""
 
@@ -100,8 +105,7 @@ class ExclusiveCreates:
             except RemoteError:
                 self.cache.invalidate(path)
                 raise Exists(path) from None  # cannot tell: the name is not claimed
-            if removed_here and found is not None and (found.metadata or {}).get(
-                    TOKEN_KEY) != token:
+            if removed_here and found is not None and not _ours(found, token):
                 # This mount removed the name a moment ago and the store still shows it: a
                 # directory the store keeps once emptied (SeaweedFS answers its `dir/` with
                 # 200 and 412). The create stays pending, exclusive on this mount.
@@ -117,12 +121,7 @@ class ExclusiveCreates:
                 found = await self._look(key)
             except RemoteError:
                 return Taken(None, may_exist=True)  # pending; it may have landed all the same
-            if found is not None and (found.metadata or {}).get(TOKEN_KEY) == token:
-                return self._took(found)
-            if found is not None:
-                self.cache.invalidate(path)
-                raise Exists(path) from None
-            return Taken(None)
+            return self._taken_or_exists(path, found, token)
         return self._took(info)
 
     async def _look(self, key: str) -> ObjectInfo | None:
@@ -134,7 +133,7 @@ class ExclusiveCreates:
     def _taken_or_exists(self, path: str, found: ObjectInfo | None, token: str) -> Taken:
         if found is None:
             return Taken(None)  # a 412 with nothing there: the create stays pending
-        if (found.metadata or {}).get(TOKEN_KEY) == token:
+        if _ours(found, token):
             return self._took(found)
         # Another mount (or tool) made it: show it from now on.
         self.cache.invalidate(path)

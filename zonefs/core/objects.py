@@ -203,8 +203,7 @@ class RemoteObjects:
     def default_meta(self, entry: Entry) -> PosixMeta:
         mode = (st.S_IFDIR | self.opts.dir_mode) if entry.is_dir else (
             st.S_IFREG | self.opts.file_mode)
-        mtime_ns = int(entry.mtime * 1e9)
-        return PosixMeta(mode, self.opts.uid, self.opts.gid, mtime_ns, mtime_ns, mtime_ns)
+        return PosixMeta.at(mode, self.opts.uid, self.opts.gid, int(entry.mtime * 1e9))
 
 
     async def open(self, path: str, s: Stat) -> Handle:

@@ -240,14 +240,12 @@ class History:
 
     def _dir_stat(self, mtime: float | None = None) -> Stat:
         mtime_ns = self._mount_ns if mtime is None else int(mtime * 1e9)
-        return Stat(PosixMeta(st.S_IFDIR | 0o555, self.uid, self.gid, mtime_ns, mtime_ns,
-                              mtime_ns), 0)
+        return Stat(PosixMeta.at(st.S_IFDIR | 0o555, self.uid, self.gid, mtime_ns), 0)
 
     def _file_stat(self, v: VersionInfo) -> Stat:
         size = 0 if v.is_delete_marker else v.size
-        mtime_ns = int(v.mtime * 1e9)
-        return Stat(PosixMeta(st.S_IFREG | 0o444, self.uid, self.gid, mtime_ns, mtime_ns,
-                              mtime_ns), size, v.etag or None)
+        return Stat(PosixMeta.at(st.S_IFREG | 0o444, self.uid, self.gid, int(v.mtime * 1e9)),
+                    size, v.etag or None)
 
     def _stat(self, node: _Node) -> Stat:
         if isinstance(node, _File):

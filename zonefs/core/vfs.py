@@ -219,16 +219,15 @@ class Vfs:
         if not s.is_dir or s.provisional:
             return  # its headers are not known: a put would replace them by defaults
         meta = s.meta.modified_now()
-        if self.ledger.row(parent) is not None:
-            self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag,
-                                         keep_due=True)  # coalesced
+        pending = self.ledger.row(parent) is not None
+        if pending or (not self.objects.dir_markers_dropped and self.view.has_marker(parent)):
+            # On the marker, by write-back: a row already queued keeps its due time.
+            self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag, keep_due=True)
         elif self.objects.dir_markers_dropped:
             # The store keeps no headers on markers (SeaweedFS): a put would keep nothing.
             # This machine remembers them, as it does the attributes it sets there.
             self.objects.remember_dir_meta(parent, meta)
             self.view.set_cached_meta(parent, meta)
-        elif self.view.has_marker(parent):
-            self.ledger.metadata_changed(parent, meta, size=0, etag=s.etag, keep_due=True)
         else:
             # A directory that exists only as a prefix of other keys gets no marker for
             # this (the bucket keeps the layout other tools gave it): its new times show

@@ -150,9 +150,10 @@ class View:
     # -- stat -----------------------------------------------------------------------------------
 
     def root_meta(self) -> PosixMeta:
-        at = self._root_changed_ns
-        return PosixMeta(st.S_IFDIR | self.opts.dir_mode, self.opts.uid, self.opts.gid, at, at,
-                         self.mount_time_ns)
+        # Created, removed or renamed entries move mtime and ctime; atime is the mount time.
+        changed = self._root_changed_ns
+        return PosixMeta(st.S_IFDIR | self.opts.dir_mode, self.opts.uid, self.opts.gid,
+                         changed, changed, self.mount_time_ns)
 
     def root_changed(self) -> None:
         """An entry of the mount root was created, removed or renamed."""
