@@ -259,9 +259,11 @@ class Zonefs(System):
 
     name = "zonefs"
 
-    def __init__(self, endpoint: Endpoint, workdir: Path, executable: str | None) -> None:
+    def __init__(self, endpoint: Endpoint, workdir: Path, executable: str | None,
+                 options: str = "") -> None:
         super().__init__(endpoint, workdir)
         self.executable = executable
+        self.options = options  # `-o` options beyond the defaults (bench/shared.py's)
 
     def binary(self) -> str | None:
         if self.executable and os.access(self.executable, os.X_OK):
@@ -298,6 +300,8 @@ class Zonefs(System):
         ]
         if cache_cap_mib is not None:
             cmd += ["-o", f"cache_size={cache_cap_mib}M"]
+        if self.options:
+            cmd += ["-o", self.options]
         mount = Mount(self, path, log)
         with open(log, "ab") as out:
             try:

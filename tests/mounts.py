@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,15 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Options every test mount gets: uploads follow closes quickly, remote changes show within 1 s.
+#: Where the mounts write their change records (zonefs.core.changelog.PREFIX), in the zone.
+CHANGE_LOG = ".zonefs/changes/"
+
+
+def _in_change_log(key: str) -> bool:
+    """Whether the bucket key `key` is a change record of a zone at the bucket's root or at
+    a prefix of it."""
+    return f"/{CHANGE_LOG}" in f"/{key}"
+
 DEFAULT_OPTIONS = {"writeback_delay": "0.2", "metadata_ttl": "1"}
 METADATA_TTL = 1.0
 
@@ -229,7 +239,8 @@ class Store:
         """Remove every object and version fast (tests that made thousands call this)."""
 
     def keys(self, prefix: str = "") -> list[str]:
-        """Every live key under `prefix`, sorted (no delimiter)."""
+        """Every live key under `prefix`, sorted (no delimiter), but the mounts' change log
+        (`.zonefs/changes/`, which S3 tools are told to ignore)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -293,7 +304,7 @@ class S3Store(Store):
             Bucket=self.bucket, Prefix=prefix
         ):
             out += [obj["Key"] for obj in page.get("Contents", [])]
-        return sorted(out)
+        return sorted(k for k in out if not _in_change_log(k))
 
 
 class LocalStore(Store):
@@ -338,7 +349,7 @@ class LocalStore(Store):
             out += [obj.key for obj in page.objects]
             token = page.next_token
             if not token:
-                return sorted(out)
+                return sorted(k for k in out if not _in_change_log(k))
 
     def close(self) -> None:
         self.remote.close()
@@ -507,3 +518,17 @@ def kill_and_detach(mount: Mount) -> None:
     assert "its daemon was not running" in out.stdout, out.stdout
     assert not is_mounted(mount.path)
     mount.pid = None
+
+
+@contextlib.contextmanager
+def second_mount(mount: Mount, tmp_path: Path, name: str = "2") -> Iterator[Mount]:
+    """Another mount of `mount`'s zone, with its own mount point and cache dir (another
+    machine's, as far as zonefs can tell)."""
+    other = Mount(mount.kind, mount.zone_url, tmp_path / f"mnt-{name}",
+                  tmp_path / f"cache-{name}", mount.store, endpoint_url=mount.endpoint_url,
+                  options=dict(mount.options))
+    try:
+        other.start()
+        yield other
+    finally:
+        other.cleanup()

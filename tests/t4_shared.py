@@ -1,9 +1,12 @@
-"""Many mounts, one zone (t4): two real mounts of the same zone with their own cache dirs, as
-two machines would have them.
+"""Many mounts, one zone (t4): two and three real mounts of the same zone with their own cache
+dirs, as machines would have them.
 
-`open(O_CREAT|O_EXCL)` and `mkdir` are exclusive across the mounts where the store enforces
-conditional creates (the probe's answer): of two mounts racing for a name, exactly one wins and
-the other gets EEXIST.
+- A change made through one mount shows on the others long before `metadata_ttl` (here 60 s)
+  would let them ask the store again: the change log (core/changelog.py) tells them, and
+  they drop what they and the kernel cache of it.
+- `open(O_CREAT|O_EXCL)` and `mkdir` are exclusive across the mounts where the store enforces
+  conditional creates (the probe's answer): of two mounts racing for a name, exactly one wins
+  and the other gets EEXIST.
 """
 
 from __future__ import annotations
@@ -11,24 +14,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import IO
 
 import pytest
-from mounts import Mount
-
-
-@contextlib.contextmanager
-def second_mount(mount: Mount, tmp_path: Path) -> Iterator[Mount]:
-    """Another mount of `mount`'s zone, with its own mount point and cache dir."""
-    other = Mount(mount.kind, mount.zone_url, tmp_path / "mnt-2", tmp_path / "cache-2",
-                  mount.store, endpoint_url=mount.endpoint_url, options=dict(mount.options))
-    try:
-        other.start()
-        yield other
-    finally:
-        other.cleanup()
+from mounts import Mount, second_mount
 
 
 def race(first: Callable[[], None], second: Callable[[], None]) -> list[int]:
@@ -97,3 +93,102 @@ def test_mkdir_races_between_two_mounts_have_one_winner(mount: Mount, tmp_path: 
             assert sorted(got) == [0, errno.EEXIST], (i, got)
         for i in range(100):
             assert mount.store.get(f"dir{i}/") is not None
+
+
+#: How long a change may take to show on another mount in these tests: well inside the
+#: metadata_ttl they mount with (60 s), so only the change log can have told them.
+SHOWS_WITHIN = 20.0
+
+
+def _seen(check: Callable[[], bool]) -> float:
+    """Seconds until `check()` holds (polled every 10 ms); fails after SHOWS_WITHIN."""
+    start = time.monotonic()
+    while not check():
+        waited = time.monotonic() - start
+        assert waited < SHOWS_WITHIN, "not seen within the change log's time"
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def _reads(path: Path, body: bytes | None) -> Callable[[], bool]:
+    """Whether `path` reads `body` now (None: whether it is gone), as `cat` and `ls` see."""
+    def check() -> bool:
+        try:
+            listed = path.name in os.listdir(path.parent)
+        except FileNotFoundError:
+            listed = False
+        try:
+            got: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            got = None
+        return got == body and listed == (body is not None)
+    return check
+
+
+@pytest.mark.mount_options(metadata_ttl="60")
+def test_changes_show_on_other_mounts_long_before_the_ttl(mount: Mount, tmp_path: Path) -> None:
+    """Files created, rewritten, renamed and deleted through one mount show on two others
+    (`ls`, `stat`, `cat`: the new bytes) within seconds, though each of them had the old
+    state cached (for metadata_ttl=60 s, in its own caches and in the kernel's)."""
+    with second_mount(mount, tmp_path) as b, second_mount(mount, tmp_path, "3") as c:
+        others = (b, c)
+        times: dict[str, list[float]] = {}
+
+        def change(kind: str, act: Callable[[], None], *shows: tuple[str, bytes | None]) -> None:
+            for other in others:  # what they cache before the change
+                for name, _ in shows:
+                    with contextlib.suppress(FileNotFoundError):
+                        (other.path / name).read_bytes()
+                    os.listdir(other.path)
+            act()
+            for other in others:
+                for name, body in shows:
+                    times.setdefault(kind, []).append(_seen(_reads(other.path / name, body)))
+
+        for i in range(3):
+            new, renamed = mount.path / f"f{i}", mount.path / f"g{i}"
+            change("create", partial(new.write_bytes, b"one"), (f"f{i}", b"one"))
+            change("rewrite", partial(new.write_bytes, b"two, longer"),
+                   (f"f{i}", b"two, longer"))
+            change("rename", partial(new.rename, renamed), (f"f{i}", None),
+                   (f"g{i}", b"two, longer"))
+            change("delete", renamed.unlink, (f"g{i}", None))
+        mkdir = mount.path / "d"
+        change("mkdir", lambda: (mkdir.mkdir(), (mkdir / "x").write_bytes(b"x")),
+               ("d/x", b"x"))
+        for other in others:
+            assert other.status()["changes"]["other_mounts"] == 2
+        print({kind: round(max(t), 2) for kind, t in times.items()})
+
+
+@pytest.mark.mount_options(metadata_ttl="60")
+def test_tail_f_on_one_mount_follows_appends_made_through_another(mount: Mount,
+                                                                  tmp_path: Path) -> None:
+    """A `tail -f` started on one mount prints the lines another mount appends to the file,
+    each within seconds: its open file follows the file into each newer version that begins
+    with the bytes it read."""
+    log_file = mount.path / "app.log"
+    log_file.write_bytes(b"line 0\n")
+    mount.sync()
+    with second_mount(mount, tmp_path) as other:
+        tail = subprocess.Popen(["tail", "-n", "+1", "-s", "0.2", "-f",
+                                 str(other.path / "app.log")], stdout=subprocess.PIPE)
+        try:
+            assert tail.stdout is not None
+            lines = _lines(tail.stdout)
+            assert next(lines) == b"line 0\n"
+            for i in range(1, 4):
+                with open(log_file, "ab") as out:
+                    out.write(b"line %d\n" % i)
+                assert next(lines) == b"line %d\n" % i
+        finally:
+            tail.kill()
+            tail.wait()
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """The lines of `stream`, each awaited for SHOWS_WITHIN at most."""
+    while True:
+        ready, _, _ = select.select([stream], [], [], SHOWS_WITHIN)
+        assert ready, "no line within the change log's time"
+        yield stream.readline()

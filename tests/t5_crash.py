@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import markers_keep_metadata
@@ -20,6 +21,7 @@ from mounts import (
     fuse_unavailable_reason,
     is_mounted,
     kill_and_detach,
+    second_mount,
     wait_for,
     zonefs_cli,
 )
@@ -183,3 +185,24 @@ def test_a_large_file_killed_during_its_early_upload_is_uploaded_at_next_mount(
     assert got.body == big
     assert got.metadata["zonefs-sha256"] == hashlib.sha256(big).hexdigest()
     assert mount.store.must_get("small.txt").body == b"journaled with its row\n"
+
+
+@pytest.mark.mount_options(metadata_ttl="60", writeback_delay="60")
+def test_a_mount_killed_mid_change_leaves_the_others_correct(mount: Mount, tmp_path: Path) -> None:
+    """Another mount watches the zone (its caches hold for 60 s) while this one is killed just
+    after a rewrite's close (uploaded or not yet: with a watcher, the delay is 0.5 s): the
+    watcher shows the old bytes or the new ones, never a mix, and the new ones soon after the
+    killed mount comes back, without waiting for its own TTL."""
+    (mount.path / "f").write_bytes(b"uploaded before")
+    mount.sync()
+    with second_mount(mount, tmp_path) as other:
+        assert (other.path / "f").read_bytes() == b"uploaded before"
+        (mount.path / "f").write_bytes(b"closed, then the crash")
+        kill_and_detach(mount)
+        assert (other.path / "f").read_bytes() in (b"uploaded before", b"closed, then the crash")
+        assert os.listdir(other.path) == ["f"]
+        mount.start()  # same cache dir: the journal's rewrite is queued again
+        mount.sync()
+        assert wait_for(lambda: (other.path / "f").read_bytes() == b"closed, then the crash",
+                        timeout=20)
+        assert other.status()["changes"]["resyncs"] == 0

@@ -198,6 +198,19 @@ class DirCache:
         self._last.pop(split(path)[0], None)
         self._tell(path)
 
+    def changed_elsewhere(self, path: str, *, tree: bool = False) -> None:
+        """Another mount changed `path` (and everything below it, with `tree`): forget it,
+        and every directory above it, whose listings may have changed with it (a directory
+        made by a new key, or gone with its last one)."""
+        if tree:
+            self.invalidate_tree(path)
+        else:
+            self.invalidate(path)
+        parent = split(path)[0]
+        while parent:
+            self.invalidate(parent)
+            parent = split(parent)[0]
+
     def invalidate_tree(self, top: str) -> None:
         """Forget `top`, everything below it, and its parent's listing."""
         self._touch(top, tree=True)

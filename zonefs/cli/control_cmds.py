@@ -144,6 +144,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                         f"{format_size(cache.get('saved_bytes', 0))} served from the cache"),
         ("requests", ", ".join(f"{k} {v}" for k, v in sorted(status["requests"].items()))),
     ]
+    changes = status.get("changes") or {}
+    if changes.get("running"):
+        rows.append(("other mounts", f"{changes['other_mounts']} seen in the change log; "
+                                      f"{changes['records_read']} of their records read, "
+                                      f"{changes['records_written']} written here, "
+                                      f"{changes['resyncs']} resyncs"))
+    else:
+        rows.append(("other mounts", "not watched (changes=off, or at=): their changes "
+                                     "show within metadata_ttl"))
     if status.get("capabilities"):
         rows.append(("store", status["capabilities"]["summary"].removeprefix("store probe ")))
     for r in status.get("refused", []):

@@ -163,6 +163,10 @@ class MountOptions:
     exclusive_creates: str = "store"
     # Where to serve Prometheus metrics (`/metrics`): (address, port); None: nowhere.
     metrics: tuple[str, int] | None = None
+    # The change log (core/changelog.py): announce this mount's writes to the other mounts of
+    # the zone, and list theirs every `change_poll` seconds.
+    changes: bool = True
+    change_poll: float = 1.0
 
     @property
     def file_mode(self) -> int:
@@ -318,6 +322,15 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["lean_requests"] = value == "on"
             elif name == "metrics":
                 changes["metrics"] = _parse_address(value)
+            elif name == "changes":
+                if value not in ("on", "off"):
+                    raise ConfigError(f"changes= takes on|off, not {value!r}")
+                changes["changes"] = value == "on"
+            elif name == "change_poll":
+                seconds = _parse_seconds(name, value)
+                if not 0.2 <= seconds <= 10:
+                    raise ConfigError("change_poll= takes a time from 0.2 to 10 s")
+                changes[name] = seconds
             elif name == "exclusive_creates":
                 if value not in ("store", "local"):
                     raise ConfigError(f"exclusive_creates= takes store|local, not {value!r}")

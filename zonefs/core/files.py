@@ -15,6 +15,9 @@ Invariants:
 - A file unlinked or renamed over while open lives on in its handles only: reads, writes,
   `stat_open` and `setattr_open` work on its local file, and nothing of it reaches the journal
   or the bucket once its name is gone.
+- A read handle reads the version it opened, except past its end: a file that has grown since
+  (its newer version ends the old bytes the same way: a log another machine appends to) is
+  followed there, so `tail -f` sees what was appended. One read never mixes two versions.
 """
 
 from __future__ import annotations
@@ -37,11 +40,16 @@ from zonefs.common.errors import (
     NotFound,
     NotSupported,
     ReadOnly,
+    ZonefsError,
 )
 from zonefs.common.keys import RESERVED, PosixMeta
 from zonefs.core.exclusive import Taken
 from zonefs.core.values import Handle, Stat
 from zonefs.pending.rows import ANY_OBJECT, INLINE_MAX, Kind
+
+#: Bytes before the end of a read handle's version compared with a newer version before the
+#: handle follows the file into it (`Files._follow`).
+FOLLOW_CHECK = 4096
 
 if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore
@@ -198,9 +206,44 @@ class Files:
         return await self.objects.open(path, s)
 
     async def read(self, handle: Handle, offset: int, size: int) -> bytes:
+        data = await self._read(handle, offset, size)
+        if len(data) < size and await self._follow(handle, offset + len(data)):
+            return await self._read(handle, offset, size)  # all of it from the newer one
+        return data
+
+    async def _read(self, handle: Handle, offset: int, size: int) -> bytes:
         if handle.fetcher is not None:
             return await handle.fetcher.read(offset, size)
         return os.pread(handle.fd, size, offset)
+
+    async def _follow(self, handle: Handle, end: int) -> bool:
+        """`handle` read to the end (`end`) of the version it opened: when the file has
+        grown since, and its current version holds the same bytes before `end` (the last
+        FOLLOW_CHECK of them are compared), the handle moves to it. Whether it moved."""
+        if handle.writable or handle.dirty is not None or handle.fetcher is None and \
+                handle.fd < 0 or keys.is_within(handle.path, RESERVED) or \
+                self.opts.at is not None:
+            return False
+        try:
+            s = await self.view.stat(handle.path)
+            if s.is_dir or s.size <= end or (s.etag is not None and s.etag == handle.etag):
+                return False
+            newer = await self._open_file(handle.path, os.O_RDONLY, s, False)
+        except ZonefsError:
+            return False
+        start = max(0, end - FOLLOW_CHECK)
+        try:
+            same = await self._read(newer, start, end - start) == \
+                await self._read(handle, start, end - start)
+        except (ZonefsError, OSError):
+            same = False
+        if not same:
+            self.objects.release(newer)
+            return False
+        self.objects.release(handle)
+        handle.fd, handle.fetcher, handle.pinned = newer.fd, newer.fetcher, newer.pinned
+        handle.etag, handle.keep_cache, handle.opened = newer.etag, False, s
+        return True
 
     async def write(self, handle: Handle, offset: int, data: bytes) -> int:
         df = handle.dirty

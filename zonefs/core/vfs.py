@@ -45,6 +45,7 @@ from zonefs.common.errors import (
     ZonefsError,
 )
 from zonefs.common.keys import RESERVED, PosixMeta
+from zonefs.core.changelog import ChangeLog
 from zonefs.core.content import ContentIds
 from zonefs.core.exclusive import ExclusiveCreates
 from zonefs.core.files import Files
@@ -114,6 +115,11 @@ class Vfs:
                            self.view, self.exclusive, opts)
         self.content = ContentIds(remote, journal, blobs, self.cache, self.objects, self.ledger,
                                   self.view, self.files, ttl=opts.metadata_ttl)
+        # Run by the daemon (`-o changes=on`): other mounts hear of this one's writes.
+        self.changes = ChangeLog(remote, self.cache, writable=not opts.read_only,
+                                 forget_opened=self.objects.forget_opened,
+                                 poll=opts.change_poll)
+        self.changes.on_others = self.ledger.others_watching
 
     @property
     def uploaded_bytes(self) -> int:
@@ -557,4 +563,5 @@ class Vfs:
             "odd_keys": [{"key": k, "what": w} for k, w in sorted(self.view.reported.items())],
             "conflicts": self.ledger.conflicts,
             "exclusive_creates": self.exclusive.to_dict(),
+            "changes": self.changes.to_dict(),
         }

@@ -533,11 +533,7 @@ class View:
 
     def _showable(self, parent: str, name: str) -> bool:
         if parent == "" and name == RESERVED:
-            # Not a warning: the store probe writes under `.zonefs/probe/`, and stores with
-            # real directories (SeaweedFS) keep listing that prefix after its keys are gone.
-            if RESERVED not in self.reported:
-                self.reported[RESERVED] = "is reserved for zonefs and hidden"
-                log.info("keys under %r are reserved for zonefs and hidden", RESERVED)
+            # zonefs' own (the change log's records, the store probe's keys): not odd.
             return False
         if not keys.is_valid_name(name):
             self._report(keys.join(parent, name), "is not a valid file name; hidden")

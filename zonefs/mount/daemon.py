@@ -185,6 +185,11 @@ class Daemon:
 
                 vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, caps, spawn=spawn)
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
+                if self.opts.changes and self.opts.at is None:
+                    # Before anything is written or answered: every write is announced, and
+                    # the mount starts from the records in the store.
+                    vfs.changes.on_changed = ops.changed_elsewhere
+                    await nursery.start(vfs.changes.run)
                 await nursery.start(vfs.ledger.run_writeback)
                 await nursery.start(remote.health.watch, remote.check_answers)
                 nursery.start_soon(vfs.keep_journal_synced)
@@ -221,7 +226,10 @@ class Daemon:
                     _sd_notify("STOPPING=1")
                     if not self._lazy:
                         await self.drain("unmount", final=True)
+                        await vfs.changes.close()
                 finally:
+                    with trio.CancelScope(shield=True):
+                        await ops.stop_notifying()
                     pyfuse3.close(unmount=control.is_mounted(self.mountpoint))
                     self._closed.set()
                 log.info("unmounted %s", self.mountpoint)

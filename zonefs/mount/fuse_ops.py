@@ -84,6 +84,10 @@ class ZonefsOperations(pyfuse3.Operations):
         # Set once the kernel's FUSE_INIT is answered: the kernel applies its own limits to the
         # mount then (its read-ahead window among them), so tuning waits for this.
         self.initialized = trio.Event()
+        # Invalidations go to the kernel one batch at a time, and none once the session is
+        # closing (`stop_notifying`): pyfuse3 must not be called on a closed session.
+        self._notifying = trio.Lock()
+        self._kernel_gone = False
 
     def init(self) -> None:
         # Called by pyfuse3 on FUSE_INIT, just before the reply goes out in the same step.
@@ -158,19 +162,59 @@ class ZonefsOperations(pyfuse3.Operations):
     async def changed_behind_kernel(self, path: str) -> None:
         """`path` changed by a route the kernel did not see (a restore, an undelete): drop
         the attributes, pages and name it caches, so the next access asks us again."""
-        parent, name = path.rpartition("/")[::2]
-        parent_ino = self.inodes.ino_of(parent)
-        ino = self.inodes.ino_of(path)
+        await self.changed_elsewhere([path], [])
+
+    async def changed_elsewhere(self, paths: list[str], trees: list[str]) -> None:
+        """Other mounts (or routes the kernel did not see) changed `paths`, and everything
+        below `trees` ('': the whole zone): drop the attributes, pages and names the kernel
+        caches of them, and the attributes of the directories above them."""
+        inodes: dict[int, bool] = {}  # inode -> attributes only
+        names: list[tuple[int, bytes]] = []  # (parent inode, name)
+
+        def forget(path: str) -> None:
+            if (ino := self.inodes.ino_of(path)) is not None:
+                inodes[ino] = False
+            if path:
+                parent, name = path.rpartition("/")[::2]
+                if (parent_ino := self.inodes.ino_of(parent)) is not None:
+                    names.append((parent_ino, os.fsencode(name)))
+
+        def above(path: str) -> None:
+            while path:
+                path = path.rpartition("/")[0]
+                if (ino := self.inodes.ino_of(path)) is not None:
+                    inodes.setdefault(ino, True)
+
+        for path in paths:
+            forget(path)
+            above(path)
+        for top in trees:
+            for path, _ in self.inodes.attached_under(top):
+                forget(path)
+            above(top)
+        if not inodes and not names:
+            return
 
         def notify() -> None:
             # Blocking writes to /dev/fuse: in a thread, never inside a request handler.
-            with contextlib.suppress(OSError):
-                if ino is not None:
-                    pyfuse3.invalidate_inode(ino)
-                if parent_ino is not None:
-                    pyfuse3.invalidate_entry(parent_ino, os.fsencode(name))
+            for ino, attr_only in inodes.items():
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_inode(ino, attr_only)
+            for parent_ino, name in names:
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_entry(parent_ino, name)
 
-        await trio.to_thread.run_sync(notify)
+        async with self._notifying:
+            if self._kernel_gone or not self.initialized.is_set():
+                return
+            await trio.to_thread.run_sync(notify)
+
+    async def stop_notifying(self) -> None:
+        """Before the FUSE session closes: no invalidation after this returns (one on its
+        way is waited for)."""
+        self._kernel_gone = True
+        async with self._notifying:
+            pass
 
     # -- lookups and attributes ---------------------------------------------------------------
 

@@ -81,6 +81,12 @@ class InodeTable:
         """Whether `ino` still names a path (it is known and not detached)."""
         return ino in self._path
 
+    def attached_under(self, top: str) -> list[tuple[str, int]]:
+        """(path, inode) of `top` and of every attached path below it ('' : all of them)."""
+        if not top:
+            return list(self._ino.items())
+        return self._subtree(top)
+
     def lookup_count(self, ino: int) -> int:
         """The kernel's current lookup count of `ino`; 0 if unknown."""
         return self._count.get(ino, 0)

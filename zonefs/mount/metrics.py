@@ -88,6 +88,15 @@ def _metrics(s: Mapping[str, Any]) -> Iterator[Metric]:
                  "(0 before any)", cache["hits"] / asked if asked else 0.0)
     yield _counter("zonefs_exclusive_creates", "O_EXCL creates and mkdirs that took their "
                    "name in the store", s["exclusive_creates"]["made"])
+    changes = s["changes"]
+    yield _gauge("zonefs_other_mounts", "other mounts of the zone writing change records "
+                 "(heard of within the last 2.5 minutes)", changes["other_mounts"])
+    yield _counter("zonefs_change_records_written", "change records this mount wrote "
+                   "(heartbeats included)", changes["records_written"])
+    yield _counter("zonefs_change_records_read", "change records of other mounts applied",
+                   changes["records_read"])
+    yield _counter("zonefs_change_resyncs", "times every cached name was dropped because "
+                   "change records may have been missed", changes["resyncs"])
     requests = CounterMetricFamily("zonefs_requests", "requests sent to the store, by kind",
                                    labels=["kind"])
     for kind, n in sorted(s["requests"].items()):

@@ -79,6 +79,9 @@ log = logging.getLogger(__name__)
 
 #: Longest time a lazy journal commit (an attribute change) waits for its fsync.
 JOURNAL_SYNC_INTERVAL = 1.0
+#: The write-back delay while other mounts of the zone are known to be watching it (the change
+#: log hears their heartbeats), when `writeback_delay` is longer: they see a closed file soon.
+SHARED_WRITEBACK_DELAY = 0.5
 
 
 class Ledger:
@@ -89,6 +92,7 @@ class Ledger:
                  forget_opened: Callable[[str], None]) -> None:
         self.remote, self.journal, self.blobs, self.cache = remote, journal, blobs, cache
         self.writeback = WriteBack(self._apply, delay=opts.writeback_delay)
+        self._writeback_delay = opts.writeback_delay
         self.rows = PendingRows()
         self.uploader = Uploader(remote, journal, blobs, capabilities,
                                  kachery_mirror=opts.kachery_mirror,
@@ -307,6 +311,12 @@ class Ledger:
     def schedule_key(self, key: str) -> None:
         """Queue the change of the zone key `key` (journaled already)."""
         self.writeback.schedule(key)
+
+    def others_watching(self, watching: bool) -> None:
+        """Whether other mounts of the zone are watching it (the change log's word): while
+        they are, changes upload at most SHARED_WRITEBACK_DELAY after their last close."""
+        self.writeback.delay = (min(self._writeback_delay, SHARED_WRITEBACK_DELAY) if watching
+                                else self._writeback_delay)
 
     def schedule(self, df: DirtyFile, *, delay: float | None = None,
                  keep_due: bool = False) -> None:

@@ -31,6 +31,11 @@ Invariants:
   (`list_multipart_uploads`, `multipart_has_parts`, `abort_multipart`). Parts are sent only
   to an upload whose `started` returned. Backends without multipart uploads never call it,
   and list none.
+- `on_change`, when set, hears the key of every write (`upload`, `put_bytes`, `copy`,
+  `copy_version`, `delete`, `delete_version`) after it succeeded, or failed without telling
+  whether it landed (a transient error): the change log announces them to other mounts.
+  Requests made with a `kind` of their own (the change log's) are counted under it and are
+  not announced.
 """
 
 from __future__ import annotations
@@ -231,6 +236,8 @@ class Remote(ABC):
         self.multipart_log: MultipartLog | None = multipart_log
         #: Whether the store answers; fails reads and lookups fast while it does not.
         self.health = StoreHealth(lambda: self.description or "the store")
+        #: Hears the key of each write that changed (or may have changed) the store.
+        self.on_change: Callable[[str], None] | None = None
 
     # -- blocking implementations, run in worker threads -----------------------------------
 
@@ -421,6 +428,22 @@ class Remote(ABC):
         log.debug("%s", err)
         raise err
 
+    async def _write(self, kind: str, key: str, fn: Any, *args: Any) -> Any:
+        """`_run(kind, fn, *args)`, a write of `key`, told to `on_change` once it may have
+        landed."""
+        try:
+            result = await self._run(kind, fn, *args)
+        except RemoteError as exc:
+            if exc.transient:
+                self._changed(kind, key)
+            raise
+        self._changed(kind, key)
+        return result
+
+    def _changed(self, kind: str, key: str) -> None:
+        if self.on_change is not None and kind in _ANNOUNCED:
+            self.on_change(key)
+
     async def check_answers(self) -> ZonefsError | None:
         """`_check` on a thread of its own (not behind requests the store leaves unanswered),
         abandoned when the caller gives up: the background check of `health.watch`. The error
@@ -460,15 +483,15 @@ class Remote(ABC):
 
     async def list(
         self, prefix: str, delimiter: str | None = "/", token: str | None = None,
-        max_keys: int = 1000,
+        max_keys: int = 1000, *, kind: str = "list",
     ) -> ListPage:
-        return await self._run_bounded("list", self._list, prefix, delimiter, token, max_keys)
+        return await self._run_bounded(kind, self._list, prefix, delimiter, token, max_keys)
 
     async def get_range(
         self, key: str, start: int, length: int, version_id: str | None = None,
-        if_match: str | None = None,
+        if_match: str | None = None, *, kind: str = "get",
     ) -> bytes:
-        data: bytes = await self._run_bounded("get", self._get_range, key, start, length,
+        data: bytes = await self._run_bounded(kind, self._get_range, key, start, length,
                                               version_id, if_match)
         self.requests.downloaded_bytes += len(data)
         return data
@@ -496,17 +519,18 @@ class Remote(ABC):
     ) -> ObjectInfo:
         fn = _with_conditions(self._upload, if_match, if_none_match, checksum_sha256,
                               payload_sha256)
-        info: ObjectInfo = await self._run("put", fn, key, src, metadata, content_type, cancel)
+        info: ObjectInfo = await self._write("put", key, fn, key, src, metadata,
+                                             content_type, cancel)
         self.requests.uploaded_bytes += info.size
         return info
 
     async def put_bytes(
         self, key: str, data: bytes, metadata: Mapping[str, str], content_type: str | None = None,
         *, if_match: str | None = None, if_none_match: bool = False,
-        checksum_sha256: str | None = None,
+        checksum_sha256: str | None = None, kind: str = "put",
     ) -> ObjectInfo:
         fn = _with_conditions(self._put_bytes, if_match, if_none_match, checksum_sha256)
-        return await self._run("put", fn, key, data, metadata, content_type)
+        return await self._write(kind, key, fn, key, data, metadata, content_type)
 
     async def head_checksum(self, key: str) -> str | None:
         return await self._run_bounded("head", self._head_checksum, key)
@@ -518,15 +542,17 @@ class Remote(ABC):
         metadata: Mapping[str, str] | None = None,
         content_type: str | None = None,
     ) -> ObjectInfo:
-        return await self._run("copy", self._copy, src_key, dst_key, metadata, content_type)
+        return await self._write("copy", dst_key, self._copy, src_key, dst_key, metadata,
+                                 content_type)
 
     async def copy_version(self, src_key: str, version_id: str, dst_key: str) -> ObjectInfo:
         """Make version `version_id` of `src_key` the current content of `dst_key` (a new
         version there; nothing is overwritten on a versioned store)."""
-        return await self._run("copy", self._copy, src_key, dst_key, None, None, version_id)
+        return await self._write("copy", dst_key, self._copy, src_key, dst_key, None, None,
+                                 version_id)
 
-    async def delete(self, key: str) -> None:
-        await self._run("delete", self._delete, key)
+    async def delete(self, key: str, *, kind: str = "delete") -> None:
+        await self._write(kind, key, self._delete, key)
 
     async def bucket_versioning(self) -> str:
         return await self._run("versioning", self._bucket_versioning)
@@ -550,8 +576,8 @@ class Remote(ABC):
                 return
             marker = page.next_marker
 
-    async def delete_version(self, key: str, version_id: str) -> None:
-        await self._run("delete", self._delete_version, key, version_id)
+    async def delete_version(self, key: str, version_id: str, *, kind: str = "delete") -> None:
+        await self._write(kind, key, self._delete_version, key, version_id)
 
     def _abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort the multipart upload `upload_id` of `key`; one that is gone (completed or
@@ -586,6 +612,10 @@ class Remote(ABC):
     def object_key(self, key: str) -> str:
         """The store's own name for zone key `key` (with the zone prefix, on S3)."""
         return key
+
+
+#: The kinds of write `on_change` hears of (the change log's own have kinds of their own).
+_ANNOUNCED = frozenset({"put", "copy", "delete"})
 
 
 def _with_conditions(
