@@ -38,6 +38,7 @@ from zonefs.common.errors import (
     RemoteError,
 )
 from zonefs.core.fetch import CHUNK, KEEP_BEHIND, PAGE, READAHEAD, RangeFetcher
+from zonefs.core.memory import KEEP_SHARE, MemoryBudget
 
 # -- reading remote objects -----------------------------------------------------------------------
 
@@ -77,12 +78,12 @@ async def test_object_metadata_is_remembered_across_restarts(env: Env) -> None:
 
 
 async def put_large(env: Env, tmp_path: Path, size: int, *, seed: int,
-                    metadata: dict[str, str] | None = None) -> bytes:
-    """Store `size` random bytes as the object "large" (uploaded from a file, as a user would)."""
+                    metadata: dict[str, str] | None = None, key: str = "large") -> bytes:
+    """Store `size` random bytes as the object `key` (uploaded from a file, as a user would)."""
     data = random.Random(seed).randbytes(size)
-    src = tmp_path / "large"
+    src = tmp_path / key
     src.write_bytes(data)
-    await env.store.upload("large", str(src), *([metadata] if metadata else []))
+    await env.store.upload(key, str(src), *([metadata] if metadata else []))
     return data
 
 
@@ -439,3 +440,30 @@ async def test_read_only_refuses_truncating_open(env: Env) -> None:
             await close(vfs, handle)
         await check_invariants(vfs)
     assert await env.store.read("f") == b"data"
+
+
+async def test_parallel_large_reads_stay_within_the_buffer_budget(env: Env,
+                                                                  tmp_path: Path) -> None:
+    """Four readers of four large objects at once, with a buffer budget of three chunks
+    (`-o max_memory`): every byte is right, what GETs and the hash hold never passes the
+    budget, and all of it is given back."""
+    datas = {}
+    for i in range(4):
+        datas[f"large{i}"] = await put_large(env, tmp_path, 3 * CHUNK + 999, seed=10 + i,
+                                             key=f"large{i}")
+    async with env.vfs() as vfs:
+        budget = vfs.objects.budget = MemoryBudget(3 * CHUNK)
+
+        async def read_all(key: str) -> None:
+            assert await read_file(vfs, key) == datas[key]
+
+        async with trio.open_nursery() as nursery:
+            for key in datas:
+                nursery.start_soon(read_all, key)
+        assert 0 < budget.peak <= budget.limit
+        # The rest is kept for the hash, which runs at the lowest CPU priority.
+        assert budget.kept <= budget.limit * KEEP_SHARE
+        await wait_until(lambda: budget.used == 0, timeout=120)
+        await wait_until(lambda: all(vfs.blobs.has(sha256(d)) for d in datas.values()),
+                         timeout=120)
+        await check_invariants(vfs)

@@ -254,6 +254,18 @@ def test_bad_metrics_address(value: str, local_zone: ZoneConfig, tmp_path: Path)
     assert_clean_failure(proc, elapsed, mnt, code=2, mentions=("metrics=",))
 
 
+@pytest.mark.parametrize(("option", "mentions"), [
+    ("max_memory=100M", "max_memory="), ("change_poll=0.1", "change_poll="),
+    ("change_poll=60", "change_poll="), ("changes=maybe", "changes="),
+])
+def test_bad_sharing_and_memory_options(option: str, mentions: str, local_zone: ZoneConfig,
+                                        tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc, elapsed = try_mount(local_zone.url, mnt, tmp_path / "cache", options=option)
+    assert_clean_failure(proc, elapsed, mnt, code=2, mentions=(mentions,))
+
+
 def test_unknown_mount_option(local_zone: ZoneConfig, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()

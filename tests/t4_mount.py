@@ -1728,3 +1728,17 @@ def test_a_directory_s_link_count_is_two_and_one_per_subdirectory(mount: Mount,
     assert os.stat(root / "d").st_nlink == 3
     listed = os.listdir(root)
     assert os.stat(root).st_nlink == 2 + len(listed)
+
+
+@pytest.mark.mount_options(max_memory="256M")
+def test_max_memory_sets_the_buffer_budget_and_reads_stay_right(mount: Mount) -> None:
+    """`-o max_memory=256M`: what the daemon takes and the listings' share are set aside, the
+    rest is the buffer budget (`zonefs status`); a large file read through it is whole, and
+    the budget is all given back after."""
+    body = os.urandom(40 << 20)
+    mount.store.put("big.bin", body)
+    memory = mount.status()["memory"]
+    assert 0 < memory["limit"] < 256 << 20 and memory["used"] == 0
+    assert hashlib.sha256((mount.path / "big.bin").read_bytes()).digest() == \
+        hashlib.sha256(body).digest()
+    assert wait_for(lambda: mount.status()["memory"]["used"] == 0, timeout=60)

@@ -18,6 +18,9 @@ from urllib.parse import unquote, urlsplit
 
 from zonefs.common.errors import ConfigError
 
+#: The least `-o max_memory` takes (core/memory.py).
+MIN_MAX_MEMORY = 128 << 20
+
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 #: Store capabilities a mount option sets in place of the probe's answer, and their values
@@ -167,6 +170,9 @@ class MountOptions:
     # the zone, and list theirs every `change_poll` seconds.
     changes: bool = True
     change_poll: float = 1.0
+    # The daemon's memory cap in bytes (core/memory.py); 0: the default (512 MiB, or a
+    # quarter of the machine's memory if less).
+    max_memory: int = 0
 
     @property
     def file_mode(self) -> int:
@@ -349,6 +355,11 @@ def parse_mount_options(specs: list[str], base: MountOptions | None = None) -> M
                 changes["cache_size"] = parse_size(value)
             elif name == "read_ahead":
                 changes["read_ahead"] = parse_size(value)
+            elif name == "max_memory":
+                size = parse_size(value)
+                if size < MIN_MAX_MEMORY:
+                    raise ConfigError("max_memory= takes a size of at least 128M")
+                changes["max_memory"] = size
             elif name in ("writeback_delay", "metadata_ttl"):
                 changes[name] = _parse_seconds(name, value)
             elif name == "io_timeout":

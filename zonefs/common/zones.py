@@ -46,7 +46,7 @@ _WHERE = {"url", "bucket", "prefix", "local_dir", "endpoint_url", "region", "pro
 _OPTIONS = {"ro", "allow_other", "uid", "gid", "umask", "cache_dir", "cache_size",
             "writeback_delay", "metadata_ttl", "io_timeout", "max_requests", "kachery_mirror",
             "lean_requests", "read_ahead", "exclusive_creates", "metrics", "changes",
-            "change_poll",
+            "change_poll", "max_memory",
             # answers of the store probe, overriding it
             "versioning", "conditional_writes", "checksums", "dir_markers", "backslash_keys",
             "max_name_bytes"}

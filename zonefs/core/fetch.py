@@ -18,6 +18,9 @@ Invariants:
   so one file never mixes bytes of two versions.
 - A partial file becomes a blob only after it was hashed locally (`blobs.ingest` with the digest).
 - Bytes are hashed once each, in order, by one task at a time (`_hash_along`).
+- With a buffer budget (`-o max_memory`, core/memory.py), every GET holds its bytes in it
+  until they are written to the file, and bytes kept for the hash until they are hashed;
+  read-ahead starts only where there is room.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from zonefs.cache.blobs import BlobStore, Digest
 from zonefs.common.errors import RemoteError
 
 if TYPE_CHECKING:
+    from zonefs.core.memory import MemoryBudget
     from zonefs.remote.base import Remote
 
 log = logging.getLogger(__name__)
@@ -152,8 +156,10 @@ class RangeFetcher:
         version_id: str | None,
         size: int,
         on_complete: Callable[[Digest, str], None],
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._remote, self._blobs, self._spawn = remote, blobs, spawn
+        self._budget = budget
         self.key, self.etag, self.version_id, self.size = key, etag, version_id, size
         self._on_complete = on_complete
         self.path = blobs.new_tmp()
@@ -192,8 +198,15 @@ class RangeFetcher:
             chunk, last_chunk = first // PAGES_PER_CHUNK, last // PAGES_PER_CHUNK
             for c in range(chunk, min(last_chunk + 1 + READAHEAD, self._nchunks)):
                 if c not in self._claimed:
+                    reserved = 0
+                    if c > last_chunk and self._budget is not None:
+                        # Read-ahead: only where the budget has room now.
+                        if not self._budget.try_take(CHUNK):
+                            break
+                        reserved = CHUNK
                     self._claimed.add(c)
-                    self._start(c * PAGES_PER_CHUNK, (c + 1) * PAGES_PER_CHUNK, hold=True)
+                    self._start(c * PAGES_PER_CHUNK, (c + 1) * PAGES_PER_CHUNK, hold=True,
+                                reserved=reserved)
         else:
             self._start(first, last + 1)
         for p in range(first, last + 1):
@@ -235,9 +248,11 @@ class RangeFetcher:
             self._claimed.discard(c)
         self._released = chunk
 
-    def _start(self, first: int, stop: int, *, hold: bool = False) -> None:
+    def _start(self, first: int, stop: int, *, hold: bool = False, reserved: int = 0) -> None:
         """Fetch every run of pages in [first, stop) neither present nor in flight; `hold`:
-        keep the bytes for the hash (a sequential reader's, which the hash reaches soon)."""
+        keep the bytes for the hash (a sequential reader's, which the hash reaches soon).
+        `reserved`: bytes of the budget already taken for these fetches (the rest is given
+        back)."""
         run: int | None = None
         for p in range(first, min(stop, self._npages) + 1):
             free = p < min(stop, self._npages) and p not in self._have and p not in self._events
@@ -247,13 +262,23 @@ class RangeFetcher:
                 event = trio.Event()
                 for q in range(run, p):
                     self._events[q] = event
-                self._spawn(lambda a=run, b=p, e=event: self._fetch(a, b, e, hold))
+                size = min(p * PAGE, self.size) - run * PAGE
+                taken = min(size, reserved)
+                reserved -= taken
+                self._spawn(lambda a=run, b=p, e=event, t=taken: self._fetch(a, b, e, hold, t))
                 run = None
+        if reserved and self._budget is not None:
+            self._budget.give(reserved)
 
-    async def _fetch(self, first: int, stop: int, event: trio.Event, hold: bool) -> None:
+    async def _fetch(self, first: int, stop: int, event: trio.Event, hold: bool,
+                     taken: int = 0) -> None:
+        start = first * PAGE
+        want = min(stop * PAGE, self.size) - start
+        budget = self._budget
         try:
-            start = first * PAGE
-            want = min(stop * PAGE, self.size) - start
+            if budget is not None and taken < want:
+                await budget.take(want - taken)
+            taken = want if budget is not None else 0
             data = await self._remote.get_range(
                 self.key, start, want, self.version_id, None if self.version_id else self.etag
             )
@@ -268,13 +293,19 @@ class RangeFetcher:
                 await trio.to_thread.run_sync(_write_at, self.path, data, start)
                 if self.closed:
                     raise RemoteError(f"{self.key}: read after close")  # the file may be gone
-            if hold and not self.read_through and start - self._hashed < HOLD:
+            if hold and not self.read_through and start - self._hashed < HOLD and \
+                    (budget is None or budget.keep(taken)):
                 self._held[start] = data
+            elif budget is not None:
+                budget.give(taken)
+            taken = 0
             self._have.update(range(first, stop))
             for p in range(first, stop):
                 if self._events.get(p) is event:
                     del self._events[p]
         except BaseException as exc:  # reported to the reader waiting on these pages
+            if taken and budget is not None:
+                budget.give(taken)
             error = exc if isinstance(exc, Exception) else RemoteError("cancelled")
             for p in range(first, stop):
                 self._errors[p] = error
@@ -303,11 +334,16 @@ class RangeFetcher:
             while self._hashed < self.size and not (self.closed and not self.complete):
                 pos = self._hashed
                 data = self._held.pop(pos, None)
+                kept = data is not None
                 if data is None:
                     data = await self._read_back(pos)
                     if data is None:
                         return  # the next bytes are not here yet
-                await _hash_in_background(self._hashes, data)
+                try:
+                    await _hash_in_background(self._hashes, data)
+                finally:
+                    if kept and self._budget is not None:
+                        self._budget.give_kept(len(data))
                 self._hashed = pos + len(data)
         except OSError as exc:  # a background task must not take the mount down
             log.warning("%s: not cached: %s", self.key, exc)
@@ -345,6 +381,10 @@ class RangeFetcher:
             return
         self.closed = True
         os.close(self._fd)
+        if self._budget is not None:
+            for data in self._held.values():
+                self._budget.give_kept(len(data))
+        self._held.clear()
         if not self.complete:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)

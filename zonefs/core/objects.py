@@ -38,6 +38,7 @@ from zonefs.core.values import Handle, Stat
 
 if TYPE_CHECKING:
     from zonefs.common.config import MountOptions
+    from zonefs.core.memory import MemoryBudget
     from zonefs.remote.base import ObjectInfo, Remote
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class RemoteObjects:
 
     def __init__(self, remote: Remote, journal: Journal, blobs: BlobStore, cache: DirCache,
                  opts: MountOptions, *, spawn: Spawn,
-                 dir_markers_dropped: bool = False) -> None:
+                 dir_markers_dropped: bool = False, budget: MemoryBudget | None = None) -> None:
         self.remote, self.journal, self.blobs, self.cache, self.opts = (
             remote, journal, blobs, cache, opts)
         self._spawn = spawn
@@ -66,6 +67,8 @@ class RemoteObjects:
         self._opened_etag: dict[str, str] = {}
         # The store probe found that the store keeps no metadata on directory markers.
         self.dir_markers_dropped = dir_markers_dropped
+        # What ranged reads may hold in memory at once (`-o max_memory`); None: no cap.
+        self.budget = budget
 
     def forget_opened(self, path: str) -> None:
         """`path` changed locally: the kernel's cached pages of it are stale."""
@@ -243,6 +246,7 @@ class RemoteObjects:
             self.remote, self.blobs, self._spawn, key=key, etag=etag, version_id=version_id,
             size=size,
             on_complete=lambda digest, p, k=key, e=etag: self._remember_blob(k, e, digest, p),
+            budget=self.budget,
         )
         self._fetchers[(key, etag)] = fetcher
         return fetcher

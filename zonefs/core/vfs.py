@@ -49,6 +49,7 @@ from zonefs.core.changelog import ChangeLog
 from zonefs.core.content import ContentIds
 from zonefs.core.exclusive import ExclusiveCreates
 from zonefs.core.files import Files
+from zonefs.core.memory import MemoryBudget
 from zonefs.core.objects import RemoteObjects
 from zonefs.core.renames import Renamer
 from zonefs.core.values import Handle, Stat
@@ -90,14 +91,18 @@ class Vfs:
         capabilities: Capabilities,
         *,
         spawn: Spawn,
+        buffer_budget: int | None = None,
     ) -> None:
         self.remote, self.journal, self.blobs, self.opts = remote, journal, blobs, opts
         self._spawn = spawn
         self.cache = DirCache(opts.metadata_ttl)
         # What the store can do: the store probe's answers, known before the mount answers.
         self.capabilities = capabilities
+        # What ranged reads may hold in memory (`-o max_memory`, sized by the daemon).
+        self.memory = MemoryBudget(buffer_budget) if buffer_budget is not None else None
         self.objects = RemoteObjects(remote, journal, blobs, self.cache, opts, spawn=spawn,
-                                     dir_markers_dropped=capabilities.dir_markers == "dropped")
+                                     dir_markers_dropped=capabilities.dir_markers == "dropped",
+                                     budget=self.memory)
         self.ledger = Ledger(remote, journal, blobs, self.cache, opts, capabilities,
                              forget_opened=self.objects.forget_opened)
         self.moves = LocalMoves(self.ledger, journal)
@@ -564,4 +569,5 @@ class Vfs:
             "conflicts": self.ledger.conflicts,
             "exclusive_creates": self.exclusive.to_dict(),
             "changes": self.changes.to_dict(),
+            "memory": self.memory.to_dict() if self.memory is not None else None,
         }

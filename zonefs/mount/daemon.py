@@ -35,6 +35,14 @@ from zonefs.cache.blobs import BlobStore
 from zonefs.cache.journal import Journal
 from zonefs.common.config import MountOptions, ZoneConfig, format_size
 from zonefs.common.errors import MountError
+from zonefs.core.memory import (
+    MIN_BUFFERS,
+    buffer_budget,
+    default_max_memory,
+    least_max_memory,
+    resident_bytes,
+    return_large_buffers,
+)
 from zonefs.core.vfs import Vfs
 from zonefs.mount import control, metrics
 from zonefs.mount.control_server import ControlServer
@@ -151,6 +159,22 @@ class Daemon:
         self.ops: ZonefsOperations
         self.capabilities = Capabilities()  # the store probe's answers, once known
 
+    def _buffer_budget(self) -> int:
+        """What buffers may hold under `-o max_memory`, given what the daemon takes now."""
+        return_large_buffers()
+        cap = self.opts.max_memory or default_max_memory()
+        resident = resident_bytes()
+        budget = buffer_budget(cap, resident)
+        if budget < MIN_BUFFERS:
+            raise MountError(
+                f"max_memory={cap >> 20}M is too small: the daemon takes {resident >> 20} MiB "
+                f"before any buffer, listings keep a quarter, and reads need "
+                f"{MIN_BUFFERS >> 20} MiB (max_memory={least_max_memory(resident) >> 20}M "
+                "at least)")
+        log.debug("buffers may hold %d MiB (max_memory=%d MiB, %d MiB resident)",
+                  budget >> 20, cap >> 20, resident >> 20)
+        return budget
+
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
         os.chmod(self.cache_dir, 0o700)
@@ -183,7 +207,8 @@ class Daemon:
                 def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
                     nursery.start_soon(fn)
 
-                vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, caps, spawn=spawn)
+                vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, caps, spawn=spawn,
+                                     buffer_budget=self._buffer_budget())
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
                 if self.opts.changes and self.opts.at is None:
                     # Before anything is written or answered: every write is announced, and

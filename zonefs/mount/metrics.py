@@ -88,6 +88,11 @@ def _metrics(s: Mapping[str, Any]) -> Iterator[Metric]:
                  "(0 before any)", cache["hits"] / asked if asked else 0.0)
     yield _counter("zonefs_exclusive_creates", "O_EXCL creates and mkdirs that took their "
                    "name in the store", s["exclusive_creates"]["made"])
+    if s.get("memory"):
+        yield _gauge("zonefs_buffer_bytes", "bytes ranged reads hold in memory now (GETs in "
+                     "flight, bytes kept for the hash)", s["memory"]["used"])
+        yield _gauge("zonefs_buffer_limit_bytes", "what they may hold (max_memory less the "
+                     "daemon's own size and the listings' share)", s["memory"]["limit"])
     changes = s["changes"]
     yield _gauge("zonefs_other_mounts", "other mounts of the zone writing change records "
                  "(heard of within the last 2.5 minutes)", changes["other_mounts"])
