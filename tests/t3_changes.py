@@ -141,6 +141,19 @@ async def test_idle_mounts_make_one_request_per_poll_and_records_do_not_pile_up(
         env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Idle, each mount makes one change-log request per poll, heartbeats included; records
     older than RETAIN go (all but the newest), and heartbeats are never read by the others."""
+    await _idle_and_pile_up(env, tmp_path, monkeypatch)
+
+
+@pytest.mark.unversioned_on_moto
+async def test_records_do_not_pile_up_in_an_unversioned_bucket(
+        env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same in a bucket without versioning (records are removed by key, not version)."""
+    if env.kind != "s3" or await env.store.remote.bucket_versioning() == "enabled":
+        pytest.skip("needs an unversioned bucket (the tests' own moto)")
+    await _idle_and_pile_up(env, tmp_path, monkeypatch)
+
+
+async def _idle_and_pile_up(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(changelog, "RETAIN", 1.0)
     monkeypatch.setattr(changelog, "HEARTBEAT", 1.0)
     async with two_mounts(env, tmp_path) as (a, b):

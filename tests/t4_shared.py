@@ -180,7 +180,14 @@ def test_tail_f_on_one_mount_follows_appends_made_through_another(mount: Mount,
             for i in range(1, 4):
                 with open(log_file, "ab") as out:
                     out.write(b"line %d\n" % i)
-                assert next(lines) == b"line %d\n" % i
+                try:
+                    got = next(lines)
+                except AssertionError as exc:
+                    seen = (other.path / "app.log").read_bytes()
+                    raise AssertionError(f"line {i} not printed; the other mount reads "
+                                         f"{seen!r}; its change log: "
+                                         f"{other.status()['changes']}") from exc
+                assert got == b"line %d\n" % i
         finally:
             tail.kill()
             tail.wait()

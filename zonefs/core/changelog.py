@@ -112,9 +112,11 @@ def _parse(key: str) -> tuple[str, int] | None:
 
 
 def _path_of(key: str) -> str | None:
-    """The path a changed key names (a marker `d/` names `d`); None outside the tree."""
+    """The path a changed key names (a marker `d/` names `d`); None for a key that is not
+    a path of the tree (the reserved tree, `a//b`, `..`: keys the mount never shows)."""
     path = key[:-1] if key.endswith("/") else key
-    if not path or keys.is_within(path, RESERVED):
+    if not path or keys.is_within(path, RESERVED) or \
+            not all(keys.is_valid_name(name) for name in path.split("/")):
         return None
     return path
 
