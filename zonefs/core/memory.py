@@ -99,9 +99,9 @@ class MemoryBudget:
         self.waits = 0  # GETs that waited for room
         self._freed = trio.Event()
 
-    def try_take(self, n: int, *, keep: bool = False) -> bool:
-        """Take `n` bytes if they fit now (in KEEP_SHARE of the budget for `keep`)."""
-        if self.used + n > (self.limit * KEEP_SHARE if keep else self.limit):
+    def try_take(self, n: int) -> bool:
+        """Take `n` bytes if they fit now."""
+        if self.used + n > self.limit:
             return False
         self._add(n)
         return True
