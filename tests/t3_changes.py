@@ -160,13 +160,13 @@ async def _idle_and_pile_up(env: Env, tmp_path: Path, monkeypatch: pytest.Monkey
         for i in range(5):
             await write_file(a, f"f{i}", b"x")
             await drain(a)
-            await trio.sleep(0.3)
-        await trio.sleep(2.0)  # the records get old
+            await trio.sleep(0.1)
+        await trio.sleep(1.5)  # the records get old
         before = {kind: n for kind, n in b.remote.requests.counts.items()
                   if kind.startswith("changes-")}
         gets = b.remote.requests.counts.get("changes-get", 0)
         started = trio.current_time()
-        await trio.sleep(4.0)
+        await trio.sleep(2.5)
         took = trio.current_time() - started
         after = {kind: n for kind, n in b.remote.requests.counts.items()
                  if kind.startswith("changes-")}
