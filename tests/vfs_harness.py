@@ -11,6 +11,7 @@ follows what the store can do, not what one server does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -173,6 +174,22 @@ class Env:
             close = getattr(remote, "close", None)
             if close is not None:
                 close()
+            # What a crash leaves: the staging files made ahead, not their descriptors (the
+            # whole test run is one process, and would otherwise hold thousands).
+            _close_descriptors_under(self.cache_dir / "staging")
+
+
+def _close_descriptors_under(top: Path) -> None:
+    """Close this process's descriptors of files below `top`."""
+    prefix = f"{top}/"
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor among them)
+        if target.startswith(prefix):
+            with contextlib.suppress(OSError):
+                os.close(int(name))
 
 
 @contextmanager
