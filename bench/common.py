@@ -178,6 +178,17 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+#: Where reports go (bench/results/).
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def publish(report: str, name: str) -> None:
+    """Print a markdown report and keep it as bench/results/`name`."""
+    print(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(report)
+
+
 def s3_client(endpoint: Endpoint) -> Any:
     """A boto3 S3 client for the endpoint (path style, checksums only when required)."""
     options: dict[str, Any] = {

@@ -27,15 +27,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import create_bucket, delete_bucket, log, s3_client  # noqa: E402
+from common import create_bucket, delete_bucket, log, publish, s3_client  # noqa: E402
 from endpoints import moto_server, seaweedfs_server  # noqa: E402
 from meter import Meter  # noqa: E402
 from seed import put_many  # noqa: E402
 from systems import Zonefs, daemon_pid  # noqa: E402
+from zonefs.common.config import parse_size  # noqa: E402
+from zonefs.core.memory import default_max_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 MIB = 1 << 20
 
 
@@ -113,11 +115,8 @@ def _limit(status_json: str) -> str:
 
 
 def _cap_mib(cap: str) -> float:
-    if cap == "default":
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return max(128, min(512, total / 4 / MIB))
-    units = {"K": 1 / 1024, "M": 1, "G": 1024}
-    return float(cap[:-1]) * units[cap[-1].upper()]
+    """The cap `-o max_memory=cap` sets ("default": the daemon's default here), in MiB."""
+    return (default_max_memory() if cap == "default" else parse_size(cap)) / MIB
 
 
 def main() -> int:
@@ -128,10 +127,7 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--keys", type=int, default=100_000)
     args = parser.parse_args()
-    report = run(args)
-    print(report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory-latest.md").write_text(report)
+    publish(run(args), "memory-latest.md")
     return 0
 
 

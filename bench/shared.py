@@ -38,12 +38,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import create_bucket, delete_bucket, log, s3_client  # noqa: E402
+from common import create_bucket, delete_bucket, log, publish, s3_client  # noqa: E402
 from endpoints import moto_server, seaweedfs_server  # noqa: E402
 from systems import Mount, Zonefs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 POLL = 0.005
 GIVE_UP = 120.0
 
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> str:
                     times.setdefault(kind, []).append(time.monotonic() - started)
 
         for i in range(args.changes):
-            f, g = writer.path / f"f{i}", writer.path / f"g{i}"
+            f = writer.path / f"f{i}"
             change("create", lambda f=f: f.write_bytes(b"one"), (f.name, b"one"))
         for i in range(args.changes):
             f = writer.path / f"f{i}"
@@ -168,10 +167,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--options", default="metadata_ttl=60")
     args = parser.parse_args()
-    report = run(args)
-    print(report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "shared-latest.md").write_text(report)
+    publish(run(args), "shared-latest.md")
     return 0
 
 

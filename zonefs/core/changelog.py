@@ -224,7 +224,7 @@ class ChangeLog:
 
     def _stop_writing(self, exc: ZonefsError) -> bool:
         """Whether `exc` says this mount may not write records at all (read-only keys)."""
-        if isinstance(exc, RemoteError) and exc.transient:
+        if _transient(exc):
             return False
         if not self._cannot_write:
             self._cannot_write = True
@@ -246,8 +246,8 @@ class ChangeLog:
             mine = self._mine[0]
             try:
                 await self._remove(mine.key, mine.version_id)
-            except RemoteError as exc:
-                if exc.transient:
+            except ZonefsError as exc:
+                if _transient(exc):
                     log.debug("change record %s not removed yet: %s", mine.key, exc)
                     return
                 # Refused for good (a store that keeps versions but does not let them be
@@ -261,8 +261,8 @@ class ChangeLog:
             try:
                 await self.remote.delete_version(key, version_id, kind="changes-delete")
                 return
-            except RemoteError as exc:
-                if exc.transient:
+            except ZonefsError as exc:
+                if _transient(exc):
                     raise
         await self.remote.delete(key, kind="changes-delete")
 
@@ -426,8 +426,15 @@ class ChangeLog:
     async def _remove_stale(self, recs: list[tuple[int, ObjectInfo]]) -> None:
         """Remove the records of a mount silent for STALE seconds (a few per listing)."""
         for _, info in recs[:10]:
-            with _quiet("removing a stale change record"):
+            try:
                 await self.remote.delete(info.key, kind="changes-delete")
+            except ZonefsError as exc:
+                log.debug("stale change record %s not removed: %s", info.key, exc)
+
+
+def _transient(exc: ZonefsError) -> bool:
+    """Whether a request that failed with `exc` may succeed if tried again."""
+    return isinstance(exc, RemoteError) and exc.transient
 
 
 def _decode(body: bytes, key: str) -> tuple[list[str], list[str]]:
@@ -441,20 +448,3 @@ def _decode(body: bytes, key: str) -> tuple[list[str], list[str]]:
     paths = [p for p in names[0] if isinstance(p, str) and _path_of(p) == p]
     trees = [t for t in names[1] if isinstance(t, str) and (t == "" or _path_of(t) == t)]
     return paths, trees
-
-
-class _quiet:
-    """Swallow (and log at debug) a store error of a best-effort request."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> bool:
-        if isinstance(exc, ZonefsError):
-            log.debug("%s: %s", self.what, exc)
-            return True
-        return False

@@ -146,12 +146,12 @@ class ControlServer:
             path = str(message.get("path", ""))
             result = await vfs.restore(path, version_id=message.get("version"),
                                             when=None if when is None else float(when))
-            await mount.ops.changed_behind_kernel(path)
+            await mount.ops.changed_elsewhere([path], [])  # the kernel did not see it
             await _send(stream, {"ok": True, **result})
         elif cmd == "undelete":
             path = str(message.get("path", ""))
             how = await vfs.undelete(path)
-            await mount.ops.changed_behind_kernel(path)
+            await mount.ops.changed_elsewhere([path], [])  # the kernel did not see it
             await _send(stream, {"ok": True, "how": how})
         elif cmd == "status":
             status = vfs.status()

@@ -161,7 +161,6 @@ class Daemon:
 
     def _buffer_budget(self) -> int:
         """What buffers may hold under `-o max_memory`, given what the daemon takes now."""
-        return_large_buffers()
         cap = self.opts.max_memory or default_max_memory()
         resident = resident_bytes()
         budget = buffer_budget(cap, resident)
@@ -207,6 +206,7 @@ class Daemon:
                 def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
                     nursery.start_soon(fn)
 
+                return_large_buffers()
                 vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, caps, spawn=spawn,
                                      buffer_budget=self._buffer_budget())
                 ops = self.ops = ZonefsOperations(vfs, self.opts)

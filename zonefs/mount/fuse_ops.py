@@ -159,15 +159,11 @@ class ZonefsOperations(pyfuse3.Operations):
             return []
         return list(self._open.get(inode, {}).values())
 
-    async def changed_behind_kernel(self, path: str) -> None:
-        """`path` changed by a route the kernel did not see (a restore, an undelete): drop
-        the attributes, pages and name it caches, so the next access asks us again."""
-        await self.changed_elsewhere([path], [])
-
     async def changed_elsewhere(self, paths: list[str], trees: list[str]) -> None:
-        """Other mounts (or routes the kernel did not see) changed `paths`, and everything
-        below `trees` ('': the whole zone): drop the attributes, pages and names the kernel
-        caches of them, and the attributes of the directories above them."""
+        """Other mounts, or routes the kernel did not see (a restore, an undelete), changed
+        `paths`, and everything below `trees` ('': the whole zone): drop the attributes,
+        pages and names the kernel caches of them, and the attributes of the directories
+        above them, so the next access asks us again."""
         inodes: dict[int, bool] = {}  # inode -> attributes only
         names: list[tuple[int, bytes]] = []  # (parent inode, name)
 
