@@ -207,6 +207,8 @@ QUIRK_LONG_NAMES = ("in a versioned bucket, a name of 247 to 255 bytes is answer
                     "name taken, and the file's upload is then held after five 500s")
 QUIRK_EMPTY_DIR_412 = ("PUT If-None-Match: * of `x` answers 412 where `x/` was a directory "
                        "whose keys are all deleted, so a new file there becomes a conflict copy")
+QUIRK_MARKER_RACE = ("a directory marker `d/` put while a key below it is being put may be "
+                     "dropped without an error, now and then")
 QUIRK_CUT_PUT_STORED = ("a PUT whose connection closes after its headers, before any body byte, "
                         "stores an empty object")
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import pytest
 import trio
+from conftest import QUIRK_MARKER_RACE, seaweedfs_quirk
 from vfs_harness import (
     GID,
     HOLD,
@@ -358,6 +359,7 @@ async def _keys_under(store: Store, prefix: str) -> set[str]:
 
 
 @pytest.mark.unversioned_on_moto
+@seaweedfs_quirk(QUIRK_MARKER_RACE)
 async def test_directory_rename_cut_short_resumes_at_next_start(
     env: Env, caplog: pytest.LogCaptureFixture,
 ) -> None:
