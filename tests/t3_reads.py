@@ -467,3 +467,26 @@ async def test_parallel_large_reads_stay_within_the_buffer_budget(env: Env,
         await wait_until(lambda: all(vfs.blobs.has(sha256(d)) for d in datas.values()),
                          timeout=120)
         await check_invariants(vfs)
+
+
+async def test_reads_give_way_when_the_daemon_nears_its_cap(env: Env, tmp_path: Path) -> None:
+    """A daemon whose resident size already fills `max_memory` (a listing of many names can):
+    parallel readers do not stop, they go one GET at a time, and every byte is right."""
+    datas = {}
+    for i in range(3):
+        datas[f"large{i}"] = await put_large(env, tmp_path, 2 * CHUNK + 7, seed=20 + i,
+                                             key=f"large{i}")
+    async with env.vfs() as vfs:
+        budget = vfs.objects.budget = MemoryBudget(6 * CHUNK, cap=100 * CHUNK,
+                                                   resident=lambda: 100 * CHUNK)
+
+        async def read_all(key: str) -> None:
+            assert await read_file(vfs, key) == datas[key]
+
+        async with trio.open_nursery() as nursery:
+            for key in datas:
+                nursery.start_soon(read_all, key)
+        assert 0 < budget.peak <= CHUNK  # one GET at a time, none in read-ahead
+        assert budget.waits > 0
+        await wait_until(lambda: budget.used == 0, timeout=120)
+        await check_invariants(vfs)

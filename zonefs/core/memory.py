@@ -13,6 +13,12 @@ Rules that keep a holder from waiting forever:
   kept for the hash past their GET ask `keep`, which allows them half the budget at most
   (`KEEP_SHARE`): GETs, which end on their own, always find room as others end, so no GET
   waits on bytes that wait on it.
+- Buffers give way to listings: the budget leaves listings a share of the cap
+  (`LISTING_SHARE`), and a directory of many names can take more than that (about 700 bytes
+  a name, all told). So bytes are taken only while the daemon's resident size plus them
+  stays within the cap; a GET that does not fit waits for held bytes to be given back, and
+  goes alone once nothing is held (a listing that fills the cap by itself slows reads to one
+  chunk at a time; it does not stop them).
 
 Owner of the count of bytes held; every holder gives back exactly what it took.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -91,8 +98,13 @@ def least_max_memory(resident: int) -> int:
 class MemoryBudget:
     """Bytes held by buffers, against `limit`. See the module docstring for the rules."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, cap: int | None = None,
+                 resident: Callable[[], int] | None = None) -> None:
         self.limit = limit
+        # `-o max_memory`: no bytes are taken while they would bring the resident size
+        # (`resident()`, this process's by default) past it. None: only `limit` counts.
+        self.cap = cap
+        self._resident = resident or resident_bytes
         self.used = 0
         self.kept = 0  # of `used`: bytes kept past their GET
         self.peak = 0
@@ -102,6 +114,8 @@ class MemoryBudget:
     def try_take(self, n: int) -> bool:
         """Take `n` bytes if they fit now."""
         if self.used + n > self.limit:
+            return False
+        if self.cap is not None and self._resident() + n > self.cap:
             return False
         self._add(n)
         return True
@@ -140,4 +154,4 @@ class MemoryBudget:
 
     def to_dict(self) -> dict[str, int]:
         return {"limit": self.limit, "used": self.used, "kept": self.kept, "peak": self.peak,
-                "waits": self.waits}
+                "waits": self.waits, "cap": self.cap or 0}

@@ -49,7 +49,7 @@ from zonefs.core.changelog import ChangeLog
 from zonefs.core.content import ContentIds
 from zonefs.core.exclusive import ExclusiveCreates
 from zonefs.core.files import Files
-from zonefs.core.memory import MemoryBudget
+from zonefs.core.memory import MemoryBudget, default_max_memory
 from zonefs.core.objects import RemoteObjects
 from zonefs.core.renames import Renamer
 from zonefs.core.values import Handle, Stat
@@ -98,8 +98,11 @@ class Vfs:
         self.cache = DirCache(opts.metadata_ttl)
         # What the store can do: the store probe's answers, known before the mount answers.
         self.capabilities = capabilities
-        # What ranged reads may hold in memory (`-o max_memory`, sized by the daemon).
-        self.memory = MemoryBudget(buffer_budget) if buffer_budget is not None else None
+        # What ranged reads may hold in memory (`-o max_memory`, sized by the daemon), and
+        # the cap they give way under when the daemon's resident size nears it.
+        self.memory = MemoryBudget(
+            buffer_budget, cap=opts.max_memory or default_max_memory(),
+        ) if buffer_budget is not None else None
         self.objects = RemoteObjects(remote, journal, blobs, self.cache, opts, spawn=spawn,
                                      dir_markers_dropped=capabilities.dir_markers == "dropped",
                                      budget=self.memory)
@@ -169,6 +172,11 @@ class Vfs:
     async def listdir(self, path: str) -> list[tuple[str, Stat]]:
         """Sorted (name, Stat) of a directory, pending local changes included."""
         return await self.view.listdir(path)
+
+    async def listing(self, path: str) -> Sequence[tuple[str, Stat]]:
+        """What `listdir` answers, each Stat made when it is read (`view.Listing`): what a
+        readdir handle holds while it is open."""
+        return await self.view.listing(path)
 
     # -- open files (files.Files) -----------------------------------------------------------
 
@@ -318,7 +326,7 @@ class Vfs:
         # Look at the store again (it may have new keys from other clients), but keep the
         # last listing to answer from while it cannot be reached.
         self.cache.expire_tree(path)
-        if await self.listdir(path):
+        if await self.listing(path):
             raise NotEmpty(path)
         await self.ledger.removed(path, is_dir=s.is_dir, etag=s.etag)
 
@@ -351,7 +359,7 @@ class Vfs:
             with open(self.blobs.abspath(df.row.data), "rb") as f:
                 return os.fsdecode(f.read())
         key = df.row.source if df is not None and df.is_copy and df.row.source else path
-        return os.fsdecode(await self.remote.get_range(key, 0, max(s.size, 1)))
+        return os.fsdecode(bytes(await self.remote.get_range(key, 0, max(s.size, 1))))
 
     async def unlink(self, path: str) -> None:
         """A pending delete of the object (none when the store cannot hold one); a pending
@@ -391,7 +399,7 @@ class Vfs:
             if dst.is_dir and not src.is_dir:
                 raise IsADirectory(new)
             if dst.is_dir:
-                if await self.listdir(new):
+                if await self.listing(new):
                     raise NotEmpty(new)
                 # A pending delete of its marker, which the move applies before it copies.
                 await self.ledger.removed(new, is_dir=dst.is_dir, etag=dst.etag)

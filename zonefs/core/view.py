@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import stat as st
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -70,6 +70,39 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Listing(Sequence[tuple[str, Stat]]):
+    """A directory's (name, Stat) pairs as one listing found them, sorted by name.
+
+    The names and the entries they stand for are fixed when it is made; each Stat is made
+    when it is read, from that entry (or what became known of the name since: a pending row,
+    an upload that landed, headers fetched). A readdir handle holds one of these while it
+    is open: for 100,000 names that is the listing's own entries and a list of references,
+    where a Stat and attributes made ahead for each name took about 30 MB more.
+    """
+
+    __slots__ = ("_entries", "_path", "_stat", "names")
+
+    def __init__(self, path: str, names: list[str], entries: dict[str, Entry],
+                 stat: Callable[[str, Entry], Stat]) -> None:
+        self._path = path
+        self.names = names  # sorted; each a key of `entries`
+        self._entries = entries
+        self._stat = stat  # (child path, its listed entry) -> what it shows now
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self.names)))]
+        name = self.names[index]
+        return name, self._stat(keys.join(self._path, name), self._entries[name])
+
+    def __iter__(self) -> Iterator[tuple[str, Stat]]:
+        for name in self.names:
+            yield name, self._stat(keys.join(self._path, name), self._entries[name])
 
 #: Entries whose headers are fetched ahead of a listing's reader in one batch of HEADs.
 PREFETCH_BATCH = 1000
@@ -371,6 +404,11 @@ class View:
 
     async def listdir(self, path: str) -> list[tuple[str, Stat]]:
         """Sorted (name, Stat) of a directory, pending local files included."""
+        return list(await self.listing(path))
+
+    async def listing(self, path: str) -> Sequence[tuple[str, Stat]]:
+        """What `listdir` answers, as a `Listing`: the names as they are now, each Stat
+        made when it is read (a readdir handle holds one of these while it is open)."""
         if path and keys.is_within(path, RESERVED):
             return await self.history.listdir(path)
         if self.opts.at is not None:
@@ -395,26 +433,32 @@ class View:
                 names.setdefault(sub, Entry(is_dir=True, mtime=self.mount_time_ns / 1e9))
         if path == "":
             names.pop(RESERVED, None)
-        out = []
-        for name in sorted(names):
-            child = keys.join(path, name)
-            df = self.ledger.row(child)
-            if df is not None:
-                out.append((name, Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")))
-                continue
-            entry = self._freshest(child, names[name])
-            size = 0 if entry.is_dir else entry.size
-            if not self.objects.remembered_meta(child, entry):
-                # Headers never seen: a listing does not wait for them (`find` and `ls`
-                # need only names and types). The entry shows the mount's defaults, which
-                # the kernel must not keep: the first stat of it asks for its headers.
-                out.append((name, Stat(self.objects.default_meta(entry), size, entry.etag,
-                                       provisional=True)))
-                continue
-            assert entry.meta is not None
-            out.append((name, Stat(entry.meta, size, entry.etag)))
-        self._subdirs[path] = sum(1 for _, s in out if s.is_dir)
-        return out
+        listing = Listing(path, sorted(names), names, self._listed_stat)
+        self._subdirs[path] = sum(1 for name in listing.names
+                                  if self._listed_is_dir(keys.join(path, name), names[name]))
+        return listing
+
+    def _listed_stat(self, child: str, entry: Entry) -> Stat:
+        """The Stat of `child`, which a listing showed as `entry`."""
+        df = self.ledger.row(child)
+        if df is not None:
+            return Stat(df.row.meta, df.row.size, df.row.base_etag, "dirty")
+        entry = self._freshest(child, entry)
+        size = 0 if entry.is_dir else entry.size
+        if not self.objects.remembered_meta(child, entry):
+            # Headers never seen: a listing does not wait for them (`find` and `ls` need
+            # only names and types). The entry shows the mount's defaults, which the kernel
+            # must not keep: the first stat of it asks for its headers.
+            return Stat(self.objects.default_meta(entry), size, entry.etag, provisional=True)
+        assert entry.meta is not None
+        return Stat(entry.meta, size, entry.etag)
+
+    def _listed_is_dir(self, child: str, entry: Entry) -> bool:
+        """Whether `_listed_stat(child, entry)` would show a directory."""
+        df = self.ledger.row(child)
+        if df is not None:
+            return st.S_ISDIR(df.row.meta.mode)
+        return self._freshest(child, entry).is_dir
 
     # -- subdirectory counts (st_nlink) -----------------------------------------------------
 

@@ -78,7 +78,7 @@ class ZonefsOperations(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._open: dict[int, dict[int, Handle]] = {}  # inode -> its open fh -> Handle
         self._handle_inode: dict[int, int] = {}  # fh -> inode
-        self._dirs: dict[int, list[tuple[str, Stat]]] = {}
+        self._dirs: dict[int, Sequence[tuple[str, Stat]]] = {}
         self._dir_paths: dict[int, str] = {}
         self._next_fh = 1
         # Set once the kernel's FUSE_INIT is answered: the kernel applies its own limits to the
@@ -365,9 +365,10 @@ class ZonefsOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any) -> int:
         async with _errors("opendir", inode):
             path = self._path(inode)
-            entries = await self.vfs.listdir(path)
+            entries = await self.vfs.listing(path)
             fh = self._new_fh()
-            # A snapshot per handle keeps readdir offsets stable while entries come and go.
+            # A snapshot of the names per handle keeps readdir offsets stable while entries
+            # come and go; each entry's attributes are made as readdir reaches it.
             self._dirs[fh] = entries
             self._dir_paths[fh] = path
             return fh

@@ -491,6 +491,9 @@ class Remote(ABC):
         self, key: str, start: int, length: int, version_id: str | None = None,
         if_match: str | None = None, *, kind: str = "get",
     ) -> bytes:
+        """Bytes [start, start+length) of `key`. They may come as a bytearray (a large range
+        received in place): read them as bytes-like, never change them, and pass them through
+        `bytes()` where only bytes will do (`os.fsdecode`)."""
         data: bytes = await self._run_bounded(kind, self._get_range, key, start, length,
                                               version_id, if_match)
         self.requests.downloaded_bytes += len(data)

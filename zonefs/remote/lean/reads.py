@@ -35,7 +35,12 @@ from zonefs.remote.lean.answers import (
     local_name,
     parse_xml,
 )
-from zonefs.remote.lean.transport import NotUnderstood, read_chunks
+from zonefs.remote.lean.transport import (
+    NotUnderstood,
+    Unreachable,
+    read_chunks,
+    transport_errors,
+)
 
 if TYPE_CHECKING:
     from zonefs.remote.lean.transport import SignedTransport
@@ -212,15 +217,34 @@ class LeanReads:
         want = start + length if whole else length
         if want > self.body_limit:
             raise NotUnderstood("large body", "a whole object in answer to a range")
+        if not whole:
+            return self._read_into(r, length)
         pieces, got = [], 0
         for piece in read_chunks(r, min(self.chunk, want)):
             pieces.append(piece)
             got += len(piece)
             report_progress()
-            if whole and got >= want:
+            if got >= want:
                 break  # the rest of an object sent whole is not needed
-        data = b"".join(pieces)
-        return data[start:start + length] if whole else data
+        return b"".join(pieces)[start:start + length]
+
+    def _read_into(self, r: http.client.HTTPResponse, length: int) -> bytes:
+        """The body of a range answer, at most `length` bytes, received into one buffer.
+        Pieces joined afterwards came from the allocator's heap, which kept them: the daemon
+        peaked 33 MiB higher with four cold readers under `max_memory=160M` (17 MiB of it a
+        copy into bytes: the buffer is answered as it is, `Remote.get_range`'s bytearray)."""
+        buffer = bytearray(length)
+        view, got = memoryview(buffer), 0
+        with transport_errors(), view:
+            while got < length:
+                n = r.readinto(view[got:got + self.chunk])
+                if not n:
+                    break
+                got += n
+                report_progress()
+        if r.length:  # http.client's readinto ends quietly when the connection does
+            raise Unreachable("the answer was cut short")
+        return buffer if got == length else bytes(buffer[:got])  # type: ignore[return-value]
 
     def download(self, key: str, full_key: str, dest: str, version_id: str | None,
                  if_match: str | None) -> ObjectInfo:
