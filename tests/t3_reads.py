@@ -488,5 +488,8 @@ async def test_reads_give_way_when_the_daemon_nears_its_cap(env: Env, tmp_path: 
                 nursery.start_soon(read_all, key)
         assert 0 < budget.peak <= CHUNK  # one GET at a time, none in read-ahead
         assert budget.waits > 0
+        assert budget.kept == 0  # nothing kept for the hash either: it reads them back
         await wait_until(lambda: budget.used == 0, timeout=120)
+        await wait_until(lambda: all(vfs.blobs.has(sha256(d)) for d in datas.values()),
+                         timeout=120)
         await check_invariants(vfs)
