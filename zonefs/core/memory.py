@@ -118,9 +118,7 @@ class MemoryBudget:
 
     def try_take(self, n: int) -> bool:
         """Take `n` bytes if they fit now."""
-        if self.used + n > self.limit:
-            return False
-        if self.cap is not None and self._resident() + n > self.cap - HEADROOM:
+        if self.used + n > self.limit or self._near_cap(n):
             return False
         self._add(n)
         return True
@@ -139,9 +137,7 @@ class MemoryBudget:
     def keep(self, n: int) -> bool:
         """Whether `n` taken bytes may be kept past their GET (within KEEP_SHARE); the caller
         gives them back if not."""
-        if self.kept + n > self.limit * KEEP_SHARE:
-            return False
-        if self.cap is not None and self._resident() + n > self.cap - HEADROOM:
+        if self.kept + n > self.limit * KEEP_SHARE or self._near_cap(n):
             return False  # near the cap: freed now, read back from the disk for the hash
         self.kept += n
         return True
@@ -154,6 +150,10 @@ class MemoryBudget:
         self.used -= n
         self._freed.set()
         self._freed = trio.Event()
+
+    def _near_cap(self, n: int) -> bool:
+        """Whether `n` more bytes would bring the resident size past the cap less HEADROOM."""
+        return self.cap is not None and self._resident() + n > self.cap - HEADROOM
 
     def _add(self, n: int) -> None:
         self.used += n

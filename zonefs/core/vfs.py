@@ -49,7 +49,6 @@ from zonefs.core.changelog import ChangeLog
 from zonefs.core.content import ContentIds
 from zonefs.core.exclusive import ExclusiveCreates
 from zonefs.core.files import Files
-from zonefs.core.memory import MemoryBudget, default_max_memory
 from zonefs.core.objects import RemoteObjects
 from zonefs.core.renames import Renamer
 from zonefs.core.values import Handle, Stat
@@ -62,6 +61,7 @@ if TYPE_CHECKING:
     from zonefs.cache.blobs import BlobStore
     from zonefs.common.config import MountOptions
     from zonefs.core.fetch import Spawn
+    from zonefs.core.memory import MemoryBudget
     from zonefs.remote.base import ObjectInfo, Remote
     from zonefs.remote.probe import Capabilities
 
@@ -91,18 +91,15 @@ class Vfs:
         capabilities: Capabilities,
         *,
         spawn: Spawn,
-        buffer_budget: int | None = None,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self.remote, self.journal, self.blobs, self.opts = remote, journal, blobs, opts
         self._spawn = spawn
         self.cache = DirCache(opts.metadata_ttl)
         # What the store can do: the store probe's answers, known before the mount answers.
         self.capabilities = capabilities
-        # What ranged reads may hold in memory (`-o max_memory`, sized by the daemon), and
-        # the cap they give way under when the daemon's resident size nears it.
-        self.memory = MemoryBudget(
-            buffer_budget, cap=opts.max_memory or default_max_memory(),
-        ) if buffer_budget is not None else None
+        # What ranged reads may hold in memory (`-o max_memory`, sized by the daemon).
+        self.memory = memory
         self.objects = RemoteObjects(remote, journal, blobs, self.cache, opts, spawn=spawn,
                                      dir_markers_dropped=capabilities.dir_markers == "dropped",
                                      budget=self.memory)
@@ -174,7 +171,7 @@ class Vfs:
         return await self.view.listdir(path)
 
     async def listing(self, path: str) -> Sequence[tuple[str, Stat]]:
-        """What `listdir` answers, each Stat made when it is read (`view.Listing`): what a
+        """What `listdir` answers, each Stat made when it is read (`values.Listing`): what a
         readdir handle holds while it is open."""
         return await self.view.listing(path)
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import stat as st
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -55,7 +55,7 @@ from zonefs.common.errors import (
     RemoteError,
 )
 from zonefs.common.keys import RESERVED, PosixMeta
-from zonefs.core.values import Stat
+from zonefs.core.values import Listing, Stat
 
 if TYPE_CHECKING:
     from zonefs.cache.journal import Journal
@@ -70,39 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Listing(Sequence[tuple[str, Stat]]):
-    """A directory's (name, Stat) pairs as one listing found them, sorted by name.
-
-    The names and the entries they stand for are fixed when it is made; each Stat is made
-    when it is read, from that entry (or what became known of the name since: a pending row,
-    an upload that landed, headers fetched). A readdir handle holds one of these while it
-    is open: for 100,000 names that is the listing's own entries and a list of references,
-    where a Stat and attributes made ahead for each name took about 30 MB more.
-    """
-
-    __slots__ = ("_entries", "_path", "_stat", "names")
-
-    def __init__(self, path: str, names: list[str], entries: dict[str, Entry],
-                 stat: Callable[[str, Entry], Stat]) -> None:
-        self._path = path
-        self.names = names  # sorted; each a key of `entries`
-        self._entries = entries
-        self._stat = stat  # (child path, its listed entry) -> what it shows now
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self.names)))]
-        name = self.names[index]
-        return name, self._stat(keys.join(self._path, name), self._entries[name])
-
-    def __iter__(self) -> Iterator[tuple[str, Stat]]:
-        for name in self.names:
-            yield name, self._stat(keys.join(self._path, name), self._entries[name])
 
 #: Entries whose headers are fetched ahead of a listing's reader in one batch of HEADs.
 PREFETCH_BATCH = 1000
@@ -416,6 +383,8 @@ class View:
         if not await self._is_dir(path):
             raise NotADirectory(path)
         names = dict(await self._remote_listing(path))
+        # Names with a pending row here: whether it shows a directory (it answers for them).
+        rows_here: dict[str, bool] = {}
         if self.ledger.has_deletes():
             for name, entry in list(names.items()):
                 shown = self._visible(keys.join(path, name), entry)
@@ -428,15 +397,17 @@ class View:
             if parent == path:
                 # Shown from its row below; this stands in if its upload lands meanwhile.
                 names.setdefault(name, Entry(is_dir=df.is_dir))
+                rows_here[name] = st.S_ISDIR(df.row.meta.mode)
             elif keys.is_within(dpath, path) and dpath != path:
                 sub = dpath[len(path) + 1 if path else 0:].split("/", 1)[0]
                 names.setdefault(sub, Entry(is_dir=True, mtime=self.mount_time_ns / 1e9))
         if path == "":
             names.pop(RESERVED, None)
-        listing = Listing(path, sorted(names), names, self._listed_stat)
-        self._subdirs[path] = sum(1 for name in listing.names
-                                  if self._listed_is_dir(keys.join(path, name), names[name]))
-        return listing
+        # `_listed_stat` keeps a listed entry's type (`_freshest` only ever answers one of the
+        # same type), so a row is all that can change it.
+        self._subdirs[path] = sum(1 for name, entry in names.items()
+                                  if rows_here.get(name, entry.is_dir))
+        return Listing(path, sorted(names), names, self._listed_stat)
 
     def _listed_stat(self, child: str, entry: Entry) -> Stat:
         """The Stat of `child`, which a listing showed as `entry`."""
@@ -452,13 +423,6 @@ class View:
             return Stat(self.objects.default_meta(entry), size, entry.etag, provisional=True)
         assert entry.meta is not None
         return Stat(entry.meta, size, entry.etag)
-
-    def _listed_is_dir(self, child: str, entry: Entry) -> bool:
-        """Whether `_listed_stat(child, entry)` would show a directory."""
-        df = self.ledger.row(child)
-        if df is not None:
-            return st.S_ISDIR(df.row.meta.mode)
-        return self._freshest(child, entry).is_dir
 
     # -- subdirectory counts (st_nlink) -----------------------------------------------------
 

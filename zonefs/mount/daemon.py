@@ -37,6 +37,7 @@ from zonefs.common.config import MountOptions, ZoneConfig, format_size
 from zonefs.common.errors import MountError
 from zonefs.core.memory import (
     MIN_BUFFERS,
+    MemoryBudget,
     buffer_budget,
     default_max_memory,
     least_max_memory,
@@ -159,7 +160,7 @@ class Daemon:
         self.ops: ZonefsOperations
         self.capabilities = Capabilities()  # the store probe's answers, once known
 
-    def _buffer_budget(self) -> int:
+    def _buffer_budget(self) -> MemoryBudget:
         """What buffers may hold under `-o max_memory`, given what the daemon takes now."""
         cap = self.opts.max_memory or default_max_memory()
         resident = resident_bytes()
@@ -172,7 +173,7 @@ class Daemon:
                 "at least)")
         log.debug("buffers may hold %d MiB (max_memory=%d MiB, %d MiB resident)",
                   budget >> 20, cap >> 20, resident >> 20)
-        return budget
+        return MemoryBudget(budget, cap=cap)
 
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
@@ -208,7 +209,7 @@ class Daemon:
 
                 return_large_buffers()
                 vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, caps, spawn=spawn,
-                                     buffer_budget=self._buffer_budget())
+                                     memory=self._buffer_budget())
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
                 if self.opts.changes and self.opts.at is None:
                     # Before anything is written or answered: every write is announced, and
