@@ -38,7 +38,7 @@ from zonefs.common.errors import (
     RemoteError,
 )
 from zonefs.core.fetch import CHUNK, KEEP_BEHIND, PAGE, READAHEAD, RangeFetcher
-from zonefs.core.memory import KEEP_SHARE, MemoryBudget
+from zonefs.core.memory import HEADROOM, KEEP_SHARE, MemoryBudget
 
 # -- reading remote objects -----------------------------------------------------------------------
 
@@ -463,6 +463,35 @@ async def test_parallel_large_reads_stay_within_the_buffer_budget(env: Env,
         assert 0 < budget.peak <= budget.limit
         # The rest is kept for the hash, which runs at the lowest CPU priority.
         assert budget.kept <= budget.limit * KEEP_SHARE
+        await wait_until(lambda: budget.used == 0, timeout=120)
+        await wait_until(lambda: all(vfs.blobs.has(sha256(d)) for d in datas.values()),
+                         timeout=120)
+        await check_invariants(vfs)
+
+
+async def test_gets_in_flight_count_against_the_cap(env: Env, tmp_path: Path) -> None:
+    """Under a cap with room for two and a half chunks, four parallel readers never take
+    more than that at once: the resident size shows a GET's bytes only as they arrive, so
+    the bytes of GETs in flight count as well (here the resident size stays at the daemon's
+    base plus what is kept for the hash), and bytes are kept for the hash only while a GET
+    still fits beside them (kept bytes can wait for a GET: none waits for them)."""
+    datas = {}
+    for i in range(4):
+        datas[f"large{i}"] = await put_large(env, tmp_path, 3 * CHUNK + 5, seed=30 + i,
+                                             key=f"large{i}")
+    base = 40 * CHUNK
+    async with env.vfs() as vfs:
+        budget = MemoryBudget(12 * CHUNK, cap=base + HEADROOM + 5 * CHUNK // 2,
+                              resident=lambda: base + budget.kept)
+        vfs.objects.budget = budget
+
+        async def read_all(key: str) -> None:
+            assert await read_file(vfs, key) == datas[key]
+
+        async with trio.open_nursery() as nursery:
+            for key in datas:
+                nursery.start_soon(read_all, key)
+        assert CHUNK < budget.peak <= 5 * CHUNK // 2
         await wait_until(lambda: budget.used == 0, timeout=120)
         await wait_until(lambda: all(vfs.blobs.has(sha256(d)) for d in datas.values()),
                          timeout=120)

@@ -42,7 +42,7 @@ from zonefs.core.memory import (
     default_max_memory,
     least_max_memory,
     resident_bytes,
-    return_large_buffers,
+    tune_allocator,
 )
 from zonefs.core.vfs import Vfs
 from zonefs.mount import control, metrics
@@ -176,6 +176,7 @@ class Daemon:
         return MemoryBudget(budget, cap=cap)
 
     async def serve(self, on_ready: Callable[[], None], *, debug_fuse: bool = False) -> None:
+        tune_allocator()  # before the first thread (remote.check runs in one)
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
         os.chmod(self.cache_dir, 0o700)
         lock_fd = _lock_cache_dir(self.cache_dir)
@@ -207,7 +208,6 @@ class Daemon:
                 def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
                     nursery.start_soon(fn)
 
-                return_large_buffers()
                 vfs = self.vfs = Vfs(remote, journal, blobs, self.opts, caps, spawn=spawn,
                                      memory=self._buffer_budget())
                 ops = self.ops = ZonefsOperations(vfs, self.opts)
