@@ -37,7 +37,7 @@ from zonefs.common.errors import (
     ReadOnly,
     RemoteError,
 )
-from zonefs.core.fetch import CHUNK, KEEP_BEHIND, PAGE, READAHEAD, RangeFetcher
+from zonefs.core.fetch import CHUNK, KEEP_BEHIND, PAGE, PIECE, READAHEAD, RangeFetcher
 from zonefs.core.memory import HEADROOM, KEEP_SHARE, MemoryBudget
 
 # -- reading remote objects -----------------------------------------------------------------------
@@ -500,7 +500,7 @@ async def test_gets_in_flight_count_against_the_cap(env: Env, tmp_path: Path) ->
 
 async def test_reads_give_way_when_the_daemon_nears_its_cap(env: Env, tmp_path: Path) -> None:
     """A daemon whose resident size already fills `max_memory` (a listing of many names can):
-    parallel readers do not stop, they go one GET at a time, and every byte is right."""
+    parallel readers do not stop, they go one small GET at a time, and every byte is right."""
     datas = {}
     for i in range(3):
         datas[f"large{i}"] = await put_large(env, tmp_path, 2 * CHUNK + 7, seed=20 + i,
@@ -515,7 +515,7 @@ async def test_reads_give_way_when_the_daemon_nears_its_cap(env: Env, tmp_path: 
         async with trio.open_nursery() as nursery:
             for key in datas:
                 nursery.start_soon(read_all, key)
-        assert 0 < budget.peak <= CHUNK  # one GET at a time, none in read-ahead
+        assert 0 < budget.peak <= PIECE  # one small GET at a time, none in read-ahead
         assert budget.waits > 0
         assert budget.kept == 0  # nothing kept for the hash either: it reads them back
         await wait_until(lambda: budget.used == 0, timeout=120)

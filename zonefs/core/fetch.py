@@ -20,7 +20,7 @@ Invariants:
 - Bytes are hashed once each, in order, by one task at a time (`_hash_along`).
 - With a buffer budget (`-o max_memory`, core/memory.py), every GET holds its bytes in it
   until they are written to the file, and bytes kept for the hash until they are hashed;
-  read-ahead starts only where there is room.
+  read-ahead starts only where there is room, and near the cap a chunk comes in PIECE GETs.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ PAGE = 128 << 10
 CHUNK = 8 << 20
 READAHEAD = 4
 PAGES_PER_CHUNK = CHUNK // PAGE
+#: Near the `max_memory` cap a chunk is fetched with GETs of this size, one after another:
+#: a GET that goes alone there adds this much, not a chunk.
+PIECE = 1 << 20
 #: Fetched bytes are written to the file from the loop's thread up to this size (a page cache
 #: copy is cheaper than a thread hop); larger pieces are written from a worker thread.
 INLINE_WRITE = 1 << 20
@@ -274,35 +277,58 @@ class RangeFetcher:
         if reserved and self._budget is not None:
             self._budget.give(reserved)
 
+    async def _get(self, start: int, length: int) -> bytes:
+        """`length` bytes of the object from `start`, of the version this reader opened."""
+        data = await self._remote.get_range(
+            self.key, start, length, self.version_id, None if self.version_id else self.etag
+        )
+        if len(data) != length:
+            raise RemoteError(f"short read of {self.key} at {start}: the object changed")
+        return data
+
+    async def _write(self, data: bytes, start: int) -> None:
+        """Write fetched bytes at `start` of the file (RemoteError if it was closed)."""
+        if self.closed:
+            raise RemoteError(f"{self.key}: read after close")
+        if len(data) <= INLINE_WRITE:
+            os.pwrite(self._fd, data, start)  # not closed: checked above, no await since
+        else:
+            # A descriptor of its own: close() may close the readers' one meanwhile.
+            await trio.to_thread.run_sync(_write_at, self.path, data, start)
+            if self.closed:
+                raise RemoteError(f"{self.key}: read after close")  # the file may be gone
+
     async def _fetch(self, first: int, stop: int, event: trio.Event, hold: bool,
                      taken: int = 0) -> None:
         start = first * PAGE
         want = min(stop * PAGE, self.size) - start
         budget = self._budget
         try:
-            if budget is not None and taken < want:
-                await budget.take(want - taken)
-            taken = want if budget is not None else 0
-            data = await self._remote.get_range(
-                self.key, start, want, self.version_id, None if self.version_id else self.etag
-            )
-            if len(data) != want:
-                raise RemoteError(f"short read of {self.key} at {start}: the object changed")
-            if self.closed:
-                raise RemoteError(f"{self.key}: read after close")
-            if len(data) <= INLINE_WRITE:
-                os.pwrite(self._fd, data, start)  # not closed: checked above, no await since
+            if budget is not None and taken < want and budget.near_cap(want - taken):
+                # Near the cap: smaller GETs, each taking its bytes, so what one GET going
+                # alone adds stays small. Nothing is kept for the hash (keep refuses here).
+                if taken:
+                    budget.give(taken)
+                    taken = 0
+                for piece in range(start, start + want, PIECE):
+                    n = min(PIECE, start + want - piece)
+                    await budget.take(n)
+                    taken = n
+                    await self._write(await self._get(piece, n), piece)
+                    budget.give(n)
+                    taken = 0
             else:
-                # A descriptor of its own: close() may close the readers' one meanwhile.
-                await trio.to_thread.run_sync(_write_at, self.path, data, start)
-                if self.closed:
-                    raise RemoteError(f"{self.key}: read after close")  # the file may be gone
-            if hold and not self.read_through and start - self._hashed < HOLD and \
-                    (budget is None or budget.keep(taken)):
-                self._held[start] = data
-            elif budget is not None:
-                budget.give(taken)
-            taken = 0
+                if budget is not None and taken < want:
+                    await budget.take(want - taken)
+                taken = want if budget is not None else 0
+                data = await self._get(start, want)
+                await self._write(data, start)
+                if hold and not self.read_through and start - self._hashed < HOLD and \
+                        (budget is None or budget.keep(taken)):
+                    self._held[start] = data
+                elif budget is not None:
+                    budget.give(taken)
+                taken = 0
             self._have.update(range(first, stop))
             for p in range(first, stop):
                 if self._events.get(p) is event:

@@ -18,9 +18,10 @@ Rules that keep a holder from waiting forever:
   (`LISTING_SHARE`), and a directory of many names can take more than that (about 700 bytes
   a name, all told). So bytes are taken only while the daemon's resident size, the bytes of
   GETs still in flight and them stay within the cap less HEADROOM. Near the cap, bytes are
-  kept for the hash only while a GET as large would still fit beside them; a GET that does
-  not fit waits for other GETs to end and then goes alone (a listing that fills the cap by
-  itself slows reads to one chunk at a time; it does not stop them).
+  kept for the hash only while a GET as large would still fit beside them, and a chunk is
+  fetched in small GETs (`fetch.PIECE`); a GET that does not fit waits for other GETs to
+  end and then goes alone (a listing that fills the cap by itself slows reads to one small
+  GET at a time; it does not stop them).
 
 Owner of the count of bytes held; every holder gives back exactly what it took.
 """
@@ -131,7 +132,7 @@ class MemoryBudget:
 
     def try_take(self, n: int) -> bool:
         """Take `n` bytes if they fit now."""
-        if self.used + n > self.limit or self._past_cap(self._in_flight() + n):
+        if self.used + n > self.limit or self.near_cap(n):
             return False
         self._add(n)
         return True
@@ -170,6 +171,10 @@ class MemoryBudget:
         """Let every `take` waiting for room look again."""
         self._freed.set()
         self._freed = trio.Event()
+
+    def near_cap(self, n: int) -> bool:
+        """Whether `n` more bytes would not fit under the cap now (False without one)."""
+        return self._past_cap(self._in_flight() + n)
 
     def _in_flight(self) -> int:
         """Bytes taken for GETs that have not ended: not resident yet, or only in part."""
