@@ -428,6 +428,35 @@ async def test_distinct_paths_upload_concurrently(autojump_clock: trio.testing.M
     assert up.max_active == 2
 
 
+async def test_a_directory_and_what_is_below_it_never_upload_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A directory's marker and the files below it wait for each other (a store may drop a
+    marker put while a key below it is put), in the order they came due; unrelated paths and
+    names that only share a prefix (`d2`) still go alongside."""
+    up = FakeUpload(duration=1)
+    async with running(WriteBack(up, delay=1)) as wb:
+        t0 = now()
+        for path in ("d", "d/a", "d/s", "d/s/b", "d2", "e/f"):
+            wb.schedule(path)
+        await trio.sleep(2.5)
+        wb.schedule("d", delay=0)  # its times change while files below it upload
+        await wb.drain()
+    spans = {c.path: (c.start - t0, c.end - t0) for c in up.calls if c.end is not None}
+    first_d, second_d = up.of("d")
+    assert (first_d.start - t0, first_d.end - t0) == (1.0, 2.0)  # due first: the rest wait
+    assert second_d.start - t0 >= 3.0  # after the files below it that were running
+    assert spans["d2"] == spans["e/f"] == (1.0, 2.0)
+    assert {spans["d/a"][0], spans["d/s"][0]} == {2.0}  # the files and the subdirectory
+    assert spans["d/s/b"][0] >= spans["d/s"][1]
+    for a in up.calls:
+        for b in up.calls:
+            if a is not b and a.end is not None and b.end is not None and (
+                    b.path.startswith(a.path + "/")):
+                assert a.end <= b.start or b.end <= a.start, (a, b)
+    assert Counter(c.path for c in up.calls) == {"d": 2, "d/a": 1, "d/s": 1, "d/s/b": 1,
+                                                 "d2": 1, "e/f": 1}
+
+
 async def test_close_keeps_interrupted_upload_queued(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
