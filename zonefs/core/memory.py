@@ -153,7 +153,8 @@ class MemoryBudget:
         """Whether `n` taken bytes may be kept past their GET: within KEEP_SHARE, and near
         the cap only while a GET as large would still fit beside them. The caller gives them
         back if not."""
-        if self.kept + n > self.limit * KEEP_SHARE or self._past_cap(self._in_flight() + n):
+        # `n` is still counted in flight: what it asks is room for as many bytes more.
+        if self.kept + n > self.limit * KEEP_SHARE or self.near_cap(n):
             return False  # near the cap: freed now, read back from the disk for the hash
         self.kept += n
         self._wake()  # no longer in flight
@@ -173,19 +174,16 @@ class MemoryBudget:
         self._freed = trio.Event()
 
     def near_cap(self, n: int) -> bool:
-        """Whether `n` more bytes would not fit under the cap now (False without one)."""
-        return self._past_cap(self._in_flight() + n)
+        """Whether `n` more bytes would bring the resident size past the cap less HEADROOM
+        (False without a cap). The bytes of GETs in flight count as coming too: the resident
+        size shows them only as they arrive, and four GETs taken at once each saw the same
+        resident size (measured: 40 MiB held at a 172 MiB peak under a 160M cap)."""
+        return (self.cap is not None
+                and self._resident() + self._in_flight() + n > self.cap - HEADROOM)
 
     def _in_flight(self) -> int:
         """Bytes taken for GETs that have not ended: not resident yet, or only in part."""
         return self.used - self.kept
-
-    def _past_cap(self, coming: int) -> bool:
-        """Whether `coming` more bytes would bring the resident size past the cap less
-        HEADROOM. The bytes of GETs in flight count as coming: the resident size shows them
-        only as they arrive, and four GETs taken at once each saw the same resident size
-        (measured: 40 MiB held at a 172 MiB peak under a 160M cap)."""
-        return self.cap is not None and self._resident() + coming > self.cap - HEADROOM
 
     def _add(self, n: int) -> None:
         self.used += n

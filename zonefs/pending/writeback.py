@@ -404,8 +404,10 @@ class WriteBack:
         run at once: a store that makes directories of the keys below them (SeaweedFS) may
         drop a directory marker put while a key below it is being put, without an error
         (measured: 2 markers of 400, each among 16 parallel PUTs)."""
+        if not path:
+            return False
         return any(is_within(path, other) or is_within(other, path)
-                   for other in self._running if other and other != path) if path else False
+                   for other in self._running if other and other != path)
 
     def _start(self, nursery: trio.Nursery, entry: _Entry) -> None:
         """Start an attempt for the queued `entry`; its heap item becomes stale."""
